@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 CACHE_ENV = "MEDFOUNDATIONSEG_CACHE"
 CHUNK_BYTES = 1 << 20
+NETWORK_CHUNK_BYTES = 1 << 16  # small: a dropped connection loses at most this much of what arrived
 
 Progress = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
 
@@ -226,7 +227,7 @@ def download_url(url: str, dest: str | os.PathLike, *, size: int | None = None, 
                     done = 0
                 total = _total_size(response, done) or size
                 with open(part, "ab" if done else "wb") as out:
-                    for block in response.iter_content(CHUNK_BYTES):
+                    for block in response.iter_content(NETWORK_CHUNK_BYTES):
                         out.write(block)
                         done += len(block)
                         if progress:

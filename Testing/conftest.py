@@ -1,0 +1,98 @@
+"""Shared pytest fixtures: the repository root, an isolated weights cache, and a local HTTP file server."""
+
+from __future__ import annotations
+
+import http.server
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # setup_env.py lives at the root, outside the installed packages
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    """An empty MEDFOUNDATIONSEG_CACHE, so a test never sees or touches the user's real weights."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MEDFOUNDATIONSEG_CACHE", str(cache))
+    return cache
+
+
+class FileServer:
+    """Serves byte strings from memory on 127.0.0.1, with HTTP Range support and scripted misbehaviour.
+
+    ``cut_after[path] = n`` closes the connection after n body bytes on the first request for ``path`` (a dropped
+    connection); ``ignore_range`` makes the server answer 200 with the whole file to a Range request.
+    """
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.headers: dict[str, dict[str, str]] = {}
+        self.cut_after: dict[str, int] = {}
+        self.ignore_range = False
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = self.path
+                server.requests.append((path, self.headers.get("Range")))
+                body = server.files.get(path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                start, status = 0, 200
+                range_header = self.headers.get("Range")
+                if range_header and not server.ignore_range:
+                    start = int(range_header.split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.end_headers()
+                        return
+                    status = 206
+                self.send_response(status)
+                for key, value in server.headers.get(path, {"Content-Type": "application/octet-stream"}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body) - start))
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.end_headers()
+                payload = body[start:]
+                cut = server.cut_after.pop(path, None)
+                if cut is not None:
+                    self.wfile.write(payload[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(payload)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
