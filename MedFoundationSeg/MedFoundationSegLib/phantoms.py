@@ -201,9 +201,10 @@ def _smooth_field(rng: np.random.Generator, shape_kji, spacing_kji_mm, correlati
     for _ in range(count):
         coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape), 1.0, mode="wrap").astype(np.float32)
         coarse /= coarse.std() + 1e-9
-        fine = np.einsum("kc,cba->kba", weights[0], coarse)
-        fine = np.einsum("jb,kba->kja", weights[1], fine)
-        fields.append(np.ascontiguousarray(fine @ weights[2].T))
+        cz, cy, cx = coarse.shape
+        fine = (weights[0] @ coarse.reshape(cz, cy * cx)).reshape(-1, cy, cx)  # small intermediate products first,
+        fine = np.matmul(weights[1], fine)  # then one 2D product writes the full-size field
+        fields.append((fine.reshape(-1, cx) @ weights[2].T).reshape(shape_kji))
     return fields
 
 
@@ -276,9 +277,9 @@ def make_phantom(seed: int = 0, shape_kji: tuple[int, int, int] = (120, 256, 256
     _draw_anatomy(canvas, rng, body_b)
 
     tissue = canvas.tissue
-    _drop_detached_fragments(tissue)
     hu_table = np.array([t[2] if contrast_phase == "native" else t[3] for t in _TISSUES], np.float32)
     label_table = np.array([0 if t[1] is None else LABEL_IDS[t[1]] for t in _TISSUES], np.uint8)
+    _drop_detached_fragments(tissue, label_table)
     labels = label_table[tissue]
     image = _render(rng, tissue, hu_table, spacing_kji, noise_hu)
 
@@ -479,21 +480,20 @@ def _draw_anatomy(cv: _Canvas, rng: np.random.Generator, body_b: float) -> None:
     cv.paint(region, canal < 1, "csf")
 
 
-def _drop_detached_fragments(tissue: np.ndarray) -> None:
+def _drop_detached_fragments(tissue: np.ndarray, label_table: np.ndarray) -> None:
     """Priority painting can cut a thin piece off an organ; such islands become visceral fat (organs stay whole)."""
-    label_of = {name: lab for name, lab, *_ in _TISSUES}
+    labels = label_table[tissue]
+    boxes = ndimage.find_objects(labels)
     for structure in ("liver", "spleen", "kidney_right", "kidney_left", "stomach", "gallbladder", "pancreas", "aorta",
                       "adrenal_right", "adrenal_left"):
-        codes = [_T[name] for name, lab in label_of.items() if lab == structure]
-        mask = np.isin(tissue, codes)
-        box = ndimage.find_objects(mask.astype(np.uint8))
-        if not box:
+        value = LABEL_IDS[structure]
+        box = boxes[value - 1] if value <= len(boxes) else None
+        if box is None:
             continue
-        parts, count = ndimage.label(mask[box[0]])
+        parts, count = ndimage.label(labels[box] == value)
         if count > 1:
             keep = np.argmax(np.bincount(parts.ravel())[1:]) + 1
-            view = tissue[box[0]]
-            view[(parts > 0) & (parts != keep)] = _T["visceral_fat"]
+            tissue[box][(parts > 0) & (parts != keep)] = _T["visceral_fat"]
 
 
 def _render(rng: np.random.Generator, tissue: np.ndarray, hu_table: np.ndarray, spacing_kji, noise_hu) -> np.ndarray:
