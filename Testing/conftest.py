@@ -10,13 +10,24 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # setup_env.py lives at the root, outside the installed packages
-    sys.path.insert(0, str(REPO))
+# setup_env.py lives at the root; the Slicer-side Logic packages live in the module folders (Slicer puts those on
+# sys.path itself). Neither is part of the pip-installed engine.
+for path in (REPO, REPO / "MedFoundationSeg", REPO / "MedLAMLocalize"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture
+def mrml():
+    """A fresh headless MRML scene with Slicer's module logics and the slicer.util shims (slicer-core)."""
+    from mrml_scene import mrml_env
+
+    yield mrml_env()
 
 
 @pytest.fixture

@@ -1,0 +1,73 @@
+"""The persistent worker: one thread for every job, progress visible, cancel between steps, errors reported."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from MedFoundationSegLib.progress import Cancelled, check, report, scaled
+from MedFoundationSegLib.worker import Worker
+
+
+def _slices(count, *, progress, cancelled, started=None, release=None):
+    for index in range(count):
+        if started is not None and index == 1:
+            started.set()
+            release.wait(5)
+        check(cancelled, "segmentation")
+        report(progress, (index + 1) / count, f"slice {index + 1}/{count}")
+    return threading.get_ident()
+
+
+def test_jobs_share_one_persistent_thread_and_report_progress():
+    worker = Worker()
+    try:
+        jobs = [worker.submit(f"job{i}", _slices, 5) for i in range(3)]
+        for job in jobs:
+            assert job.wait(10) and job.error is None
+            assert job.fraction == 1.0 and job.message == "done"
+        assert {job.result for job in jobs} == {worker.thread_ident} != {threading.get_ident()}
+    finally:
+        worker.shutdown()
+
+
+def test_cancel_stops_between_steps_and_worker_survives():
+    worker = Worker()
+    try:
+        started, release = threading.Event(), threading.Event()
+        job = worker.submit("long", _slices, 100, started=started, release=release)
+        assert started.wait(5)
+        assert 0 < job.fraction < 1  # progress was visible while it ran
+        job.cancel()
+        release.set()
+        assert job.wait(5) and job.cancelled and job.result is None
+        assert job.fraction < 1
+        follow_up = worker.submit("next", _slices, 2)
+        assert follow_up.wait(5) and follow_up.error is None
+    finally:
+        worker.shutdown()
+
+
+def test_errors_are_captured_not_lost():
+    def boom(*, progress, cancelled):
+        raise ValueError("box lies outside the volume")
+
+    worker = Worker()
+    try:
+        job = worker.submit("bad", boom)
+        assert job.wait(5)
+        assert isinstance(job.error, ValueError) and "outside" in job.message and "ValueError" in job.error_traceback
+    finally:
+        worker.shutdown()
+
+
+def test_progress_helpers():
+    seen = []
+    sub = scaled(lambda f, m: seen.append((round(f, 3), m)), 0.5, 1.0)
+    sub(0.5, "half of the second half")
+    assert seen == [(0.75, "half of the second half")]
+    with pytest.raises(Cancelled, match="batch cancelled"):
+        check(lambda: True, "batch")
+    time.sleep(0)
