@@ -1,0 +1,179 @@
+"""MRML-side Logic of the MedLAMLocalize module: template building from markups, localization, boxes as ROI nodes.
+
+Qt-free (MRML, vtk, numpy, torch), so it runs in 3D Slicer and under ``slicer-core`` in tests. Long computations are
+split into a ``compute_*`` function (pure engine call, safe on the worker thread) and an ``apply_*`` function (scene
+edits, GUI thread only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from MedFoundationSegLib import weights
+from MedFoundationSegLib.volume import Volume, write_volume
+from MedFoundationSegLogic import mrml_bridge
+from MedLAMLocalizeLib.boxes import POINT_NAMES, StructureBox, extreme_points_from_cloud
+from MedLAMLocalizeLib.templates import Template, TemplateError, TemplateSet
+
+log = logging.getLogger(__name__)
+
+# What the user is asked to click, in order (LPS axes: x grows to the patient's left, y to posterior, z to superior).
+POINT_PROMPTS = (
+    "x-min: the patient's right-most point",
+    "x-max: the patient's left-most point",
+    "y-min: the anterior-most point",
+    "y-max: the posterior-most point",
+    "z-min: the inferior-most point",
+    "z-max: the superior-most point",
+)
+
+
+def next_point_prompt(points_placed: int) -> str:
+    """The instruction shown while the user places extreme points (guides them point by point)."""
+    if points_placed >= len(POINT_PROMPTS):
+        return "All 6 extreme points placed: add the structure to the template set."
+    return f"Next point ({points_placed + 1}/6): {POINT_PROMPTS[points_placed]}"
+
+
+def extreme_points_lps_from_markups(markups_node) -> np.ndarray:
+    """(6, 3) LPS extreme points from a point list. Click order does not matter: each extreme is the point that is
+    furthest along its axis, so a user who clicks out of order still gets a correct template."""
+    points_ras = mrml_bridge.control_points_ras(markups_node)
+    if len(points_ras) != 6:
+        raise TemplateError(f"{markups_node.GetName() if markups_node else 'no point list'}: need exactly 6 extreme "
+                            f"points, found {len(points_ras)}")
+    return extreme_points_from_cloud(mrml_bridge.lps_from_ras(points_ras))
+
+
+@dataclasses.dataclass
+class EngineChoice:
+    engine: str  # "medlam" | "registration"
+    reason: str
+
+
+def choose_engine(requested: str = "auto") -> EngineChoice:
+    """MedLAM when its weights are present (or explicitly asked for), otherwise registration — and say why."""
+    if requested == "registration":
+        return EngineChoice("registration", "registration localizer selected")
+    path, status = weights.cached_status("medlam")
+    if status.startswith("ok"):
+        return EngineChoice("medlam", f"MedLAM weights found ({path.name}, {status})")
+    if requested == "medlam":
+        raise weights.MissingWeightsError(f"MedLAM weights are {status}; fetch them with: "
+                                          "medfoundationseg weights fetch medlam")
+    return EngineChoice("registration", f"MedLAM weights {status}: using the registration localizer "
+                                        "(fetch them with `medfoundationseg weights fetch medlam`)")
+
+
+def compute_localization(template_set: TemplateSet, query: Volume, engine: str, *, structures=None,
+                         progress=None, cancelled=None, **options) -> dict[str, StructureBox]:
+    """Engine call only (worker thread): no scene access."""
+    if engine == "registration":
+        from MedLAMLocalizeLib.registration import localize_registration
+
+        return localize_registration(template_set, query, structures, progress=progress, cancelled=cancelled,
+                                     **options)
+    if engine == "medlam":
+        from MedLAMLocalizeLib import localize as medlam_localize
+
+        return medlam_localize.localize_medlam(template_set, query, structures, progress=progress,
+                                               cancelled=cancelled, **options)
+    raise ValueError(f"unknown localization engine {engine!r}; use 'medlam' or 'registration'")
+
+
+@dataclasses.dataclass
+class LocalizedNodes:
+    roi_node: object
+    points_node: object
+
+
+class MedLAMLocalizeLogic:
+    """Template set editing and localization on a scene; the Widget calls only these methods."""
+
+    def __init__(self, scene):
+        self.scene = scene
+        self.template_set = TemplateSet(templates=[])
+        self._template_nodes: dict[str, str] = {}  # template name -> volume node ID
+        self.colors: dict[str, tuple[float, float, float]] = {}
+
+    # --- templates ------------------------------------------------------------------------------------------------
+    def add_structure(self, volume_node, structure: str, markups_node, color_rgb=(0.9, 0.6, 0.2)) -> Template:
+        """Record a structure's 6 clicked extreme points on a template volume (adds the template if new)."""
+        structure = structure.strip()
+        if not structure:
+            raise TemplateError("give the structure a name")
+        volume = mrml_bridge.volume_from_node(volume_node)
+        points_lps = extreme_points_lps_from_markups(markups_node)
+        inside = np.all(volume.contains_ijk(volume.ijk_from_lps(points_lps), margin=1.0))
+        if not inside:
+            raise TemplateError(f"some extreme points of {structure!r} lie outside {volume_node.GetName()}")
+        template = self._template_for(volume_node, volume)
+        template.points_lps[structure] = template._checked_points(structure, points_lps)
+        self.colors[structure] = tuple(float(c) for c in color_rgb)
+        return template
+
+    def _template_for(self, volume_node, volume: Volume) -> Template:
+        for template in self.template_set.templates:
+            if self._template_nodes.get(template.name) == volume_node.GetID():
+                return template
+        name = volume_node.GetName()
+        template = Template.from_volumes(name, volume)
+        self.template_set.templates.append(template)
+        self._template_nodes[name] = volume_node.GetID()
+        return template
+
+    def template_volume_node_ids(self) -> set[str]:
+        return set(self._template_nodes.values())
+
+    def save_template_set(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """One YAML/JSON file plus the template volumes (NRRD) beside it, so the set reloads anywhere."""
+        path = Path(path)
+        for template in self.template_set.templates:
+            if template.image_path is None or not Path(template.image_path).exists():
+                image_path = path.parent / f"{path.stem}_{template.name}.nrrd"
+                write_volume(template.image, image_path, overwrite=overwrite)
+                template.image_path = image_path
+        return self.template_set.save(path)
+
+    def load_template_set(self, path: str | Path) -> TemplateSet:
+        self.template_set = TemplateSet.load(path)
+        self._template_nodes = {}
+        return self.template_set
+
+    # --- localization -----------------------------------------------------------------------------------------------
+    def apply_localization(self, results: dict[str, StructureBox], query_volume_node) -> dict[str, LocalizedNodes]:
+        """ROI box + extreme-point list per present structure (editable nodes); absent structures get none."""
+        volume = mrml_bridge.volume_from_node(query_volume_node, copy=False)
+        created = {}
+        for name, result in results.items():
+            if not result.present or result.box_ijk is None:
+                log.info("%s: not found in %s (%s)", name, query_volume_node.GetName(),
+                         result.details.get("reason", "a predicted point lies outside the volume"))
+                continue
+            color = self.colors.get(name, (0.9, 0.6, 0.2))
+            roi = mrml_bridge.new_node(self.scene, "vtkMRMLMarkupsROINode", f"{name} box")
+            mrml_bridge.set_roi_bounds_ras(roi, mrml_bridge.ras_bounds_from_ijk_box(volume, result.box_ijk))
+            roi.GetDisplayNode().SetSelectedColor(*color)
+            points = mrml_bridge.new_node(self.scene, "vtkMRMLMarkupsFiducialNode", f"{name} extreme points")
+            mrml_bridge.set_control_points_ras(points, result.extreme_points_ras, list(POINT_NAMES))
+            points.GetDisplayNode().SetSelectedColor(*color)
+            for node in (roi, points):
+                node.SetAttribute("MedLAMLocalize.Structure", name)
+                node.SetAttribute("MedLAMLocalize.Engine", result.engine)
+                node.SetAttribute("MedLAMLocalize.Confidence", f"{result.confidence:.3f}")
+                node.SetNodeReferenceID("MedLAMLocalize.Volume", query_volume_node.GetID())
+            created[name] = LocalizedNodes(roi, points)
+        return created
+
+    def localize(self, query_volume_node, *, engine: str = "auto", structures=None, progress=None, cancelled=None,
+                 **options) -> tuple[dict[str, StructureBox], dict[str, LocalizedNodes], EngineChoice]:
+        """Synchronous convenience (compute + apply) for scripts and tests; the Widget runs the two halves apart."""
+        choice = choose_engine(engine)
+        query = mrml_bridge.volume_from_node(query_volume_node)
+        results = compute_localization(self.template_set, query, choice.engine, structures=structures,
+                                       progress=progress, cancelled=cancelled, **options)
+        return results, self.apply_localization(results, query_volume_node), choice
