@@ -1,0 +1,151 @@
+"""MedFoundationSegLogic: what the MedFoundationSeg module does to a scene, without any Qt.
+
+Every action is two halves so the GUI never blocks:
+- ``prepare_*`` (GUI thread) reads nodes into plain engine inputs (a ``Volume``, boxes in ijk, clicks in ijk);
+- ``compute`` (worker thread, via ``MedFoundationSegLib.worker.Worker``) runs the engine with progress/cancel;
+- ``apply`` (GUI thread) writes the result into one segment through ``SegmentEditHistory`` (undoable, never
+  touching other segments) and stores the prompts as a segment tag.
+``run_*`` methods chain the three synchronously for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from MedFoundationSegLib import pipeline
+from MedFoundationSegLib.volume import Volume
+
+from . import mrml_bridge
+from .segment_edits import EditResult, SegmentEditHistory
+
+
+@dataclasses.dataclass
+class Settings:
+    model: str = "litemedsam"
+    device: str = "auto"
+    window: str = "auto"  # "auto" | a CT preset name | {"level": .., "width": ..}
+    axis: str = "axial"
+    box_padding_mm: float = 5.0
+    propagation_mode: str = "guided"  # "guided" | "every_k" | "reference"
+    every_k: int | None = None  # None = chosen automatically
+    refine_method: str = "graphcut"  # "graphcut" | "geodesic" | "growcut" | "none"
+    embedding_budget_mb: int = 2048
+
+
+@dataclasses.dataclass
+class PreparedAction:
+    """Engine inputs of one action, read from the scene on the GUI thread."""
+
+    action: str
+    volume_node_id: str
+    segmentation_node_id: str
+    segment_id: str | None
+    volume: Volume
+    compute: functools.partial  # call with progress=, cancelled= on the worker
+    prompts: dict
+
+
+class MedFoundationSegLogic:
+    def __init__(self, scene, settings: Settings | None = None):
+        self.scene = scene
+        self.settings = settings or Settings()
+        self.history = SegmentEditHistory(scene)
+        self.session = pipeline.Session()  # predictors (and their embedding caches) reused across actions
+
+    # --- prepare (GUI thread) ---------------------------------------------------------------------------------------
+    def _base(self, volume_node, segmentation_node):
+        if volume_node is None:
+            raise ValueError("select an input volume")
+        if segmentation_node is None:
+            raise ValueError("select or create a segmentation")
+        return mrml_bridge.volume_from_node(volume_node)
+
+    def prepare_segment_in_roi(self, volume_node, roi_node, segmentation_node, segment_id=None) -> PreparedAction:
+        volume = self._base(volume_node, segmentation_node)
+        if roi_node is None:
+            raise ValueError("place or select a box (ROI) around the structure")
+        box_ijk = mrml_bridge.ijk_box_from_ras_bounds(volume, mrml_bridge.roi_bounds_ras(roi_node))
+        s = self.settings
+        compute = functools.partial(self.session.segment_box, volume, box_ijk, model=s.model, device=s.device,
+                                    window=s.window, axis=s.axis, padding_mm=s.box_padding_mm,
+                                    mode=s.propagation_mode, every_k=s.every_k, refine=s.refine_method,
+                                    cache_mb=s.embedding_budget_mb)
+        prompts = {"model": s.model, "axis": s.axis, "box_ijk": box_ijk.tolist(),
+                   "box_ras_mm": mrml_bridge.roi_bounds_ras(roi_node).round(3).tolist(),
+                   "roi_node": roi_node.GetID(), "padding_mm": s.box_padding_mm, "mode": s.propagation_mode}
+        return PreparedAction("segment in box", volume_node.GetID(), segmentation_node.GetID(), segment_id, volume,
+                              compute, prompts)
+
+    def prepare_propagation(self, volume_node, segmentation_node, segment_id: str, slice_index: int | None = None,
+                            *, outward_only: bool = False) -> PreparedAction:
+        """Propagate the segment from its annotated slice(s) (or ``slice_index``) to the rest of the structure.
+        ``outward_only``: after the user edited a slice, redo only the slices beyond it (the re-propagate action)."""
+        volume = self._base(volume_node, segmentation_node)
+        seed_kji = mrml_bridge.segment_mask_kji(segmentation_node, segment_id, volume_node)
+        if not seed_kji.any():
+            raise ValueError("the segment is empty: draw or segment it on at least one slice first")
+        s = self.settings
+        compute = functools.partial(self.session.propagate, volume, seed_kji, slice_index=slice_index,
+                                    outward_only=outward_only, model=s.model, device=s.device, window=s.window,
+                                    axis=s.axis, mode=s.propagation_mode, cache_mb=s.embedding_budget_mb)
+        prompts = {"model": s.model, "axis": s.axis, "seed_slice": slice_index, "mode": s.propagation_mode}
+        return PreparedAction("re-propagate" if outward_only else "propagate", volume_node.GetID(),
+                              segmentation_node.GetID(), segment_id, volume, compute, prompts)
+
+    def prepare_fill_between(self, volume_node, segmentation_node, segment_id: str) -> PreparedAction:
+        volume = self._base(volume_node, segmentation_node)
+        mask_kji = mrml_bridge.segment_mask_kji(segmentation_node, segment_id, volume_node)
+        compute = functools.partial(pipeline.fill_between_slices, mask_kji, axis=self.settings.axis)
+        return PreparedAction("fill between slices", volume_node.GetID(), segmentation_node.GetID(), segment_id,
+                              volume, compute, {"axis": self.settings.axis})
+
+    def prepare_refine(self, volume_node, segmentation_node, segment_id: str, *, positive_node=None,
+                       negative_node=None, scribble_segment_id: str | None = None) -> PreparedAction:
+        """Refine a segment with include/exclude clicks (point lists) and an optional scribble segment."""
+        volume = self._base(volume_node, segmentation_node)
+        mask_kji = mrml_bridge.segment_mask_kji(segmentation_node, segment_id, volume_node)
+        clicks = {}
+        for key, node in (("positive", positive_node), ("negative", negative_node)):
+            ras = mrml_bridge.control_points_ras(node)
+            clicks[key] = volume.ijk_from_lps(mrml_bridge.lps_from_ras(ras)) if len(ras) else np.zeros((0, 3))
+            outside = ~volume.contains_ijk(clicks[key]) if len(ras) else np.zeros(0, bool)
+            if outside.any():
+                raise ValueError(f"{int(outside.sum())} {key} click(s) lie outside the volume")
+        scribble = (mrml_bridge.segment_mask_kji(segmentation_node, scribble_segment_id, volume_node)
+                    if scribble_segment_id else None)
+        if not mask_kji.any() and not len(clicks["positive"]):
+            raise ValueError("nothing to refine: the segment is empty and there is no include click")
+        s = self.settings
+        compute = functools.partial(self.session.refine, volume, mask_kji, positive_ijk=clicks["positive"],
+                                    negative_ijk=clicks["negative"], scribble_kji=scribble, method=s.refine_method,
+                                    model=s.model, device=s.device, window=s.window, axis=s.axis,
+                                    cache_mb=s.embedding_budget_mb)
+        prompts = {"method": s.refine_method,
+                   "positive_ras": mrml_bridge.control_points_ras(positive_node).round(3).tolist(),
+                   "negative_ras": mrml_bridge.control_points_ras(negative_node).round(3).tolist(),
+                   "scribble_segment": scribble_segment_id}
+        return PreparedAction("refine", volume_node.GetID(), segmentation_node.GetID(), segment_id, volume, compute,
+                              prompts)
+
+    # --- apply (GUI thread) -----------------------------------------------------------------------------------------
+    def apply(self, prepared: PreparedAction, result: pipeline.CaseResult, *, segment_name: str = "AI segment",
+              color_rgb=(0.9, 0.6, 0.2)) -> EditResult:
+        volume_node = self.scene.GetNodeByID(prepared.volume_node_id)
+        segmentation_node = self.scene.GetNodeByID(prepared.segmentation_node_id)
+        if volume_node is None or segmentation_node is None:
+            raise ValueError("the volume or segmentation was removed while the action ran; nothing was written")
+        prompts = dict(prepared.prompts, report=result.report_summary())
+        return self.history.apply(volume_node, segmentation_node, result.mask_kji, segment_id=prepared.segment_id,
+                                  segment_name=segment_name, color_rgb=color_rgb, prompts=prompts,
+                                  action=prepared.action)
+
+    def undo(self) -> str | None:
+        return self.history.undo()
+
+    # --- synchronous convenience ------------------------------------------------------------------------------------
+    def run(self, prepared: PreparedAction, *, progress=None, cancelled=None, **apply_options) -> EditResult:
+        result = prepared.compute(progress=progress, cancelled=cancelled)
+        return self.apply(prepared, result, **apply_options)

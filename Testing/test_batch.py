@@ -1,0 +1,133 @@
+"""Batch annotation: query collection, resume, error isolation, summary CSV, the shared CLI/XML arguments."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from MedFoundationSegLib import batch, batch_cli
+from MedFoundationSegLib.progress import report
+
+REPO = Path(__file__).resolve().parents[1]
+CLI_DIR = REPO / "MedFoundationSeg" / "MedFoundationSegBatch"
+
+
+def _touch_volumes(folder: Path, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    return folder
+
+
+def test_collect_queries_from_folder_list_and_csv(tmp_path):
+    folder = _touch_volumes(tmp_path / "in", ["b.nii.gz", "a.nrrd", "notes.txt", "c.mha"])
+    assert [p.name for p in batch.collect_queries(folder)] == ["a.nrrd", "b.nii.gz", "c.mha"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# cases\nin/a.nrrd\n\nin/c.mha\n")
+    assert [p.name for p in batch.collect_queries(listing)] == ["a.nrrd", "c.mha"]
+    table = tmp_path / "cases.csv"
+    table.write_text("id,path\n1,in/b.nii.gz\n2,in/a.nrrd\n")
+    assert [p.name for p in batch.collect_queries(table)] == ["b.nii.gz", "a.nrrd"]
+    table.write_text("id,path\n1,in/missing.nii.gz\n")
+    with pytest.raises(batch.BatchError, match="do not exist"):
+        batch.collect_queries(table)
+    with pytest.raises(batch.BatchError, match="no volume files"):
+        batch.collect_queries(_touch_volumes(tmp_path / "empty", ["readme.md"]))
+    assert batch.case_name(Path("x/case01.nii.gz")) == "case01"
+
+
+def _fake_process(calls, fail_on=()):
+    def process(query, case_dir, *, overwrite, progress, cancelled):
+        calls.append(query.name)
+        if query.name in fail_on:
+            raise RuntimeError(f"corrupt file {query.name}")
+        (case_dir / batch.REPORT_NAME).write_text(json.dumps(
+            {"status": "ok", "structures": {"liver": {"present": True}, "spleen": {"present": False}}}))
+        report(progress, 1.0, "done")
+        return {"structures": {"liver": {"present": True}, "spleen": {"present": False}}}
+    return process
+
+
+def test_failures_are_isolated_and_resume_skips_finished_cases(tmp_path):
+    queries = batch.collect_queries(_touch_volumes(tmp_path / "in", ["a.nrrd", "b.nrrd", "c.nrrd"]))
+    calls = []
+    outcomes = batch.run_batch(queries, tmp_path / "out", _fake_process(calls, fail_on={"b.nrrd"}))
+    assert [o.status for o in outcomes] == ["ok", "failed", "ok"] and calls == ["a.nrrd", "b.nrrd", "c.nrrd"]
+    assert "corrupt file b.nrrd" in outcomes[1].error
+    assert "RuntimeError" in (tmp_path / "out" / "b" / "error.txt").read_text()
+    assert outcomes[0].structures_found == 1 and outcomes[0].structures_absent == 1
+
+    calls.clear()  # second run: only the failed case is retried, and now it works
+    outcomes = batch.run_batch(queries, tmp_path / "out", _fake_process(calls))
+    assert calls == ["b.nrrd"] and [o.status for o in outcomes] == ["skipped", "ok", "skipped"]
+    assert not (tmp_path / "out" / "b" / "error.txt").exists()
+    with open(tmp_path / "out" / "summary.csv", newline="") as stream:
+        rows = {row["case"]: row for row in csv.DictReader(stream)}
+    assert {name: row["status"] for name, row in rows.items()} == {"a": "ok", "b": "ok", "c": "ok"}
+
+    calls.clear()
+    batch.run_batch(queries, tmp_path / "out", _fake_process(calls), overwrite=True)
+    assert calls == ["a.nrrd", "b.nrrd", "c.nrrd"]
+
+
+def test_cancel_stops_the_batch_between_cases(tmp_path):
+    queries = batch.collect_queries(_touch_volumes(tmp_path / "in", ["a.nrrd", "b.nrrd"]))
+    calls = []
+    outcomes = batch.run_batch(queries, tmp_path / "out", _fake_process(calls), cancelled=lambda: bool(calls))
+    assert calls == ["a.nrrd"] and [o.status for o in outcomes] == ["ok", "cancelled"]
+
+
+def test_negative_point_coordinates_survive_slicer_style_argv():
+    argv = ["--templateVolume", "t.nrrd", "--outputFolder", "out"]
+    for point in ("-10.5,-20,30", "4,-5,-6", "-1,-2,-3", "7,8,9", "-0,1,2", "3,-4e1,5"):
+        argv += ["--extremePoints", point]
+    args = batch_cli.parse(argv)
+    assert args.extremePoints[0] == (-10.5, -20.0, 30.0) and args.extremePoints[5] == (3.0, -40.0, 5.0)
+    assert len(args.extremePoints) == 6
+    with pytest.raises(SystemExit):
+        batch_cli.parse(["--outputFolder", "o", "--extremePoints", "1,2"])
+
+
+def test_xml_descriptor_matches_the_parser():
+    root = ET.parse(CLI_DIR / "MedFoundationSegBatch.xml").getroot()
+    assert root.tag == "executable" and root.findtext("category") == "Segmentation"
+    options = {s for action in batch_cli.build_parser()._actions for s in action.option_strings}
+    parser_choices = {action.dest: action.choices for action in batch_cli.build_parser()._actions}
+    names = []
+    for group in root.findall("parameters"):
+        for parameter in group:
+            if parameter.tag in ("label", "description"):
+                continue
+            name, longflag = parameter.findtext("name"), parameter.findtext("longflag")
+            names.append(name)
+            assert longflag == name and f"--{longflag}" in options, name
+            elements = [e.text for e in parameter.findall("element")]
+            if elements and parser_choices.get(name):
+                assert set(elements) <= set(parser_choices[name]), name
+            if parameter.tag == "point":
+                assert parameter.findtext("default") is None  # a default breaks multiple points (ctk-cli pitfall)
+    assert len(names) == len(set(names))
+
+
+def test_cli_script_prints_its_descriptor_for_slicer():
+    result = subprocess.run([sys.executable, str(CLI_DIR / "MedFoundationSegBatch.py"), "--xml"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert ET.fromstring(result.stdout).findtext("title") == "MedFoundationSeg Batch"
+
+
+def test_bad_template_arguments_are_named(tmp_path):
+    args = batch_cli.parse(["--outputFolder", str(tmp_path), "--extremePoints", "1,2,3"])
+    from MedLAMLocalizeLib.templates import TemplateError
+
+    with pytest.raises(TemplateError, match="exactly 6"):
+        batch_cli.template_set_from_args(args)
+    args = batch_cli.parse(["--outputFolder", str(tmp_path)])
+    with pytest.raises(batch.BatchError, match="no queries"):
+        batch_cli.queries_from_args(args)
