@@ -1,0 +1,185 @@
+"""Running an image encoder fast on whatever the machine has: device choice, precision, graph tweaks, OOM fallback.
+
+The encoder is >95 % of a slice prediction's cost, so this is where speed is won; masks must not change, so every
+speed-up here is one that was measured to keep slice masks at Dice >= 0.98 against plain fp32
+(benchmarks/bench_slice_predictor.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class DeviceError(ValueError):
+    """An unknown or unavailable device or precision was asked for."""
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then CPU; an explicit device must be available."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    device = str(device).lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as error:
+        raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from error
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} asked for, but this torch build sees no CUDA GPU")
+    if chosen.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError(f"device {device!r} asked for, but Apple MPS is not available")
+    return chosen
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU computes bf16 matrix products natively (AVX-512 BF16 or AMX), so bf16 is faster, not slower."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as stream:
+            flags = set()
+            for line in stream:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.backends.mkldnn.is_available()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The compute precision of the encoder: 'auto' is bf16 where the hardware does it natively, else fp16/fp32."""
+    if precision not in PRECISIONS:
+        raise DeviceError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise DeviceError("fp16 is not supported for the encoder on CPU; use bf16 or fp32")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm2d into the Conv2d before it (TinyViT's conv+BN blocks); returns the count.
+
+    Two layouts are recognised: a module holding a conv ``c`` and a BN ``bn`` (TinyViT's Conv2d_BN), and a conv
+    directly followed by a BN inside an nn.Sequential. The folded BN becomes an Identity, so the math is unchanged
+    up to rounding while one memory pass per block disappears.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for parent in list(module.modules()):
+        conv, norm = getattr(parent, "c", None), getattr(parent, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and not norm.training:
+            parent.c = fuse_conv_bn_eval(conv, norm)
+            parent.bn = nn.Identity()
+            folded += 1
+        if isinstance(parent, nn.Sequential):
+            names = list(parent._modules)
+            for first, second in zip(names, names[1:]):
+                conv, norm = parent._modules[first], parent._modules[second]
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and not norm.training:
+                    parent._modules[first] = fuse_conv_bn_eval(conv, norm)
+                    parent._modules[second] = nn.Identity()
+                    folded += 1
+    return folded
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+class EncoderRuntime:
+    """Calls ``encoder(images) -> embeddings`` in batches on the chosen device and precision.
+
+    CUDA uses autocast (bf16 or fp16); CPU with native bf16 keeps bf16 *weights* (oneDNN bf16 kernels) and
+    autocast; elsewhere fp32. A CUDA out-of-memory error halves the batch and retries, and at batch 1 moves the
+    encoder to the CPU with a warning: the user gets a slower result, never a crash.
+    """
+
+    def __init__(self, encoder: nn.Module, device: torch.device, precision: str = "auto", *,
+                 batch_size: int | None = None, fold_bn: bool = True, channels_last: bool = True):
+        self.encoder = encoder.eval()
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+        self.batch_size = int(batch_size) if batch_size else (8 if device.type == "cuda" else 4)
+        if self.batch_size < 1:
+            raise DeviceError(f"batch_size must be >= 1; got {batch_size}")
+        self.channels_last = channels_last
+        self.calls = 0  # encoder invocations (one per batch), for tests and benchmarks
+        self.folded_bn = fold_batchnorm(self.encoder) if fold_bn else 0
+        self._place()
+
+    def _place(self) -> None:
+        weights_dtype = torch.bfloat16 if (self.device.type == "cpu" and self.precision == "bf16") else torch.float32
+        self.encoder.to(device=self.device, dtype=weights_dtype)
+        if self.channels_last:
+            self.encoder.to(memory_format=torch.channels_last)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if self.device.type == "cpu" and self.precision == "bf16":
+            images = images.to(torch.bfloat16)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            self.calls += 1
+            return self.encoder(images).float()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) float32 images -> (B, C, h, w) float32 embeddings (on the runtime's device)."""
+        outputs = []
+        start = 0
+        while start < images.shape[0]:
+            chunk = images[start: start + self.batch_size]
+            try:
+                outputs.append(self._run(chunk))
+            except Exception as error:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                if not is_out_of_memory(error) or self.device.type == "cpu":
+                    raise
+                self._shrink_after_oom(error)
+                continue
+            start += chunk.shape[0]
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+    def _shrink_after_oom(self, error: BaseException) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self.batch_size = max(1, self.batch_size // 2)
+            warnings.warn(f"{self.device.type} out of memory; retrying with encoder batches of {self.batch_size}",
+                          RuntimeWarning, stacklevel=3)
+            return
+        warnings.warn(f"{self.device.type} out of memory even at batch 1 ({error}); falling back to the CPU "
+                      f"(slower, same masks)", RuntimeWarning, stacklevel=3)
+        self.device = torch.device("cpu")
+        self.precision = resolve_precision("auto", self.device)
+        self._place()
