@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from MedFoundationSegLib import weights
+from MedFoundationSegLib import pipeline
 from MedFoundationSegLib.volume import Volume, write_volume
 from MedFoundationSegLogic import mrml_bridge
 from MedLAMLocalizeLib.boxes import POINT_NAMES, StructureBox, extreme_points_from_cloud
@@ -57,32 +57,14 @@ class EngineChoice:
 
 def choose_engine(requested: str = "auto") -> EngineChoice:
     """MedLAM when its weights are present (or explicitly asked for), otherwise registration — and say why."""
-    if requested == "registration":
-        return EngineChoice("registration", "registration localizer selected")
-    path, status = weights.cached_status("medlam")
-    if status.startswith("ok"):
-        return EngineChoice("medlam", f"MedLAM weights found ({path.name}, {status})")
-    if requested == "medlam":
-        raise weights.MissingWeightsError(f"MedLAM weights are {status}; fetch them with: "
-                                          "medfoundationseg weights fetch medlam")
-    return EngineChoice("registration", f"MedLAM weights {status}: using the registration localizer "
-                                        "(fetch them with `medfoundationseg weights fetch medlam`)")
+    return EngineChoice(*pipeline.choose_localizer(requested))
 
 
 def compute_localization(template_set: TemplateSet, query: Volume, engine: str, *, structures=None,
-                         progress=None, cancelled=None, **options) -> dict[str, StructureBox]:
+                         progress=None, cancelled=None, seed: int = 0) -> dict[str, StructureBox]:
     """Engine call only (worker thread): no scene access."""
-    if engine == "registration":
-        from MedLAMLocalizeLib.registration import localize_registration
-
-        return localize_registration(template_set, query, structures, progress=progress, cancelled=cancelled,
-                                     **options)
-    if engine == "medlam":
-        from MedLAMLocalizeLib import localize as medlam_localize
-
-        return medlam_localize.localize_medlam(template_set, query, structures, progress=progress,
-                                               cancelled=cancelled, **options)
-    raise ValueError(f"unknown localization engine {engine!r}; use 'medlam' or 'registration'")
+    return pipeline.localize(template_set, query, engine, structures=structures, seed=seed, progress=progress,
+                             cancelled=cancelled)
 
 
 @dataclasses.dataclass
@@ -170,10 +152,10 @@ class MedLAMLocalizeLogic:
         return created
 
     def localize(self, query_volume_node, *, engine: str = "auto", structures=None, progress=None, cancelled=None,
-                 **options) -> tuple[dict[str, StructureBox], dict[str, LocalizedNodes], EngineChoice]:
+                 seed: int = 0) -> tuple[dict[str, StructureBox], dict[str, LocalizedNodes], EngineChoice]:
         """Synchronous convenience (compute + apply) for scripts and tests; the Widget runs the two halves apart."""
         choice = choose_engine(engine)
         query = mrml_bridge.volume_from_node(query_volume_node)
         results = compute_localization(self.template_set, query, choice.engine, structures=structures,
-                                       progress=progress, cancelled=cancelled, **options)
+                                       progress=progress, cancelled=cancelled, seed=seed)
         return results, self.apply_localization(results, query_volume_node), choice
