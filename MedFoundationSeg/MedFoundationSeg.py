@@ -105,6 +105,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.positiveClicksSelector.currentNodeChanged.connect(self._updateButtons)
         self.ui.negativeClicksSelector.currentNodeChanged.connect(self._updateButtons)
         self.ui.scribbleCheckBox.toggled.connect(self.ui.scribbleSegmentSelector.setEnabled)
+        self.ui.scribbleCheckBox.toggled.connect(self._updateButtons)
         self.ui.modelComboBox.currentIndexChanged.connect(self._onModelChanged)
         self.ui.deviceComboBox.currentIndexChanged.connect(self._saveSettings)
         self.ui.embeddingBudgetSpinBox.valueChanged.connect(self._saveSettings)
@@ -273,7 +274,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.inputVolumeSelector.setCurrentNode(volumeNode)
         if roiNode is not None:
             self.ui.roiSelector.setCurrentNode(roiNode)
-        self._segmentNameHint = segmentName
+        self._segmentNameHint = (roiNode.GetID(), segmentName) if roiNode is not None and segmentName else None
         self._updateButtons()
 
     def _onSegmentationChanged(self, node):
@@ -324,7 +325,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return index
 
     # --- actions ----------------------------------------------------------------------------------------------------
-    def _startAction(self, prepare, segmentName="AI segment", color=(0.9, 0.6, 0.2)):
+    def _startAction(self, prepare, segmentName="AI segment", color=(0.9, 0.6, 0.2), needsModel=True):
         """prepare(logic, volumeNode, segmentationNode) -> PreparedAction, on the GUI thread; compute on the worker."""
         logic = self._ensureLogic()
         if logic is None or self._job is not None:
@@ -334,7 +335,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             with slicer.util.tryWithErrorDisplay("Cannot start the action.", waitCursor=True):
                 self._syncSettings(volumeNode)
-                if not self._weightsReady():
+                if needsModel and not self._weightsReady():
                     raise ValueError(f"weights of {logic.settings.model} are not downloaded yet: click "
                                      "'Download weights' first")
                 segmentationNode = self._segmentationNode(volumeNode)
@@ -357,11 +358,12 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegmentInRoi(self):
         roiNode = self.ui.roiSelector.currentNode()
-        name = self._segmentNameHint or "AI segment"
+        name = "AI segment"
         color = (0.9, 0.6, 0.2)
         if roiNode is not None:
-            structure = roiNode.GetAttribute("MedLAMLocalize.Structure")
-            name = self._segmentNameHint or structure or roiNode.GetName()
+            hint = self._segmentNameHint[1] if self._segmentNameHint and self._segmentNameHint[0] == roiNode.GetID() \
+                else None
+            name = hint or roiNode.GetAttribute("MedLAMLocalize.Structure") or roiNode.GetName()
             if roiNode.GetDisplayNode() is not None:
                 color = tuple(roiNode.GetDisplayNode().GetSelectedColor())
         newSegment = self.ui.newSegmentCheckBox.checked
@@ -379,7 +381,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onFillBetween(self):
         self._startAction(lambda logic, volume, segmentation: logic.prepare_fill_between(
-            volume, segmentation, self._requireSegment()))
+            volume, segmentation, self._requireSegment()), needsModel=False)
 
     def onRefine(self):
         scribbleId = None
@@ -643,8 +645,7 @@ class MedFoundationSegTest(ScriptedLoadableModuleTest):
             sliceNode = slicer.vtkMRMLSliceNode()
             sliceNode.SetName("Red")
             sliceNode.SetLayoutName("Red")
-            sliceNode.SetSingletonTag("Red")
-            sliceNode.SetOrientationToAxial()
+            sliceNode.SetSingletonTag("Red")  # a new slice node's SliceToRAS is the identity: an axial view
             sliceNode = slicer.mrmlScene.AddNode(sliceNode)
         j, i = np.argwhere(seed[seedK]).mean(0)
         centerRas = mrml_bridge.ras_from_lps(phantom.image.lps_from_ijk([[i, j, seedK]]))[0]
