@@ -14,6 +14,8 @@ import sys
 
 SUBCOMMAND_MODULES = (
     "MedFoundationSegLib.weights_cli",
+    "MedFoundationSegLib.demo",
+    "MedFoundationSegLib.batch_cli",
 )
 
 
