@@ -78,27 +78,30 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def fold_batchnorm(module: nn.Module) -> int:
-    """Fold every eval-mode BatchNorm2d into the Conv2d before it (TinyViT's conv+BN blocks); returns the count.
+    """Replace every eval-mode conv+BatchNorm2d pair by one Conv2d with the BN folded in; returns the count.
 
-    Two layouts are recognised: a module holding a conv ``c`` and a BN ``bn`` (TinyViT's Conv2d_BN), and a conv
-    directly followed by a BN inside an nn.Sequential. The folded BN becomes an Identity, so the math is unchanged
-    up to rounding while one memory pass per block disappears.
+    Two layouts are recognised: a block whose only children are a conv ``c`` and a BN ``bn`` (TinyViT's Conv2d_BN,
+    whatever its forward does to compute bn(c(x))), replaced as a whole; and a conv directly followed by a BN in an
+    nn.Sequential. Same function up to rounding, but the folded weights are computed once, not on every call, and
+    the convolution can be pre-packed by oneDNN.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+    def conv_bn_pair(conv, norm) -> bool:
+        return isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and not norm.training
+
     folded = 0
     for parent in list(module.modules()):
-        conv, norm = getattr(parent, "c", None), getattr(parent, "bn", None)
-        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and not norm.training:
-            parent.c = fuse_conv_bn_eval(conv, norm)
-            parent.bn = nn.Identity()
-            folded += 1
+        for name, child in list(parent._modules.items()):
+            grandchildren = dict(child.named_children()) if child is not None else {}
+            if set(grandchildren) == {"c", "bn"} and conv_bn_pair(grandchildren["c"], grandchildren["bn"]):
+                parent._modules[name] = fuse_conv_bn_eval(grandchildren["c"], grandchildren["bn"])
+                folded += 1
         if isinstance(parent, nn.Sequential):
             names = list(parent._modules)
             for first, second in zip(names, names[1:]):
-                conv, norm = parent._modules[first], parent._modules[second]
-                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and not norm.training:
-                    parent._modules[first] = fuse_conv_bn_eval(conv, norm)
+                if conv_bn_pair(parent._modules[first], parent._modules[second]):
+                    parent._modules[first] = fuse_conv_bn_eval(parent._modules[first], parent._modules[second])
                     parent._modules[second] = nn.Identity()
                     folded += 1
     return folded
@@ -123,6 +126,7 @@ class EncoderRuntime:
                  batch_size: int | None = None, fold_bn: bool = True, channels_last: bool = True):
         self.encoder = encoder.eval()
         self.device = device
+        self.requested_precision = precision
         self.precision = resolve_precision(precision, device)
         self.batch_size = int(batch_size) if batch_size else (8 if device.type == "cuda" else 4)
         if self.batch_size < 1:
@@ -181,5 +185,6 @@ class EncoderRuntime:
         warnings.warn(f"{self.device.type} out of memory even at batch 1 ({error}); falling back to the CPU "
                       f"(slower, same masks)", RuntimeWarning, stacklevel=3)
         self.device = torch.device("cpu")
-        self.precision = resolve_precision("auto", self.device)
+        self.precision = resolve_precision("auto" if self.requested_precision == "fp16" else self.requested_precision,
+                                           self.device)
         self._place()

@@ -1,0 +1,289 @@
+"""SlicePredictor with the real LiteMedSAM weights on a small CT-like phantom.
+
+The encoder costs about a second per slice here, so the whole file encodes about ten slices: one predictor per
+concern, all sharing one loaded model. Weights come from the active cache (MEDFOUNDATIONSEG_CACHE or the user cache);
+when they are missing the tests fail with the `medfoundationseg weights fetch litemedsam` command to run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from MedFoundationSegLib import weights
+from MedFoundationSegLib.encoder_runtime import DeviceError, EncoderRuntime, select_device
+from MedFoundationSegLib.models.build import build_model
+from MedFoundationSegLib.phantoms import make_phantom
+from MedFoundationSegLib.predictor import (Cancelled, EmbeddingCache, PredictorError, SlicePredictor,
+                                           clip_box_to_slice)
+from MedFoundationSegLib.preprocessing import UnknownModelError
+from MedFoundationSegLib.volume import Volume
+
+EMBEDDING_BYTES = 256 * 64 * 64 * 2  # one LiteMedSAM slice embedding stored in fp16
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum()))
+
+
+def bbox_xyxy(mask: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(seed=0, shape_kji=(16, 160, 160))
+
+
+@pytest.fixture(scope="module")
+def liver_slice(phantom) -> int:
+    liver = phantom.labels.array == phantom.label_ids["liver"]
+    return int(np.argmax(liver.sum(axis=(1, 2))))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("litemedsam", weights=weights.weights_path("litemedsam"))
+
+
+def make_predictor(phantom, model, **kwargs) -> SlicePredictor:
+    return SlicePredictor(phantom.image, model, preprocessing="litemedsam", window="soft_tissue", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def axial(phantom, model):
+    return make_predictor(phantom, model)
+
+
+# --- accuracy ---------------------------------------------------------------------------------------------------
+def test_box_around_organs_segments_them(phantom, axial, liver_slice):
+    scores = {}
+    for index in (liver_slice, liver_slice + 2):
+        labels = phantom.labels.array[index]
+        organs = [name for name in ("liver", "spleen", "stomach", "kidney_left", "kidney_right")
+                  if (labels == phantom.label_ids[name]).sum() > 150]
+        truths = [labels == phantom.label_ids[name] for name in organs]
+        prediction = axial.predict(index, boxes=[bbox_xyxy(t) for t in truths])  # several boxes, one call
+        assert prediction.masks.shape == (len(organs), 1, 160, 160) and prediction.masks.dtype == bool
+        assert prediction.iou.shape == (len(organs), 1)
+        scores.update({f"{name}@{index}": dice(prediction.masks[i, 0], truth)
+                       for i, (name, truth) in enumerate(zip(organs, truths))})
+    assert len(scores) >= 4, scores
+    assert np.mean(list(scores.values())) >= 0.9, scores
+    assert max(scores.values()) >= 0.95 and min(scores.values()) >= 0.75, scores
+
+
+def test_multimask_points_and_mask_prompts(phantom, axial, liver_slice):
+    liver = phantom.labels.array[liver_slice] == phantom.label_ids["liver"]
+    box = bbox_xyxy(liver)
+    multi = axial.predict(liver_slice, boxes=box, multimask=True)
+    assert multi.masks.shape == (1, 3, 160, 160) and multi.iou.shape == (1, 3)
+    best_masks, best_iou = multi.best()
+    assert best_masks.shape == (1, 160, 160) and best_iou[0] == multi.iou.max()
+    # Box plus a positive click inside the liver and a negative one in the background.
+    ys, xs = np.nonzero(liver)
+    inside = [float(xs[len(xs) // 2]), float(ys[len(ys) // 2])]
+    with_clicks = axial.predict(liver_slice, boxes=box, points=[inside, [2.0, 2.0]], point_labels=[1, 0])
+    assert dice(with_clicks.masks[0, 0], liver) >= 0.85
+    # The previous prediction's low-res logits as a mask prompt keep the result.
+    best = int(multi.iou[0].argmax())
+    again = axial.predict(liver_slice, boxes=box, mask_input=multi.low_res_logits[0, best][None])
+    assert dice(again.masks[0, 0], liver) >= 0.85
+    # An edited slice mask turned into a prompt pulls the prediction towards it.
+    from_mask = axial.predict(liver_slice, boxes=box, mask_input=axial.mask_to_prompt(liver))
+    assert dice(from_mask.masks[0, 0], liver) >= 0.9
+    # Clicks alone are accepted (LiteMedSAM was trained on boxes only, so no accuracy is asked of them here).
+    clicks = axial.predict(liver_slice, points=[[inside], [[20.0, 30.0]]], point_labels=[[1], [0]])
+    assert clicks.masks.shape == (2, 1, 160, 160) and np.isfinite(clicks.iou).all()
+
+
+# --- cache ------------------------------------------------------------------------------------------------------
+def test_cache_never_reencodes_a_slice(phantom, axial, liver_slice):
+    axial.embedding(liver_slice)
+    encoded, calls = axial.slices_encoded, axial.runtime.calls
+    for _ in range(3):
+        axial.predict(liver_slice, boxes=[10, 10, 60, 60])
+        axial.predict(liver_slice, boxes=[[10, 10, 60, 60], [70, 70, 150, 150]], multimask=True)
+    assert (axial.slices_encoded, axial.runtime.calls) == (encoded, calls)
+    assert axial.cache.hits >= 6
+
+
+def test_cached_and_uncached_predictions_are_identical(phantom, model, axial, liver_slice):
+    liver = phantom.labels.array[liver_slice] == phantom.label_ids["liver"]
+    box = bbox_xyxy(liver)
+    uncached = make_predictor(phantom, model, cache_bytes=0)
+    first = uncached.predict(liver_slice, boxes=box)
+    second = uncached.predict(liver_slice, boxes=box)
+    assert uncached.slices_encoded == 2 and len(uncached.cache) == 0  # no budget: every call encodes
+    cached = axial.predict(liver_slice, boxes=box)
+    for other in (second, cached):
+        assert np.array_equal(first.masks, other.masks)
+        assert np.array_equal(first.iou, other.iou)
+        assert np.array_equal(first.low_res_logits, other.low_res_logits)
+
+
+def test_encode_range_batches_and_respects_the_byte_budget(phantom, model, liver_slice):
+    budget = int(2.5 * EMBEDDING_BYTES)  # room for two slices
+    predictor = make_predictor(phantom, model, cache_bytes=budget, batch_size=2)
+    first, last = liver_slice - 1, liver_slice + 1
+    seen = []
+    with pytest.warns(RuntimeWarning, match="evicted"):
+        newly = predictor.encode_range(first, last, progress=lambda f, m: seen.append(f))
+    assert newly == 3 and predictor.slices_encoded == 3
+    assert predictor.runtime.calls == 2  # one slice, then the remaining two in one batch
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    assert len(predictor.cache) == 2 and predictor.cache.nbytes <= budget
+    assert predictor.cache.keys() == [liver_slice, last]  # least recently used (first) went out
+    assert predictor.encode_range(liver_slice, last) == 0  # cached: nothing to do
+    predictor.embedding(first)  # evicted earlier: encoded again, evicting the LRU entry
+    assert predictor.slices_encoded == 4 and predictor.cache.nbytes <= budget
+    assert predictor.cache.keys() == [last, first]
+
+
+def test_encode_range_honours_cancel(phantom, model, liver_slice):
+    predictor = make_predictor(phantom, model, batch_size=1)
+    with pytest.raises(Cancelled):
+        predictor.encode_range(liver_slice, liver_slice + 3, cancelled=lambda: predictor.slices_encoded >= 1)
+    assert predictor.slices_encoded == 1
+
+
+def test_embedding_cache_is_lru_and_bounded():
+    cache = EmbeddingCache(budget_bytes=3 * 400)
+    tensors = {i: torch.zeros(100, dtype=torch.float32) for i in range(5)}  # 400 bytes each
+    for i in range(3):
+        assert cache.put(i, tensors[i])
+    cache.get(0)  # 0 becomes most recent
+    cache.put(3, tensors[3])
+    assert cache.keys() == [2, 0, 3] and cache.nbytes == 1200 and cache.evictions == 1
+    assert not cache.put(9, torch.zeros(1000))  # larger than the whole budget: not stored, nothing evicted
+    assert cache.keys() == [2, 0, 3]
+    assert EmbeddingCache(0).put(1, tensors[1]) is False
+    with pytest.raises(PredictorError, match="budget"):
+        EmbeddingCache(-1)
+
+
+# --- axes -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("axis, expected_hw", [("coronal", (16, 160)), ("sagittal", (16, 160))])
+def test_coronal_and_sagittal_slices_have_the_right_shape(phantom, model, axis, expected_hw):
+    predictor = make_predictor(phantom, model, axis=axis)
+    assert predictor.num_slices == 160 and predictor.slice_hw == expected_hw
+    index = 80
+    kept = {"coronal": 1, "sagittal": 2}[axis]
+    assert np.array_equal(predictor.slice_image(index), np.take(phantom.image.array, index, axis=kept))
+    # Thick slices (z spacing >> in-plane) are stretched back to their physical aspect in the model frame.
+    spacing_x, _, spacing_z = phantom.image.spacing_mm
+    rows_mm, cols_mm = 16 * spacing_z, 160 * spacing_x
+    h, w = predictor.transform.resized_hw
+    assert abs(h / w - rows_mm / cols_mm) < 0.02
+    prediction = predictor.predict(index, boxes=[40, 3, 120, 12])
+    assert prediction.masks.shape == (1, 1) + expected_hw
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, message", [
+    ({"boxes": [100, 10, 170, 50]}, "outside"),
+    ({"boxes": [-5, 10, 50, 50]}, "outside"),
+    ({"boxes": [50, 10, 50, 60]}, "empty box"),
+    ({"boxes": [60, 70, 50, 80]}, "empty box"),
+    ({"boxes": [1, 2, 3]}, r"\(N, 4\)"),
+    ({"boxes": [10, np.nan, 50, 50]}, "NaN"),
+    ({}, "at least a box or points"),
+    ({"points": [[10, 10]]}, "point_labels"),
+    ({"points": [[10, 10]], "point_labels": [2]}, "1 \\(foreground\\) or 0"),
+    ({"points": [[10, 400]], "point_labels": [1]}, "outside"),
+    ({"boxes": [10, 10, 50, 50], "mask_input": np.zeros((64, 64))}, "low-res logits"),
+])
+def test_bad_prompts_raise_clear_errors(axial, liver_slice, kwargs, message):
+    with pytest.raises(PredictorError, match=message):
+        axial.predict(liver_slice, **kwargs)
+
+
+def test_bad_slice_index_and_axis(phantom, model, axial):
+    with pytest.raises(PredictorError, match="outside the volume's 16 axial slices"):
+        axial.predict(16, boxes=[10, 10, 50, 50])
+    with pytest.raises(PredictorError, match="integer"):
+        axial.embedding(2.0)
+    with pytest.raises(PredictorError, match="unknown axis"):
+        make_predictor(phantom, model, axis="oblique")
+
+
+def test_bad_volumes_raise_clear_errors(model):
+    image = np.zeros((4, 32, 32), np.float32)
+    image[1, 3, 3] = np.nan
+    with pytest.raises(PredictorError, match="NaN"):
+        SlicePredictor(image, model, preprocessing="litemedsam", window="soft_tissue")
+    with pytest.raises(PredictorError, match="dtype"):
+        SlicePredictor(np.zeros((4, 32, 32), bool), model, preprocessing="litemedsam")
+    with pytest.raises(PredictorError, match="dtype"):
+        SlicePredictor(np.zeros((4, 32, 32), np.complex64), model, preprocessing="litemedsam")
+    with pytest.raises(PredictorError, match="3D"):
+        SlicePredictor(np.zeros((32, 32), np.int16), model, preprocessing="litemedsam")
+    with pytest.raises(PredictorError, match="spacing"):
+        SlicePredictor(np.zeros((4, 32, 32), np.int16), model, spacing_mm=(1, 0, 1), preprocessing="litemedsam")
+    with pytest.raises(PredictorError, match="preprocessing"):
+        SlicePredictor(np.zeros((4, 32, 32), np.int16), model)
+
+
+def test_unknown_model_and_missing_weights(isolated_cache):
+    volume = Volume(np.zeros((2, 32, 32), np.int16), (1.0, 1.0, 1.0))
+    with pytest.raises(UnknownModelError, match="unknown model 'sam_vit_z'"):
+        SlicePredictor(volume, "sam_vit_z")
+    with pytest.raises(weights.MissingWeightsError, match="medfoundationseg weights fetch litemedsam"):
+        SlicePredictor(volume, "litemedsam")
+
+
+def test_clip_box_to_slice_for_callers_that_grow_boxes():
+    assert clip_box_to_slice([-3, 5, 170, 200], (160, 160)).tolist() == [0, 5, 159, 159]
+
+
+# --- device policy ----------------------------------------------------------------------------------------------
+def test_device_selection():
+    if torch.cuda.is_available():
+        assert select_device("auto").type == "cuda"
+    else:
+        assert select_device("auto").type in ("mps", "cpu")
+        with pytest.raises(DeviceError, match="no CUDA"):
+            select_device("cuda")
+    assert select_device("cpu") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="unknown device"):
+        select_device("tpu9")
+
+
+class _PretendGpu(EncoderRuntime):
+    """A runtime that believes it is on a CUDA GPU holding at most ``fits`` images per call (math runs on the CPU)."""
+
+    fits = 0
+
+    def _place(self):
+        if self.device.type == "cpu":  # the CPU fallback really moves the encoder
+            super()._place()
+
+    def _run(self, images):
+        if self.device.type != "cuda":
+            return super()._run(images)
+        if images.shape[0] > self.fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        with torch.inference_mode():
+            self.calls += 1
+            return self.encoder(images).float()
+
+
+def test_cuda_out_of_memory_shrinks_batches_then_falls_back_to_cpu():
+    encoder = torch.nn.Conv2d(3, 4, 1)
+    images = torch.rand(5, 3, 8, 8)
+    with torch.inference_mode():
+        expected = encoder(images)
+
+    runtime = _PretendGpu(encoder, torch.device("cpu"), "fp32", batch_size=8, fold_bn=False, channels_last=False)
+    runtime.device, runtime.fits = torch.device("cuda"), 2
+    with pytest.warns(RuntimeWarning, match="out of memory; retrying with encoder batches of 2"):
+        out = runtime(images)
+    assert runtime.batch_size == 2 and runtime.device.type == "cuda" and torch.allclose(out, expected, atol=1e-5)
+
+    runtime = _PretendGpu(encoder, torch.device("cpu"), "fp32", batch_size=4, fold_bn=False, channels_last=False)
+    runtime.device, runtime.fits = torch.device("cuda"), 0  # not even one image fits: CPU fallback, same result
+    with pytest.warns(RuntimeWarning, match="falling back to the CPU"):
+        out = runtime(images)
+    assert runtime.device.type == "cpu" and torch.allclose(out, expected, atol=1e-5)
