@@ -46,6 +46,7 @@ class PreparedAction:
     volume: Volume
     compute: functools.partial  # call with progress=, cancelled= on the worker
     prompts: dict
+    scratch_segment_ids: tuple = ()  # segments the result may overlap (the scribbles that guided it)
 
 
 class MedFoundationSegLogic:
@@ -128,7 +129,7 @@ class MedFoundationSegLogic:
                    "negative_ras": mrml_bridge.control_points_ras(negative_node).round(3).tolist(),
                    "scribble_segment": scribble_segment_id}
         return PreparedAction("refine", volume_node.GetID(), segmentation_node.GetID(), segment_id, volume, compute,
-                              prompts)
+                              prompts, (scribble_segment_id,) if scribble_segment_id else ())
 
     # --- apply (GUI thread) -----------------------------------------------------------------------------------------
     def apply(self, prepared: PreparedAction, result: pipeline.CaseResult, *, segment_name: str = "AI segment",
@@ -140,7 +141,7 @@ class MedFoundationSegLogic:
         prompts = dict(prepared.prompts, report=result.report_summary())
         return self.history.apply(volume_node, segmentation_node, result.mask_kji, segment_id=prepared.segment_id,
                                   segment_name=segment_name, color_rgb=color_rgb, prompts=prompts,
-                                  action=prepared.action)
+                                  action=prepared.action, scratch_segment_ids=prepared.scratch_segment_ids)
 
     def undo(self) -> str | None:
         return self.history.undo()

@@ -114,13 +114,13 @@ def segment_mask_kji(segmentation_node, segment_id: str, volume_node) -> np.ndar
     return np.asarray(array) > 0
 
 
-def other_segments_mask_kji(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
-    """Union of every segment except ``segment_id``: the voxels an AI edit must never take."""
+def other_segments_mask_kji(segmentation_node, segment_id: str, volume_node, ignore=()) -> np.ndarray:
+    """Union of every segment except ``segment_id`` (and ``ignore``): the voxels an AI edit must never take."""
     segmentation = segmentation_node.GetSegmentation()
     union = np.zeros(slicer.util.arrayFromVolume(volume_node).shape, bool)
     for index in range(segmentation.GetNumberOfSegments()):
         other = segmentation.GetNthSegmentID(index)
-        if other != segment_id:
+        if other != segment_id and other not in ignore:
             union |= segment_mask_kji(segmentation_node, other, volume_node)
     return union
 

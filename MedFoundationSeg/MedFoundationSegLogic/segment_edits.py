@@ -51,7 +51,9 @@ class SegmentEditHistory:
 
     def apply(self, volume_node, segmentation_node, mask_kji: np.ndarray, *, segment_id: str | None = None,
               segment_name: str = "AI segment", color_rgb=(0.9, 0.6, 0.2), prompts: dict | None = None,
-              action: str = "segment") -> EditResult:
+              action: str = "segment", scratch_segment_ids=()) -> EditResult:
+        """``scratch_segment_ids``: helper segments (e.g. the user's include scribbles) whose voxels the result may
+        share; every other segment stays protected."""
         mask_kji = np.asarray(mask_kji, bool)
         volume_shape = mrml_bridge.slicer.util.arrayFromVolume(volume_node).shape
         if mask_kji.shape != volume_shape:
@@ -69,7 +71,8 @@ class SegmentEditHistory:
                 raise ValueError(f"segment {segment_id!r} does not exist in {segmentation_node.GetName()}")
             previous = mrml_bridge.segment_mask_kji(segmentation_node, segment_id, volume_node)
             previous_prompts = mrml_bridge.get_segment_prompts(segmentation_node, segment_id) or None
-        protected = mrml_bridge.other_segments_mask_kji(segmentation_node, segment_id, volume_node)
+        protected = mrml_bridge.other_segments_mask_kji(segmentation_node, segment_id, volume_node,
+                                                        ignore=tuple(scratch_segment_ids))
         kept = mask_kji & ~protected
         mrml_bridge.write_segment_mask_kji(segmentation_node, segment_id, kept, volume_node)
         mrml_bridge.set_segment_prompts(segmentation_node, segment_id, dict(prompts or {}, action=action))
