@@ -1,0 +1,235 @@
+"""Propagation logic with stand-in segmenters (no model weights), and interpolation between slices."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from MedFoundationSegLib.interpolation import InterpolationError, interpolate_slices
+from MedFoundationSegLib.phantoms import make_phantom
+from MedFoundationSegLib.propagate import (PropagationError, StopRules, auto_step, box_per_slice, every_kth,
+                                           mask_box_xyxy, propagate_from_seeds, reference_litemedsam,
+                                           repropagate_from_edit, resolve_overlaps)
+
+
+def dice(a, b):
+    return 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+class Oracle:
+    """Ground truth inside the prompt box, randomly eroded/dilated by one pixel; empty where the organ is absent."""
+
+    def __init__(self, gt, seed=0, iou=0.92):
+        self.gt, self.rng, self.iou, self.calls = gt, np.random.default_rng(seed), iou, []
+
+    def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+        self.calls.append((k, tuple(box), points))
+        x0, y0, x1, y1 = box
+        m = np.zeros(self.gt.shape[1:], bool)
+        m[y0:y1 + 1, x0:x1 + 1] = self.gt[k, y0:y1 + 1, x0:x1 + 1]
+        r = int(self.rng.integers(-1, 2))
+        if r > 0:
+            m = ndimage.binary_dilation(m)
+        elif r < 0 and m.sum() > 40:
+            m = ndimage.binary_erosion(m)
+        return m, self.iou if m.any() else 0.2
+
+
+class Blob:
+    """Adversarial: always an ellipse filling the box, with high confidence (SAM's "a box means an object")."""
+
+    def __init__(self, shape_hw):
+        self.shape, self.calls = shape_hw, []
+
+    def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+        self.calls.append(k)
+        x0, y0, x1, y1 = box
+        yy, xx = np.mgrid[: self.shape[0], : self.shape[1]]
+        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, max((x1 - x0) / 2, 2), max((y1 - y0) / 2, 2)
+        return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 0.55, 0.97
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(5, (48, 128, 128))
+
+
+def _range(mask):
+    ks = np.flatnonzero(mask.any(axis=(1, 2)))
+    return int(ks[0]), int(ks[-1])
+
+
+def test_box_per_slice_covers_every_slice_pads_in_mm_and_honours_slabs():
+    gt = np.zeros((20, 64, 64), bool)
+    gt[5:15, 20:40, 10:30] = True
+    oracle = Oracle(gt)
+    slab = (8, 9, (12, 22, 28, 38))
+    result = box_per_slice(oracle, gt.shape, ((5, 14), (20, 39), (10, 29)), spacing_mm=(0.5, 0.5, 2.0), pad_mm=2.0,
+                           slabs=[slab])
+    called = {k: box for k, box, _ in oracle.calls}
+    assert sorted(called) == list(range(5, 15)) == result.segmented
+    assert called[5] == (10 - 4, 20 - 4, 29 + 4, 39 + 4)  # 2 mm at 0.5 mm/px = 4 px
+    assert called[8] == (12 - 4, 22 - 4, 28 + 4, 38 + 4)
+    assert dice(result.mask, gt) > 0.9
+    with pytest.raises(PropagationError, match="outside"):
+        box_per_slice(oracle, gt.shape, ((5, 30), (0, 1), (0, 1)))
+
+
+def test_seed_propagation_finds_both_ends_with_an_oracle(phantom):
+    gt = phantom.mask("spleen")
+    lo, hi = _range(gt)
+    k = (lo + hi) // 2
+    oracle = Oracle(gt)
+    result = propagate_from_seeds(oracle, gt.shape, {k: gt[k]})
+    got_lo, got_hi = _range(result.mask)
+    assert abs(got_lo - lo) <= 1 and abs(got_hi - hi) <= 1
+    assert dice(result.mask, gt) > 0.85
+    assert "empty or tiny" in result.stop_reasons["up"] and "empty or tiny" in result.stop_reasons["down"]
+    # The prompt is the previous mask's box with a margin plus a positive point inside the previous mask.
+    k_next, box, points = next(c for c in oracle.calls if c[0] == k + 1)
+    prev_box = mask_box_xyxy(gt[k])
+    assert box[0] < prev_box[0] and box[2] > prev_box[2]
+    x, y = points[0]
+    assert gt[k, int(y), int(x)]
+
+
+def test_seed_box_is_segmented_first(phantom):
+    gt = phantom.mask("kidney_left")
+    lo, hi = _range(gt)
+    k = (lo + hi) // 2
+    result = propagate_from_seeds(Oracle(gt), gt.shape, {k: np.array(mask_box_xyxy(gt[k]))})
+    assert dice(result.mask, gt) > 0.8
+
+
+def test_adversarial_blob_stops_at_localized_range(phantom):
+    gt = phantom.mask("liver")
+    lo, hi = _range(gt)
+    k = (lo + hi) // 2
+    blob = Blob(gt.shape[1:])
+    result = propagate_from_seeds(blob, gt.shape, {k: gt[k]}, limits=(lo, hi), rules=StopRules(range_tolerance_slices=2))
+    got_lo, got_hi = _range(result.mask)
+    assert got_lo == max(lo - 2, 0) and got_hi == min(hi + 2, gt.shape[0] - 1)
+    assert "localized range" in result.stop_reasons["up"] or "volume edge" in result.stop_reasons["up"]
+
+
+def test_adversarial_blob_without_range_stops_on_appearance(phantom):
+    gt = phantom.mask("liver")
+    lo, hi = _range(gt)
+    k = (lo + hi) // 2
+    blob = Blob(gt.shape[1:])
+    result = propagate_from_seeds(blob, gt.shape, {k: gt[k]}, image=phantom.image.array)
+    got_lo, got_hi = _range(result.mask)
+    assert lo - 2 <= got_lo and got_hi <= hi + 2, (lo, hi, got_lo, got_hi, result.stop_reasons)  # no overshoot
+    assert got_hi - got_lo >= (hi - lo) // 2  # but it did propagate
+    assert all("intensity" in r and "unlike the seed" in r for r in result.stop_reasons.values())
+
+
+def test_low_iou_and_leak_rules_stop_and_explain():
+    gt = np.zeros((30, 64, 64), bool)
+    gt[:, 20:40, 20:40] = True
+
+    class Fading(Oracle):
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            m, _ = super().segment(k, box)
+            return m, 0.9 if k < 20 else 0.3
+
+    result = propagate_from_seeds(Fading(gt), gt.shape, {10: gt[10]})
+    assert result.stop_reasons["up"] == "low predicted IoU 0.30 < 0.5 at slice 20"
+    assert _range(result.mask)[1] == 19
+
+    class Leaky(Oracle):
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            m = np.zeros(gt.shape[1:], bool)
+            m[20:40, 20:40] = True
+            if k <= 5:
+                m[5:60, 5:60] = True
+            return m, 0.95
+
+    result = propagate_from_seeds(Leaky(gt), gt.shape, {10: gt[10]})
+    assert "area jumped" in result.stop_reasons["down"] and _range(result.mask)[0] == 6
+
+
+def test_edit_repropagates_only_outward(phantom):
+    gt = phantom.mask("spleen")
+    lo, hi = _range(gt)
+    k = (lo + hi) // 2
+    first = propagate_from_seeds(Oracle(gt, seed=1), gt.shape, {k: gt[k]})
+    edit = k + 3
+    oracle = Oracle(gt, seed=2)
+    second = repropagate_from_edit(oracle, first, edit, gt[edit])
+    called = sorted({c[0] for c in oracle.calls})
+    assert called and min(called) > edit
+    assert np.array_equal(second.mask[:edit], first.mask[:edit])
+    assert np.array_equal(second.mask[edit], gt[edit])
+    assert edit in second.seeds
+
+
+def test_two_seeds_fill_the_gap_without_overwriting(phantom):
+    gt = phantom.mask("liver")
+    lo, hi = _range(gt)
+    a, b = lo + 3, hi - 3
+    oracle = Oracle(gt)
+    result = propagate_from_seeds(oracle, gt.shape, {a: gt[a], b: gt[b]})
+    assert np.array_equal(result.mask[a], gt[a]) and np.array_equal(result.mask[b], gt[b])
+    assert all(result.mask[k].any() for k in range(a, b + 1))
+    calls = [c[0] for c in oracle.calls]
+    assert len(calls) == len(set(calls))  # each slice asked once
+
+
+def test_every_kth_segments_key_slices_and_interpolates(phantom):
+    gt = phantom.mask("liver")
+    lo, hi = _range(gt)
+    k = (lo + hi) // 2
+    oracle = Oracle(gt)
+    result = every_kth(oracle, gt.shape, {k: gt[k]}, step=3)
+    asked = sorted({c[0] for c in oracle.calls})
+    assert all((s - k) % 3 == 0 for s in asked)
+    assert result.interpolated and set(result.interpolated).isdisjoint(result.segmented)
+    assert dice(result.mask, gt) > 0.8
+    assert auto_step(60, 1.0) == 8 and auto_step(60, 5.0) == 2 and auto_step(4, 1.0) == 1
+
+
+def test_reference_mode_matches_the_litemedsam_procedure():
+    gt = np.zeros((21, 512, 512), bool)
+    gt[4:17, 100:200, 150:260] = True
+    oracle = Oracle(gt, iou=0.9)
+    result = reference_litemedsam(oracle, gt.shape, (150, 100, 2, 259, 199, 18))
+    ks = [c[0] for c in oracle.calls]
+    assert ks == list(range(10, 19)) + list(range(9, 1, -1))  # middle, up to z1, then down to z0; no stop rule
+    assert oracle.calls[0][1] == (150, 100, 259, 199)
+    box_11 = oracle.calls[1][1]
+    prev = mask_box_xyxy(result.mask[10])
+    assert box_11 == (prev[0] - 6, prev[1] - 6, prev[2] + 6, prev[3] + 6)  # 3 px at 256 = 6 px at 512
+    assert result.mask[2:4].sum() == 0 and result.segmented == list(range(2, 19))
+
+
+def test_overlaps_are_resolved_explicitly():
+    a = np.zeros((4, 10, 10), bool)
+    b = np.zeros_like(a)
+    a[:, 2:6] = True
+    b[:, 4:8] = True
+    by_order = resolve_overlaps({"a": a, "b": b}, {"a": 1, "b": 2}, policy="order")
+    assert (by_order.labels[:, 4:6] == 1).all() and by_order.overlaps == {("a", "b"): 4 * 2 * 10}
+    by_score = resolve_overlaps({"a": a, "b": b}, {"a": 1, "b": 2}, policy="score", scores={"a": 0.6, "b": 0.9})
+    assert (by_score.labels[:, 4:6] == 2).all() and by_score.overlaps == {("b", "a"): 80}
+    with pytest.raises(PropagationError, match="needs a score"):
+        resolve_overlaps({"a": a}, {"a": 1}, policy="score")
+
+
+def test_interpolation_between_annotated_slices(phantom):
+    gt = phantom.mask("liver")
+    lo, hi = _range(gt)
+    keys = list(range(lo, hi + 1, 3)) + [hi]
+    out = interpolate_slices(gt, keys)
+    assert dice(out, gt) > 0.85
+    assert not out[:lo].any() and not out[hi + 1:].any()
+    for k in keys:
+        assert np.array_equal(out[k], gt[k])
+    sparse = np.zeros_like(gt)
+    sparse[keys] = gt[keys]
+    assert dice(sparse, gt) < 0.6  # interpolation did real work
+    # Another axis: annotate every 4th coronal slice.
+    js = np.flatnonzero(gt.any(axis=(0, 2)))
+    ckeys = list(range(js[0], js[-1] + 1, 4)) + [int(js[-1])]
+    assert dice(interpolate_slices(gt, ckeys, axis=1), gt) > 0.8
+    with pytest.raises(InterpolationError, match="out of range"):
+        interpolate_slices(gt, [1000])
