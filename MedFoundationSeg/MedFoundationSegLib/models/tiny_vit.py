@@ -181,7 +181,8 @@ class TinyViTBlock(nn.Module):
                 grid = grid[:, :h, :w].contiguous()
             attended = grid.view(b, n, c)
         x = x + attended
-        x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w)).view(b, c, n).transpose(1, 2)
+        # tokens (B, N, C) seen as a channels-last (B, C, H, W) map: no copy in, none out
+        x = self.local_conv(x.view(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, n, c)
         return x + self.mlp(x)
 
 
