@@ -90,6 +90,17 @@ def test_real_checkpoints_load_strictly(litemedsam, mobilesam):
     assert mobilesam.image_size == 1024
 
 
+def test_in_memory_state_dict_is_copied_not_shared():
+    source = build_model("litemedsam")
+    state = source.state_dict()
+    model = build_model("litemedsam", weights=state)
+    key = "mask_decoder.iou_prediction_head.layers.0.weight"
+    assert torch.equal(model.state_dict()[key], state[key])
+    with torch.no_grad():
+        state[key].add_(1.0)
+    assert not torch.equal(model.state_dict()[key], state[key])
+
+
 def test_wrong_checkpoint_is_refused_with_the_offending_keys_and_file():
     path = weights.weights_path("mobilesam")
     with pytest.raises(CheckpointMismatchError) as error:
@@ -202,7 +213,8 @@ def test_litemedsam_matches_reference_and_segments_a_bright_disc(litemedsam, ref
 def test_mobilesam_matches_reference(mobilesam, reference):
     image = np.kron(reference["image_u8"].astype(np.float32), np.ones((4, 4), np.float32))
     images = (torch.from_numpy(image)[None, None].repeat(1, 3, 1, 1) - PIXEL_MEAN) / PIXEL_STD
-    _check_against_reference(mobilesam, images, 4.0, "mobile_", reference)
+    low_res = _check_against_reference(mobilesam, images, 4.0, "mobile_", reference)
+    assert images.shape == (1, 3, 1024, 1024) and low_res.shape == (1, 1, 256, 256)
 
 
 def _seeded_state(model, seed):

@@ -143,9 +143,29 @@ def build_model(name: str, *, weights=None, device: str | torch.device = "cpu") 
             raise ValueError("device='meta' builds an empty model for shape checks; it cannot hold weights")
         with torch.device("meta"):
             return construct_model(name, arch).eval()
-    model = construct_model(name, arch)
-    if weights is not None:
-        state_dict, source = _state_dict_from(name, weights)
+    if weights is None:
+        return construct_model(name, arch).to(device).eval()
+    state_dict, source = _state_dict_from(name, weights)
+    if isinstance(weights, Mapping):  # the caller's tensors: copy them into a normally built model
+        model = construct_model(name, arch)
         check_state_dict(model, state_dict, source)
         model.load_state_dict(state_dict, strict=True)
+    else:  # a freshly read file: adopt its tensors (no random init, one copy in memory: matters for ViT-H)
+        with torch.device("meta"):
+            model = construct_model(name, arch)
+        check_state_dict(model, state_dict, source)
+        state_dict = {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        _rebuild_constant_buffers(model)
     return model.to(device).eval()
+
+
+def _rebuild_constant_buffers(model: torch.nn.Module) -> None:
+    """Non-checkpoint buffers (index tables, pixel statistics) of a model built on the meta device."""
+    for module in model.modules():
+        if hasattr(module, "constant_buffers"):
+            for key, value in module.constant_buffers().items():
+                module.register_buffer(key, value, persistent=False)
+    leftovers = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if leftovers:
+        raise RuntimeError(f"model still has unmaterialised tensors after loading: {leftovers[:SHOWN_KEYS]}")

@@ -26,8 +26,15 @@ class SamModel(nn.Module):
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self._pixel_stats = (tuple(pixel_mean), tuple(pixel_std))
+        for key, value in self.constant_buffers().items():
+            self.register_buffer(key, value, persistent=False)
+
+    def constant_buffers(self) -> dict[str, torch.Tensor]:
+        """Buffers that are configuration, not checkpoint content (rebuilt after a meta-device build)."""
+        mean, std = self._pixel_stats
+        return {"pixel_mean": torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1),
+                "pixel_std": torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)}
 
     @property
     def device(self) -> torch.device:

@@ -124,9 +124,14 @@ class WindowAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.window = window
         index, n_offsets = window_offset_index(window)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, n_offsets))
         self.register_buffer("attention_bias_idxs", index, persistent=False)
+
+    def constant_buffers(self) -> dict[str, torch.Tensor]:
+        """Buffers derived from the configuration, not stored in checkpoints (rebuilt after a meta-device build)."""
+        return {"attention_bias_idxs": window_offset_index(self.window)[0]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
