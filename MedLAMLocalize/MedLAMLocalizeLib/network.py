@@ -80,7 +80,10 @@ class MedLAM(nn.Module):
         self.classification = nn.Sequential(nn.Conv3d(4 * b, n_classes, kernel_size=1))
 
     def forward(self, x: torch.Tensor, out_fc: bool = False, decoder: bool = True, out_feature: bool = False,
-                out_classification: bool = True, feature_norm: bool = False) -> dict[str, torch.Tensor]:
+                out_classification: bool = True, feature_norm: bool = False,
+                feature_scales: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """Reference signature; ``feature_scales`` (a subset of FEATURE_NAMES) stops the decoder early when the
+        finer maps (and the classification head) are not needed, which saves most of the compute on CPU."""
         if x.dim() != 5 or x.shape[1] != 1:
             raise ValueError(f"MedLAM expects a [B,1,D,H,W] tensor; got shape {tuple(x.shape)}")
         if any(s % 16 for s in x.shape[2:]):
@@ -96,15 +99,22 @@ class MedLAM(nn.Module):
         if out_fc:
             out["fc_position"] = self.fc3(self.fc2(self.fc1(torch.flatten(conv4, 1))))
         if decoder and (out_feature or out_classification):
-            up5 = self.conv5_2(self.conv5_1(torch.cat([self.upsample(conv4), conv3], 1)))
-            f0 = self.conv6_2(self.conv6_1(torch.cat([self.upsample(up5), conv2], 1)))
-            f1 = self.conv7_2(self.conv7_1(torch.cat([self.upsample(f0), conv1], 1)))
-            f2 = self.conv8_2(self.conv8_1(torch.cat([self.upsample(f1), conv0], 1)))
+            wanted = FEATURE_NAMES if feature_scales is None else tuple(feature_scales)
+            depth = 3 if out_classification else max((FEATURE_NAMES.index(n) + 1 for n in wanted), default=0)
+            feats = []
+            if depth:
+                up = self.conv5_2(self.conv5_1(torch.cat([self.upsample(conv4), conv3], 1)))
+                stages = ((self.conv6_1, self.conv6_2, conv2), (self.conv7_1, self.conv7_2, conv1),
+                          (self.conv8_1, self.conv8_2, conv0))
+                for first, second, skip in stages[:depth]:
+                    up = second(first(torch.cat([self.upsample(up), skip], 1)))
+                    feats.append(up)
             if out_feature:
-                for name, feat in zip(FEATURE_NAMES, (f0, f1, f2)):
-                    out[name] = F.normalize(feat, dim=1) if feature_norm else feat
+                for name, feat in zip(FEATURE_NAMES, feats):
+                    if name in wanted:
+                        out[name] = F.normalize(feat, dim=1) if feature_norm else feat
             if out_classification:
-                out["prob"] = torch.sigmoid(self.classification(f2))
+                out["prob"] = torch.sigmoid(self.classification(feats[2]))
         return out
 
 
