@@ -272,5 +272,12 @@ def _whole_from_slabs(groups_lps: list[np.ndarray]) -> np.ndarray:
 
 
 def localize_medlam(templates, query: Volume, structures=None, weights="medlam", device=None,
-                    config: MedLAMConfig | None = None, progress=None, cancelled=None) -> dict[str, StructureBox]:
+                    config: MedLAMConfig | None = None, seed: int | None = None, mode: str | None = None,
+                    progress=None, cancelled=None) -> dict[str, StructureBox]:
+    """One-call MedLAM localization (builds the network; keep a MedLAMLocalizer to reuse it and its caches)."""
+    config = config or MedLAMConfig()
+    if seed is not None:
+        config = dataclasses.replace(config, seed=int(seed))
+    if mode is not None:
+        config = dataclasses.replace(config, mode=mode)
     return MedLAMLocalizer(weights, device, config).localize(templates, query, structures, progress, cancelled)

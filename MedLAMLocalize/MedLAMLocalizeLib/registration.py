@@ -28,8 +28,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 
 
-class Cancelled(Exception):
-    """The user cancelled a long operation."""
+from MedFoundationSegLib.progress import Cancelled  # noqa: E402  (shared by CLI, batch and Slicer)
 
 
 @dataclasses.dataclass
