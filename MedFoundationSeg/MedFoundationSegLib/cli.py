@@ -14,6 +14,7 @@ import sys
 
 SUBCOMMAND_MODULES = (
     "MedFoundationSegLib.weights_cli",
+    "MedLAMLocalizeLib.cli",
     "MedFoundationSegLib.demo",
     "MedFoundationSegLib.batch_cli",
 )
