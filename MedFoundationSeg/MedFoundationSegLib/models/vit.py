@@ -91,7 +91,7 @@ class RelPosAttention(nn.Module):
         q, k, v = qkv.reshape(3, b * self.num_heads, n, -1).unbind(0)
         bias = decomposed_relative_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
         out = attention(q, k, v, bias)  # (B*heads, N, hd)
-        out = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+        out = out.reshape(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
         return self.proj(out)
 
 
