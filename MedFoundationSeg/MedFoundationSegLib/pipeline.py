@@ -51,16 +51,6 @@ class CaseResult:
         return {k: self.report[k] for k in keys if k in self.report}
 
 
-def slice_box_xyxy(box_ijk: np.ndarray, axis: str, padding_px: tuple[float, float], slice_hw) -> np.ndarray:
-    """The 2D box of a 3D ijk box on one slice of ``axis``, padded and clipped to the slice."""
-    _, _, x_ijk, y_ijk = AXIS_LAYOUT[axis]
-    (lo, hi) = np.asarray(box_ijk, float)
-    box = np.array([lo[x_ijk] - padding_px[0], lo[y_ijk] - padding_px[1],
-                    hi[x_ijk] + padding_px[0], hi[y_ijk] + padding_px[1]])
-    height, width = slice_hw
-    return np.clip(box, 0, [width - 1, height - 1, width - 1, height - 1])
-
-
 class Session:
     """Keeps one SlicePredictor per (volume, model, axis, window): several structures, repeated prompts and
     interactive corrections on a volume never re-encode a slice."""
@@ -82,59 +72,155 @@ class Session:
                                                    cache_bytes=int(cache_mb) * 1024 ** 2)
         return self._predictors[key]
 
-    # --- one structure ------------------------------------------------------------------------------------------
-    def segment_box(self, volume: Volume, box_ijk, *, model: str = "litemedsam", device: str = "auto",
-                    window="auto", axis: str = "axial", padding_mm: float = 5.0, slabs=None, refine: str = "none",
-                    extreme_points_ijk=None, cache_mb: int = 2048, progress=None, cancelled=None,
-                    **_ignored) -> CaseResult:
-        """MedLSAM-style: every slice in the box's range gets the box (or its SPL slab's box) as prompt.
-        No ground truth picks slices; all of them are segmented. ``refine`` then cleans the 3D result."""
+    # --- views along the slice axis ------------------------------------------------------------------------------
+    @staticmethod
+    def _to_slices(array: np.ndarray, axis: str) -> np.ndarray:
+        """(z, y, x) -> (slice, row, column) for ``axis``, matching the predictor's slice frames."""
+        return np.moveaxis(array, AXIS_LAYOUT[axis][0], 0)
+
+    @staticmethod
+    def _from_slices(array: np.ndarray, axis: str) -> np.ndarray:
+        return np.moveaxis(array, 0, AXIS_LAYOUT[axis][0])
+
+    def _segmenter(self, volume: Volume, *, model, device, window, axis, cache_mb):
         from .segmenter import PredictorSegmenter
 
-        start = time.perf_counter()
+        return PredictorSegmenter(self.predictor(volume, model=model, device=device, window=window, axis=axis,
+                                                 cache_mb=cache_mb))
+
+    @staticmethod
+    def _check_box(volume: Volume, box_ijk) -> np.ndarray:
         box_ijk = np.asarray(box_ijk, int)
         upper = np.array(volume.shape_kji[::-1]) - 1
         if box_ijk.shape != (2, 3) or np.any(box_ijk[0] > box_ijk[1]):
             raise ValueError(f"a box is [[i0, j0, k0], [i1, j1, k1]] with lo <= hi; got {box_ijk.tolist()}")
         if np.any(box_ijk[1] < 0) or np.any(box_ijk[0] > upper):
             raise ValueError(f"the box {box_ijk.tolist()} lies outside the volume (ijk 0..{upper.tolist()})")
-        box_ijk = np.clip(box_ijk, 0, upper)
-        predictor = self.predictor(volume, model=model, device=device, window=window, axis=axis, cache_mb=cache_mb)
-        segmenter = PredictorSegmenter(predictor)
-        fixed_array_axis, fixed_ijk, x_ijk, y_ijk = AXIS_LAYOUT[axis]
-        spacing = np.asarray(volume.spacing_mm)
-        padding_px = (padding_mm / spacing[x_ijk], padding_mm / spacing[y_ijk])
-        first, last = int(box_ijk[0, fixed_ijk]), int(box_ijk[1, fixed_ijk])
-        slab_boxes = [(np.asarray(s.box_ijk, int)) for s in (slabs or []) if getattr(s, "box_ijk", None) is not None]
+        return np.clip(box_ijk, 0, upper)
 
-        mask = np.zeros(volume.shape_kji, bool)
-        probability = np.zeros(volume.shape_kji, np.float32)
-        scores = {}
+    @staticmethod
+    def _slice_box(box_ijk: np.ndarray, axis: str):
+        """ijk box -> ((first, last), (row0, row1), (col0, col1)) in the slice-major frame of ``axis``."""
+        _, fixed, x_ijk, y_ijk = AXIS_LAYOUT[axis]
+        return ((int(box_ijk[0, fixed]), int(box_ijk[1, fixed])), (int(box_ijk[0, y_ijk]), int(box_ijk[1, y_ijk])),
+                (int(box_ijk[0, x_ijk]), int(box_ijk[1, x_ijk])))
+
+    # --- one structure ------------------------------------------------------------------------------------------
+    def segment_box(self, volume: Volume, box_ijk, *, model: str = "litemedsam", device: str = "auto",
+                    window="auto", axis: str = "axial", padding_mm: float = 5.0, slabs=None, refine: str = "none",
+                    mode: str = "box", every_k=None, extreme_points_ijk=None, cache_mb: int = 2048, progress=None,
+                    cancelled=None) -> CaseResult:
+        """Segment a structure from its 3D box. ``mode``: ``box`` (MedLSAM: every slice in the range gets the box or
+        its SPL slab's box; no ground truth picks slices), ``reference`` (the peer LiteMedSAM 3D procedure), or
+        ``guided``/``every_k`` (segment the middle slice from the box, then propagate with stop rules)."""
+        from . import propagate
+
+        start = time.perf_counter()
+        box_ijk = self._check_box(volume, box_ijk)
+        segmenter = self._segmenter(volume, model=model, device=device, window=window, axis=axis, cache_mb=cache_mb)
+        (first, last), (r0, r1), (c0, c1) = self._slice_box(box_ijk, axis)
+        shape = self._to_slices(volume.array, axis).shape
+        _, fixed, x_ijk, y_ijk = AXIS_LAYOUT[axis]
+        spacing = np.asarray(volume.spacing_mm)
         report(progress, 0.0, f"encoding {last - first + 1} slices")
-        predictor.encode_range(first, last, progress=scaled(progress, 0.0, 0.7), cancelled=cancelled)
-        for n, index in enumerate(range(first, last + 1)):
-            check(cancelled, "segmentation")
-            slice_box = box_ijk
-            for slab in slab_boxes:  # SPL: the slab covering this slice gives a tighter box
-                if slab[0, fixed_ijk] <= index <= slab[1, fixed_ijk]:
-                    slice_box = slab
-                    break
-            box_xyxy = slice_box_xyxy(slice_box, axis, padding_px, segmenter.slice_hw)
-            result = segmenter.segment_slice(index, box_xyxy)
-            where = (slice(None),) * fixed_array_axis + (index,)
-            mask[where] = result.mask
-            probability[where] = result.probability
-            scores[index] = round(result.predicted_iou, 4)
-            report(progress, 0.7 + 0.25 * (n + 1) / (last - first + 1), f"slice {index} ({n + 1}/{last - first + 1})")
+        segmenter.predictor.encode_range(first, last, progress=scaled(progress, 0.0, 0.7), cancelled=cancelled)
+        rest = scaled(progress, 0.7, 0.95)
+        if mode == "box":
+            slab_boxes = []
+            for slab in slabs or []:
+                if getattr(slab, "box_ijk", None) is not None:
+                    (sf, sl), (sr0, sr1), (sc0, sc1) = self._slice_box(np.asarray(slab.box_ijk, int), axis)
+                    slab_boxes.append((sf, sl, (sc0, sr0, sc1, sr1)))
+            result = propagate.box_per_slice(segmenter, shape, ((first, last), (r0, r1), (c0, c1)),
+                                             spacing_mm=(spacing[x_ijk], spacing[y_ijk]), pad_mm=padding_mm,
+                                             slabs=slab_boxes, progress=rest, cancelled=cancelled)
+        elif mode == "reference":
+            result = propagate.reference_litemedsam(segmenter, shape, (c0, r0, first, c1, r1, last), progress=rest,
+                                                    cancelled=cancelled)
+        elif mode in ("guided", "every_k"):
+            middle = (first + last) // 2
+            seeds = {middle: np.array([c0, r0, c1, r1])}
+            image = self._to_slices(volume.array, axis)
+            if mode == "guided":
+                result = propagate.propagate_from_seeds(segmenter, shape, seeds, limits=(first, last), image=image,
+                                                        progress=rest, cancelled=cancelled)
+            else:
+                result = propagate.every_kth(segmenter, shape, seeds, step=every_k or "auto",
+                                             slice_mm=float(spacing[fixed]), limits=(first, last), image=image)
+        else:
+            raise ValueError(f"unknown segmentation mode {mode!r}; use box, reference, guided or every_k")
+        mask = self._from_slices(result.mask, axis)
+        probability = self._from_slices(segmenter.probability_volume(result.segmented), axis)
         outcome = CaseResult(mask, probability, {
-            "mode": "box", "model": model, "axis": axis, "slices": [first, last], "predicted_iou": scores,
-            "padding_mm": padding_mm, "slabs": len(slab_boxes), "slices_encoded": predictor.slices_encoded})
+            "mode": mode, "model": model, "axis": axis, "slices": [first, last], "segmented": result.segmented,
+            "predicted_iou": {int(k): round(v, 4) for k, v in result.iou.items()},
+            "stop_reasons": result.stop_reasons, "interpolated": result.interpolated, "padding_mm": padding_mm,
+            "slices_encoded": segmenter.predictor.slices_encoded})
         if refine and refine != "none":
             outcome = self.refine_result(volume, outcome, method=refine, box_ijk=box_ijk,
                                          extreme_points_ijk=extreme_points_ijk)
         outcome.report["seconds"] = round(time.perf_counter() - start, 3)
         outcome.report["voxels"] = int(outcome.mask_kji.sum())
         report(progress, 1.0, "done")
+        return outcome
+
+    def propagate(self, volume: Volume, seed_kji: np.ndarray, *, slice_index: int | None = None,
+                  outward_only: bool = False, model: str = "litemedsam", device: str = "auto", window="auto",
+                  axis: str = "axial", mode: str = "guided", every_k=None, cache_mb: int = 2048, progress=None,
+                  cancelled=None) -> CaseResult:
+        """Propagate a structure drawn on some slices to the rest of it, both ways, with stop rules.
+
+        The seeds are the non-empty slices of ``seed_kji`` (or only ``slice_index``). ``outward_only``: the user
+        corrected ``slice_index``; keep everything between it and the other seeds and redo only the slices beyond."""
+        from . import propagate
+
+        start = time.perf_counter()
+        seeds_view = self._to_slices(np.asarray(seed_kji, bool), axis)
+        annotated = [int(k) for k in np.flatnonzero(seeds_view.any(axis=(1, 2)))]
+        if not annotated:
+            raise ValueError("nothing to propagate: the segment is empty")
+        if slice_index is not None and not seeds_view[int(slice_index)].any():
+            raise ValueError(f"slice {slice_index} of the segment is empty: draw the structure there first")
+        segmenter = self._segmenter(volume, model=model, device=device, window=window, axis=axis, cache_mb=cache_mb)
+        image = self._to_slices(volume.array, axis)
+        spacing_slice_mm = float(np.asarray(volume.spacing_mm)[AXIS_LAYOUT[axis][1]])
+        if outward_only:
+            if slice_index is None:
+                raise ValueError("re-propagation needs the edited slice index")
+            others = [k for k in annotated if k != int(slice_index)]
+            previous = propagate.PropagationResult(mask=seeds_view.copy(), iou={k: 1.0 for k in annotated},
+                                                   segmented=annotated, stop_reasons={}, seeds=others or [slice_index])
+            result = propagate.repropagate_from_edit(segmenter, previous, int(slice_index),
+                                                     seeds_view[int(slice_index)], image=image)
+        else:
+            seeds = {int(slice_index): seeds_view[int(slice_index)]} if slice_index is not None else \
+                {k: seeds_view[k] for k in annotated}
+            if mode == "every_k":
+                result = propagate.every_kth(segmenter, seeds_view.shape, seeds, step=every_k or "auto",
+                                             slice_mm=spacing_slice_mm, image=image)
+            else:
+                result = propagate.propagate_from_seeds(segmenter, seeds_view.shape, seeds, image=image,
+                                                        progress=progress, cancelled=cancelled)
+        mask = self._from_slices(result.mask, axis)
+        report(progress, 1.0, "propagation done")
+        return CaseResult(mask, None, {
+            "mode": "re-propagate" if outward_only else f"propagate ({mode})", "model": model, "axis": axis,
+            "seeds": result.seeds, "segmented": result.segmented, "stop_reasons": result.stop_reasons,
+            "predicted_iou": {int(k): round(v, 4) for k, v in result.iou.items()},
+            "seconds": round(time.perf_counter() - start, 3), "voxels": int(mask.sum())})
+
+    def refine(self, volume: Volume, mask_kji: np.ndarray, *, positive_ijk=None, negative_ijk=None,
+               scribble_kji=None, method: str = "graphcut", model: str = "litemedsam", device: str = "auto",
+               window="auto", axis: str = "axial", cache_mb: int = 2048, progress=None, cancelled=None) -> CaseResult:
+        """Refine an existing segment with clicks/scribbles; the segment itself is the soft evidence."""
+        start = time.perf_counter()
+        check(cancelled, "refinement")
+        mask_kji = np.asarray(mask_kji, bool)
+        base = CaseResult(mask_kji, np.where(mask_kji, 0.9, 0.1).astype(np.float32), {"mode": "refine"})
+        outcome = self.refine_result(volume, base, method=method if method != "none" else "graphcut",
+                                     positive_ijk=positive_ijk, negative_ijk=negative_ijk, scribble_kji=scribble_kji)
+        outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
+        report(progress, 1.0, "refinement done")
         return outcome
 
     def refine_result(self, volume: Volume, result: CaseResult, *, method: str, box_ijk=None,
@@ -166,7 +252,6 @@ class Session:
                  structures=None, overwrite: bool = False, progress=None, cancelled=None) -> dict:
         """Localize every structure of ``template_set`` in ``query`` (a Volume or a path), segment and refine each,
         resolve overlaps, and (with ``case_dir``) write labels, .seg.nrrd and report.json. Returns the report."""
-        from MedLAMLocalizeLib.boxes import StructureBox  # noqa: F401  (the localizers' result type)
 
         from .volume import read_volume
 
@@ -191,8 +276,9 @@ class Session:
                 cache_mb=options.cache_mb,
                 progress=scaled(progress, 0.3 + 0.6 * n / max(len(present), 1), 0.3 + 0.6 * (n + 1) / max(len(present), 1)),
                 cancelled=cancelled)
-        labels, label_ids, overlaps = combine_structures({n: r for n, r in results.items()}, order=present,
-                                                         policy=options.overlap_policy)
+        labels, label_ids, overlaps = combine_structures(results, order=present, policy=options.overlap_policy)
+        if labels is None:
+            labels = np.zeros(volume.shape_kji, np.uint8)
         for name, box in boxes.items():
             entry = {"present": bool(box.present), "localization": box.to_dict()}
             if name in results:
@@ -214,29 +300,36 @@ class Session:
         return case_report
 
 
+def fill_between_slices(mask_kji: np.ndarray, *, axis: str = "axial", progress=None, cancelled=None) -> CaseResult:
+    """Slicer-style "fill between slices": morphological contour interpolation between the annotated slices."""
+    from .interpolation import interpolate_slices
+
+    check(cancelled, "interpolation")
+    mask_kji = np.asarray(mask_kji, bool)
+    annotated = np.flatnonzero(np.moveaxis(mask_kji, AXIS_LAYOUT[axis][0], 0).any(axis=(1, 2)))
+    if len(annotated) < 2:
+        raise ValueError("fill between slices needs the structure drawn on at least two slices")
+    filled = interpolate_slices(mask_kji, [int(k) for k in annotated], axis=AXIS_LAYOUT[axis][0])
+    report(progress, 1.0, "interpolation done")
+    return CaseResult(filled, None, {"mode": "fill between slices", "annotated": annotated.tolist(),
+                                     "voxels": int(filled.sum())})
+
+
 def combine_structures(results: dict, order: list[str], policy: str = "score") -> tuple[np.ndarray, dict, dict]:
-    """One label map from per-structure masks. Where masks overlap, ``score`` gives the voxel to the structure with
-    the higher model probability and ``order`` to the earlier structure; every overlap is counted in the report."""
-    if policy not in ("score", "order"):
-        raise ValueError(f"overlap policy must be 'score' or 'order'; got {policy!r}")
+    """One label map from per-structure results; overlaps go to the higher model probability (``score``) or the
+    earlier structure (``order``), and every contested voxel is counted in the returned report."""
+    from .propagate import resolve_overlaps
+
     label_ids = {name: index + 1 for index, name in enumerate(order)}
-    shape = next(iter(results.values())).mask_kji.shape if results else (0, 0, 0)
-    labels = np.zeros(shape, np.uint16 if len(order) > 255 else np.uint8)
-    best = np.full(shape, -1.0, np.float32)
-    overlaps = {}
-    for name in order:
-        result = results[name]
-        mask = result.mask_kji
-        taken = mask & (labels > 0)
-        if taken.any():
-            for other in np.unique(labels[taken]):
-                other_name = order[int(other) - 1]
-                overlaps[f"{other_name}|{name}"] = int((taken & (labels == other)).sum())
-        score = result.probability_kji if result.probability_kji is not None else mask.astype(np.float32)
-        wins = mask & ((labels == 0) | ((score > best) if policy == "score" else False))
-        labels[wins] = label_ids[name]
-        best[wins] = score[wins]
-    return labels, label_ids, {"policy": policy, "voxels": overlaps}
+    if not order:
+        return None, label_ids, {"policy": policy, "voxels": {}}
+    scores = {name: (results[name].probability_kji if results[name].probability_kji is not None
+                     else results[name].mask_kji.astype(np.float32)) for name in order}
+    merged = resolve_overlaps({name: results[name].mask_kji for name in order}, label_ids, policy=policy,
+                              scores=scores)
+    return merged.labels, label_ids, {"policy": policy,
+                                      "voxels": {f"{winner} over {loser}": count
+                                                 for (winner, loser), count in merged.overlaps.items()}}
 
 
 def choose_localizer(requested: str = "auto") -> tuple[str, str]:

@@ -27,6 +27,7 @@ class PredictorSegmenter:
 
     def __init__(self, predictor: SlicePredictor):
         self.predictor = predictor
+        self.probabilities: dict[int, np.ndarray] = {}  # slice -> probability of the last mask kept there
 
     @property
     def num_slices(self) -> int:
@@ -52,4 +53,13 @@ class PredictorSegmenter:
     def segment(self, slice_index: int, box_xyxy=None, points_xy=None, point_labels=None, mask_prompt=None):
         """The propagation protocol: (mask, predicted IoU)."""
         result = self.segment_slice(slice_index, box_xyxy, points_xy, point_labels, mask_prompt)
+        self.probabilities[int(slice_index)] = result.probability
         return result.mask, result.predicted_iou
+
+    def probability_volume(self, slices: list[int] | None = None) -> np.ndarray:
+        """(num_slices, H, W) probabilities of the slices segmented so far (zeros elsewhere): refinement's unary."""
+        volume = np.zeros((self.num_slices,) + tuple(self.slice_hw), np.float32)
+        for index, probability in self.probabilities.items():
+            if slices is None or index in slices:
+                volume[index] = probability
+        return volume

@@ -37,6 +37,11 @@ MODULES = {
     "yaml": "pyyaml",
     "requests": "requests",
     "maxflow": "PyMaxflow",
+    "itk": "itk",
+    # ITK remote modules install into the itk package; finding their submodule loads only itk's light __init__.
+    "itk.MorphologicalContourInterpolationPython": "itk-morphologicalcontourinterpolation",
+    "itk.GrowCutPython": "itk-growcut",
+    "dijkstra3d": "dijkstra3d",
 }
 
 # Used only when setup_env.py is not importable (an installed extension ships without it); same rule as setup_env.

@@ -1,0 +1,108 @@
+"""The case pipeline with the real LiteMedSAM weights on a small phantom: box mode, the peer reference mode, seed
+propagation, refinement, fill-between, a whole case written to disk, and the Slicer Logic's ROI -> segment path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from MedFoundationSegLib import pipeline
+from MedFoundationSegLib.phantoms import make_phantom
+
+SHAPE = (28, 128, 128)
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+@pytest.fixture(scope="module")
+def case():
+    phantom = make_phantom(7, SHAPE)
+    return phantom, pipeline.Session()
+
+
+def _truth_box(phantom, organ):
+    truth = phantom.labels.array == phantom.label_ids[organ]
+    k, j, i = np.nonzero(truth)
+    return truth, np.array([[i.min(), j.min(), k.min()], [i.max(), j.max(), k.max()]])
+
+
+def test_box_mode_segments_every_slice_of_the_box(case):
+    phantom, session = case
+    truth, box = _truth_box(phantom, "liver")
+    result = session.segment_box(phantom.image, box, padding_mm=3.0)
+    assert result.report["segmented"] == list(range(box[0, 2], box[1, 2] + 1))
+    assert dice(result.mask_kji, truth) >= 0.8
+    assert result.probability_kji.shape == truth.shape and result.probability_kji.max() > 0.9
+    encoded = result.report["slices_encoded"]
+    again = session.segment_box(phantom.image, box, padding_mm=3.0, mode="reference")  # same slices: no new encoding
+    assert again.report["slices_encoded"] == encoded
+    assert dice(again.mask_kji, truth) >= 0.6
+
+
+def test_refinement_does_not_lose_to_the_raw_output_on_the_kidney(case):
+    phantom, session = case
+    truth, box = _truth_box(phantom, "kidney_left")
+    raw = session.segment_box(phantom.image, box, padding_mm=3.0)
+    refined = session.segment_box(phantom.image, box, padding_mm=3.0, refine="graphcut")
+    assert refined.report["refine"] == "graphcut"
+    assert dice(refined.mask_kji, truth) >= dice(raw.mask_kji, truth) - 0.01
+    assert dice(refined.mask_kji, truth) >= 0.8
+
+
+def test_seed_slice_propagation_records_stop_reasons(case):
+    phantom, session = case
+    truth, box = _truth_box(phantom, "liver")
+    middle = int(np.argmax(truth.sum(axis=(1, 2))))
+    seed = np.zeros_like(truth)
+    seed[middle] = truth[middle]
+    result = session.propagate(phantom.image, seed, slice_index=middle)
+    assert set(result.report["stop_reasons"]) == {"up", "down"}
+    segmented = result.report["segmented"]
+    assert len(segmented) >= 3 and middle in segmented, result.report["stop_reasons"]
+    assert all(box[0, 2] - 2 <= k <= box[1, 2] + 2 for k in segmented)  # and stopped near the organ's ends
+    assert dice(result.mask_kji, truth) >= 0.55, result.report["stop_reasons"]
+    with pytest.raises(ValueError, match="empty"):
+        session.propagate(phantom.image, np.zeros_like(truth))
+
+
+def test_fill_between_slices_interpolates(case):
+    phantom, _ = case
+    truth, box = _truth_box(phantom, "liver")
+    k0, k1 = box[0, 2] + 2, box[1, 2] - 2
+    sparse = np.zeros_like(truth)
+    sparse[[k0, k1]] = truth[[k0, k1]]
+    filled = pipeline.fill_between_slices(sparse).mask_kji
+    assert filled[k0:k1 + 1].any(axis=(1, 2)).all()
+    assert dice(filled[k0:k1 + 1], truth[k0:k1 + 1]) >= 0.75
+    with pytest.raises(ValueError, match="two slices"):
+        pipeline.fill_between_slices(truth & False)
+
+
+def test_bad_boxes_are_refused(case):
+    phantom, session = case
+    with pytest.raises(ValueError, match="outside"):
+        session.segment_box(phantom.image, [[500, 500, 500], [600, 600, 600]])
+    with pytest.raises(ValueError, match="lo <= hi"):
+        session.segment_box(phantom.image, [[10, 10, 10], [5, 5, 5]])
+
+
+def test_whole_case_writes_outputs_and_never_overwrites(case, tmp_path):
+    phantom, session = case
+    from MedLAMLocalizeLib.templates import template_from_phantom, TemplateSet
+
+    template_set = TemplateSet([template_from_phantom("t", make_phantom(8, SHAPE), ["liver", "kidney_left"])])
+    report = session.run_case(template_set, phantom.image, tmp_path / "case",
+                              options=pipeline.CaseOptions(refine="none"))
+    saved = json.loads((tmp_path / "case" / "report.json").read_text())
+    assert saved["status"] == "ok" and saved["localizer"]["engine"] == "registration"
+    assert set(saved["structures"]) == {"liver", "kidney_left"}
+    assert (tmp_path / "case" / "segmentation.seg.nrrd").exists() and (tmp_path / "case" / "labels.nii.gz").exists()
+    labels = report["labels_kji"]
+    liver = phantom.labels.array == phantom.label_ids["liver"]
+    assert dice(labels == saved["structures"]["liver"]["label"], liver) >= 0.6
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        session.run_case(template_set, phantom.image, tmp_path / "case", options=pipeline.CaseOptions(refine="none"))
