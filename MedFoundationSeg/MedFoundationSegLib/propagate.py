@@ -32,23 +32,9 @@ class PropagationError(ValueError):
 class SliceSegmenter(Protocol):
     def segment(self, slice_index: int, box_xyxy, points_xy=None, point_labels=None,
                 mask_prompt=None) -> tuple[np.ndarray, float]:
-        """Bool (H, W) mask on slice ``slice_index`` and the model's predicted IoU."""
+        """Bool (H, W) mask on slice ``slice_index`` and the model's predicted IoU.
 
-
-class PredictorSegmenter:
-    """Adapter from ``predictor.SlicePredictor`` (best of the multimask candidates) to ``SliceSegmenter``."""
-
-    def __init__(self, predictor):
-        self.predictor = predictor
-
-    def segment(self, slice_index, box_xyxy, points_xy=None, point_labels=None, mask_prompt=None):
-        boxes = None if box_xyxy is None else np.asarray(box_xyxy, float)[None]
-        points = None if points_xy is None else np.asarray(points_xy, float)[None]
-        labels = None if point_labels is None else np.asarray(point_labels, int)[None]
-        prediction = self.predictor.predict(slice_index, boxes=boxes, points=points, labels=labels,
-                                            mask_input=mask_prompt)
-        masks, iou = prediction.best()
-        return masks[0].astype(bool), float(iou[0])
+        The SAM-family implementation is ``segmenter.PredictorSegmenter``."""
 
 
 @dataclasses.dataclass
