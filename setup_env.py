@@ -2,6 +2,7 @@
 """Set up MedFoundationSeg on this machine, then run the demo (default) or the test suite (``--test``).
 
     python3 setup_env.py                 # .venv + torch (CUDA or CPU build) + project + default weights + demo
+    python3 setup_env.py --no-demo       # the same, without running the demo
     python3 setup_env.py --test          # the same environment plus test tools, then the pytest suite
     python3 setup_env.py --python PATH   # install into an existing interpreter instead (e.g. Slicer's PythonSlicer)
 
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch build to install")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--test", action="store_true", help="install test tools and run the pytest suite")
+    action.add_argument("--no-demo", action="store_true", help="set up and self-check only")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --test --)")
     args = parser.parse_args(argv)
 
@@ -250,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         say("self-check")
         run("self-check", engine(python, "selfcheck"), "see the lines above for the missing piece")
         say(f"environment ready in {time.time() - started:.0f} s")
+        if not args.test and not args.no_demo:
+            say("running the demo: template phantom -> localize -> LiteMedSAM -> refine -> Dice + overlay "
+                f"({REPO / 'demo_output'})")
+            run("demo", engine(python, "demo", "--overwrite", "--out", str(REPO / "demo_output")),
+                "see the error above; the environment itself is ready (rerun with --no-demo to skip the demo)")
         if args.test:
             env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
             result = subprocess.run([str(python), "-m", "pytest", str(REPO / "Testing"), *args.pytest_args],
