@@ -1,0 +1,111 @@
+"""MedFoundationSeg Logic end to end on a real MRML scene (slicer-core) with the real LiteMedSAM weights: ROI box ->
+engine -> segment whose labelmap equals the engine's mask voxel for voxel in the volume's IJK grid; propagation,
+fill-between and click refinement through the same prepare/compute/apply path; undo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import slicer.util
+
+from MedFoundationSegLib.phantoms import make_phantom
+from MedFoundationSegLib.volume import Volume
+from MedFoundationSegLogic import mrml_bridge
+from MedFoundationSegLogic.logic import MedFoundationSegLogic, Settings
+from mrml_scene import add_volume_node
+
+SHAPE = (24, 112, 112)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    ph = make_phantom(11, SHAPE)
+    flip = np.diag([-1.0, 1.0, -1.0])  # stored with i and k reversed: non-identity IJK-to-RAS
+
+    def flipped(volume):
+        origin = volume.lps_from_ijk([[volume.shape_kji[2] - 1, 0, volume.shape_kji[0] - 1]])[0]
+        return Volume(volume.array[::-1, :, ::-1].copy(), volume.spacing_mm, tuple(origin),
+                      volume.direction @ flip, volume.name)
+    return flipped(ph.image), flipped(ph.labels), ph.label_ids
+
+
+@pytest.fixture(scope="module")
+def logic_settings():
+    return Settings(refine_method="none", box_padding_mm=3.0, propagation_mode="box")
+
+
+def _scene_with(mrml, phantom):
+    scene, _ = mrml
+    image, labels, ids = phantom
+    volume_node = add_volume_node(scene, image, "ct")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.CreateDefaultDisplayNodes()
+    return scene, volume_node, segmentation
+
+
+def test_roi_to_segment_matches_engine_mask_voxel_for_voxel(mrml, phantom, logic_settings):
+    scene, volume_node, segmentation = _scene_with(mrml, phantom)
+    image, labels, ids = phantom
+    truth = labels.array == ids["kidney_right"]
+    k, j, i = np.nonzero(truth)
+    box_ijk = np.array([[i.min(), j.min(), k.min()], [i.max(), j.max(), k.max()]])
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    mrml_bridge.set_roi_bounds_ras(roi, mrml_bridge.ras_bounds_from_ijk_box(image, box_ijk))
+
+    logic = MedFoundationSegLogic(scene, logic_settings)
+    prepared = logic.prepare_segment_in_roi(volume_node, roi, segmentation)
+    assert np.array_equal(np.array(prepared.prompts["box_ijk"]), box_ijk)
+    result = prepared.compute(progress=None, cancelled=None)
+    edit = logic.apply(prepared, result, segment_name="right kidney")
+    written = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, edit.segment_id, volume_node) > 0
+    assert np.array_equal(written, result.mask_kji)
+    assert 2 * (written & truth).sum() / (written.sum() + truth.sum()) >= 0.8
+    prompts = mrml_bridge.get_segment_prompts(segmentation, edit.segment_id)
+    assert prompts["model"] == "litemedsam" and prompts["action"] == "segment in box"
+    assert prompts["report"]["slices"] == [int(k.min()), int(k.max())]
+
+    # Refine with an exclude click inside the segment: the clicked voxel leaves it; undo brings the result back.
+    negative = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")
+    kk, jj, ii = np.argwhere(written)[len(np.argwhere(written)) // 2]
+    mrml_bridge.set_control_points_ras(negative, mrml_bridge.ras_from_lps(image.lps_from_ijk([[ii, jj, kk]])))
+    refine = logic.prepare_refine(volume_node, segmentation, edit.segment_id, negative_node=negative)
+    logic.apply(refine, refine.compute(progress=None, cancelled=None))
+    refined = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, edit.segment_id, volume_node) > 0
+    assert not refined[kk, jj, ii]
+    assert logic.undo() == "refine"
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, edit.segment_id, volume_node) > 0,
+                          written)
+
+
+def test_propagate_and_fill_between_through_the_logic(mrml, phantom, logic_settings):
+    scene, volume_node, segmentation = _scene_with(mrml, phantom)
+    image, labels, ids = phantom
+    truth = labels.array == ids["liver"]
+    slices = np.flatnonzero(truth.any(axis=(1, 2)))
+    user = segmentation.GetSegmentation().AddEmptySegment("", "liver", [0.8, 0.3, 0.2])
+    drawn = np.zeros_like(truth)
+    drawn[[slices[1], slices[-2]]] = truth[[slices[1], slices[-2]]]
+    slicer.util.updateSegmentBinaryLabelmapFromArray(drawn.astype(np.uint8), segmentation, user, volume_node)
+
+    logic = MedFoundationSegLogic(scene, logic_settings)
+    fill = logic.prepare_fill_between(volume_node, segmentation, user)
+    logic.apply(fill, fill.compute(progress=None, cancelled=None))
+    filled = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, user, volume_node) > 0
+    assert filled[slices[1]:slices[-2] + 1].any(axis=(1, 2)).all()
+
+    middle = int(slices[len(slices) // 2])
+    single = np.zeros_like(truth)
+    single[middle] = truth[middle]
+    slicer.util.updateSegmentBinaryLabelmapFromArray(single.astype(np.uint8), segmentation, user, volume_node)
+    prop = logic.prepare_propagation(volume_node, segmentation, user, slice_index=middle)
+    result = prop.compute(progress=None, cancelled=None)
+    logic.apply(prop, result)
+    assert set(result.report["stop_reasons"]) == {"up", "down"}
+    propagated = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, user, volume_node) > 0
+    assert propagated.any(axis=(1, 2)).sum() >= 3
+    assert logic.undo() == "propagate"
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, user, volume_node) > 0, single)
+
+    empty = segmentation.GetSegmentation().AddEmptySegment("", "empty", [0.1, 0.1, 0.9])
+    with pytest.raises(ValueError, match="empty"):
+        logic.prepare_propagation(volume_node, segmentation, empty)
