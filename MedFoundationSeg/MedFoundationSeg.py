@@ -70,7 +70,6 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._worker = None
         self._job = None
         self._onJobDone = None
         self._timer = None
@@ -129,9 +128,6 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
         if self._job is not None:
             self._job.cancel()
-        if self._worker is not None:
-            self._worker.shutdown(timeout_s=2.0)
-            self._worker = None
         self.removeObservers()
 
     def onSceneStartClose(self, caller=None, event=None):
@@ -245,11 +241,9 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return self.logic
 
     def _getWorker(self):
-        if self._worker is None:
-            from MedFoundationSegLib.worker import Worker
+        from MedFoundationSegLib.worker import shared_worker
 
-            self._worker = Worker("MedFoundationSeg worker")
-        return self._worker
+        return shared_worker()
 
     def _syncSettings(self, volumeNode):
         s = self.logic.settings

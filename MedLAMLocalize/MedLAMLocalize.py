@@ -66,7 +66,6 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._worker = None
         self._jobs = []  # [{"job", "volumeId", "handled"}] of the current Localize click
         self._timer = None
         self._pointsNode = None
@@ -122,9 +121,6 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
         for entry in self._jobs:
             entry["job"].cancel()
-        if self._worker is not None:
-            self._worker.shutdown(timeout_s=2.0)
-            self._worker = None
         self.removeObservers()
 
     def onSceneStartClose(self, caller=None, event=None):
@@ -158,11 +154,9 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return self.logic
 
     def _getWorker(self):
-        if self._worker is None:
-            from MedFoundationSegLib.worker import Worker
+        from MedFoundationSegLib.worker import shared_worker
 
-            self._worker = Worker("MedLAMLocalize worker")
-        return self._worker
+        return shared_worker()
 
     # --- guided extreme-point placement -----------------------------------------------------------------------------
     def onPointsNodeChanged(self, node):

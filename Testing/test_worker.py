@@ -71,3 +71,15 @@ def test_progress_helpers():
     with pytest.raises(Cancelled, match="batch cancelled"):
         check(lambda: True, "batch")
     time.sleep(0)
+
+
+def test_modules_share_one_worker_thread():
+    from MedFoundationSegLib.worker import shared_worker
+
+    first = shared_worker()
+    assert shared_worker() is first
+    first.shutdown()
+    replacement = shared_worker()  # a shut-down worker is replaced, never reused
+    assert replacement is not first
+    job = replacement.submit("after restart", _slices, 1)
+    assert job.wait(5) and job.error is None

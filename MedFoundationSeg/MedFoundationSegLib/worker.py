@@ -104,3 +104,17 @@ class Worker:
     @property
     def thread_ident(self) -> int | None:
         return self._thread.ident
+
+
+_SHARED: Worker | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_worker() -> Worker:
+    """The process-wide worker every Slicer module submits to: one thread, so torch work never runs twice at once and
+    models stay warm across modules. Restarted if it was shut down."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None or not _SHARED._thread.is_alive():
+            _SHARED = Worker("MedFoundationSeg worker")
+        return _SHARED
