@@ -123,7 +123,8 @@ class EncoderRuntime:
     """
 
     def __init__(self, encoder: nn.Module, device: torch.device, precision: str = "auto", *,
-                 batch_size: int | None = None, fold_bn: bool = True, channels_last: bool = True):
+                 batch_size: int | None = None, fold_bn: bool = True, channels_last: bool = True,
+                 compile: bool = False):
         self.encoder = encoder.eval()
         self.device = device
         self.requested_precision = precision
@@ -135,6 +136,12 @@ class EncoderRuntime:
         self.calls = 0  # encoder invocations (one per batch), for tests and benchmarks
         self.folded_bn = fold_batchnorm(self.encoder) if fold_bn else 0
         self._place()
+        self.compiled = bool(compile)
+        self._compiled_encoder = None
+        if self.compiled:
+            # One static graph: every call is padded to the full batch, so a short last batch or a single
+            # interactive slice never triggers a recompilation (minutes on a small CPU).
+            self._compiled_encoder = torch.compile(self.encoder, dynamic=False)
 
     def _place(self) -> None:
         weights_dtype = torch.bfloat16 if (self.device.type == "cpu" and self.precision == "bf16") else torch.float32
@@ -149,6 +156,9 @@ class EncoderRuntime:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _run(self, images: torch.Tensor) -> torch.Tensor:
+        count = images.shape[0]
+        if self._compiled_encoder is not None and count < self.batch_size:
+            images = torch.cat([images, images.new_zeros((self.batch_size - count, *images.shape[1:]))])
         images = images.to(self.device, non_blocking=True)
         if self.device.type == "cpu" and self.precision == "bf16":
             images = images.to(torch.bfloat16)
@@ -156,7 +166,18 @@ class EncoderRuntime:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             self.calls += 1
-            return self.encoder(images).float()
+            if self._compiled_encoder is None:
+                return self.encoder(images).float()
+            from torch._inductor import config as inductor_config
+
+            with inductor_config.patch(freezing=True):  # constant weights: pre-packed oneDNN kernels
+                return self._compiled_encoder(images)[:count].float()
+
+    def warm_up(self, input_size: int) -> None:
+        """One encoder call on a blank batch: first-call allocations, kernel selection and compilation happen here."""
+        calls = self.calls
+        self(torch.zeros(self.batch_size, 3, input_size, input_size))
+        self.calls = calls
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float32 images -> (B, C, h, w) float32 embeddings (on the runtime's device)."""
@@ -185,6 +206,7 @@ class EncoderRuntime:
         warnings.warn(f"{self.device.type} out of memory even at batch 1 ({error}); falling back to the CPU "
                       f"(slower, same masks)", RuntimeWarning, stacklevel=3)
         self.device = torch.device("cpu")
+        self.compiled, self._compiled_encoder = False, None  # the graph was built for the GPU
         self.precision = resolve_precision("auto" if self.requested_precision == "fp16" else self.requested_precision,
                                            self.device)
         self._place()

@@ -148,7 +148,7 @@ class SlicePredictor:
                  window="auto", device: str | torch.device = "auto", weights="registry", precision: str = "auto",
                  cache_bytes: int = DEFAULT_CACHE_BYTES, batch_size: int | None = None,
                  preprocessing: str | Preprocessing | None = None, optimize: bool = True,
-                 keep_physical_aspect: bool = True):
+                 compile: bool = False, keep_physical_aspect: bool = True):
         array = getattr(volume, "array", volume)
         if spacing_mm is None:
             spacing_mm = getattr(volume, "spacing_mm", (1.0, 1.0, 1.0))
@@ -183,7 +183,8 @@ class SlicePredictor:
                                   else preprocessing)
         self.model.eval()
         self.runtime = EncoderRuntime(self.model.image_encoder, self.device, precision if optimize else "fp32",
-                                      batch_size=batch_size, fold_bn=optimize, channels_last=optimize)
+                                      batch_size=batch_size, fold_bn=optimize, channels_last=optimize,
+                                      compile=compile)
 
         kept = AXES[axis]
         self.slice_hw = tuple(int(n) for i, n in enumerate(array.shape) if i != kept)
