@@ -304,8 +304,7 @@ def per_structure_table(rows, dataset) -> list[str]:
 
 
 def click_table(click_rows, budget) -> list[str]:
-    header = " | ".join(f"{c}" for c in range(budget + 1))
-    lines = [f"| dataset | model | n | Dice after click 0..{budget}: {header} | NoC@85 | NoC@90 | failures@90 | "
+    lines = [f"| dataset | model | n | mean Dice after click 0, 1, ..., {budget} | NoC@85 | NoC@90 | failures@90 | "
              "s per click |", "|---|---|---|---|---|---|---|---|"]
     for dataset in dict.fromkeys(r["dataset"] for r in click_rows):
         for model in MODELS:
@@ -357,20 +356,23 @@ def plot_dice(rows, path: Path) -> None:
     structures = list(dict.fromkeys((r["dataset"], r["structure"]) for r in rows))
     series = [(m, model) for m in METHODS for model in MODELS if any(r["method"] == m and r["model"] == model
                                                                        for r in rows)]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(structures) + 3), 4), dpi=80)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(structures) + 2), 5), dpi=80)
     width = 0.8 / len(series)
+    colors = plt.get_cmap("tab10").colors
     for n, (method, model) in enumerate(series):
         values = [_mean(r["dice"] for r in rows if (r["dataset"], r["structure"]) == s and r["method"] == method
                         and r["model"] == model) for s in structures]
         ax.bar(np.arange(len(structures)) + (n - len(series) / 2 + 0.5) * width, values, width,
-               label=f"{model}: {METHODS[method]}")
-    ax.set_xticks(np.arange(len(structures)), [s for _, s in structures], rotation=30, ha="right", fontsize=8)
+               color=colors[list(METHODS).index(method)], hatch="///" if model == "mobilesam" else None,
+               edgecolor="white" if model == "mobilesam" else None, label=f"{model}: {METHODS[method]}")
+    ax.set_xticks(np.arange(len(structures)), [f"{s}\n({d})" for d, s in structures], fontsize=8)
     ax.set_ylabel("Dice (mean over cases)")
     ax.set_ylim(0, 1)
-    ax.set_title("Per-structure Dice")
-    ax.legend(fontsize=6, ncol=2, loc="lower left")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Per-structure Dice (hatched = MobileSAM)")
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -395,7 +397,7 @@ def plot_speed(speed_rows, path: Path) -> None:
         axis.legend(fontsize=7)
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -417,7 +419,7 @@ def plot_clicks(click_rows, budget, path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
