@@ -49,6 +49,7 @@ def model():
 
 
 def make_predictor(phantom, model, **kwargs) -> SlicePredictor:
+    """Predictors share the module's model (the optimized runtime converts it in place, the same way each time)."""
     return SlicePredictor(phantom.image, model, preprocessing="litemedsam", window="soft_tissue", **kwargs)
 
 
@@ -73,6 +74,20 @@ def test_box_around_organs_segments_them(phantom, axial, liver_slice):
     assert len(scores) >= 4, scores
     assert np.mean(list(scores.values())) >= 0.9, scores
     assert max(scores.values()) >= 0.95 and min(scores.values()) >= 0.75, scores
+
+
+def test_optimized_encoder_keeps_the_fp32_masks(phantom, axial, liver_slice):
+    """BN folding, channels-last, batching and the CPU's native precision must not change the masks."""
+    plain_model = build_model("litemedsam", weights=weights.weights_path("litemedsam"))
+    plain = make_predictor(phantom, plain_model, precision="fp32", optimize=False)
+    assert plain.runtime.folded_bn == 0 and plain.runtime.precision == "fp32"
+    assert axial.runtime.folded_bn > 0
+    labels = phantom.labels.array[liver_slice]
+    organs = [name for name in ("liver", "stomach") if (labels == phantom.label_ids[name]).sum() > 150]
+    boxes = [bbox_xyxy(labels == phantom.label_ids[name]) for name in organs]
+    fast, slow = axial.predict(liver_slice, boxes=boxes), plain.predict(liver_slice, boxes=boxes)
+    for i, name in enumerate(organs):
+        assert dice(fast.masks[i, 0], slow.masks[i, 0]) >= 0.98, (name, axial.runtime.precision)
 
 
 def test_multimask_points_and_mask_prompts(phantom, axial, liver_slice):
@@ -278,12 +293,16 @@ def test_cuda_out_of_memory_shrinks_batches_then_falls_back_to_cpu():
 
     runtime = _PretendGpu(encoder, torch.device("cpu"), "fp32", batch_size=8, fold_bn=False, channels_last=False)
     runtime.device, runtime.fits = torch.device("cuda"), 2
-    with pytest.warns(RuntimeWarning, match="out of memory; retrying with encoder batches of 2"):
+    with pytest.warns(RuntimeWarning) as record:
         out = runtime(images)
+    messages = [str(w.message) for w in record]
+    assert all("out of memory" in m for m in messages) and [m.split("batches of ")[-1] for m in messages] == ["4", "2"]
     assert runtime.batch_size == 2 and runtime.device.type == "cuda" and torch.allclose(out, expected, atol=1e-5)
 
     runtime = _PretendGpu(encoder, torch.device("cpu"), "fp32", batch_size=4, fold_bn=False, channels_last=False)
     runtime.device, runtime.fits = torch.device("cuda"), 0  # not even one image fits: CPU fallback, same result
-    with pytest.warns(RuntimeWarning, match="falling back to the CPU"):
+    with pytest.warns(RuntimeWarning) as record:
         out = runtime(images)
+    messages = [str(w.message) for w in record]
+    assert "batches of 2" in messages[0] and "batches of 1" in messages[1] and "falling back to the CPU" in messages[2]
     assert runtime.device.type == "cpu" and torch.allclose(out, expected, atol=1e-5)

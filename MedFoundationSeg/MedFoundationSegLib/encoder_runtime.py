@@ -150,7 +150,7 @@ class EncoderRuntime:
             self.encoder.to(memory_format=torch.channels_last)
 
     def _autocast(self):
-        if self.precision == "fp32":
+        if self.precision == "fp32" or self.device.type == "cpu":  # CPU bf16 runs on bf16 weights, no autocast
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)

@@ -142,6 +142,10 @@ class SlicePredictor:
     with ``preprocessing``). window: see intensity.resolve_window ("auto", a preset, {level, width}, ...).
     precision: "auto" (bf16 where the hardware is native at it, else fp16 on GPUs and fp32), "fp32", "bf16", "fp16".
     cache_bytes: memory budget of the embedding cache (2 MiB per slice for the 256x64x64 fp16 embeddings).
+    optimize: fold BatchNorm into convolutions, channels-last, native precision (a passed model object is converted
+    in place). compile: also torch.compile the encoder (one fixed batch shape): ~3x faster per slice on this
+    project's CPU once compiled, but the compilation takes one to three minutes in each new process, so it pays off
+    for batch/propagation work, not for one interactive slice.
     """
 
     def __init__(self, volume, model: str | nn.Module = "litemedsam", *, spacing_mm=None, axis: str = "axial",
@@ -262,25 +266,22 @@ class SlicePredictor:
             raise PredictorError(f"encode_range needs first <= last; got {first}..{last}")
         with self._lock:
             todo = [i for i in range(first, last + 1) if i not in self.cache]
-            if not todo:
-                return 0
-            one = self.cache.size_of(self.embedding(todo[0]))
-            done = 1
-            if one * len(todo) > self.cache.budget_bytes:
-                warnings.warn(f"encoding {len(todo)} slices needs {one * len(todo) / 2**20:.0f} MiB of cache but the "
-                              f"budget is {self.cache.budget_bytes / 2**20:.0f} MiB; early slices will be evicted",
-                              RuntimeWarning, stacklevel=2)
             step = max(1, self.runtime.batch_size)
-            for start in range(1, len(todo), step):
+            for done in range(0, len(todo), step):
                 if cancelled is not None and cancelled():
                     raise Cancelled(f"encoding cancelled after {done} of {len(todo)} slices")
                 if progress is not None:
                     progress(done / len(todo), f"encoding {self.axis} slices ({done}/{len(todo)})")
-                batch = todo[start: start + step]
-                for index, embedding in zip(batch, self._encode(batch)):
+                batch = todo[done: done + step]
+                embeddings = self._encode(batch)
+                if done == 0 and self.cache.size_of(embeddings[0]) * len(todo) > self.cache.budget_bytes:
+                    warnings.warn(f"encoding {len(todo)} slices needs "
+                                  f"{self.cache.size_of(embeddings[0]) * len(todo) / 2**20:.0f} MiB of cache but the "
+                                  f"budget is {self.cache.budget_bytes / 2**20:.0f} MiB; early slices will be evicted",
+                                  RuntimeWarning, stacklevel=2)
+                for index, embedding in zip(batch, embeddings):
                     self.cache.put(index, embedding)
-                done += len(batch)
-            if progress is not None:
+            if progress is not None and todo:
                 progress(1.0, f"encoded {len(todo)} {self.axis} slices")
             return len(todo)
 
@@ -318,7 +319,8 @@ class SlicePredictor:
         if not np.isin(labels, (0, 1)).all():
             raise PredictorError(f"point_labels must be 1 (foreground) or 0 (background); got {np.unique(labels)}")
         height, width = self.slice_hw
-        outside = (points[..., 0] < 0) | (points[..., 0] > width - 1) | (points[..., 1] < 0) | (points[..., 1] > height - 1)
+        x, y = points[..., 0], points[..., 1]
+        outside = (x < 0) | (x > width - 1) | (y < 0) | (y > height - 1)
         if outside.any():
             raise PredictorError(f"point(s) {points[outside].tolist()} lie outside the {self.axis} slice of {width} "
                                  f"columns x {height} rows")
