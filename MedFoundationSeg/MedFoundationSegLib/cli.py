@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "MedLAMLocalizeLib.cli",
     "MedFoundationSegLib.demo",
     "MedFoundationSegLib.batch_cli",
+    "MedLAMLocalizeLib.train_cli",
 )
 
 
