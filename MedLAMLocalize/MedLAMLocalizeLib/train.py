@@ -425,7 +425,8 @@ def validate(model: MedLAM, pairs: ValidationPairs, device: torch.device, batch_
 # --- checkpoints -----------------------------------------------------------------------------------------------------
 def release_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The release layout: DataParallel ``module.`` keys, fp32, on CPU."""
-    return {"module." + k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    return {"module." + k: (v.detach().float() if v.is_meta else v.detach().float().cpu())
+            for k, v in model.state_dict().items()}
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -480,6 +481,14 @@ def _configure_device(cfg: TrainConfig) -> torch.device:
     return device
 
 
+def build_training_model(cfg: TrainConfig, device: str | torch.device = "cpu") -> MedLAM:
+    """The network as trained: the release topology at ``base_chns`` width, dropout on the bottleneck, seeded init
+    (``device='meta'`` drops the values, e.g. to check key names and shapes at full width)."""
+    torch.manual_seed(cfg.seed)
+    model = MedLAM(base_chns=cfg.base_chns, patch_size=(cfg.patch_size,) * 3, droprate=cfg.droprate)
+    return model.to(device)
+
+
 def train(train_arrays: Sequence[np.ndarray], val_arrays: Sequence[np.ndarray] | None, out_dir: str | os.PathLike,
           config: TrainConfig | None = None, *, resume: str | os.PathLike | None = None,
           progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
@@ -498,8 +507,7 @@ def train(train_arrays: Sequence[np.ndarray], val_arrays: Sequence[np.ndarray] |
     device = _configure_device(cfg)
     start_time = time.perf_counter()
 
-    torch.manual_seed(cfg.seed)
-    model = MedLAM(base_chns=cfg.base_chns, patch_size=(cfg.patch_size,) * 3, droprate=cfg.droprate).to(device)
+    model = build_training_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     step, best, history = 0, math.inf, []
