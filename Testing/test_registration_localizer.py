@@ -10,7 +10,7 @@ from MedFoundationSegLib.volume import Volume, VolumeError, read_volume
 from MedLAMLocalizeLib.boxes import lps_box_from_extreme_points
 from MedLAMLocalizeLib.deform import deformed_copy
 from MedLAMLocalizeLib.metrics import box_iou_mm
-from MedLAMLocalizeLib.registration import localize_registration
+from MedLAMLocalizeLib.registration import RegistrationConfig, localize_registration
 from MedLAMLocalizeLib.templates import Template, TemplateError, template_from_phantom
 
 LARGE = ["liver", "spleen", "kidney_left", "kidney_right"]
@@ -78,3 +78,52 @@ def test_bad_inputs_give_clear_errors(tmp_path, pair):
     flat = Volume(np.zeros((1, 40, 40), np.int16), (1, 1, 1), name="flat")
     with pytest.raises(VolumeError, match="2D image"):
         localize_registration([template_from_phantom("t0", template, ["liver"])], flat, ["liver"])
+
+
+@pytest.fixture(scope="module")
+def independent_pair():
+    """Two independent subjects (organs differ in size, shape and place), labelled template and points-only twin."""
+    shape = (48, 128, 128)
+    template, query = make_phantom(0, shape_kji=shape), make_phantom(1, shape_kji=shape)
+    return template_from_phantom("t0", template), query, template_from_phantom("q1", query)
+
+
+def _ious(boxes, truth):
+    return {name: box_iou_mm(boxes[name].box_lps_mm, lps_box_from_extreme_points(truth.extreme_points(name)))
+            if boxes[name].present else 0.0 for name in LARGE}
+
+
+def test_structure_local_stage_beats_global_affine_across_subjects(independent_pair):
+    """Issue 4/5: one global affine cannot follow per-organ differences between subjects; the masked per-structure
+    affine must. Measured on this pair (2-core CPU): global-only mean 0.47 (spleen 0.33, left kidney 0.35),
+    with the local stage about 0.6 mean, every large organ above 0.5."""
+    template, query, truth = independent_pair
+    local = _ious(localize_registration([template], query.image, LARGE), truth)
+    global_only = _ious(localize_registration([template], query.image, LARGE,
+                                              config=RegistrationConfig(local=False)), truth)
+    assert np.mean(list(local.values())) >= 0.55, local
+    assert min(local.values()) >= 0.45, local
+    assert np.mean(list(local.values())) > np.mean(list(global_only.values())) + 0.08, (local, global_only)
+
+
+def test_points_only_template_uses_the_local_stage(independent_pair):
+    """The demo's templates carry only 6 clicked points per organ: the local metric then looks inside the ellipsoid
+    of their box; every structure must report its local refinement and land near the truth."""
+    template, query, truth = independent_pair
+    points = Template.from_volumes("points", template.image,
+                                   points_lps={name: template.extreme_points(name) for name in LARGE})
+    boxes = localize_registration([points], query.image, LARGE)
+    ious = _ious(boxes, truth)
+    assert np.mean(list(ious.values())) >= 0.5, ious
+    for name in LARGE:
+        info = boxes[name].details["local_registration"]
+        assert len(info) == 1 and "metric_before" in info[0], info
+        if info[0]["local"]:
+            assert info[0]["metric_after"] < info[0]["metric_before"]
+
+
+def test_bad_local_options_are_named():
+    with pytest.raises(ValueError, match="local_metric"):
+        RegistrationConfig(local_metric="nmi")
+    with pytest.raises(ValueError, match="local_transform"):
+        RegistrationConfig(local_transform="bspline")

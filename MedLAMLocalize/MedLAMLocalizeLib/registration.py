@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from MedFoundationSegLib.volume import Volume
 
-from .boxes import StructureBox, extreme_points_from_cloud, make_structure_box
+from .boxes import StructureBox, extreme_points_from_cloud, lps_box_from_extreme_points, make_structure_box
 from .preprocess import MRWarning, check_volume_3d, normalise_intensity
 from .templates import Template, TemplateSet, split_count
 
@@ -45,6 +45,33 @@ class RegistrationConfig:
     bspline_iterations: int = 50
     surface_points: int = 4000  # mapped surface voxels per structure (subsampled)
     seed: int = 2023
+    # Second, structure-local stage: per structure, a crop of the template around its box (+ margin) is registered to
+    # the query with an affine initialised from the global transform (independent subjects differ per organ in size
+    # and place, which one global affine cannot follow).
+    local: bool = True
+    local_margin_mm: float = 20.0  # crop around the structure's box
+    local_mask_margin_mm: float = 6.0  # metric only near the structure: its mask (or box ellipsoid) grown by this
+    regional_margin_mm: float = 0.0  # > 0: first an unmasked crop this much larger than the box, then the masked one
+    local_spacing_mm: float = 2.0
+    local_metric: str = "correlation"  # "correlation", "mattes" or "meansquares"
+    local_transform: str = "affine"  # "affine" or "similarity" (rotation + isotropic scale + translation)
+    local_shrink_factors: tuple[int, ...] = (2, 1)
+    local_smoothing_sigmas_vox: tuple[float, ...] = (1.0, 0.0)
+    local_sampling_fraction: float = 0.5
+    local_iterations: int = 100
+
+    def __post_init__(self):
+        if self.local_metric not in ("correlation", "mattes", "meansquares"):
+            raise ValueError(f"RegistrationConfig.local_metric must be 'correlation', 'mattes' or 'meansquares'; "
+                             f"got {self.local_metric!r}")
+        if self.local_transform not in ("affine", "similarity"):
+            raise ValueError(f"RegistrationConfig.local_transform must be 'affine' or 'similarity'; "
+                             f"got {self.local_transform!r}")
+        if len(self.local_shrink_factors) != len(self.local_smoothing_sigmas_vox):
+            raise ValueError("RegistrationConfig.local_shrink_factors and local_smoothing_sigmas_vox need the same "
+                             "number of levels")
+        if self.local_margin_mm < 0 or self.local_mask_margin_mm < 0 or self.local_spacing_mm <= 0:
+            raise ValueError("RegistrationConfig: local margins must be >= 0 mm and local_spacing_mm > 0")
 
 
 def _check(cancelled: Callable[[], bool] | None) -> None:
@@ -166,6 +193,120 @@ def register_template(template_image: Volume, query_image: Volume, config: Regis
     return composite
 
 
+def _set_metric(reg, metric: str, bins: int) -> None:
+    if metric == "correlation":
+        reg.SetMetricAsCorrelation()
+    elif metric == "mattes":
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
+    elif metric == "meansquares":
+        reg.SetMetricAsMeanSquares()
+    else:
+        raise ValueError(f"unknown registration metric {metric!r}; use 'correlation', 'mattes' or 'meansquares'")
+
+
+def crop_around_box(image, box_lps: np.ndarray, margin_mm: float):
+    """The part of a SimpleITK image covering an LPS box grown by ``margin_mm`` (clipped to the image), or None."""
+    import SimpleITK as sitk
+
+    lo, hi = np.asarray(box_lps, float) + np.array([[-margin_mm], [margin_mm]])
+    corners = [(x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+    index = np.array([image.TransformPhysicalPointToContinuousIndex(c) for c in corners])
+    start = np.clip(np.floor(index.min(0)).astype(int), 0, np.array(image.GetSize()) - 1)
+    stop = np.clip(np.ceil(index.max(0)).astype(int), 0, np.array(image.GetSize()) - 1)
+    size = stop - start + 1
+    if np.any(size < 4):
+        return None
+    return sitk.RegionOfInterest(image, size.tolist(), start.tolist())
+
+
+def structure_mask(template: Template, structure: str, reference, margin_mm: float):
+    """Where the local metric looks, on the ``reference`` grid: the template's label mask when it has one, else the
+    ellipsoid inscribed in the box of its 6 points (closer to an organ than the box corners); grown by ``margin_mm``."""
+    import SimpleITK as sitk
+
+    spacing = np.array(reference.GetSpacing())
+    if template.labels is not None and structure in template.label_ids:
+        labels = sitk.GetImageFromArray(template.mask(structure).astype(np.uint8))
+        labels.CopyInformation(template.labels.to_sitk())
+        # Linear resampling of the 0/1 mask then a low threshold keeps thin parts on a coarser grid.
+        fraction = sitk.Resample(sitk.Cast(labels, sitk.sitkFloat32), reference, sitk.Transform(), sitk.sitkLinear, 0.0)
+        mask = sitk.Cast(fraction > 0.25, sitk.sitkUInt8)
+    else:
+        box = lps_box_from_extreme_points(template.extreme_points(structure))
+        size = np.array(reference.GetSize())
+        index = np.stack(np.meshgrid(*[np.arange(n) for n in size], indexing="ij"), -1).reshape(-1, 3)
+        direction = np.array(reference.GetDirection()).reshape(3, 3)
+        lps = index * spacing @ direction.T + np.array(reference.GetOrigin())
+        semi = np.maximum((box[1] - box[0]) / 2, spacing)
+        inside = (((lps - box.mean(axis=0)) / semi) ** 2).sum(axis=1) <= 1.0
+        mask = sitk.GetImageFromArray(inside.reshape(size).transpose(2, 1, 0).astype(np.uint8))
+        mask.CopyInformation(reference)
+    radius = [int(round(margin_mm / s)) for s in spacing]
+    return sitk.BinaryDilate(mask, radius) if max(radius) > 0 else mask
+
+
+def register_structure(fixed_local, moving_local, global_transform, box_lps: np.ndarray,
+                       config: RegistrationConfig, fixed_mask=None):
+    """Refine ``global_transform`` around one template structure: a crop of the template (box + margin) is matched to
+    the query by an affine (or similarity) about the box centre, composed after the global map.
+
+    Returns (transform, info); the global transform is kept when the crop is unusable or the metric got no better.
+    """
+    import SimpleITK as sitk
+
+    info = {"local": False}
+    crop = crop_around_box(fixed_local, box_lps, config.local_margin_mm)
+    if crop is None:
+        info["reason"] = "structure box too small or outside the template"
+        return global_transform, info
+    centre = tuple(float(c) for c in np.asarray(box_lps, float).mean(axis=0))
+    if config.local_transform == "affine":
+        local = sitk.AffineTransform(3)
+    elif config.local_transform == "similarity":
+        local = sitk.Similarity3DTransform()
+    else:
+        raise ValueError(f"unknown local_transform {config.local_transform!r}; use 'affine' or 'similarity'")
+    local.SetCenter(centre)
+    levels = len(config.local_shrink_factors)
+    if len(config.local_smoothing_sigmas_vox) != levels:
+        raise ValueError("local_shrink_factors and local_smoothing_sigmas_vox need the same number of levels")
+    min_side = min(crop.GetSize())
+    shrink = [max(1, min(f, min_side // 6)) for f in config.local_shrink_factors]
+
+    reg = sitk.ImageRegistrationMethod()
+    _set_metric(reg, config.local_metric, config.histogram_bins)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(config.local_sampling_fraction, config.seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetShrinkFactorsPerLevel(shrink)
+    reg.SetSmoothingSigmasPerLevel(list(config.local_smoothing_sigmas_vox))
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4,
+                                                 numberOfIterations=config.local_iterations,
+                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetMovingInitialTransform(global_transform)
+    reg.SetInitialTransform(local, inPlace=True)
+    if fixed_mask is not None:
+        reg.SetMetricFixedMask(sitk.Resample(fixed_mask, crop, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    try:
+        before = reg.MetricEvaluate(crop, moving_local)
+        reg.Execute(crop, moving_local)
+        after = reg.MetricEvaluate(crop, moving_local)
+    except RuntimeError as error:  # e.g. the crop maps outside the query
+        info["reason"] = f"local registration failed: {str(error).splitlines()[-1][:120]}"
+        return global_transform, info
+    info.update(metric_before=float(before), metric_after=float(after))
+    if not after < before:
+        info["reason"] = "local registration did not improve the metric"
+        return global_transform, info
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(global_transform)
+    composite.AddTransform(local)  # applied first: template point -> locally corrected -> global map to the query
+    info["local"] = True
+    return composite, info
+
+
 def map_points(transform, points_lps: np.ndarray) -> np.ndarray:
     return np.array([transform.TransformPoint(tuple(float(c) for c in p)) for p in np.atleast_2d(points_lps)])
 
@@ -208,6 +349,7 @@ def localize_registration(templates: TemplateSet | list[Template], query: Volume
     timings = {}
     start = time.perf_counter()
     moving = registration_image(query, config.work_spacing_mm)
+    moving_local = registration_image(query, config.local_spacing_mm) if config.local else None
     timings["query_prepare_s"] = time.perf_counter() - start
     split = {s: 1 for s in structures}
     if spl:
@@ -215,25 +357,44 @@ def localize_registration(templates: TemplateSet | list[Template], query: Volume
             split[s] = max(1, min(split_count(t.z_extent_mm(s), slice_interval) for t in template_set.templates))
     per_template_points = {s: [] for s in structures}
     per_template_slabs = {s: [] for s in structures}
+    local_info = {s: [] for s in structures}
     scores = []
     n = len(template_set.templates)
+    steps = n * (1 + (len(structures) if config.local else 0))
     for index, template in enumerate(template_set.templates):
         _check(cancelled)
-        report(index / n, f"registering template {template.name!r} ({index + 1}/{n})")
+        done = index * (1 + (len(structures) if config.local else 0))
+        report(done / steps, f"registering template {template.name!r} ({index + 1}/{n})")
         t0 = time.perf_counter()
         fixed = registration_image(template.image, config.work_spacing_mm)
         transform = register_template(template.image, query, config, fixed=fixed, moving=moving, cancelled=cancelled)
         timings[f"register_{template.name}_s"] = time.perf_counter() - t0
         scores.append(_similarity(fixed, moving, transform))
-        for s in structures:
+        fixed_local = registration_image(template.image, config.local_spacing_mm) if config.local else None
+        for number, s in enumerate(structures):
+            structure_transform = transform
+            if config.local:
+                _check(cancelled)
+                report((done + 1 + number) / steps, f"refining {s!r} around template {template.name!r}")
+                t1 = time.perf_counter()
+                box = lps_box_from_extreme_points(template.extreme_points(s))
+                mask = structure_mask(template, s, fixed_local, config.local_mask_margin_mm)
+                if config.regional_margin_mm > 0:
+                    wide = dataclasses.replace(config, local_margin_mm=config.regional_margin_mm)
+                    structure_transform, _ = register_structure(fixed_local, moving_local, transform, box, wide)
+                structure_transform, info = register_structure(fixed_local, moving_local, structure_transform, box,
+                                                               config, fixed_mask=mask)
+                info["seconds"] = round(time.perf_counter() - t1, 3)
+                local_info[s].append(info)
+                timings[f"local_{template.name}_{s}_s"] = time.perf_counter() - t1
             if template.labels is not None and s in template.label_ids:
                 cloud = surface_points_lps(template.labels, template.mask(s), config.surface_points, config.seed)
-                per_template_points[s].append(extreme_points_from_cloud(map_points(transform, cloud)))
+                per_template_points[s].append(extreme_points_from_cloud(map_points(structure_transform, cloud)))
             else:
-                per_template_points[s].append(extreme_points_from_cloud(map_points(transform,
+                per_template_points[s].append(extreme_points_from_cloud(map_points(structure_transform,
                                                                                    template.extreme_points(s))))
             if spl and split[s] > 1:
-                per_template_slabs[s].append([extreme_points_from_cloud(map_points(transform, p))
+                per_template_slabs[s].append([extreme_points_from_cloud(map_points(structure_transform, p))
                                               for p in template.slab_points(s, split[s])])
     report(1.0, "combining templates")
     results = {}
@@ -248,5 +409,6 @@ def localize_registration(templates: TemplateSet | list[Template], query: Volume
             slabs = list(np.median(np.stack([np.stack(t) for t in per_template_slabs[s]]), axis=0))
         results[s] = make_structure_box(s, points, query, "registration", confidence, slab_points_lps=slabs,
                                         details={"template_similarity": scores, "wall_spread_mm": spread_mm,
+                                                 "local_registration": local_info[s],
                                                  "timings_s": {k: round(v, 3) for k, v in timings.items()}})
     return results
