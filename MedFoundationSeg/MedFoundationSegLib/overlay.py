@@ -42,8 +42,11 @@ def overlay_slice(slice_hu: np.ndarray, predicted_labels: np.ndarray, truth_labe
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def montage(tiles: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
-    """Rows of RGB tiles -> one RGB image (tiles padded to the largest size, dark gaps between them)."""
+def montage(tiles: list[list[np.ndarray]], gap: int = 4, tile_height: int | None = 220) -> np.ndarray:
+    """Rows of RGB tiles -> one RGB image; each tile scaled to ``tile_height`` (aspect kept), dark gaps between."""
+    if tile_height:
+        tiles = [[resize(t, (tile_height, max(1, round(t.shape[1] * tile_height / t.shape[0]))), order=1,
+                         preserve_range=True).astype(np.uint8) for t in row] for row in tiles]
     height = max(t.shape[0] for row in tiles for t in row)
     width = max(t.shape[1] for row in tiles for t in row)
     columns = max(len(row) for row in tiles)

@@ -30,6 +30,7 @@ class CaseOptions:
     device: str = "auto"
     window: object = "auto"
     axis: str = "axial"
+    mode: str = "box"  # box (MedLSAM: every slice of the box) | guided (stop rules) | every_k | reference
     padding_mm: float = 5.0
     refine: str = "graphcut"  # graphcut | geodesic | growcut | none
     overlap_policy: str = "score"  # score | order
@@ -272,6 +273,7 @@ class Session:
             results[name] = self.segment_box(
                 volume, box.box_ijk, model=options.model, device=options.device, window=options.window,
                 axis=options.axis, padding_mm=options.padding_mm, slabs=box.slabs, refine=options.refine,
+                mode=options.mode,
                 extreme_points_ijk=extreme_ijk if np.all(volume.contains_ijk(extreme_ijk)) else None,
                 cache_mb=options.cache_mb,
                 progress=scaled(progress, 0.3 + 0.6 * n / max(len(present), 1), 0.3 + 0.6 * (n + 1) / max(len(present), 1)),
