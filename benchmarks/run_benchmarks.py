@@ -42,10 +42,10 @@ PHANTOM_FULL = ("liver", "spleen", "kidney_left", "kidney_right", "stomach", "pa
 CONFIGS = {
     "quick": dict(aal=AAL_QUICK, queries=2, phantom_structures=PHANTOM_QUICK, phantoms=2, phantom_shape=(48, 128, 128),
                   click_models=("litemedsam",), clicks=10, slice_counts=(4, 8, 16), inplane=(96, 192),
-                  inplane_slices=8),
+                  inplane_slices=8, speed_reps=1),
     "full": dict(aal=AAL_FULL, queries=5, phantom_structures=PHANTOM_FULL, phantoms=10, phantom_shape=(64, 192, 192),
                  click_models=MODELS, clicks=10, slice_counts=(8, 16, 32, 64, 128), inplane=(128, 256, 512),
-                 inplane_slices=16),
+                 inplane_slices=16, speed_reps=3),
 }
 
 # (method key, label in the tables)
@@ -208,56 +208,100 @@ def evaluate_case(dataset, case, image, labels, ids, template_set, cfg, engine) 
 
 # --- speed (child processes so each procedure's peak RSS is its own) ----------------------------------------------------
 
-def speed_child(procedure: str, model: str, slice_counts, inplane, inplane_slices) -> dict:
-    """Times one procedure on one phantom structure for several slice counts and in-plane sizes."""
+PROCEDURES = (("optimized", "litemedsam"), ("reference", "litemedsam"), ("optimized", "mobilesam"))
+
+
+def _run_procedure(procedure: str, model: str, phantom, n: int) -> tuple[int, float]:
+    """One structure (liver) over ``n`` slices from its box; returns (slices, seconds) including predictor set-up."""
     from MedFoundationSegLib import pipeline, propagate
-    from MedFoundationSegLib.phantoms import make_phantom
     from MedFoundationSegLib.predictor import SlicePredictor
     from MedFoundationSegLib.segmenter import PredictorSegmenter
 
-    def run(phantom, n):
-        truth = phantom.labels.array == phantom.label_ids["liver"]
-        box = box_ijk_of(truth)
-        middle = (box[0, 2] + box[1, 2]) // 2
-        box[0, 2] = max(0, middle - n // 2)
-        box[1, 2] = min(truth.shape[0] - 1, box[0, 2] + n - 1)
-        n = int(box[1, 2] - box[0, 2] + 1)
-        start = time.perf_counter()
-        if procedure == "reference":
-            predictor = SlicePredictor(phantom.image, model, precision="fp32", optimize=False, cache_bytes=0,
-                                       batch_size=1)
-            (i0, j0, k0), (i1, j1, k1) = box
-            propagate.reference_litemedsam(PredictorSegmenter(predictor), truth.shape, (i0, j0, k0, i1, j1, k1))
-        else:
-            pipeline.Session().segment_box(phantom.image, box, model=model)
-        return n, time.perf_counter() - start
+    truth = phantom.labels.array == phantom.label_ids["liver"]
+    box = box_ijk_of(truth)
+    middle = (box[0, 2] + box[1, 2]) // 2
+    box[0, 2] = max(0, middle - n // 2)
+    box[1, 2] = min(truth.shape[0] - 1, box[0, 2] + n - 1)
+    start = time.perf_counter()
+    if procedure == "reference":
+        predictor = SlicePredictor(phantom.image, model, precision="fp32", optimize=False, cache_bytes=0,
+                                   batch_size=1)
+        (i0, j0, k0), (i1, j1, k1) = box
+        propagate.reference_litemedsam(PredictorSegmenter(predictor), truth.shape, (i0, j0, k0, i1, j1, k1))
+    else:
+        pipeline.Session().segment_box(phantom.image, box, model=model)
+    return int(box[1, 2] - box[0, 2] + 1), time.perf_counter() - start
 
-    out = {"procedure": procedure, "model": model, "slices": [], "inplane": []}
+
+def _peak_rss_mb() -> float:
+    """VmHWM (peak resident set) of this process in MB; reset with _reset_peak_rss()."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def speed_child(task: str, slice_counts, inplane, inplane_slices, reps: int, procedure=None, model=None) -> dict:
+    """``timing``: every procedure interleaved in this one process (ratios are fair on a shared machine; the median
+    of ``reps`` repeats is kept). ``memory``: one procedure on the largest slice count; peak RSS from the moment the
+    phantom exists (model load included)."""
+    from MedFoundationSegLib.phantoms import make_phantom
+
     big = make_phantom(3, (max(slice_counts) + 24, 128, 128))
-    run(big, 2)  # warm-up: model load and first-call costs are not per-slice costs
+    if task == "memory":
+        base = _peak_rss_mb()
+        reset = _reset_peak_rss()
+        _run_procedure(procedure, model, big, max(slice_counts))
+        return {"procedure": procedure, "model": model, "slices": max(slice_counts), "peak_rss_mb": _peak_rss_mb(),
+                "before_mb": base, "reset": reset}
+    for procedure, model in PROCEDURES:  # warm-up: first-call library costs are not per-slice costs
+        _run_procedure(procedure, model, big, 2)
+    out = {f"{p} {m}": {"procedure": p, "model": m, "slices": [], "inplane": []} for p, m in PROCEDURES}
+
+    def measure(phantom, n, key, extra):
+        times = {name: [] for name in out}
+        for rep in range(reps):
+            for procedure, model in (PROCEDURES if rep % 2 == 0 else PROCEDURES[::-1]):
+                used, seconds = _run_procedure(procedure, model, phantom, n)
+                times[f"{procedure} {model}"].append(seconds)
+        for name, values in times.items():
+            out[name][key].append(dict(extra, slices=used, seconds=float(np.median(values))))
+
     for n in slice_counts:
-        used, seconds = run(big, n)
-        out["slices"].append({"slices": used, "seconds": seconds})
+        measure(big, n, "slices", {})
     for size in inplane:
-        phantom = make_phantom(3, (inplane_slices + 24, size, size))
-        used, seconds = run(phantom, inplane_slices)
-        out["inplane"].append({"size": size, "slices": used, "seconds": seconds})
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        measure(make_phantom(3, (inplane_slices + 24, size, size)), inplane_slices, "inplane", {"size": size})
     return out
 
 
 def speed(cfg) -> list[dict]:
-    results = []
-    for procedure, model in (("optimized", "litemedsam"), ("reference", "litemedsam"), ("optimized", "mobilesam")):
-        log(f"speed: {procedure} {model}")
-        args = [sys.executable, __file__, "--speed-child", json.dumps(
-            [procedure, model, list(cfg["slice_counts"]), list(cfg["inplane"]), cfg["inplane_slices"]])]
-        done = subprocess.run(args, capture_output=True, text=True)
+    def child(*payload):
+        done = subprocess.run([sys.executable, __file__, "--speed-child", json.dumps(payload)], capture_output=True,
+                              text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"speed child {procedure}/{model} failed:\n{done.stderr[-3000:]}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        log(f"speed: {results[-1]}")
-    return results
+            raise RuntimeError(f"speed child {payload[0]} failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    common = (list(cfg["slice_counts"]), list(cfg["inplane"]), cfg["inplane_slices"], cfg["speed_reps"])
+    log("speed: interleaved timing of all procedures in one process")
+    timing = child("timing", *common)
+    rows = []
+    for procedure, model in PROCEDURES:
+        log(f"speed: peak memory of {procedure} {model}")
+        memory = child("memory", *common, procedure, model)
+        row = timing[f"{procedure} {model}"]
+        row.update(peak_rss_mb=memory["peak_rss_mb"], memory_slices=memory["slices"])
+        rows.append(row)
+        log(f"speed: {row}")
+    return rows
 
 
 # --- report -----------------------------------------------------------------------------------------------------------
@@ -348,7 +392,7 @@ def speed_fits(speed_rows) -> list[str]:
 
 
 def speed_table(speed_rows) -> list[str]:
-    lines = ["| procedure | model | slices | in-plane | seconds | s per slice | peak RSS MB (process) |",
+    lines = ["| procedure | model | slices | in-plane | seconds | s per slice | peak RSS MB (own child) |",
              "|---|---|---|---|---|---|---|"]
     for r in speed_rows:
         for p in r["slices"]:
@@ -646,11 +690,13 @@ def main() -> None:
     if speed_rows:
         lines += ["## Speed and memory", "",
                   "One phantom structure (liver, seed 3) from its box over the given number of axial slices, each "
-                  "configuration in its own child process after a 2-slice warm-up; each timed point builds its "
-                  "predictor afresh (model load from the cache included, as on a user's first call), so the fit "
-                  "below separates the fixed cost (intercept) from the marginal cost per slice (slope). Peak RSS is "
-                  "that process's maximum, model included. The processes ran one after another on a shared, "
-                  "loaded machine: compare ratios, not absolute seconds. optimized = pipeline `segment_box` (box mode, embedding "
+                  "procedure's timing interleaved with the others in one child process (after a 2-slice warm-up of "
+                  f"each; median of {cfg['speed_reps']} repeat(s), alternating the order), so ratios are fair on a "
+                  "shared machine even when absolute seconds are not. Each timed point builds its predictor afresh "
+                  "(model load from the cache included, as on a user's first call); the fit below separates that "
+                  "fixed cost (intercept) from the marginal cost per slice (slope). Peak RSS: a separate child per "
+                  "procedure runs the largest slice count; the peak resident set (VmHWM) is reset after the phantom "
+                  "is built, so it counts the model, the predictor and the segmentation. optimized = pipeline `segment_box` (box mode, embedding "
                   "cache, BN-folded encoder, batched); reference = the peer LiteMedSAM 3D procedure with a fp32, "
                   "batch-1, cache-less predictor.", ""] + speed_table(speed_rows) + [""] + speed_fits(speed_rows) + [
                   "", "![time vs slices and size](report_files/time_vs_slices.png)", ""]
