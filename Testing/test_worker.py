@@ -83,3 +83,10 @@ def test_modules_share_one_worker_thread():
     assert replacement is not first
     job = replacement.submit("after restart", _slices, 1)
     assert job.wait(5) and job.error is None
+
+
+def test_predictor_cancel_is_the_shared_cancel():
+    """A cancel raised inside slice encoding must read as a cancel to the worker and the batch, not as a failure."""
+    from MedFoundationSegLib import predictor, progress
+
+    assert predictor.Cancelled is progress.Cancelled

@@ -19,6 +19,7 @@ from torch import nn
 
 from .encoder_runtime import EncoderRuntime, select_device
 from .intensity import Window, apply_window, check_image, resolve_window
+from .progress import Cancelled  # the shared one: the worker and the batch recognise it as a cancel
 from .preprocessing import Preprocessing, PreprocessingError, preprocessing_for, slice_transform, slices_to_input
 
 # Slice axis name -> axis of the (z, y, x) array that is held fixed.
@@ -36,10 +37,6 @@ class PredictorError(ValueError):
     """The predictor was given an unusable volume, axis, slice index or prompt."""
 
 
-class Cancelled(Exception):
-    """The caller's cancel check returned True between two steps."""
-
-
 @dataclasses.dataclass
 class SlicePrediction:
     """Masks for N prompts with C candidates each (C = 1, or 3 with multimask output)."""
@@ -47,6 +44,7 @@ class SlicePrediction:
     masks: np.ndarray  # bool (N, C, H, W) on the slice grid
     iou: np.ndarray  # float32 (N, C): the decoder's predicted IoU of each mask
     low_res_logits: np.ndarray  # float32 (N, C, 256, 256): feed one back as `mask_input` to refine
+    probability: np.ndarray | None = None  # float32 (N, C, H, W) sigmoid of the logits, when asked for
 
     def best(self) -> tuple[np.ndarray, np.ndarray]:
         """(N, H, W) masks and (N,) IoU of the candidate with the highest predicted IoU per prompt."""
@@ -346,7 +344,7 @@ class SlicePredictor:
         return torch.from_numpy(mask)
 
     def predict(self, index: int, boxes=None, points=None, point_labels=None, mask_input=None, *,
-                multimask: bool = False) -> SlicePrediction:
+                multimask: bool = False, with_probability: bool = False) -> SlicePrediction:
         """Masks for one or many prompts on slice ``index``.
 
         boxes: (x0, y0, x1, y1) or (N, 4) in the slice's pixel frame. points: (P, 2) shared by all prompts or
@@ -386,7 +384,9 @@ class SlicePredictor:
             low_res = low_res.float()
             logits = transform.logits_to_slice(low_res)
             masks = (logits > self.preprocessing.mask_threshold).cpu().numpy()
-        return SlicePrediction(masks=masks, iou=iou.float().cpu().numpy(), low_res_logits=low_res.cpu().numpy())
+            probability = torch.sigmoid(logits).cpu().numpy().astype(np.float32) if with_probability else None
+        return SlicePrediction(masks=masks, iou=iou.float().cpu().numpy(), low_res_logits=low_res.cpu().numpy(),
+                               probability=probability)
 
     def mask_to_prompt(self, mask_hw: np.ndarray) -> np.ndarray:
         """A bool slice mask -> (256, 256) low-res logits, to prompt with an edited or propagated mask."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
-
 from .predictor import SlicePredictor
 
 
@@ -44,10 +42,8 @@ class PredictorSegmenter:
             mask_prompt = np.asarray(mask_prompt)
             mask_input = mask_prompt if mask_prompt.shape == (256, 256) else self.predictor.mask_to_prompt(mask_prompt)
         prediction = self.predictor.predict(slice_index, boxes=box_xyxy, points=points_xy, point_labels=point_labels,
-                                            mask_input=mask_input)
-        logits = self.predictor.transform.logits_to_slice(torch.from_numpy(prediction.low_res_logits[:, :1]))
-        probability = torch.sigmoid(logits.float())[0, 0].cpu().numpy().astype(np.float32)
-        return SliceResult(prediction.masks[0, 0], probability, float(prediction.iou[0, 0]),
+                                            mask_input=mask_input, with_probability=True)
+        return SliceResult(prediction.masks[0, 0], prediction.probability[0, 0], float(prediction.iou[0, 0]),
                            prediction.low_res_logits[0, 0])
 
     def segment(self, slice_index: int, box_xyxy=None, points_xy=None, point_labels=None, mask_prompt=None):

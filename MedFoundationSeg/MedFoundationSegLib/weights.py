@@ -213,7 +213,6 @@ def download_url(url: str, dest: str | os.PathLike, *, size: int | None = None, 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     session = session or requests.Session()
-    last_error: Exception | None = None
     for attempt in range(retries + 1):
         done = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={done}-"} if done else {}
@@ -237,14 +236,12 @@ def download_url(url: str, dest: str | os.PathLike, *, size: int | None = None, 
             break
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError) as error:
-            last_error = error
             if attempt == retries:
                 raise DownloadError(f"could not download {url} after {retries + 1} tries: {error}. "
                                     "Check the internet connection or proxy (HTTPS_PROXY), then run the same "
                                     "command again: it resumes where it stopped.") from None
             log.warning("download interrupted (%s); resuming in %.0f s", error, backoff_s * 2 ** attempt)
             time.sleep(backoff_s * 2 ** attempt)
-    del last_error
     return _finish(part, dest, size=size, sha256=sha256)
 
 
