@@ -115,6 +115,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.propagateButton.clicked.connect(lambda: self.onPropagate(outwardOnly=False))
         self.ui.repropagateButton.clicked.connect(lambda: self.onPropagate(outwardOnly=True))
         self.ui.fillBetweenButton.clicked.connect(self.onFillBetween)
+        self.ui.rerunButton.clicked.connect(self.onRerun)
         self.ui.refineButton.clicked.connect(self.onRefine)
         self.ui.paintScribblesButton.clicked.connect(self.onPaintScribbles)
         self.ui.cancelButton.clicked.connect(self.onCancel)
@@ -377,6 +378,19 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startAction(lambda logic, volume, segmentation: logic.prepare_fill_between(
             volume, segmentation, self._requireSegment()), needsModel=False)
 
+    def onRerun(self):
+        """Rebuild the selected segment's action from its stored prompts (edited box/clicks are read again)."""
+        segmentationNode = self.ui.segmentSelector.currentNode()
+        segmentId = self._selectedSegmentId()
+        needsModel = True
+        if segmentationNode is not None and segmentId:
+            from MedFoundationSegLogic import mrml_bridge
+
+            needsModel = mrml_bridge.get_segment_prompts(segmentationNode, segmentId).get("action") != \
+                "fill between slices"
+        self._startAction(lambda logic, volume, segmentation: logic.prepare_rerun(
+            volume, segmentation, self._requireSegment()), needsModel=needsModel)
+
     def onRefine(self):
         scribbleId = None
         if self.ui.scribbleCheckBox.checked:
@@ -513,6 +527,12 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             lines.append(summary)
         self.ui.stopReasonsText.plainText = "\n".join(lines)
 
+    def _hasStoredPrompts(self):
+        segmentationNode = self.ui.segmentSelector.currentNode()
+        segment = segmentationNode.GetSegmentation().GetSegment(self._selectedSegmentId() or "") \
+            if segmentationNode is not None else None
+        return segment is not None and segment.HasTag("MedFoundationSeg.Prompts")  # = mrml_bridge.PROMPTS_TAG
+
     def _updateButtons(self, *unused):
         idle = self._job is None
         haveVolume = self.ui.inputVolumeSelector.currentNode() is not None
@@ -523,6 +543,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.propagateButton.enabled = idle and haveVolume and haveSegment
         self.ui.repropagateButton.enabled = idle and haveVolume and haveSegment
         self.ui.fillBetweenButton.enabled = idle and haveVolume and haveSegment
+        self.ui.rerunButton.enabled = idle and haveVolume and haveSegment and self._hasStoredPrompts()
         self.ui.refineButton.enabled = idle and haveVolume and haveSegment and (
             haveClicks or self.ui.scribbleCheckBox.checked)
         self.ui.cancelButton.enabled = not idle

@@ -23,7 +23,8 @@ POLL_INTERVAL_MS = 100
 ENGINES = ("auto", "medlam", "registration")  # engineComboBox rows
 POINT_LABELS = ("x-min", "x-max", "y-min", "y-max", "z-min", "z-max")  # = MedLAMLocalizeLib.boxes.POINT_NAMES
 RESULT_COLUMNS = ("Volume", "Structure", "Result", "Confidence", "Box size (mm)")
-TEMPLATE_COLUMNS = ("Template volume", "Structure", "Box size (mm)")
+TEMPLATE_COLUMNS = ("Template volume", "Structure", "Terminology", "Box size (mm)")
+TERMINOLOGY_AUTO = "auto"  # structureTerminologyComboBox data: look the code up from the structure name
 
 
 class MedLAMLocalize(ScriptedLoadableModule):
@@ -81,6 +82,7 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.extremePointsPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         self.ui.structureColorPicker.color = qt.QColor(230, 153, 51)
+        self._fillTerminologyList()
         self.ui.templateSetPathEdit.filters = ctk.ctkPathLineEdit.Files
         self.ui.templateSetPathEdit.nameFilters = ["Template set (*.yaml *.yml *.json)"]
         self.ui.templateSetPathEdit.settingKey = "MedLAMLocalize/TemplateSetPath"
@@ -158,6 +160,25 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         return shared_worker()
 
+    def _fillTerminologyList(self):
+        """Automatic / none / every coded organ of MedFoundationSegLogic/terminology.yaml (needs PyYAML)."""
+        combo = self.ui.structureTerminologyComboBox
+        combo.clear()
+        combo.addItem("automatic (from the name)", TERMINOLOGY_AUTO)
+        combo.addItem("none", "")
+        from MedFoundationSegLogic import dependencies
+
+        if dependencies.missing_modules(modules=("yaml",)):
+            return
+        from MedFoundationSegLogic import terminology
+
+        for label, tag in terminology.choices():
+            combo.addItem(label, tag)
+
+    def _selectedTerminology(self):
+        data = self.ui.structureTerminologyComboBox.itemData(self.ui.structureTerminologyComboBox.currentIndex)
+        return None if not data else data  # "auto", a tag, or None for "none"
+
     # --- guided extreme-point placement -----------------------------------------------------------------------------
     def onPointsNodeChanged(self, node):
         if self._pointsNode is not None:
@@ -185,19 +206,31 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if placed < len(POINT_LABELS) and node.GetNthControlPointLabel(index) != POINT_LABELS[placed]:
                     node.SetNthControlPointLabel(index, POINT_LABELS[placed])
                 placed += 1
-        self.ui.nextPointLabel.text = self._nextPointPrompt(placed)
+        prompt = self._nextPointPrompt(placed)
+        self.ui.nextPointLabel.text = prompt
+        self._showInSliceViews(prompt if node is not None and placed < len(POINT_LABELS) else "")
         if placed >= len(POINT_LABELS) and self.ui.extremePointsPlaceWidget.placeModeEnabled:
             self.ui.extremePointsPlaceWidget.setPlaceModeEnabled(False)
         self._updateButtons()
 
     def _nextPointPrompt(self, placed):
         if self._dependenciesPresent():
-            from MedLAMLocalizeLogic import next_point_prompt
+            from MedLAMLocalizeLogic import guide_point_list
 
-            return next_point_prompt(placed)
+            return guide_point_list(self._pointsNode)  # also sets the next point's label shown while placing
         if placed >= len(POINT_LABELS):
             return "All 6 extreme points placed: add the structure to the template set."
         return f"Next point ({placed + 1}/6): {POINT_LABELS[placed]}"
+
+    def _showInSliceViews(self, text):
+        """The next-extreme instruction in the corner of every slice view (empty text clears it)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        for viewName in layoutManager.sliceViewNames():
+            view = layoutManager.sliceWidget(viewName).sliceView()
+            view.cornerAnnotation().SetText(vtk.vtkCornerAnnotation.UpperRight, text)
+            view.scheduleRender()
 
     def _placedPoints(self):
         node = self._pointsNode
@@ -217,7 +250,8 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay("Could not add the structure.", waitCursor=True):
                 if volumeNode is None:
                     raise ValueError("select the template volume the points were placed on")
-                logic.add_structure(volumeNode, name, pointsNode, color_rgb=rgb)
+                logic.add_structure(volumeNode, name, pointsNode, color_rgb=rgb,
+                                    terminology_tag=self._selectedTerminology())
         except Exception as error:
             self.lastError = str(error)
             self._setStatus(f"Not added: {error}")
@@ -277,9 +311,13 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         rows = []
         if self.logic is not None:
             for template in self.logic.template_set.templates:
+                from MedFoundationSegLogic import terminology
+
                 for structure, points in sorted(template.points_lps.items()):
                     size = np.ptp(np.asarray(points), axis=0)
-                    rows.append((template.name, structure, " x ".join(f"{s:.0f}" for s in size)))
+                    tag = self.logic.terminology.get(structure)
+                    coded = terminology.TerminologyEntry.from_tag(tag).display_name if tag else "(none)"
+                    rows.append((template.name, structure, coded, " x ".join(f"{s:.0f}" for s in size)))
         table.setRowCount(len(rows))
         for row, values in enumerate(rows):
             for column, value in enumerate(values):

@@ -18,8 +18,11 @@ import numpy as np
 from MedFoundationSegLib import pipeline
 from MedFoundationSegLib.volume import Volume
 
-from . import mrml_bridge
+from . import mrml_bridge, terminology
 from .segment_edits import EditResult, SegmentEditHistory
+
+
+ROI_TERMINOLOGY_ATTRIBUTE = "MedLAMLocalize.Terminology"  # set on the ROI boxes MedLAMLocalize creates
 
 
 @dataclasses.dataclass
@@ -47,6 +50,7 @@ class PreparedAction:
     compute: functools.partial  # call with progress=, cancelled= on the worker
     prompts: dict
     scratch_segment_ids: tuple = ()  # segments the result may overlap (the scribbles that guided it)
+    terminology_tag: str | None = None  # Slicer TerminologyEntry for a segment the action creates (e.g. from MedLAM)
 
 
 class MedFoundationSegLogic:
@@ -65,20 +69,26 @@ class MedFoundationSegLogic:
         return mrml_bridge.volume_from_node(volume_node)
 
     def prepare_segment_in_roi(self, volume_node, roi_node, segmentation_node, segment_id=None) -> PreparedAction:
-        volume = self._base(volume_node, segmentation_node)
         if roi_node is None:
             raise ValueError("place or select a box (ROI) around the structure")
-        box_ijk = mrml_bridge.ijk_box_from_ras_bounds(volume, mrml_bridge.roi_bounds_ras(roi_node))
+        return self._prepare_box(volume_node, mrml_bridge.roi_bounds_ras(roi_node), segmentation_node, segment_id,
+                                 roi_node.GetID(), roi_node.GetAttribute(ROI_TERMINOLOGY_ATTRIBUTE))
+
+    def _prepare_box(self, volume_node, bounds_ras, segmentation_node, segment_id, roi_node_id, terminology_tag=None
+                     ) -> PreparedAction:
+        volume = self._base(volume_node, segmentation_node)
+        bounds_ras = np.asarray(bounds_ras, float)
+        box_ijk = mrml_bridge.ijk_box_from_ras_bounds(volume, bounds_ras)
         s = self.settings
         compute = functools.partial(self.session.segment_box, volume, box_ijk, model=s.model, device=s.device,
                                     window=s.window, axis=s.axis, padding_mm=s.box_padding_mm,
                                     mode=s.propagation_mode, every_k=s.every_k, refine=s.refine_method,
                                     cache_mb=s.embedding_budget_mb)
         prompts = {"model": s.model, "axis": s.axis, "box_ijk": box_ijk.tolist(),
-                   "box_ras_mm": mrml_bridge.roi_bounds_ras(roi_node).round(3).tolist(),
-                   "roi_node": roi_node.GetID(), "padding_mm": s.box_padding_mm, "mode": s.propagation_mode}
+                   "box_ras_mm": bounds_ras.round(3).tolist(),
+                   "roi_node": roi_node_id, "padding_mm": s.box_padding_mm, "mode": s.propagation_mode}
         return PreparedAction("segment in box", volume_node.GetID(), segmentation_node.GetID(), segment_id, volume,
-                              compute, prompts)
+                              compute, prompts, terminology_tag=terminology_tag)
 
     def prepare_propagation(self, volume_node, segmentation_node, segment_id: str, slice_index: int | None = None,
                             *, outward_only: bool = False) -> PreparedAction:
@@ -106,11 +116,19 @@ class MedFoundationSegLogic:
     def prepare_refine(self, volume_node, segmentation_node, segment_id: str, *, positive_node=None,
                        negative_node=None, scribble_segment_id: str | None = None) -> PreparedAction:
         """Refine a segment with include/exclude clicks (point lists) and an optional scribble segment."""
+        return self._prepare_refine(volume_node, segmentation_node, segment_id,
+                                    mrml_bridge.control_points_ras(positive_node),
+                                    mrml_bridge.control_points_ras(negative_node), scribble_segment_id,
+                                    [node.GetID() if node is not None else None
+                                     for node in (positive_node, negative_node)])
+
+    def _prepare_refine(self, volume_node, segmentation_node, segment_id, positive_ras, negative_ras,
+                        scribble_segment_id, click_node_ids=(None, None)) -> PreparedAction:
         volume = self._base(volume_node, segmentation_node)
         mask_kji = mrml_bridge.segment_mask_kji(segmentation_node, segment_id, volume_node)
         clicks = {}
-        for key, node in (("positive", positive_node), ("negative", negative_node)):
-            ras = mrml_bridge.control_points_ras(node)
+        for key, ras in (("positive", np.asarray(positive_ras, float).reshape(-1, 3)),
+                         ("negative", np.asarray(negative_ras, float).reshape(-1, 3))):
             clicks[key] = volume.ijk_from_lps(mrml_bridge.lps_from_ras(ras)) if len(ras) else np.zeros((0, 3))
             outside = ~volume.contains_ijk(clicks[key]) if len(ras) else np.zeros(0, bool)
             if outside.any():
@@ -125,23 +143,65 @@ class MedFoundationSegLogic:
                                     model=s.model, device=s.device, window=s.window, axis=s.axis,
                                     cache_mb=s.embedding_budget_mb)
         prompts = {"method": s.refine_method,
-                   "positive_ras": mrml_bridge.control_points_ras(positive_node).round(3).tolist(),
-                   "negative_ras": mrml_bridge.control_points_ras(negative_node).round(3).tolist(),
+                   "positive_ras": np.asarray(positive_ras, float).reshape(-1, 3).round(3).tolist(),
+                   "negative_ras": np.asarray(negative_ras, float).reshape(-1, 3).round(3).tolist(),
+                   "positive_node": click_node_ids[0], "negative_node": click_node_ids[1],
                    "scribble_segment": scribble_segment_id}
         return PreparedAction("refine", volume_node.GetID(), segmentation_node.GetID(), segment_id, volume, compute,
                               prompts, (scribble_segment_id,) if scribble_segment_id else ())
 
+    def prepare_rerun(self, volume_node, segmentation_node, segment_id: str) -> PreparedAction:
+        """The action that made this segment, rebuilt from its stored prompts (segment tag) so it can be re-run after
+        the user edited them: a moved ROI box or click list is read again from its node when that node still exists,
+        otherwise the stored coordinates are used. The result replaces the segment's voxels (one undo step)."""
+        prompts = mrml_bridge.get_segment_prompts(segmentation_node, segment_id) if segmentation_node else {}
+        action = prompts.get("action")
+        if not action:
+            raise ValueError("this segment has no stored AI prompts (it was not made by MedFoundationSeg): nothing to "
+                             "re-run")
+
+        def node(key):
+            return self.scene.GetNodeByID(prompts[key]) if prompts.get(key) else None
+
+        if action == "segment in box":
+            roi = node("roi_node")
+            if roi is not None:
+                return self.prepare_segment_in_roi(volume_node, roi, segmentation_node, segment_id)
+            return self._prepare_box(volume_node, prompts["box_ras_mm"], segmentation_node, segment_id, None)
+        if action in ("propagate", "re-propagate"):
+            return self.prepare_propagation(volume_node, segmentation_node, segment_id, prompts.get("seed_slice"),
+                                            outward_only=action == "re-propagate")
+        if action == "fill between slices":
+            return self.prepare_fill_between(volume_node, segmentation_node, segment_id)
+        if action == "refine":
+            positive, negative = node("positive_node"), node("negative_node")
+            positive_ras = (mrml_bridge.control_points_ras(positive) if positive is not None
+                            else prompts.get("positive_ras") or [])
+            negative_ras = (mrml_bridge.control_points_ras(negative) if negative is not None
+                            else prompts.get("negative_ras") or [])
+            scribble = prompts.get("scribble_segment")
+            if scribble and segmentation_node.GetSegmentation().GetSegment(scribble) is None:
+                scribble = None  # the user deleted the scratch scribbles: re-run with the clicks alone
+            return self._prepare_refine(volume_node, segmentation_node, segment_id, positive_ras, negative_ras,
+                                        scribble, (prompts.get("positive_node"),
+                                                                          prompts.get("negative_node")))
+        raise ValueError(f"cannot re-run the stored action {action!r}")
+
     # --- apply (GUI thread) -----------------------------------------------------------------------------------------
     def apply(self, prepared: PreparedAction, result: pipeline.CaseResult, *, segment_name: str = "AI segment",
               color_rgb=(0.9, 0.6, 0.2)) -> EditResult:
+        """Write the result. A segment created here gets the action's terminology (a MedLAM box's structure) or, when
+        its name is a known organ, the standard terminology entry for that name."""
         volume_node = self.scene.GetNodeByID(prepared.volume_node_id)
         segmentation_node = self.scene.GetNodeByID(prepared.segmentation_node_id)
         if volume_node is None or segmentation_node is None:
             raise ValueError("the volume or segmentation was removed while the action ran; nothing was written")
         prompts = dict(prepared.prompts, report=result.report_summary())
+        tag = prepared.terminology_tag or terminology.tag_for_structure(segment_name)
         return self.history.apply(volume_node, segmentation_node, result.mask_kji, segment_id=prepared.segment_id,
                                   segment_name=segment_name, color_rgb=color_rgb, prompts=prompts,
-                                  action=prepared.action, scratch_segment_ids=prepared.scratch_segment_ids)
+                                  action=prepared.action, scratch_segment_ids=prepared.scratch_segment_ids,
+                                  terminology_tag=tag)
 
     def undo(self) -> str | None:
         return self.history.undo()

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from . import mrml_bridge
+from . import mrml_bridge, terminology
 
 
 @dataclasses.dataclass
@@ -51,9 +51,10 @@ class SegmentEditHistory:
 
     def apply(self, volume_node, segmentation_node, mask_kji: np.ndarray, *, segment_id: str | None = None,
               segment_name: str = "AI segment", color_rgb=(0.9, 0.6, 0.2), prompts: dict | None = None,
-              action: str = "segment", scratch_segment_ids=()) -> EditResult:
+              action: str = "segment", scratch_segment_ids=(), terminology_tag: str | None = None) -> EditResult:
         """``scratch_segment_ids``: helper segments (e.g. the user's include scribbles) whose voxels the result may
-        share; every other segment stays protected."""
+        share; every other segment stays protected. ``terminology_tag``: Slicer TerminologyEntry of a segment this
+        action creates (an existing segment keeps the terminology the user gave it)."""
         mask_kji = np.asarray(mask_kji, bool)
         volume_shape = mrml_bridge.slicer.util.arrayFromVolume(volume_node).shape
         if mask_kji.shape != volume_shape:
@@ -64,7 +65,11 @@ class SegmentEditHistory:
         segmentation = segmentation_node.GetSegmentation()
         created = segment_id is None
         if created:
+            if terminology_tag is not None:
+                terminology.TerminologyEntry.from_tag(terminology_tag)  # refuse a malformed tag before any change
             segment_id = segmentation.AddEmptySegment("", _unique_name(segmentation, segment_name), list(color_rgb))
+            if terminology_tag is not None:
+                terminology.set_segment_terminology(segmentation.GetSegment(segment_id), terminology_tag)
             previous, previous_prompts = None, None
         else:
             if segmentation.GetSegment(segment_id) is None:

@@ -8,14 +8,18 @@ edits, GUI thread only).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from MedFoundationSegLib import pipeline
 from MedFoundationSegLib.volume import Volume, write_volume
-from MedFoundationSegLogic import mrml_bridge
+from MedFoundationSegLogic import mrml_bridge, terminology
+from MedFoundationSegLogic.logic import ROI_TERMINOLOGY_ATTRIBUTE
 from MedLAMLocalizeLib.boxes import POINT_NAMES, StructureBox, extreme_points_from_cloud
 from MedLAMLocalizeLib.templates import Template, TemplateError, TemplateSet
 
@@ -39,6 +43,26 @@ def next_point_prompt(points_placed: int) -> str:
     return f"Next point ({points_placed + 1}/6): {POINT_PROMPTS[points_placed]}"
 
 
+POINT_LABELS = tuple(POINT_NAMES)  # "x-min" ... "z-max": the label each placed point gets, in the order asked
+
+
+def guide_point_list(markups_node) -> str:
+    """Guide the user point by point *in the slice views*: placed points are labelled with the extreme they were
+    asked for, and the label format of the next point is the next extreme's name, so the point under the mouse
+    while placing already says which extreme it must be. Returns the instruction for the module panel."""
+    placed = 0
+    if markups_node is not None:
+        for index in range(markups_node.GetNumberOfControlPoints()):
+            if markups_node.GetNthControlPointPositionStatus(index) != markups_node.PositionDefined:
+                continue
+            if placed < len(POINT_LABELS) and markups_node.GetNthControlPointLabel(index) != POINT_LABELS[placed]:
+                markups_node.SetNthControlPointLabel(index, POINT_LABELS[placed])
+            placed += 1
+        next_label = POINT_LABELS[placed] if placed < len(POINT_LABELS) else "extra point (remove it)"
+        markups_node.SetControlPointLabelFormat(next_label)
+    return next_point_prompt(placed)
+
+
 def extreme_points_lps_from_markups(markups_node) -> np.ndarray:
     """(6, 3) LPS extreme points from a point list. Click order does not matter: each extreme is the point that is
     furthest along its axis, so a user who clicks out of order still gets a correct template."""
@@ -47,6 +71,9 @@ def extreme_points_lps_from_markups(markups_node) -> np.ndarray:
         raise TemplateError(f"{markups_node.GetName() if markups_node else 'no point list'}: need exactly 6 extreme "
                             f"points, found {len(points_ras)}")
     return extreme_points_from_cloud(mrml_bridge.lps_from_ras(points_ras))
+
+
+STRUCTURE_PROPERTIES_KEY = "structure_properties"
 
 
 @dataclasses.dataclass
@@ -81,13 +108,21 @@ class MedLAMLocalizeLogic:
         self.template_set = TemplateSet(templates=[])
         self._template_nodes: dict[str, str] = {}  # template name -> volume node ID
         self.colors: dict[str, tuple[float, float, float]] = {}
+        self.terminology: dict[str, str] = {}  # structure -> Slicer TerminologyEntry tag (coded structures only)
 
     # --- templates ------------------------------------------------------------------------------------------------
-    def add_structure(self, volume_node, structure: str, markups_node, color_rgb=(0.9, 0.6, 0.2)) -> Template:
-        """Record a structure's 6 clicked extreme points on a template volume (adds the template if new)."""
+    def add_structure(self, volume_node, structure: str, markups_node, color_rgb=(0.9, 0.6, 0.2),
+                      terminology_tag: str | None = "auto") -> Template:
+        """Record a structure's 6 clicked extreme points on a template volume (adds the template if new).
+        ``terminology_tag``: a Slicer TerminologyEntry string, "auto" (looked up from the name in terminology.yaml)
+        or None (no coded terminology)."""
         structure = structure.strip()
         if not structure:
             raise TemplateError("give the structure a name")
+        if terminology_tag == "auto":
+            terminology_tag = terminology.tag_for_structure(structure)
+        elif terminology_tag is not None:
+            terminology.TerminologyEntry.from_tag(terminology_tag)  # a malformed tag is refused before any change
         volume = mrml_bridge.volume_from_node(volume_node)
         points_lps = extreme_points_lps_from_markups(markups_node)
         inside = np.all(volume.contains_ijk(volume.ijk_from_lps(points_lps), margin=1.0))
@@ -96,6 +131,10 @@ class MedLAMLocalizeLogic:
         template = self._template_for(volume_node, volume)
         template.points_lps[structure] = template._checked_points(structure, points_lps)
         self.colors[structure] = tuple(float(c) for c in color_rgb)
+        if terminology_tag:
+            self.terminology[structure] = terminology_tag
+        else:
+            self.terminology.pop(structure, None)
         return template
 
     def _template_for(self, volume_node, volume: Volume) -> Template:
@@ -119,10 +158,51 @@ class MedLAMLocalizeLogic:
                 image_path = path.parent / f"{path.stem}_{template.name}.nrrd"
                 write_volume(template.image, image_path, overwrite=overwrite)
                 template.image_path = image_path
-        return self.template_set.save(path)
+        saved = self.template_set.save(path)
+        self._write_structure_properties(saved)
+        return saved
+
+    def _write_structure_properties(self, path: Path) -> None:
+        """Colour and terminology per structure, kept in the same template-set file (an extra top-level key the
+        template-set reader ignores), so one file restores the whole set."""
+        properties = {}
+        for name in sorted(set(self.colors) | set(self.terminology)):
+            entry = {}
+            if name in self.colors:
+                entry["color_rgb"] = [round(c, 4) for c in self.colors[name]]
+            if name in self.terminology:
+                entry["terminology"] = self.terminology[name]
+            properties[name] = entry
+        if not properties:
+            return
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data[STRUCTURE_PROPERTIES_KEY] = properties
+        text = (json.dumps(data, indent=2) if path.suffix.lower() == ".json"
+                else yaml.safe_dump(data, sort_keys=False, width=1000))
+        tmp = path.with_name(f".{path.name}.props.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
 
     def load_template_set(self, path: str | Path) -> TemplateSet:
-        self.template_set = TemplateSet.load(path)
+        template_set = TemplateSet.load(path)
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        properties = data.get(STRUCTURE_PROPERTIES_KEY) or {}
+        if not isinstance(properties, dict):
+            raise TemplateError(f"{path}: '{STRUCTURE_PROPERTIES_KEY}' must map structure names to properties")
+        colors, tags = {}, {}
+        for name, entry in properties.items():
+            if "color_rgb" in (entry or {}):
+                color = entry["color_rgb"]
+                if len(color) != 3 or not all(0.0 <= float(c) <= 1.0 for c in color):
+                    raise TemplateError(f"{path}: structure {name!r}: color_rgb must be 3 values in 0..1")
+                colors[name] = tuple(float(c) for c in color)
+            if (entry or {}).get("terminology"):
+                try:
+                    terminology.TerminologyEntry.from_tag(entry["terminology"])
+                except terminology.TerminologyError as error:
+                    raise TemplateError(f"{path}: structure {name!r}: {error}") from None
+                tags[name] = entry["terminology"]
+        self.template_set, self.colors, self.terminology = template_set, colors, tags
         self._template_nodes = {}
         return self.template_set
 
@@ -143,7 +223,10 @@ class MedLAMLocalizeLogic:
             points = mrml_bridge.new_node(self.scene, "vtkMRMLMarkupsFiducialNode", f"{name} extreme points")
             mrml_bridge.set_control_points_ras(points, result.extreme_points_ras, list(POINT_NAMES))
             points.GetDisplayNode().SetSelectedColor(*color)
+            tag = self.terminology.get(name)
             for node in (roi, points):
+                if tag:
+                    node.SetAttribute(ROI_TERMINOLOGY_ATTRIBUTE, tag)
                 node.SetAttribute("MedLAMLocalize.Structure", name)
                 node.SetAttribute("MedLAMLocalize.Engine", result.engine)
                 node.SetAttribute("MedLAMLocalize.Confidence", f"{result.confidence:.3f}")
