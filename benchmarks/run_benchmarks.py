@@ -4,8 +4,9 @@ benchmarks/report.md and PNGs under benchmarks/report_files/. Not part of CI.
 
     python benchmarks/run_benchmarks.py --quick     # 3 AAL structures x 2 deformed queries, 2 phantoms, small speed
                                                     # sweep: tens of minutes on a loaded 2-core CPU
-    python benchmarks/run_benchmarks.py             # full: 22 AAL structures x 5 queries, 10 phantoms, wider sweep
-                                                    # (hours on a 2-core CPU)
+    python benchmarks/run_benchmarks.py             # full: 22 AAL structures x 2 queries, 10 phantoms, wider sweep
+                                                    # (about an hour on a shared 2-core CPU)
+    python benchmarks/run_benchmarks.py --resume    # continue an interrupted run (state saved after every case)
 
 Needs matplotlib (benchmarks/requirements.txt) and the LiteMedSAM and MobileSAM weights
 (`medfoundationseg weights fetch litemedsam|mobilesam`). MedLAM rows run only when its weights are cached.
@@ -32,20 +33,28 @@ from seg_metrics import all_metrics  # noqa: E402
 
 MODELS = ("litemedsam", "mobilesam")
 AAL_QUICK = ("Putamen_L", "Thalamus_L", "Pallidum_L")
-AAL_FULL = ("Caudate_L", "Caudate_R", "Putamen_L", "Putamen_R", "Pallidum_L", "Pallidum_R", "Thalamus_L",
-            "Thalamus_R", "Hippocampus_L", "Hippocampus_R", "Amygdala_L", "Amygdala_R", "Insula_L", "Insula_R",
-            "Calcarine_L", "Cuneus_L", "Lingual_L", "Fusiform_L", "Precuneus_L", "Cingulum_Ant_L", "Temporal_Sup_L",
+# Ordered so that any first N mix sizes and shapes (subsets below take the first N): deep grey nuclei, then the
+# medial temporal lobe, then cortical regions (thin, folded, long), then the right-side counterparts.
+AAL_FULL = ("Caudate_L", "Putamen_L", "Pallidum_L", "Thalamus_L", "Hippocampus_L", "Amygdala_L", "Insula_L",
+            "Calcarine_L", "Caudate_R", "Putamen_R", "Pallidum_R", "Thalamus_R", "Hippocampus_R", "Amygdala_R",
+            "Insula_R", "Cuneus_L", "Lingual_L", "Fusiform_L", "Precuneus_L", "Cingulum_Ant_L", "Temporal_Sup_L",
             "Frontal_Sup_L")
 PHANTOM_QUICK = ("liver", "kidney_left")
-PHANTOM_FULL = ("liver", "spleen", "kidney_left", "kidney_right", "stomach", "pancreas")
+PHANTOM_FULL = ("liver", "kidney_left", "pancreas", "spleen", "kidney_right", "stomach")  # first N: mixed sizes
 
+# models: every segmentation row runs for these; mobilesam_structures / click_structures: the first N structures of
+# each case get MobileSAM rows / simulated clicks (all of them when N >= the count); click_modes: see run_clicks.
 CONFIGS = {
     "quick": dict(aal=AAL_QUICK, queries=2, phantom_structures=PHANTOM_QUICK, phantoms=2, phantom_shape=(48, 128, 128),
-                  click_models=("litemedsam",), clicks=10, slice_counts=(4, 8, 16), inplane=(96, 192),
+                  models=MODELS, mobilesam_structures=99, click_structures=99, click_models=("litemedsam",),
+                  click_modes=("graphcut", "reprompt"), clicks=10, slice_counts=(4, 8, 16), inplane=(96, 192),
                   inplane_slices=8, speed_reps=1),
-    "full": dict(aal=AAL_FULL, queries=5, phantom_structures=PHANTOM_FULL, phantoms=10, phantom_shape=(64, 192, 192),
-                 click_models=MODELS, clicks=10, slice_counts=(8, 16, 32, 64, 128), inplane=(128, 256, 512),
-                 inplane_slices=16, speed_reps=3),
+    # full: sized for about an hour on the shared 2-core CPU (MobileSAM and clicks on subsets; see the report)
+    "full": dict(aal=AAL_FULL, queries=2, phantom_structures=PHANTOM_FULL, phantoms=10, phantom_shape=(48, 128, 128),
+                 models=MODELS, mobilesam_structures=dict(colin27=8, phantom=6),
+                 click_structures=dict(colin27=6, phantom=3), click_models=MODELS,
+                 click_modes=("graphcut", "reprompt"), clicks=10, slice_counts=(4, 8, 16, 32),
+                 inplane=(128, 256, 512), inplane_slices=4, speed_reps=1),
 }
 
 # (method key, label in the tables)
@@ -74,7 +83,8 @@ def bias_field(shape_kji, seed: int, strength: float = 0.15) -> np.ndarray:
 
 
 def colin_cases(names: tuple[str, ...], queries: int):
-    """The template (original Colin27) and ``queries`` deformed copies (affine + elastic + bias + noise)."""
+    """The template (original Colin27) and ``queries`` deformed copies (affine + elastic + bias + noise), each as
+    (name, factory): a copy is only built when its case runs, so a resumed run skips the finished ones' warps."""
     from public_data import load_colin27
 
     from MedLAMLocalizeLib.deform import deformed_copy
@@ -85,16 +95,17 @@ def colin_cases(names: tuple[str, ...], queries: int):
     missing = sorted(set(names) - set(ids))
     if missing:
         raise ValueError(f"AAL has no structures {missing}")
+    ids = {name: ids[name] for name in names}  # the configured order
     keep = np.isin(labels.array, list(ids.values()))
     template = Template.from_volumes("colin27", image, labels.with_array(np.where(keep, labels.array, 0)), ids)
-    cases = []
-    for q in range(queries):
+
+    def make(q):
         warped, warped_labels = deformed_copy(image, labels, seed=1000 + q)
         array = warped.array * bias_field(warped.array.shape, q)
         array = array + np.random.default_rng(q).normal(0, 0.03 * float(image.array.max()), array.shape)
-        cases.append((f"colin_warp{q}", warped.with_array(np.clip(array, 0, None).astype(np.float32)),
-                      warped_labels, ids))
-    return TemplateSet([template]), cases
+        return warped.with_array(np.clip(array, 0, None).astype(np.float32)), warped_labels, ids
+
+    return TemplateSet([template]), [(f"colin_warp{q}", lambda q=q: make(q)) for q in range(queries)]
 
 
 def phantom_cases(structures: tuple[str, ...], count: int, shape):
@@ -102,12 +113,12 @@ def phantom_cases(structures: tuple[str, ...], count: int, shape):
     from MedLAMLocalizeLib.templates import TemplateSet, template_from_phantom
 
     template = template_from_phantom("phantom100", make_phantom(100, shape), list(structures))
-    cases = []
-    for seed in range(count):
-        phantom = make_phantom(101 + seed, shape)
-        ids = {name: phantom.label_ids[name] for name in structures}
-        cases.append((f"phantom{101 + seed}", phantom.image, phantom.labels, ids))
-    return TemplateSet([template]), cases
+
+    def make(seed):
+        phantom = make_phantom(seed, shape)
+        return phantom.image, phantom.labels, {name: phantom.label_ids[name] for name in structures}
+
+    return TemplateSet([template]), [(f"phantom{101 + n}", lambda s=101 + n: make(s)) for n in range(count)]
 
 
 # --- one case ---------------------------------------------------------------------------------------------------------
@@ -136,8 +147,75 @@ def localization_rows(dataset, case, image, labels, ids, boxes, engine) -> list[
     return rows
 
 
+def montage_planes(image, truth, pred, k: int, margin: int = 12) -> dict:
+    """The axial plane ``k`` of image, truth and prediction, cropped around both masks: all the montage needs, small
+    enough to keep for every structure in the saved state."""
+    _, j, i = np.nonzero(truth[k:k + 1] | pred[k:k + 1])
+    rows = slice(max(0, j.min() - margin), j.max() + margin + 1)
+    cols = slice(max(0, i.min() - margin), i.max() + margin + 1)
+    lo, hi = np.percentile(image.array[k], [1, 99])
+    return dict(k=k, image=image.array[k, rows, cols].astype(np.float32), truth=truth[k, rows, cols].copy(),
+                pred=pred[k, rows, cols].copy(), lo_hi=(float(lo), float(hi)))
+
+
+def reprompt_probability(session, image, model, probability_kji, box_ijk, positive_kji, negative_kji,
+                         pad_mm: float = 5.0) -> np.ndarray:
+    """The clicked slices re-segmented by the model itself: box (padded as in box mode) + every click on that slice
+    as point prompts; the other slices keep their probability. Why: a click is the model's own prompt type, so it can
+    move the boundary on the whole slice, not only in a hard-seed disk."""
+    predictor = session.predictor(image, model=model)
+    spacing = np.asarray(image.spacing_mm, float)
+    pad_i, pad_j = (int(round(pad_mm / spacing[0])), int(round(pad_mm / spacing[1])))
+    ni, nj = image.shape_kji[2], image.shape_kji[1]
+    box_xyxy = np.array([max(box_ijk[0][0] - pad_i, 0), max(box_ijk[0][1] - pad_j, 0),
+                         min(box_ijk[1][0] + pad_i, ni - 1), min(box_ijk[1][1] + pad_j, nj - 1)], float)
+    out = probability_kji.copy()
+    clicks = [(c, 1) for c in positive_kji] + [(c, 0) for c in negative_kji]
+    for k in sorted({int(c[0]) for c, _ in clicks}):
+        on_k = [(c, label) for c, label in clicks if int(c[0]) == k]
+        points_xy = np.array([[c[2], c[1]] for c, _ in on_k], float)
+        prediction = predictor.predict(k, boxes=box_xyxy, points=points_xy,
+                                       point_labels=np.array([label for _, label in on_k]), with_probability=True)
+        out[k] = prediction.probability[0, 0]
+    return out
+
+
+def run_clicks(session, image, model, start, box_ijk, truth, spacing_kji, budget: int, mode: str):
+    """One simulated correction session from ``start`` (a CaseResult with the model probability), shown to the user
+    already refined (graph cut with the box, no clicks), so click 0 is the refined start and later gains are the
+    clicks' own. ``graphcut``: the plugin's Refine: the graph cut re-solved from the start's probability with every
+    click so far as a hard disk.
+    ``reprompt``: the clicked slices are first re-segmented by the model with the clicks as point prompts (see
+    reprompt_probability), then the same graph cut. Both keep every earlier click."""
+    from MedFoundationSegLib.pipeline import CaseResult
+
+    def refine_with(positive_kji, negative_kji):
+        base = start
+        if mode == "reprompt":
+            probability = start.probability_kji if start.probability_kji is not None else \
+                start.mask_kji.astype(np.float32)
+            base = CaseResult(start.mask_kji, reprompt_probability(session, image, model, probability, box_ijk,
+                                                                   positive_kji, negative_kji), dict(start.report))
+        out = session.refine_result(image, base, method="graphcut", box_ijk=box_ijk,
+                                    positive_ijk=positive_kji[:, ::-1] if len(positive_kji) else None,
+                                    negative_ijk=negative_kji[:, ::-1] if len(negative_kji) else None)
+        return out.mask_kji
+
+    shown = refine_with(np.zeros((0, 3), int), np.zeros((0, 3), int))  # what the user sees before clicking
+    t0 = time.perf_counter()
+    dices, clicks = click_session(refine_with, shown, truth, spacing_kji, budget)
+    return dict(dices=dices, clicks=len(clicks), positive=int(sum(p for _, p in clicks)),
+                seconds_per_click=(time.perf_counter() - t0) / max(len(clicks), 1))
+
+
+def first_n(setting, dataset: str) -> int:
+    """A subset size from the config: one number for every dataset or {dataset: number}."""
+    return int(setting[dataset] if isinstance(setting, dict) else setting)
+
+
 def evaluate_case(dataset, case, image, labels, ids, template_set, cfg, engine) -> tuple[list, list, list, dict]:
-    """Every row of every model on one case; returns (segmentation rows, click rows, localization rows, masks)."""
+    """Every row of every model on one case; returns (segmentation rows, click rows, localization rows, montage
+    planes)."""
     from MedFoundationSegLib import pipeline
 
     start = time.perf_counter()
@@ -147,23 +225,27 @@ def evaluate_case(dataset, case, image, labels, ids, template_set, cfg, engine) 
     for row in loc_rows:
         row["seconds_all_structures"] = localize_s
     log(f"{case}: localized {len(ids)} structures in {localize_s:.1f} s")
-    seg_rows, click_rows, masks = [], [], {}
+    seg_rows, click_rows, planes = [], [], {}
     spacing_kji = tuple(np.asarray(image.spacing_mm, float)[::-1])
     session = pipeline.Session()
-    for model in MODELS:
-        for name, label in ids.items():
+    for model in cfg["models"]:
+        structures = ids if model == "litemedsam" else \
+            {n: ids[n] for n in list(ids)[:first_n(cfg["mobilesam_structures"], dataset)]}
+        for name, label in structures.items():
             truth = labels.array == label
             gt_box = box_ijk_of(truth)
+            seed_k = int(np.argmax(truth.sum(axis=(1, 2))))
+            t_structure = time.perf_counter()
 
             def record(method, result, seconds):
                 metrics_ = all_metrics(result.mask_kji, truth, image.spacing_mm)
                 seg_rows.append(dict(dataset=dataset, case=case, structure=name, model=model, method=method,
                                      seconds=seconds, slices=int(np.ptp(np.flatnonzero(truth.any((1, 2)))) + 1),
                                      **metrics_))
-                if (method, model) == ("localized_refined", "litemedsam"):  # the montage's procedure: keep the
-                    masks[(case, name, model, method)] = (metrics_["dice"], result.mask_kji[seed_k])  # seed slice
-
-            seed_k = int(np.argmax(truth.sum(axis=(1, 2))))
+                if (method, model) == ("localized_refined", "litemedsam"):  # the montage's procedure
+                    planes[(case, name, model, method)] = dict(
+                        montage_planes(image, truth, result.mask_kji, seed_k), dice=metrics_["dice"],
+                        dataset=dataset, case=case, structure=name)
 
             def timed(fn):
                 t0 = time.perf_counter()
@@ -186,24 +268,29 @@ def evaluate_case(dataset, case, image, labels, ids, template_set, cfg, engine) 
             seed[seed_k] = truth[seed_k]
             propagated, s = timed(lambda: session.propagate(image, seed, slice_index=seed_k, model=model))
             record("seed_slice", propagated, s)
+            peer = None
             if model == "litemedsam":
                 peer, s = timed(lambda: session.segment_box(image, gt_box, model=model, mode="reference"))
                 record("reference", peer, s)
-            if model in cfg["click_models"] and localized is not None:
-                def refine_with(positive_kji, negative_kji, _start=localized, _box=box.box_ijk):
-                    out = session.refine_result(image, _start, method="graphcut", box_ijk=_box,
-                                                positive_ijk=positive_kji[:, ::-1] if len(positive_kji) else None,
-                                                negative_ijk=negative_kji[:, ::-1] if len(negative_kji) else None)
-                    return out.mask_kji
-
-                t0 = time.perf_counter()
-                dices, clicks = click_session(refine_with, localized.mask_kji, truth, spacing_kji, cfg["clicks"])
-                click_rows.append(dict(dataset=dataset, case=case, structure=name, model=model, dices=dices,
-                                       clicks=len(clicks), seconds_per_click=(time.perf_counter() - t0) /
-                                       max(len(clicks), 1)))
+            starts = [("localized", localized, None if localized is None else box.box_ijk)]
+            if peer is not None:
+                starts.append(("reference", peer, gt_box))
+            for start_name, start_result, start_box in starts:
+                if start_result is None or name not in list(ids)[:first_n(cfg["click_structures"], dataset)] or \
+                        model not in cfg["click_models"]:
+                    continue
+                for mode in cfg["click_modes"]:
+                    row = run_clicks(session, image, model, start_result, start_box, truth, spacing_kji,
+                                     cfg["clicks"], mode)
+                    click_rows.append(dict(row, dataset=dataset, case=case, structure=name, model=model,
+                                           start=start_name, mode=mode))
             done = [r for r in seg_rows if r["case"] == case and r["structure"] == name and r["model"] == model]
-            log(f"{case} {model} {name}: " + ", ".join(f"{r['method']} {r['dice']:.3f}" for r in done))
-    return seg_rows, click_rows, loc_rows, masks
+            clicked = [r for r in click_rows if r["case"] == case and r["structure"] == name and r["model"] == model]
+            log(f"{case} {model} {name} ({time.perf_counter() - t_structure:.0f} s): " +
+                ", ".join(f"{r['method']} {r['dice']:.3f}" for r in done) +
+                "".join(f"; clicks {r['start']}/{r['mode']} " + " ".join(f"{d:.2f}" for d in r["dices"])
+                        for r in clicked))
+    return seg_rows, click_rows, loc_rows, planes
 
 
 # --- speed (child processes so each procedure's peak RSS is its own) ----------------------------------------------------
@@ -347,21 +434,27 @@ def per_structure_table(rows, dataset) -> list[str]:
     return lines
 
 
+CLICK_STARTS = {"localized": "localized box (registration)", "reference": "peer reference (LiteMedSAM 3D, GT box)"}
+
+
+def click_groups(click_rows):
+    """(dataset, model, start, mode) keys in a stable order."""
+    return list(dict.fromkeys((r["dataset"], r["model"], r["start"], r["mode"]) for r in click_rows))
+
+
 def click_table(click_rows, budget) -> list[str]:
-    lines = [f"| dataset | model | n | mean Dice after click 0, 1, ..., {budget} | NoC@85 | NoC@90 | failures@90 | "
-             "s per click |", "|---|---|---|---|---|---|---|---|"]
-    for dataset in dict.fromkeys(r["dataset"] for r in click_rows):
-        for model in MODELS:
-            sel = [r for r in click_rows if r["dataset"] == dataset and r["model"] == model]
-            if not sel:
-                continue
-            curve = np.mean([r["dices"] for r in sel], axis=0)
-            n85 = np.mean([noc(r["dices"], 0.85, budget) for r in sel])
-            n90 = [noc(r["dices"], 0.90, budget) for r in sel]
-            fails = sum(max(r["dices"]) < 0.90 for r in sel)
-            lines.append(f"| {dataset} | {model} | {len(sel)} | " + " ".join(f"{v:.3f}" for v in curve) +
-                         f" | {n85:.1f} | {np.mean(n90):.1f} | {fails} | "
-                         f"{np.mean([r['seconds_per_click'] for r in sel]):.2f} |")
+    lines = ["| dataset | start | model | click handling | n | mean Dice after click 0, 1, 2, 3, 5, 10 | "
+             "NoC@85 | NoC@90 | failures@90 | s per click |", "|---|---|---|---|---|---|---|---|---|---|"]
+    shown = [c for c in (0, 1, 2, 3, 5, 10) if c <= budget]
+    for key in click_groups(click_rows):
+        sel = [r for r in click_rows if (r["dataset"], r["model"], r["start"], r["mode"]) == key]
+        curve = np.mean([r["dices"] for r in sel], axis=0)
+        n85 = np.mean([noc(r["dices"], 0.85, budget) for r in sel])
+        n90 = np.mean([noc(r["dices"], 0.90, budget) for r in sel])
+        fails = sum(max(r["dices"]) < 0.90 for r in sel)
+        lines.append(f"| {key[0]} | {CLICK_STARTS[key[2]]} | {key[1]} | {key[3]} | {len(sel)} | " +
+                     " / ".join(f"{curve[c]:.3f}" for c in shown) + f" | {n85:.1f} | {n90:.1f} | {fails} | "
+                     f"{np.mean([r['seconds_per_click'] for r in sel]):.2f} |")
     return lines
 
 
@@ -376,6 +469,8 @@ def localization_table(loc_rows, medlam_note) -> list[str]:
                          f"{_fmt(_mean(r['iou'] for r in ok))} | {_fmt(_mean(r['wall_mm'] for r in ok), 2)} | "
                          f"{_fmt(_mean(r['extreme_mm'] for r in ok), 2)} | {len(sel) - len(ok)} |")
     lines.append(f"| all | all | medlam | 0 | not run: {medlam_note} | | | |")
+    lines.append("| all | all | peer reference (LiteMedSAM 3D) | 0 | none: the peer procedure takes a manual (GT) "
+                 "box, it has no localization | | | |")
     return lines
 
 
@@ -462,49 +557,45 @@ def plot_clicks(click_rows, budget, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=80)
-    for dataset in dict.fromkeys(r["dataset"] for r in click_rows):
-        for model in MODELS:
-            sel = [r["dices"] for r in click_rows if r["dataset"] == dataset and r["model"] == model]
-            if sel:
-                ax.plot(range(budget + 1), np.mean(sel, axis=0), "o-", label=f"{dataset} {model}")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=80)
+    for dataset, model, start, mode in click_groups(click_rows):
+        sel = [r["dices"] for r in click_rows if (r["dataset"], r["model"], r["start"], r["mode"]) ==
+               (dataset, model, start, mode)]
+        ax.plot(range(budget + 1), np.mean(sel, axis=0), "o-" if dataset == "colin27" else "s--",
+                label=f"{dataset} {model} {'peer start' if start == 'reference' else 'localized start'} {mode}",
+                markersize=3)
     ax.axhline(0.9, color="gray", ls="--", lw=0.8)
     ax.set_xlabel("simulated clicks")
     ax.set_ylabel("mean Dice")
-    ax.set_title("Interactive correction (graph cut + clicks)")
-    ax.legend(fontsize=7)
+    ax.set_title("Interactive correction")
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
-def montage_png(masks, volumes, rows, method, model, path: Path) -> list[str]:
-    """Best / median / worst structure cases of one procedure: axial slice through the truth's largest slice, cropped
-    around the structure; prediction filled, truth outlined in white."""
+def montage_png(planes, rows, method, model, path: Path) -> list[str]:
+    """Best / median / worst structure cases of one procedure: the axial slice through the truth's largest slice,
+    cropped around the structure; prediction filled, truth outlined in white."""
     from MedFoundationSegLib.overlay import montage, overlay_slice, write_png
 
-    sel = sorted((r for r in rows if r["method"] == method and r["model"] == model), key=lambda r: r["dice"])
+    sel = sorted((r for r in rows if r["method"] == method and r["model"] == model
+                  and (r["case"], r["structure"], model, method) in planes), key=lambda r: r["dice"])
+    if not sel:
+        return []
     picks = [("worst", sel[0]), ("median", sel[len(sel) // 2]), ("best", sel[-1])]
     tiles, captions = [], []
     for tag, r in picks:
-        image, labels, ids = volumes[r["case"]]
-        truth = labels.array == ids[r["structure"]]
-        k = int(np.argmax(truth.sum(axis=(1, 2))))
-        pred = np.zeros_like(truth)
-        pred[k] = masks[(r["case"], r["structure"], model, method)][1]
-        _, j, i = np.nonzero(truth | pred)
-        margin = 12
-        rows_ = slice(max(0, j.min() - margin), j.max() + margin + 1)
-        cols = slice(max(0, i.min() - margin), i.max() + margin + 1)
-        plane = image.array[k, rows_, cols].astype(np.float32)
+        plane = planes[(r["case"], r["structure"], model, method)]
+        image = plane["image"]
         if r["dataset"] != "phantom":  # MRI: map the 1-99 percentile range onto the overlay's CT window
-            lo, hi = np.percentile(image.array[k], [1, 99])
-            plane = -160 + 400 * (plane - lo) / max(hi - lo, 1e-6)
-        tile = overlay_slice(plane, pred[k, rows_, cols].astype(np.uint8), truth[k, rows_, cols].astype(np.uint8))
+            lo, hi = plane["lo_hi"]
+            image = -160 + 400 * (image - lo) / max(hi - lo, 1e-6)
+        tile = overlay_slice(image, plane["pred"].astype(np.uint8), plane["truth"].astype(np.uint8))
         scale = max(1, int(160 / max(tile.shape[:2])))
         tiles.append(np.kron(tile, np.ones((scale, scale, 1), np.uint8)))
-        captions.append(f"{tag}: {r['case']} {r['structure']} Dice {r['dice']:.3f} (axial slice {k})")
+        captions.append(f"{tag}: {r['case']} {r['structure']} Dice {r['dice']:.3f} (axial slice {plane['k']})")
     write_png(montage([tiles]), path)
     return captions
 
@@ -550,9 +641,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="minutes-scale subset (see the module docstring)")
     parser.add_argument("--out", default=str(HERE), help="folder for report.md and report_files/")
-    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="no speed/memory section")
     parser.add_argument("--resume", action="store_true",
-                        help="reuse the accuracy results saved by the last run (cache dir) and redo speed + report")
+                        help="continue the last run of this mode from its saved state: finished cases and a finished "
+                             "speed section are kept, the rest is run, then the report is re-rendered")
+    parser.add_argument("--redo-speed", action="store_true", help="with --resume: run the speed section again")
+    parser.add_argument("--cases", type=int, default=None,
+                        help="only the first N cases of each dataset (a timed partial run)")
+    parser.add_argument("--state", default=None, help="state file (default: the data cache, one per mode)")
     parser.add_argument("--speed-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.speed_child:
@@ -561,16 +657,11 @@ def main() -> None:
 
     from MedFoundationSegLib import pipeline, weights
 
-    cfg = CONFIGS["quick" if args.quick else "full"]
+    mode = "quick" if args.quick else "full"
+    cfg = CONFIGS[mode]
     command = "python benchmarks/run_benchmarks.py" + (" --quick" if args.quick else "") + \
-        (" --skip-speed" if args.skip_speed and not args.resume else "")
-    command_md = f"`{command}`"
-    if args.resume:
-        command_md = (f"`{command}` (all figures), then `{command} --resume --skip-speed` (tables and plots "
-                      "re-rendered from the saved results)" if args.skip_speed else
-                      f"`{command}`, then `{command} --resume` (speed re-run, report re-rendered from the saved "
-                      "results)")
-    for model in MODELS:
+        (f" --cases {args.cases}" if args.cases else "") + (" --skip-speed" if args.skip_speed else "")
+    for model in cfg["models"]:
         weights.weights_path(model)  # clear MissingWeightsError naming the fetch command
     machine, commit = machine_description(), git_commit()
     started = time.perf_counter()
@@ -588,49 +679,88 @@ def main() -> None:
 
     from public_data import data_dir
 
-    state_path = data_dir() / f"benchmark_state_{'quick' if args.quick else 'full'}.pkl"
-    seg_rows, click_rows, loc_rows, masks, volumes = [], [], [], {}, {}
-    datasets = () if args.resume else (
-        ("colin27", lambda: colin_cases(cfg["aal"], cfg["queries"])),
-        ("phantom", lambda: phantom_cases(cfg["phantom_structures"], cfg["phantoms"], cfg["phantom_shape"])))
-    if args.resume:
-        seg_rows, click_rows, loc_rows, masks, volumes, accuracy_s = pickle.loads(state_path.read_bytes())
+    state_path = Path(args.state) if args.state else data_dir() / f"benchmark_state_{mode}.pkl"
+    state = dict(mode=mode, seg=[], clicks=[], loc=[], planes={}, done=[], case_seconds={}, speed=None,
+                 speed_s=0.0, runs=[])
+    if args.resume and state_path.is_file():
+        saved = pickle.loads(state_path.read_bytes())
+        if not isinstance(saved, dict) or saved.get("mode") != mode:
+            raise ValueError(f"{state_path} is not a saved {mode} run of this version; run without --resume")
+        state = saved
+    elif args.resume:
+        log(f"--resume: no saved state at {state_path}; starting from the beginning")
+    state["runs"].append(dict(command=command + (" --resume" if args.resume else ""), commit=commit, machine=machine,
+                              date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())))
+
+    def save_state():
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = state_path.with_name(state_path.name + ".part")
+        partial.write_bytes(pickle.dumps(state))
+        partial.replace(state_path)  # never a half-written state
+
     work = []
-    for dataset, make_cases in datasets:
+    for dataset, make_cases in (
+            ("colin27", lambda: colin_cases(cfg["aal"], cfg["queries"])),
+            ("phantom", lambda: phantom_cases(cfg["phantom_structures"], cfg["phantoms"], cfg["phantom_shape"]))):
         template_set, cases = make_cases()
-        work.append([(dataset, template_set, case) for case in cases])
+        work.append([(dataset, template_set, case) for case in cases[:args.cases]])
     # interleave the datasets so that a run stopped early (the state is saved after every case) covers both
     order = [item for group in zip(*work) for item in group] + [item for group in work for item in group[
         min((len(g) for g in work), default=0):]]
-    for dataset, template_set, (case, image, labels, ids) in order:
+    planned = [case for _, _, (case, _) in order]
+
+    def render():
+        render_report(state, cfg, mode, args.cases, planned, medlam_note, out, started)
+
+    if not args.skip_speed and (state["speed"] is None or args.redo_speed):  # first: short, and always needed
+        t_speed = time.perf_counter()
+        state["speed"] = speed(cfg)
+        state["speed_s"] = time.perf_counter() - t_speed
+        save_state()
+        render()
+    for dataset, template_set, (case, make_case) in order:
+        if case in state["done"]:
+            continue
+        t_case = time.perf_counter()
+        image, labels, ids = make_case()
         for engine in engines:
             if engine != "registration":  # MedLAM: localization rows only (segmentation rows use registration)
                 boxes = pipeline.localize(template_set, image, engine, structures=list(ids))
-                loc_rows += localization_rows(dataset, case, image, labels, ids, boxes, engine)
+                state["loc"] += localization_rows(dataset, case, image, labels, ids, boxes, engine)
         s, c, lrows, m = evaluate_case(dataset, case, image, labels, ids, template_set, cfg, "registration")
-        seg_rows += s
-        click_rows += c
-        loc_rows += lrows
-        masks.update(m)
-        volumes[case] = (image, labels, ids)
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        state_path.write_bytes(pickle.dumps((seg_rows, click_rows, loc_rows, masks, volumes,
-                                             time.perf_counter() - started)))
-        log(f"saved the results of {len(volumes)} cases to {state_path}")
-    if not args.resume:
-        accuracy_s = time.perf_counter() - started
-    speed_rows = [] if args.skip_speed else speed(cfg)
-    previous = files / "results.json"
-    if args.resume and args.skip_speed and previous.is_file():  # keep the speed figures of the run being re-rendered
-        speed_rows = json.loads(previous.read_text()).get("speed", [])
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        state["seg"] += s
+        state["clicks"] += c
+        state["loc"] += lrows
+        state["planes"].update(m)
+        state["done"].append(case)
+        state["case_seconds"][case] = time.perf_counter() - t_case
+        save_state()
+        log(f"{case} took {state['case_seconds'][case]:.0f} s; saved {len(state['done'])} cases to {state_path}")
+        render()
+    render()
 
-    plot_dice(seg_rows, files / "dice_per_structure.png")
-    plot_clicks(click_rows, cfg["clicks"], files / "clicks.png")
+
+def subset_text(setting) -> str:
+    return ", ".join(f"{v} ({k})" for k, v in setting.items()) if isinstance(setting, dict) else \
+        ("all" if setting >= 99 else str(setting))
+
+
+def render_report(state, cfg, mode, cases_limit, planned, medlam_note, out: Path, started: float) -> None:
+    """report.md + PNGs from the saved state; called after every case, so an interrupted run leaves a report."""
+    files = out / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    seg_rows, click_rows, loc_rows, planes = state["seg"], state["clicks"], state["loc"], state["planes"]
+    accuracy_s = sum(state["case_seconds"].values())
+    speed_rows = state["speed"] or []
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if seg_rows:
+        plot_dice(seg_rows, files / "dice_per_structure.png")
+    if click_rows:
+        plot_clicks(click_rows, cfg["clicks"], files / "clicks.png")
     captions = {}
     for dataset in ("colin27", "phantom"):
         rows = [r for r in seg_rows if r["dataset"] == dataset]
-        captions[dataset] = montage_png(masks, volumes, rows, "localized_refined", "litemedsam",
+        captions[dataset] = montage_png(planes, rows, "localized_refined", "litemedsam",
                                         files / f"montage_{dataset}.png")
     if speed_rows:
         plot_speed(speed_rows, files / "time_vs_slices.png")
@@ -639,14 +769,20 @@ def main() -> None:
          "clicks": click_rows, "localization": loc_rows, "speed": speed_rows}, indent=1, default=float))
 
     total_s = time.perf_counter() - started
-    lines = [f"# MedFoundationSeg benchmarks ({'quick' if args.quick else 'full'} run)", "",
-             f"- command: {command_md} (from the repository root, dev interpreter)",
-             f"- commit: {commit}", f"- machine: {machine}",
-             (f"- wall time of the accuracy/clicks/localization part: {accuracy_s / 60:.1f} min (saved run); this "
-              f"re-rendering took {total_s / 60:.1f} min" if args.resume else
-              f"- wall time: {total_s / 60:.1f} min (accuracy/clicks/localization {accuracy_s / 60:.1f} min); "
-              f"peak RSS of the main process {peak_rss:.0f} MB"),
-             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+    runs = state["runs"]
+    run_lines = [f"- run {n + 1}: `{r['command']}` at commit {r['commit']}, {r['date']}; machine: {r['machine']}"
+                 for n, r in enumerate(runs)]
+    missing = [case for case in planned if case not in state["done"]]
+    partial = f" — partial: the first {cases_limit} case(s) of each dataset" if cases_limit else ""
+    if missing:
+        partial += f"; {len(missing)} of {len(planned)} planned cases not (yet) run: {', '.join(missing)}"
+    lines = [f"# MedFoundationSeg benchmarks ({mode} run{partial})", "",
+             "Made by the command(s) below, from the repository root with the dev interpreter; a `--resume` run "
+             "continues the saved state of the one before it (finished cases are not redone).", ""] + run_lines + [
+             f"- compute time: accuracy/clicks/localization {accuracy_s / 60:.1f} min over {len(state['done'])} "
+             f"cases (sum over runs), speed/memory {state['speed_s'] / 60:.1f} min; this report's run took "
+             f"{total_s / 60:.1f} min, peak RSS of its main process {peak_rss:.0f} MB",
+             f"- cases done: {', '.join(state['done'])}", "",
              "## What was run", "",
              f"- **colin27**: Colin27 T1 (ch2) + AAL from Debian `mricron-data`. The original is the template; "
              f"{cfg['queries']} deformed copies (random affine ±8°/±8 %/±10 mm + B-spline elastic ≤4 mm, labels "
@@ -654,6 +790,10 @@ def main() -> None:
              f"Structures: {', '.join(cfg['aal'])}.",
              f"- **phantom**: CT phantoms (HU) seeds 101..{100 + cfg['phantoms']} at {cfg['phantom_shape']} (z,y,x); "
              f"template seed 100. Structures: {', '.join(cfg['phantom_structures'])}.",
+             "- Models: LiteMedSAM on every structure; MobileSAM on the first "
+             f"{subset_text(cfg['mobilesam_structures'])} structures of each case (in the order listed); simulated "
+             f"clicks on the first {subset_text(cfg['click_structures'])} (subsets so that the full run fits about "
+             "an hour on a shared 2-core CPU).",
              "- Localization: registration engine (template → query), boxes from the warped template extreme points. "
              f"MedLAM: {medlam_note}.",
              "- Segmentation is axial, pipeline defaults (padding 5 mm, window auto). GT box = the warped label's "
@@ -675,14 +815,23 @@ def main() -> None:
     lines += ["![per-structure Dice](report_files/dice_per_structure.png)", "",
               "Overlays (LiteMedSAM, localized box + refinement; prediction filled, truth outlined in white): ", ""]
     for dataset, caps in captions.items():
+        if not caps:
+            continue
         lines += [f"![{dataset} worst / median / best](report_files/montage_{dataset}.png)", "",
                   f"{dataset}, left to right: " + "; ".join(caps), ""]
     lines += ["## Interactive correction (simulated clicks)", "",
-              f"Start: LiteMedSAM{'/MobileSAM' if 'mobilesam' in cfg['click_models'] else ''} from the localized "
-              f"box (raw). Each click at the centre (maximum distance transform, mm) of the largest 26-connected error "
-              f"component, positive on a miss, negative on a false positive; after each click the graph cut is "
-              f"re-solved from the raw model probabilities with all clicks so far and the localized box. NoC@t = clicks "
-              f"until Dice ≥ t (0 if the start already reaches it), {cfg['clicks']} when never reached.", ""]
+              f"Starts: the raw model result from the localized box (models: {', '.join(cfg['click_models'])}) and "
+              "the peer reference result from the GT box (LiteMedSAM). Each click goes to the centre (maximum "
+              "distance transform, mm) of the largest 26-connected 3D error component, positive on a miss, negative "
+              "on a false positive, placed on the errors of the mask the user sees: click 0 is the start after the "
+              "graph cut with its box and no click (so the gains after it are the clicks' own); up to "
+              f"{cfg['clicks']} clicks, and every click so far is kept in each re-solve. Click handling: "
+              "**graphcut** = the plugin's Refine: the 3D constrained graph cut re-solved from the start's model "
+              "probability with the box and every click as a hard disk (radius 2 voxels, in-plane); **reprompt** = "
+              "each clicked slice is first re-segmented by the model with the box and that slice's clicks as point "
+              "prompts (its probability replaced), then the same graph cut. NoC@t = clicks until Dice ≥ t (0 if the "
+              f"start already reaches it), {cfg['clicks']} when never reached (failures counted as {cfg['clicks']}).",
+              ""]
     lines += click_table(click_rows, cfg["clicks"]) + ["", "![Dice vs clicks](report_files/clicks.png)", ""]
     lines += ["## Localization", "", "Box IoU on inclusive voxel boxes (continuous extents, as MedLAM reports); wall "
               "distance = mean absolute distance of the 6 box walls (mm); extreme-point error = mean distance of the "
@@ -700,11 +849,13 @@ def main() -> None:
                   "cache, BN-folded encoder, batched); reference = the peer LiteMedSAM 3D procedure with a fp32, "
                   "batch-1, cache-less predictor.", ""] + speed_table(speed_rows) + [""] + speed_fits(speed_rows) + [
                   "", "![time vs slices and size](report_files/time_vs_slices.png)", ""]
-    lines += ["## Full mode", "", f"`python benchmarks/run_benchmarks.py` runs {len(AAL_FULL)} AAL structures "
-              f"({', '.join(AAL_FULL)}) × {CONFIGS['full']['queries']} deformed queries, {CONFIGS['full']['phantoms']} "
-              f"phantoms at {CONFIGS['full']['phantom_shape']} with {', '.join(PHANTOM_FULL)}, clicks for both models, "
-              f"and the speed sweep over {CONFIGS['full']['slice_counts']} slices and "
-              f"{CONFIGS['full']['inplane']} px in-plane. Expect hours on a 2-core CPU.", ""]
+    full = CONFIGS["full"]
+    lines += ["## Full mode", "", f"`python benchmarks/run_benchmarks.py` runs {len(full['aal'])} AAL structures × "
+              f"{full['queries']} deformed queries, {full['phantoms']} phantoms at {full['phantom_shape']} with "
+              f"{', '.join(full['phantom_structures'])}, {' and '.join(full['models'])} on every structure, "
+              f"simulated clicks ({', '.join(full['click_modes'])}) for {', '.join(full['click_models'])}, and the "
+              f"speed sweep over {full['slice_counts']} slices and {full['inplane']} px in-plane. About an hour on a "
+              "shared 2-core CPU; `--resume` continues an interrupted run from its saved state.", ""]
     (out / "report.md").write_text("\n".join(lines))
     log(f"wrote {out / 'report.md'} in {total_s / 60:.1f} min")
 
