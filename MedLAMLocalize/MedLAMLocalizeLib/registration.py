@@ -8,6 +8,7 @@ template has no labels); several templates are combined by the per-coordinate me
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -45,6 +46,11 @@ class RegistrationConfig:
     bspline_iterations: int = 50
     surface_points: int = 4000  # mapped surface voxels per structure (subsampled)
     seed: int = 2023
+    metric: str = "mattes"  # global rigid/affine metric: "mattes", "correlation" or "meansquares"
+    # ITK sums the metric over threads in a varying order, which moves results by millimetres run to run; 1 thread is
+    # reproducible (0 = ITK's default thread count).
+    threads: int = 1
+    body_mask_margin_mm: float = -1.0  # >= 0: the global metric only looks inside the template's body grown by this
     # Second, structure-local stage: per structure, a crop of the template around its box (+ margin) is registered to
     # the query with an affine initialised from the global transform (independent subjects differ per organ in size
     # and place, which one global affine cannot follow).
@@ -59,8 +65,16 @@ class RegistrationConfig:
     local_smoothing_sigmas_vox: tuple[float, ...] = (1.0, 0.0)
     local_sampling_fraction: float = 0.5
     local_iterations: int = 100
+    # Before the local affine, an exhaustive search of translations within +-local_search_mm (step local_search_step_mm)
+    # on the coarse images: the affine's basin is a few voxels wide, the organs of two subjects can sit 2 cm apart
+    # after the global map. 0 turns the search off.
+    local_search_mm: float = 0.0
+    local_search_step_mm: float = 4.0
 
     def __post_init__(self):
+        if self.metric not in ("correlation", "mattes", "meansquares"):
+            raise ValueError(f"RegistrationConfig.metric must be 'correlation', 'mattes' or 'meansquares'; "
+                             f"got {self.metric!r}")
         if self.local_metric not in ("correlation", "mattes", "meansquares"):
             raise ValueError(f"RegistrationConfig.local_metric must be 'correlation', 'mattes' or 'meansquares'; "
                              f"got {self.local_metric!r}")
@@ -70,6 +84,8 @@ class RegistrationConfig:
         if len(self.local_shrink_factors) != len(self.local_smoothing_sigmas_vox):
             raise ValueError("RegistrationConfig.local_shrink_factors and local_smoothing_sigmas_vox need the same "
                              "number of levels")
+        if self.local_search_mm < 0 or self.local_search_step_mm <= 0:
+            raise ValueError("RegistrationConfig: local_search_mm must be >= 0 and local_search_step_mm > 0")
         if self.local_margin_mm < 0 or self.local_mask_margin_mm < 0 or self.local_spacing_mm <= 0:
             raise ValueError("RegistrationConfig: local margins must be >= 0 mm and local_spacing_mm > 0")
 
@@ -81,32 +97,91 @@ def _check(cancelled: Callable[[], bool] | None) -> None:
 
 def registration_image(volume: Volume, work_spacing_mm: float, modality: str = "auto"):
     """Box-average down (anti-aliased, fast) and map intensities to [0,1] so moments and MI behave."""
+    return registration_images(volume, (work_spacing_mm,), modality)[0]
+
+
+def _shrink_factors(spacing_mm, target_mm: float) -> list[int]:
+    return [max(1, int(round(target_mm / s))) for s in spacing_mm]
+
+
+def registration_images(volume: Volume, spacings_mm: tuple[float, ...], modality: str = "auto") -> list:
+    """One [0,1] registration image per target spacing (finest first is cheapest): the full-resolution volume is read
+    once, box-averaged in its own integer type (no full-size float copy), and each coarser level is shrunk from the
+    finer one, so a CT-sized volume costs one pass."""
     import SimpleITK as sitk
 
-    factors = [max(1, int(round(work_spacing_mm / s))) for s in volume.spacing_mm]
-    image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
-    if any(f > 1 for f in factors):
-        image = sitk.BinShrink(image, factors)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MRWarning)
-        unit, _ = normalise_intensity(sitk.GetArrayViewFromImage(image), modality)
-    out = sitk.GetImageFromArray(unit)
-    out.CopyInformation(image)
-    return out
+    order = np.argsort(spacings_mm)
+    images: list = [None] * len(spacings_mm)
+    source, source_spacing = volume.to_sitk(), np.asarray(volume.spacing_mm, float)
+    for index in order:
+        factors = _shrink_factors(source_spacing, spacings_mm[index])
+        if any(f > 1 for f in factors):
+            source = sitk.BinShrink(source, factors)
+            source_spacing = np.asarray(source.GetSpacing(), float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MRWarning)
+            unit, _ = normalise_intensity(sitk.GetArrayViewFromImage(source), modality)
+        out = sitk.GetImageFromArray(unit)
+        out.CopyInformation(source)
+        images[index] = out
+    return images
+
+
+def _new_method(config: RegistrationConfig):
+    import SimpleITK as sitk
+
+    reg = sitk.ImageRegistrationMethod()
+    if config.threads > 0:
+        reg.SetNumberOfThreads(config.threads)
+    return reg
+
+
+@contextlib.contextmanager
+def itk_threads(count: int):
+    """ITK's global default thread count set to ``count`` (> 0) for the block, then restored. The v4 metrics take their
+    threads from this default, not from the registration method's own setting."""
+    import SimpleITK as sitk
+
+    if count <= 0:
+        yield
+        return
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
 def _method(config: RegistrationConfig, iterations: int, fixed, sampling: float | None = None):
     import SimpleITK as sitk
 
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
+    reg = _new_method(config)
+    _set_metric(reg, config.metric, config.histogram_bins)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentage(sampling or config.sampling_fraction, config.seed)
+    if config.body_mask_margin_mm >= 0:
+        reg.SetMetricFixedMask(body_mask(fixed, config.body_mask_margin_mm))
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetShrinkFactorsPerLevel(list(config.shrink_factors))
     reg.SetSmoothingSigmasPerLevel(list(config.smoothing_sigmas_vox))
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     return reg
+
+
+def body_mask(image_unit, margin_mm: float):
+    """Where the patient is on a [0,1] registration image: above about -400 HU, holes (lungs, bowel gas) filled
+    slice by slice, grown by ``margin_mm`` so the skin edge stays in; keeps a metric off the air around the body."""
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayViewFromImage(image_unit) > 0.15
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    filled = ndimage.binary_fill_holes(ndimage.binary_opening(array, in_plane), in_plane)
+    mask = sitk.GetImageFromArray(filled.astype(np.uint8))
+    mask.CopyInformation(image_unit)
+    radius = [int(round(margin_mm / s)) for s in image_unit.GetSpacing()]
+    return sitk.BinaryDilate(mask, radius) if max(radius) > 0 else mask
 
 
 def _best_initial_transform(fixed, moving, config: RegistrationConfig):
@@ -120,7 +195,7 @@ def _best_initial_transform(fixed, moving, config: RegistrationConfig):
     best, best_value = None, np.inf
     for mode in (sitk.CenteredTransformInitializerFilter.MOMENTS, sitk.CenteredTransformInitializerFilter.GEOMETRY):
         candidate = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), mode)
-        probe = sitk.ImageRegistrationMethod()
+        probe = _new_method(config)
         probe.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
         probe.SetMetricSamplingStrategy(probe.NONE)
         probe.SetInterpolator(sitk.sitkLinear)
@@ -245,8 +320,39 @@ def structure_mask(template: Template, structure: str, reference, margin_mm: flo
     return sitk.BinaryDilate(mask, radius) if max(radius) > 0 else mask
 
 
+def search_translation(fixed, moving, global_transform, box_lps: np.ndarray, config: RegistrationConfig,
+                       fixed_mask=None):
+    """Best translation (LPS mm, applied in template space before the global map) of the structure's crop on a grid of
+    +-``local_search_mm``: the masked metric evaluated everywhere (ITK's exhaustive optimizer), no gradient needed."""
+    import SimpleITK as sitk
+
+    crop = crop_around_box(fixed, box_lps, config.local_margin_mm)
+    steps = int(round(config.local_search_mm / config.local_search_step_mm))
+    if crop is None or steps < 1:
+        return np.zeros(3)
+    shift = sitk.TranslationTransform(3)
+    reg = _new_method(config)
+    _set_metric(reg, config.local_metric, config.histogram_bins)
+    reg.SetMetricSamplingStrategy(reg.NONE)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetSmoothingSigmasPerLevel([1.0])
+    reg.SetShrinkFactorsPerLevel([1])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    reg.SetOptimizerAsExhaustive([steps] * 3, stepLength=config.local_search_step_mm)
+    reg.SetOptimizerScales([1.0, 1.0, 1.0])
+    reg.SetMovingInitialTransform(global_transform)
+    reg.SetInitialTransform(shift, inPlace=True)
+    if fixed_mask is not None:
+        reg.SetMetricFixedMask(sitk.Resample(fixed_mask, crop, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    try:
+        reg.Execute(crop, moving)
+    except RuntimeError:  # the crop left the query at every offset
+        return np.zeros(3)
+    return np.array(shift.GetOffset(), float)
+
+
 def register_structure(fixed_local, moving_local, global_transform, box_lps: np.ndarray,
-                       config: RegistrationConfig, fixed_mask=None):
+                       config: RegistrationConfig, fixed_mask=None, initial_shift_mm=None):
     """Refine ``global_transform`` around one template structure: a crop of the template (box + margin) is matched to
     the query by an affine (or similarity) about the box centre, composed after the global map.
 
@@ -267,13 +373,15 @@ def register_structure(fixed_local, moving_local, global_transform, box_lps: np.
     else:
         raise ValueError(f"unknown local_transform {config.local_transform!r}; use 'affine' or 'similarity'")
     local.SetCenter(centre)
+    if initial_shift_mm is not None:
+        local.SetTranslation(tuple(float(v) for v in initial_shift_mm))
     levels = len(config.local_shrink_factors)
     if len(config.local_smoothing_sigmas_vox) != levels:
         raise ValueError("local_shrink_factors and local_smoothing_sigmas_vox need the same number of levels")
     min_side = min(crop.GetSize())
     shrink = [max(1, min(f, min_side // 6)) for f in config.local_shrink_factors]
 
-    reg = sitk.ImageRegistrationMethod()
+    reg = _new_method(config)
     _set_metric(reg, config.local_metric, config.histogram_bins)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentage(config.local_sampling_fraction, config.seed)
@@ -348,8 +456,10 @@ def localize_registration(templates: TemplateSet | list[Template], query: Volume
     report = progress or (lambda f, m: None)
     timings = {}
     start = time.perf_counter()
-    moving = registration_image(query, config.work_spacing_mm)
-    moving_local = registration_image(query, config.local_spacing_mm) if config.local else None
+    if config.local:
+        moving, moving_local = registration_images(query, (config.work_spacing_mm, config.local_spacing_mm))
+    else:
+        moving, moving_local = registration_image(query, config.work_spacing_mm), None
     timings["query_prepare_s"] = time.perf_counter() - start
     split = {s: 1 for s in structures}
     if spl:
@@ -366,11 +476,17 @@ def localize_registration(templates: TemplateSet | list[Template], query: Volume
         done = index * (1 + (len(structures) if config.local else 0))
         report(done / steps, f"registering template {template.name!r} ({index + 1}/{n})")
         t0 = time.perf_counter()
-        fixed = registration_image(template.image, config.work_spacing_mm)
-        transform = register_template(template.image, query, config, fixed=fixed, moving=moving, cancelled=cancelled)
+        if config.local:
+            fixed, fixed_local = registration_images(template.image, (config.work_spacing_mm, config.local_spacing_mm))
+        else:
+            fixed, fixed_local = registration_image(template.image, config.work_spacing_mm), None
+        timings[f"template_prepare_{template.name}_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with itk_threads(config.threads):
+            transform = register_template(template.image, query, config, fixed=fixed, moving=moving,
+                                          cancelled=cancelled)
         timings[f"register_{template.name}_s"] = time.perf_counter() - t0
         scores.append(_similarity(fixed, moving, transform))
-        fixed_local = registration_image(template.image, config.local_spacing_mm) if config.local else None
         for number, s in enumerate(structures):
             structure_transform = transform
             if config.local:
@@ -379,11 +495,18 @@ def localize_registration(templates: TemplateSet | list[Template], query: Volume
                 t1 = time.perf_counter()
                 box = lps_box_from_extreme_points(template.extreme_points(s))
                 mask = structure_mask(template, s, fixed_local, config.local_mask_margin_mm)
-                if config.regional_margin_mm > 0:
-                    wide = dataclasses.replace(config, local_margin_mm=config.regional_margin_mm)
-                    structure_transform, _ = register_structure(fixed_local, moving_local, transform, box, wide)
-                structure_transform, info = register_structure(fixed_local, moving_local, structure_transform, box,
-                                                               config, fixed_mask=mask)
+                with itk_threads(config.threads):
+                    shift = None
+                    if config.local_search_mm > 0:
+                        shift = search_translation(fixed, moving, transform, box, config,
+                                                   structure_mask(template, s, fixed, config.local_mask_margin_mm))
+                    if config.regional_margin_mm > 0:
+                        wide = dataclasses.replace(config, local_margin_mm=config.regional_margin_mm)
+                        structure_transform, _ = register_structure(fixed_local, moving_local, transform, box, wide)
+                    structure_transform, info = register_structure(fixed_local, moving_local, structure_transform,
+                                                                   box, config, fixed_mask=mask, initial_shift_mm=shift)
+                    if shift is not None:
+                        info["search_shift_mm"] = np.round(shift, 1).tolist()
                 info["seconds"] = round(time.perf_counter() - t1, 3)
                 local_info[s].append(info)
                 timings[f"local_{template.name}_{s}_s"] = time.perf_counter() - t1
