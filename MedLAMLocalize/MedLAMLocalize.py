@@ -170,7 +170,7 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         if dependencies.missing_modules(modules=("yaml",)):
             return
-        from MedFoundationSegLogic import terminology
+        from MedFoundationSegLib import terminology
 
         for label, tag in terminology.choices():
             combo.addItem(label, tag)
@@ -311,7 +311,7 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         rows = []
         if self.logic is not None:
             for template in self.logic.template_set.templates:
-                from MedFoundationSegLogic import terminology
+                from MedFoundationSegLib import terminology
 
                 for structure, points in sorted(template.points_lps.items()):
                     size = np.ptp(np.asarray(points), axis=0)

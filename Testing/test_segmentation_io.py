@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import slicer.util
 
-from MedFoundationSegLib import segmentation_io
+from MedFoundationSegLib import segmentation_io, terminology
 from MedFoundationSegLib.volume import Volume, read_volume
 from mrml_scene import add_volume_node
 
@@ -44,6 +44,11 @@ def test_seg_nrrd_opens_in_slicer_with_names_colours_and_voxels(mrml, tmp_path):
         assert np.allclose(segmentation.GetSegment(segment_id).GetColor(), color, atol=1e-4)
         voxels = slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, reference) > 0
         assert np.array_equal(voxels, labels.array == label), name
+        # Slicer's reader sees the standard terminology the file carries (coded organ, laterality modifier).
+        tag = terminology.get_segment_terminology(segmentation.GetSegment(segment_id))
+        assert tag == terminology.tag_for_structure(name), name
+    kidney = terminology.TerminologyEntry.from_tag(terminology.tag_for_structure("right kidney"))
+    assert kidney.type_modifier is not None and kidney.type_modifier.meaning == "Right"
 
     volume, read_segments = segmentation_io.read_seg_nrrd(path)
     assert np.array_equal(volume.array, labels.array) and np.allclose(volume.ijk_to_lps, labels.ijk_to_lps)

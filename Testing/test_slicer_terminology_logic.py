@@ -12,7 +12,8 @@ import yaml
 
 from MedFoundationSegLib.phantoms import make_phantom
 from MedFoundationSegLib.volume import Volume
-from MedFoundationSegLogic import mrml_bridge, terminology
+from MedFoundationSegLib import terminology
+from MedFoundationSegLogic import mrml_bridge
 from MedFoundationSegLogic.logic import MedFoundationSegLogic
 from MedFoundationSegLogic.segment_edits import SegmentEditHistory
 from MedLAMLocalizeLib.boxes import StructureBox

@@ -211,7 +211,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # --- the three jobs ---------------------------------------------------------------------------------------------------
 def job_template(scene, template_ph, out: Path):
     """Job 1: a template from 6 guided clicks per structure (MedLAMLocalize, 'Templates' section)."""
-    from MedFoundationSegLogic import mrml_bridge, terminology
+    from MedFoundationSegLib import terminology
+    from MedFoundationSegLogic import mrml_bridge
     from MedLAMLocalizeLib.templates import structure_points_from_mask
     from MedLAMLocalizeLogic import POINT_LABELS, MedLAMLocalizeLogic, guide_point_list
     from mrml_scene import add_volume_node
@@ -313,7 +314,8 @@ def job_localize(scene, logic, query_ph, out: Path):
 
 def job_segment(scene, query_node, nodes, query_ph, model: str, out: Path):
     """Job 3: MedFoundationSeg: segment inside the liver box, propagate the spleen from one slice, refine."""
-    from MedFoundationSegLogic import mrml_bridge, terminology
+    from MedFoundationSegLib import terminology
+    from MedFoundationSegLogic import mrml_bridge
     from MedFoundationSegLogic.logic import MedFoundationSegLogic, Settings
 
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")

@@ -42,6 +42,18 @@ def _extent(mask_kji: np.ndarray) -> str:
     return f"{i.min()} {i.max()} {j.min()} {j.max()} {k.min()} {k.max()}"
 
 
+def _segment_tags(name: str) -> str:
+    """Slicer's ``key:value|`` tag string: status, plus the standard terminology entry when the name has one, so
+    batch outputs carry the same SNOMED-CT codes as segments made in the module."""
+    from . import terminology
+
+    tags = {"Segmentation.Status": "completed"}
+    entry = terminology.tag_for_structure(name)
+    if entry:
+        tags[terminology.TAG_NAME] = entry
+    return "".join(f"{key}:{value}|" for key, value in tags.items())
+
+
 def write_seg_nrrd(labels: Volume, path: str | os.PathLike, segments: dict[str, tuple[int, tuple]], *,
                    overwrite: bool = False) -> Path:
     """A Slicer segmentation file: one label layer plus the Segment<N>_* header fields Slicer reads.
@@ -69,7 +81,7 @@ def write_seg_nrrd(labels: Volume, path: str | os.PathLike, segments: dict[str, 
         image.SetMetaData(prefix + "LabelValue", str(int(label)))
         image.SetMetaData(prefix + "Layer", "0")
         image.SetMetaData(prefix + "Extent", _extent(array == label))
-        image.SetMetaData(prefix + "Tags", "Segmentation.Status:completed|")
+        image.SetMetaData(prefix + "Tags", _segment_tags(name))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nrrd")
     try:
         sitk.WriteImage(image, str(tmp), True)

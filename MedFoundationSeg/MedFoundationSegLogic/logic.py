@@ -15,10 +15,10 @@ import functools
 
 import numpy as np
 
-from MedFoundationSegLib import pipeline
+from MedFoundationSegLib import pipeline, terminology
 from MedFoundationSegLib.volume import Volume
 
-from . import mrml_bridge, terminology
+from . import mrml_bridge
 from .segment_edits import EditResult, SegmentEditHistory
 
 

@@ -14,7 +14,9 @@ import dataclasses
 
 import numpy as np
 
-from . import mrml_bridge, terminology
+from MedFoundationSegLib import terminology
+
+from . import mrml_bridge
 
 
 @dataclasses.dataclass

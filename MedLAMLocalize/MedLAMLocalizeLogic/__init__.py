@@ -18,7 +18,8 @@ import yaml
 
 from MedFoundationSegLib import pipeline
 from MedFoundationSegLib.volume import Volume, write_volume
-from MedFoundationSegLogic import mrml_bridge, terminology
+from MedFoundationSegLib import terminology
+from MedFoundationSegLogic import mrml_bridge
 from MedFoundationSegLogic.logic import ROI_TERMINOLOGY_ATTRIBUTE
 from MedLAMLocalizeLib.boxes import POINT_NAMES, StructureBox, extreme_points_from_cloud
 from MedLAMLocalizeLib.templates import Template, TemplateError, TemplateSet
