@@ -213,25 +213,32 @@ def first_n(setting, dataset: str) -> int:
     return int(setting[dataset] if isinstance(setting, dict) else setting)
 
 
-def evaluate_case(dataset, case, image, labels, ids, template_set, cfg, engine) -> tuple[list, list, list, dict]:
-    """Every row of every model on one case; returns (segmentation rows, click rows, localization rows, montage
-    planes)."""
+def evaluate_case(dataset, case, image, labels, ids, template_set, cfg, engine, state, save) -> None:
+    """Every row of every model on one case, added to ``state`` and saved (``save()``) after each structure and
+    model, so an interrupted run loses at most one structure's work; units already in the state are skipped."""
     from MedFoundationSegLib import pipeline
 
-    start = time.perf_counter()
-    boxes = pipeline.localize(template_set, image, engine, structures=list(ids))
-    localize_s = time.perf_counter() - start
-    loc_rows = localization_rows(dataset, case, image, labels, ids, boxes, engine)
-    for row in loc_rows:
-        row["seconds_all_structures"] = localize_s
-    log(f"{case}: localized {len(ids)} structures in {localize_s:.1f} s")
-    seg_rows, click_rows, planes = [], [], {}
+    if case not in state["boxes"]:
+        start = time.perf_counter()
+        boxes = pipeline.localize(template_set, image, engine, structures=list(ids))
+        localize_s = time.perf_counter() - start
+        loc_rows = localization_rows(dataset, case, image, labels, ids, boxes, engine)
+        for row in loc_rows:
+            row["seconds_all_structures"] = localize_s
+        state["loc"] += loc_rows
+        state["boxes"][case] = {name: (np.asarray(b.box_ijk) if b.present and b.box_ijk is not None else None)
+                                for name, b in boxes.items()}
+        save()
+        log(f"{case}: localized {len(ids)} structures in {localize_s:.1f} s")
+    boxes = state["boxes"][case]
     spacing_kji = tuple(np.asarray(image.spacing_mm, float)[::-1])
     session = pipeline.Session()
-    for model in cfg["models"]:
-        structures = ids if model == "litemedsam" else \
-            {n: ids[n] for n in list(ids)[:first_n(cfg["mobilesam_structures"], dataset)]}
-        for name, label in structures.items():
+    mobile = list(ids)[:first_n(cfg["mobilesam_structures"], dataset)]
+    for name, label in ids.items():  # structure-outer: a stopped run has both models for the structures it did
+        for model in [m for m in cfg["models"] if m == "litemedsam" or name in mobile]:
+            if (case, name, model) in state["units"]:
+                continue
+            seg_rows, click_rows, planes = [], [], {}
             truth = labels.array == label
             gt_box = box_ijk_of(truth)
             seed_k = int(np.argmax(truth.sum(axis=(1, 2))))
@@ -256,13 +263,13 @@ def evaluate_case(dataset, case, image, labels, ids, template_set, cfg, engine) 
             record("gt_box", gt, s)
             ref, s = timed(lambda: session.refine_result(image, gt, method="graphcut", box_ijk=gt_box))
             record("gt_box_refined", ref, s)
-            box = boxes[name]
+            box_ijk = boxes[name]
             localized = None
-            if box.present and box.box_ijk is not None:
-                localized, s = timed(lambda: session.segment_box(image, box.box_ijk, model=model))
+            if box_ijk is not None:
+                localized, s = timed(lambda: session.segment_box(image, box_ijk, model=model))
                 record("localized", localized, s)
                 refined, s = timed(lambda: session.refine_result(image, localized, method="graphcut",
-                                                                 box_ijk=box.box_ijk))
+                                                                 box_ijk=box_ijk))
                 record("localized_refined", refined, s)
             seed = np.zeros_like(truth)
             seed[seed_k] = truth[seed_k]
@@ -272,7 +279,7 @@ def evaluate_case(dataset, case, image, labels, ids, template_set, cfg, engine) 
             if model == "litemedsam":
                 peer, s = timed(lambda: session.segment_box(image, gt_box, model=model, mode="reference"))
                 record("reference", peer, s)
-            starts = [("localized", localized, None if localized is None else box.box_ijk)]
+            starts = [("localized", localized, box_ijk)]
             if peer is not None:
                 starts.append(("reference", peer, gt_box))
             for start_name, start_result, start_box in starts:
@@ -284,13 +291,16 @@ def evaluate_case(dataset, case, image, labels, ids, template_set, cfg, engine) 
                                      cfg["clicks"], mode)
                     click_rows.append(dict(row, dataset=dataset, case=case, structure=name, model=model,
                                            start=start_name, mode=mode))
-            done = [r for r in seg_rows if r["case"] == case and r["structure"] == name and r["model"] == model]
-            clicked = [r for r in click_rows if r["case"] == case and r["structure"] == name and r["model"] == model]
+            state["seg"] += seg_rows
+            state["clicks"] += click_rows
+            state["planes"].update(planes)
+            state["units"].append((case, name, model))
+            state["case_seconds"][case] = state["case_seconds"].get(case, 0.0) + time.perf_counter() - t_structure
+            save()
             log(f"{case} {model} {name} ({time.perf_counter() - t_structure:.0f} s): " +
-                ", ".join(f"{r['method']} {r['dice']:.3f}" for r in done) +
+                ", ".join(f"{r['method']} {r['dice']:.3f}" for r in seg_rows) +
                 "".join(f"; clicks {r['start']}/{r['mode']} " + " ".join(f"{d:.2f}" for d in r["dices"])
-                        for r in clicked))
-    return seg_rows, click_rows, loc_rows, planes
+                        for r in click_rows))
 
 
 # --- speed (child processes so each procedure's peak RSS is its own) ----------------------------------------------------
@@ -649,6 +659,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=None,
                         help="only the first N cases of each dataset (a timed partial run)")
     parser.add_argument("--state", default=None, help="state file (default: the data cache, one per mode)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="with --resume: only re-render report.md and the PNGs from the saved state")
     parser.add_argument("--speed-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.speed_child:
@@ -681,7 +693,7 @@ def main() -> None:
 
     state_path = Path(args.state) if args.state else data_dir() / f"benchmark_state_{mode}.pkl"
     state = dict(mode=mode, seg=[], clicks=[], loc=[], planes={}, done=[], case_seconds={}, speed=None,
-                 speed_s=0.0, runs=[])
+                 speed_s=0.0, runs=[], units=[], boxes={})
     if args.resume and state_path.is_file():
         saved = pickle.loads(state_path.read_bytes())
         if not isinstance(saved, dict) or saved.get("mode") != mode:
@@ -712,22 +724,24 @@ def main() -> None:
     def render():
         render_report(state, cfg, mode, args.cases, planned, medlam_note, out, started)
 
+    if args.render_only:
+        state["runs"].pop()
+        render()
+        return
+
     for dataset, template_set, (case, make_case) in order:
         if case in state["done"]:
             continue
         t_case = time.perf_counter()
         image, labels, ids = make_case()
         for engine in engines:
-            if engine != "registration":  # MedLAM: localization rows only (segmentation rows use registration)
+            if engine != "registration" and (case, engine) not in state["units"]:  # MedLAM: localization rows
                 boxes = pipeline.localize(template_set, image, engine, structures=list(ids))
                 state["loc"] += localization_rows(dataset, case, image, labels, ids, boxes, engine)
-        s, c, lrows, m = evaluate_case(dataset, case, image, labels, ids, template_set, cfg, "registration")
-        state["seg"] += s
-        state["clicks"] += c
-        state["loc"] += lrows
-        state["planes"].update(m)
+                state["units"].append((case, engine))
+        state["case_seconds"][case] = state["case_seconds"].get(case, 0.0) + time.perf_counter() - t_case
+        evaluate_case(dataset, case, image, labels, ids, template_set, cfg, "registration", state, save_state)
         state["done"].append(case)
-        state["case_seconds"][case] = time.perf_counter() - t_case
         save_state()
         log(f"{case} took {state['case_seconds'][case]:.0f} s; saved {len(state['done'])} cases to {state_path}")
         render()
@@ -781,7 +795,10 @@ def render_report(state, cfg, mode, cases_limit, planned, medlam_note, out: Path
              f"- compute time: accuracy/clicks/localization {accuracy_s / 60:.1f} min over {len(state['done'])} "
              f"cases (sum over runs), speed/memory {state['speed_s'] / 60:.1f} min; this report's run took "
              f"{total_s / 60:.1f} min, peak RSS of its main process {peak_rss:.0f} MB",
-             f"- cases done: {', '.join(state['done'])}", "",
+             f"- cases done: {', '.join(state['done']) or 'none'}" + "".join(
+                 f"; {case} in progress: {sum(1 for u in state['units'] if u[0] == case and len(u) == 3)} "
+                 "structure×model units" for case in dict.fromkeys(u[0] for u in state["units"])
+                 if case not in state["done"]), "",
              "## What was run", "",
              f"- **colin27**: Colin27 T1 (ch2) + AAL from Debian `mricron-data`. The original is the template; "
              f"{cfg['queries']} deformed copies (random affine ±8°/±8 %/±10 mm + B-spline elastic ≤4 mm, labels "
