@@ -94,16 +94,18 @@ def _ious(boxes, truth):
 
 
 def test_structure_local_stage_beats_global_affine_across_subjects(independent_pair):
-    """Issue 4/5: one global affine cannot follow per-organ differences between subjects; the masked per-structure
-    affine must. Measured on this pair (2-core CPU): global-only mean 0.47 (spleen 0.33, left kidney 0.35),
-    with the local stage about 0.6 mean, every large organ above 0.5."""
+    """Issue 4: box IoU >= 0.6 on the large organs of an independent subject, none collapsing. One global affine cannot
+    follow per-organ differences; the masked per-structure affine must. Measured on this pair (deterministic):
+    global-only 0.67 / 0.48 / 0.50 / 0.73 (liver, spleen, left and right kidney), with the local stage
+    0.63 / 0.60 / 0.59 / 0.73 (mean 0.64)."""
     template, query, truth = independent_pair
     local = _ious(localize_registration([template], query.image, LARGE), truth)
     global_only = _ious(localize_registration([template], query.image, LARGE,
                                               config=RegistrationConfig(local=False)), truth)
-    assert np.mean(list(local.values())) >= 0.55, local
-    assert min(local.values()) >= 0.45, local
-    assert np.mean(list(local.values())) > np.mean(list(global_only.values())) + 0.08, (local, global_only)
+    assert np.mean(list(local.values())) >= 0.6, local
+    assert min(local.values()) >= 0.55, local
+    assert np.mean(list(local.values())) > np.mean(list(global_only.values())) + 0.03, (local, global_only)
+    assert min(local["spleen"], local["kidney_left"]) > max(global_only["spleen"], global_only["kidney_left"]) + 0.05
 
 
 def test_points_only_template_uses_the_local_stage(independent_pair):
