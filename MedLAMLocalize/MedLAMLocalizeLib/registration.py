@@ -295,17 +295,54 @@ def crop_around_box(image, box_lps: np.ndarray, margin_mm: float):
     return sitk.RegionOfInterest(image, size.tolist(), start.tolist())
 
 
-def structure_mask(template: Template, structure: str, reference, margin_mm: float):
+def structure_crop(template: Template, structure: str, label_boxes: list | None = None):
+    """(offset_kji, mask) of one labelled structure cropped to its bounding box + 1 voxel. ``label_boxes`` (from
+    ``ndimage.find_objects`` over the label map, one pass for all structures) avoids full-size passes per structure:
+    on a CT-sized template those dominate the local stage."""
+    array = template.labels.array
+    value = template.label_ids[structure]
+    if label_boxes is None:
+        label_boxes = ndimage.find_objects((array == value).astype(np.uint8))
+        value = 1
+    box = label_boxes[value - 1] if value - 1 < len(label_boxes) else None
+    if box is None:
+        raise ValueError(f"template {template.name!r}: structure {structure!r} (label {value}) is empty")
+    box = tuple(slice(max(0, b.start - 1), min(n, b.stop + 1)) for b, n in zip(box, array.shape))
+    return np.array([b.start for b in box]), array[box] == template.label_ids[structure]
+
+
+def label_boxes(template: Template) -> list | None:
+    """Bounding boxes of every label value of a template (one pass), or None without labels."""
+    if template.labels is None:
+        return None
+    array = template.labels.array
+    if not np.issubdtype(array.dtype, np.integer) or array.min() < 0:
+        array = np.clip(np.rint(array), 0, None).astype(np.int32)
+    return ndimage.find_objects(array)
+
+
+def cropped_mask_image(volume: Volume, mask_kji: np.ndarray, offset_kji=(0, 0, 0)):
+    """A 0/1 float SimpleITK image of a mask crop whose first voxel is ``offset_kji`` of the volume's grid."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.asarray(mask_kji, np.float32))
+    image.SetSpacing(tuple(float(v) for v in volume.spacing_mm))
+    image.SetDirection(tuple(float(v) for v in np.asarray(volume.direction).ravel()))
+    image.SetOrigin(tuple(float(v) for v in volume.lps_from_ijk(np.asarray(offset_kji, float)[None, ::-1])[0]))
+    return image
+
+
+def structure_mask(template: Template, structure: str, reference, margin_mm: float, crop=None):
     """Where the local metric looks, on the ``reference`` grid: the template's label mask when it has one, else the
     ellipsoid inscribed in the box of its 6 points (closer to an organ than the box corners); grown by ``margin_mm``."""
     import SimpleITK as sitk
 
     spacing = np.array(reference.GetSpacing())
     if template.labels is not None and structure in template.label_ids:
-        labels = sitk.GetImageFromArray(template.mask(structure).astype(np.uint8))
-        labels.CopyInformation(template.labels.to_sitk())
+        offset, part = crop if crop is not None else structure_crop(template, structure)
+        labels = cropped_mask_image(template.labels, part, offset)
         # Linear resampling of the 0/1 mask then a low threshold keeps thin parts on a coarser grid.
-        fraction = sitk.Resample(sitk.Cast(labels, sitk.sitkFloat32), reference, sitk.Transform(), sitk.sitkLinear, 0.0)
+        fraction = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkLinear, 0.0)
         mask = sitk.Cast(fraction > 0.25, sitk.sitkUInt8)
     else:
         box = lps_box_from_extreme_points(template.extreme_points(structure))
@@ -449,11 +486,16 @@ def map_points(transform, points_lps: np.ndarray) -> np.ndarray:
     return np.array([transform.TransformPoint(tuple(float(c) for c in p)) for p in np.atleast_2d(points_lps)])
 
 
-def surface_points_lps(volume: Volume, mask_kji: np.ndarray, limit: int, seed: int) -> np.ndarray:
+def surface_points_lps(volume: Volume, mask_kji: np.ndarray, limit: int, seed: int, offset_kji=(0, 0, 0)
+                       ) -> np.ndarray:
     """Boundary voxel centres of a mask (LPS), subsampled to ``limit``; the extremes are always kept."""
     mask = np.asarray(mask_kji, bool)
-    boundary = mask & ~ndimage.binary_erosion(mask)
-    kji = np.argwhere(boundary)
+    found = ndimage.find_objects(mask.astype(np.uint8))
+    if not found:
+        raise ValueError("the structure's mask is empty; it has no surface")
+    box = tuple(slice(max(0, b.start - 1), min(n, b.stop + 1)) for b, n in zip(found[0], mask.shape))
+    part = mask[box]  # erode only around the structure (a CT-sized grid is mostly elsewhere)
+    kji = np.argwhere(part & ~ndimage.binary_erosion(part)) + np.array([b.start for b in box]) + np.asarray(offset_kji)
     if len(kji) > limit:
         keep = np.random.default_rng(seed).choice(len(kji), limit, replace=False)
         extremes = [np.argmin(kji[:, a]) for a in range(3)] + [np.argmax(kji[:, a]) for a in range(3)]
@@ -517,6 +559,9 @@ def localize_registration(templates: TemplateSet | list[Template], query: Volume
                                           cancelled=cancelled)
         timings[f"register_{template.name}_s"] = time.perf_counter() - t0
         scores.append(_similarity(fixed, moving, transform))
+        boxes_kji = label_boxes(template)
+        crops = {s: structure_crop(template, s, boxes_kji) for s in structures
+                 if template.labels is not None and s in template.label_ids}
         for number, s in enumerate(structures):
             structure_transform = transform
             if config.local:
@@ -524,12 +569,13 @@ def localize_registration(templates: TemplateSet | list[Template], query: Volume
                 report((done + 1 + number) / steps, f"refining {s!r} around template {template.name!r}")
                 t1 = time.perf_counter()
                 box = lps_box_from_extreme_points(template.extreme_points(s))
-                mask = structure_mask(template, s, fixed_local, config.local_mask_margin_mm)
+                mask = structure_mask(template, s, fixed_local, config.local_mask_margin_mm, crops.get(s))
                 with itk_threads(config.threads):
                     shift = None
                     if config.local_search_mm > 0:
                         shift = search_translation(fixed, moving, transform, box, config,
-                                                   structure_mask(template, s, fixed, config.local_mask_margin_mm))
+                                                   structure_mask(template, s, fixed, config.local_mask_margin_mm,
+                                                                  crops.get(s)))
                     if config.regional_margin_mm > 0:
                         wide = dataclasses.replace(config, local_margin_mm=config.regional_margin_mm)
                         structure_transform, _ = register_structure(fixed_local, moving_local, transform, box, wide)
@@ -541,7 +587,8 @@ def localize_registration(templates: TemplateSet | list[Template], query: Volume
                 local_info[s].append(info)
                 timings[f"local_{template.name}_{s}_s"] = time.perf_counter() - t1
             if template.labels is not None and s in template.label_ids:
-                cloud = surface_points_lps(template.labels, template.mask(s), config.surface_points, config.seed)
+                offset, part = crops[s]
+                cloud = surface_points_lps(template.labels, part, config.surface_points, config.seed, offset)
                 per_template_points[s].append(extreme_points_from_cloud(map_points(structure_transform, cloud)))
             else:
                 per_template_points[s].append(extreme_points_from_cloud(map_points(structure_transform,
