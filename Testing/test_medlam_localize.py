@@ -7,11 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from MedFoundationSegLib.phantoms import make_phantom
 from MedFoundationSegLib.volume import Volume, VolumeError
-from MedLAMLocalizeLib.localize import MedLAMConfig, MedLAMLocalizer, crop_patches
-from MedLAMLocalizeLib.network import MedLAM
+from MedLAMLocalizeLib.localize import MedLAMConfig, MedLAMLocalizer, correlate_fft, crop_patches
+from MedLAMLocalizeLib.network import MedLAM, set_precision
 from MedLAMLocalizeLib.templates import TemplateError, TemplateSet, template_from_phantom
 
 SHAPE = (32, 64, 64)
@@ -108,3 +109,61 @@ def test_bad_inputs(case):
         MedLAMConfig(mode="XYZ")
     with pytest.raises(ValueError, match="unknown feature scale"):
         MedLAMConfig(feature_scales=("",))
+
+
+@pytest.mark.parametrize("k, pad, shape", [(2, 1, (8, 8, 8)), (4, 2, (16, 12, 8)), (3, 1, (8, 8, 8))])
+def test_fft_matching_equals_grouped_conv(k, pad, shape):
+    """MSS similarity by FFT = the reference's grouped conv3d (one group per point), including the borders."""
+    torch.manual_seed(k)
+    query = F.normalize(torch.randn(3, 5, *shape), dim=1)
+    templates = torch.randn(3, 5, k, k, k)
+    expected = F.conv3d(query.reshape(1, -1, *shape), templates, padding=pad, groups=3)[0]
+    got = torch.stack([correlate_fft(q, w, pad) for q, w in zip(query, templates)])
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_batching_and_structure_grouping_do_not_change_points(case):
+    """All structures' points share batches; a point's result must not depend on its batch mates. Support features
+    are cached per structure."""
+    templates, query = case
+    localizer = _localizer(batch_size=4)
+    together = localizer.localize(templates, query.image, ["liver", "spleen"])
+    localizer.config.batch_size = 1
+    computed = []
+    original = localizer._compute_support
+    localizer._compute_support = lambda ts, names, cancelled: computed.append(names) or original(ts, names, cancelled)
+    alone = localizer.localize(templates, query.image, ["spleen"])["spleen"]
+    assert computed == []  # a subset of cached structures reuses their support features
+    assert alone.details["points_zyx_vox"] == together["spleen"].details["points_zyx_vox"]
+    assert np.allclose(alone.extreme_points_lps, together["spleen"].extreme_points_lps)
+
+
+def test_bf16_decoder_keeps_the_rdr_jump_exact(case):
+    """bf16 mode rounds only the decoder: the RDR jump (tanh x 1500 mm, the most rounding-sensitive step) and the
+    re-centring give exactly the fp32 points; the support cache keeps the precisions apart."""
+    templates, query = case
+    exact = _localizer(feature_scales=(), recentre_iterations=1).localize(templates, query.image, ["liver", "spleen"])
+    fast = MedLAMLocalizer(model=set_precision(small_model(), "bf16"),
+                           config=MedLAMConfig(query_patches=3, feature_scales=(), recentre_iterations=1))
+    reduced = fast.localize(templates, query.image, ["liver", "spleen"])
+    for name in ("liver", "spleen"):
+        assert reduced[name].details["recentre_steps_vox"] == exact[name].details["recentre_steps_vox"]
+        assert reduced[name].details["points_zyx_vox"] == exact[name].details["points_zyx_vox"]
+    with_mss = MedLAMLocalizer(model=fast.model, config=MedLAMConfig(query_patches=3, feature_scales=("feature0",)))
+    with_mss.localize(templates, query.image, ["liver"])
+    assert len({key[1][3] for key in templates.feature_cache}) >= 2  # fp32 and bf16 entries, not shared
+
+
+def test_timings_split(case):
+    templates, query = case
+    localizer = _localizer(recentre_iterations=1)
+    localizer.localize(templates, query.image, ["liver", "spleen"])
+    t = localizer.timings
+    assert t["n_points"] == 12
+    assert t["query_network_s"] >= t["query_reference_s"] + t["recentre_s"] + t["mss_s"] - 1e-6
+    assert 0 < t["mss_similarity_s"] <= t["mss_s"] and 0 < t["mss_network_s"] <= t["mss_s"]
+    with pytest.raises(ValueError, match="batch_size"):
+        MedLAMConfig(batch_size=0)
+    with pytest.raises(ValueError, match="unknown precision"):
+        MedLAMConfig(precision="int8")

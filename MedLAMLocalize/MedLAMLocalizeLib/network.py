@@ -17,6 +17,8 @@ import torch.nn.functional as F
 PATCH_SIZE = (64, 64, 64)
 DIS_RATIO_MM = (1500.0, 600.0, 600.0)  # tanh scale of the RDR head, axes (z, y, x)
 FEATURE_NAMES = ("feature0", "feature1", "feature2")  # 16^3, 32^3, 64^3 decoder maps of a 64^3 patch
+DECODER_MODULES = ("conv5_1", "conv5_2", "conv6_1", "conv6_2", "conv7_1", "conv7_2", "conv8_1", "conv8_2",
+                   "classification")
 
 
 class MedLAMWeightsError(ValueError):
@@ -103,6 +105,7 @@ class MedLAM(nn.Module):
             depth = 3 if out_classification else max((FEATURE_NAMES.index(n) + 1 for n in wanted), default=0)
             feats = []
             if depth:
+                conv4, conv3, conv2, conv1, conv0 = self._decoder_inputs(conv4, conv3, conv2, conv1, conv0)
                 up = self.conv5_2(self.conv5_1(torch.cat([self.upsample(conv4), conv3], 1)))
                 stages = ((self.conv6_1, self.conv6_2, conv2), (self.conv7_1, self.conv7_2, conv1),
                           (self.conv8_1, self.conv8_2, conv0))
@@ -116,6 +119,14 @@ class MedLAM(nn.Module):
             if out_classification:
                 out["prob"] = torch.sigmoid(self.classification(feats[2]))
         return out
+
+
+    def _decoder_inputs(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The encoder maps in the decoder's dtype and layout (a no-op unless set_precision made it bf16)."""
+        dtype = decoder_dtype(self)
+        if all(t.dtype == dtype for t in tensors):
+            return tensors
+        return tuple(t.to(dtype=dtype, memory_format=torch.channels_last_3d) for t in tensors)
 
 
 def strip_module_prefix(state_dict: dict) -> dict:
@@ -149,13 +160,53 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto': fp16 on CUDA (as the reference), bf16 on CPUs with native bf16 (AVX-512 BF16 / AMX), else fp32.
+
+    bf16 on CPU was checked on the localization benchmark to move no extreme point by a working voxel or more
+    (benchmarks/bench_localize.py --compare-fp32); fp16 is refused on CPU (no fast kernels there).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown MedLAM precision {precision!r}; use one of {PRECISIONS}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("MedLAM fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    from MedFoundationSegLib.encoder_runtime import cpu_has_fast_bf16
+
+    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
+def set_precision(model: MedLAM, precision: str) -> MedLAM:
+    """fp32: the reference numerics. fp16: the whole network in half (the reference's CUDA mode). bf16 (CPU): only the
+    decoder (about 85 % of a 64^3 forward's multiply-adds, all at 16^3..64^3) in bf16 with the channels-last 3D layout
+    of oneDNN's fast kernels. The encoder and FC head stay fp32, so the RDR jump, where tanh(fc(A) - fc(B)) x 1500 mm
+    turns a 1e-3 error into millimetres, is computed exactly as in fp32; only the MSS features are rounded."""
+    if precision == "fp32":
+        return model.float().to(memory_format=torch.contiguous_format)
+    if precision == "fp16":
+        return model.half()
+    if precision != "bf16":
+        raise ValueError(f"unknown MedLAM precision {precision!r}; use fp32, bf16 or fp16")
+    model.float()
+    for name in DECODER_MODULES:
+        getattr(model, name).to(dtype=torch.bfloat16, memory_format=torch.channels_last_3d)
+    return model
+
+
 def build_medlam(weights: str | Path | dict | None = "medlam", device: str | torch.device | None = None,
-                 seed: int = 2023) -> MedLAM:
-    """Inference model in eval mode: fp16 on CUDA (as the reference), fp32 on CPU.
+                 seed: int = 2023, precision: str = "auto") -> MedLAM:
+    """Inference model in eval mode, in the precision of :func:`resolve_precision`.
 
     ``weights``: a registry name, a file path, a state_dict, or None for seeded random weights (timing, tests).
     """
     dev = pick_device(device)
+    chosen = resolve_precision(precision, dev)
     if weights is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -170,13 +221,16 @@ def build_medlam(weights: str | Path | dict | None = "medlam", device: str | tor
             state = load_state_dict(str(weights))
         load_medlam_weights(model, state)
     model.eval().to(dev)
-    if dev.type == "cuda":
-        model.half()
-    return model
+    return set_precision(model, chosen)
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the network's input must have (its first convolution's)."""
     return next(model.parameters()).dtype
+
+
+def decoder_dtype(model: MedLAM) -> torch.dtype:
+    return model.conv8_2.model.conv1_1.Conv.weight.dtype
 
 
 def model_device(model: nn.Module) -> torch.device:
