@@ -6,8 +6,8 @@ from scipy import ndimage
 
 from MedFoundationSegLib.interpolation import InterpolationError, interpolate_slices
 from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.propagate import (PropagationError, StopRules, auto_step, box_per_slice, every_kth,
-                                           mask_box_xyxy, propagate_from_seeds, reference_litemedsam,
+from MedFoundationSegLib.propagate import (PropagationError, StopRules, auto_step, box_every_kth, box_grid,
+                                           box_guided, box_per_slice, every_kth, mask_box_xyxy, propagate_from_seeds, reference_litemedsam,
                                            repropagate_from_edit, resolve_overlaps)
 
 
@@ -72,6 +72,80 @@ def test_box_per_slice_covers_every_slice_pads_in_mm_and_honours_slabs():
     assert dice(result.mask, gt) > 0.9
     with pytest.raises(PropagationError, match="outside"):
         box_per_slice(oracle, gt.shape, ((5, 30), (0, 1), (0, 1)))
+
+
+class BoxFiller(Oracle):
+    """SAM's end-slice failure: when the organ covers under a quarter of the prompt box, the mask fills the box."""
+
+    def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+        m, iou = super().segment(k, box, points, labels, mask_prompt)
+        x0, y0, x1, y1 = box
+        if 0 < m.sum() < 0.25 * (x1 - x0 + 1) * (y1 - y0 + 1):
+            m = np.zeros_like(m)
+            m[y0 + 2:y1 - 1, x0 + 2:x1 - 1] = True
+        return m, iou
+
+
+def _cone(n=24, size=96):
+    """An organ whose cross-section shrinks from the middle slice to a point at both ends."""
+    gt = np.zeros((n, size, size), bool)
+    yy, xx = np.mgrid[:size, :size]
+    for k in range(2, n - 2):
+        radius = 30 * (1 - abs(k - (n - 1) / 2) / ((n - 1) / 2 - 1)) + 2
+        gt[k] = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= radius ** 2
+    return gt
+
+
+def test_box_guided_has_no_end_slice_shelf_where_box_per_slice_has_one():
+    gt = _cone()
+    (k0, k1), (j0, j1), (i0, i1) = _range(gt), _range(gt.transpose(1, 0, 2)), _range(gt.transpose(2, 0, 1))
+    box = ((k0, k1), (j0, j1), (i0, i1))
+    per_slice = box_per_slice(BoxFiller(gt), gt.shape, box, pad_mm=2.0)
+    filler = BoxFiller(gt)
+    guided = box_guided(filler, gt.shape, box, pad_mm=2.0)
+    end_error = lambda m: int((m[[k0, k0 + 1, k1 - 1, k1]] & ~gt[[k0, k0 + 1, k1 - 1, k1]]).sum())
+    assert end_error(per_slice.mask) > 5 * max(end_error(guided.mask), 1)  # the shelf exists without the rule
+    assert dice(guided.mask, gt) > dice(per_slice.mask, gt) + 0.05 and dice(guided.mask, gt) > 0.85
+    print("end-slice false voxels: box per slice", end_error(per_slice.mask), "box-guided", end_error(guided.mask),
+          "Dice", round(dice(per_slice.mask, gt), 3), round(dice(guided.mask, gt), 3), guided.stop_reasons)
+    assert guided.seeds == [(k0 + k1) // 2] and guided.segmented == list(range(guided.segmented[0], k1 + 1))[
+        :len(guided.segmented)]
+    rect = (i0 - 2, j0 - 2, i1 + 2, j1 + 2)
+    first_k, first_box, _ = filler.calls[0]
+    assert first_k == (k0 + k1) // 2 and first_box == rect  # only the middle slice gets the 3D box's rectangle
+    for _, prompt, points in filler.calls[1:]:  # later prompts: previous mask's box, never beyond the rectangle
+        assert points is None
+        assert rect[0] <= prompt[0] and rect[1] <= prompt[1] and prompt[2] <= rect[2] and prompt[3] <= rect[3]
+
+
+def test_box_guided_stops_inside_a_loose_box_and_falls_back_without_an_object():
+    gt = _cone()
+    lo, hi = _range(gt)
+    loose = ((max(lo - 4, 0), min(hi + 4, gt.shape[0] - 1)), (10, 85), (10, 85))
+    result = box_guided(Oracle(gt), gt.shape, loose, pad_mm=1.0)
+    got_lo, got_hi = _range(result.mask)
+    assert abs(got_lo - lo) <= 1 and abs(got_hi - hi) <= 1  # the last 13-px slice may fall to the 5 % rule
+    assert all("empty or tiny" in r or "shrank" in r for r in result.stop_reasons.values()), result.stop_reasons
+    empty = np.zeros_like(gt)
+    fallback = box_guided(Oracle(empty), gt.shape, loose, pad_mm=1.0)
+    assert fallback.segmented == list(range(loose[0][0], loose[0][1] + 1))
+    assert "box on every slice" in fallback.stop_reasons["up"]
+
+
+def test_box_every_kth_asks_key_slices_only_and_interpolates():
+    gt = _cone(n=30)
+    box = (_range(gt), _range(gt.transpose(1, 0, 2)), _range(gt.transpose(2, 0, 1)))
+    oracle = Oracle(gt)
+    result = box_every_kth(oracle, gt.shape, box, step=3, pad_mm=2.0)
+    grid = box_grid(box[0][0], box[0][1], 3)
+    assert grid[0] == box[0][0] and grid[-1] == box[0][1] and all(b - a <= 3 for a, b in zip(grid, grid[1:]))
+    asked = sorted({c[0] for c in oracle.calls})
+    assert set(asked) <= set(grid) and len(asked) >= len(grid) - 2  # nothing but key slices reaches the model
+    assert result.segmented == [k for k in grid if result.segmented[0] <= k <= result.segmented[-1]]
+    assert len(result.segmented) >= len(grid) - 3  # only the tiny end slices may fall to the 5 % rule
+    assert result.interpolated and dice(result.mask, gt) > 0.85
+    with pytest.raises(PropagationError, match="step"):
+        box_grid(0, 5, 0)
 
 
 def test_seed_propagation_finds_both_ends_with_an_oracle(phantom):

@@ -73,6 +73,12 @@ def _grow_box(box, margin_px: float, shape_hw) -> tuple[int, int, int, int]:
     return max(x0 - m, 0), max(y0 - m, 0), min(x1 + m, shape_hw[1] - 1), min(y1 + m, shape_hw[0] - 1)
 
 
+def _intersect_boxes(a, b) -> tuple[int, int, int, int] | None:
+    """Overlap of two (x0, y0, x1, y1) boxes, or None when it is thinner than 2 px (a prompt needs x1 > x0)."""
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
 def _deepest_point_xy(mask2d: np.ndarray) -> tuple[float, float]:
     depth = ndimage.distance_transform_edt(np.pad(mask2d, 1))[1:-1, 1:-1]
     row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
@@ -116,6 +122,52 @@ def box_per_slice(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(
                              stop_reasons={"up": "end of the box", "down": "end of the box"})
 
 
+def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0, 1.0), pad_mm: float = 4.0,
+               slabs: list[tuple[int, int, tuple[int, int, int, int]]] | None = None, rules: StopRules | None = None,
+               margin_px: float = 5.0, margin_fraction: float = 0.1, use_point: bool = False,
+               progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> PropagationResult:
+    """The 3D box as prior and hard limit rather than every slice's prompt.
+
+    Why: near its ends an organ covers a sliver of the box's rectangle and a box prompt makes SAM fill it (a "shelf"
+    of false voxels above the liver dome); the shelf grows slice by slice, so checking a box mask against its
+    neighbour does not catch it. Here only the middle slice gets the rectangle (or its SPL slab's); each further slice
+    is prompted with the previous mask's box plus a margin, never larger than the rectangle, and each side stops at
+    the box's end slice or earlier by the stop rules (an organ that ended inside a loose box). The margin is
+    ``max(margin_px, margin_fraction * the previous box's larger side)``. No positive point by default: on the
+    phantoms the deepest-point click made LiteMedSAM alternate between the whole liver and a part of it.
+    """
+    shape = _check_volume_shape(shape_kji)
+    rules = rules or StopRules()
+    (k0, k1), (j0, j1), (i0, i1) = box_kji
+    if not (0 <= k0 <= k1 < shape[0]):
+        raise PropagationError(f"box slice range {k0}..{k1} outside 0..{shape[0] - 1}")
+    pad_px = pad_mm / float(min(spacing_mm[0], spacing_mm[1]))
+    rect = _grow_box((i0, j0, i1, j1), pad_px, shape[1:])
+    middle = (k0 + k1) // 2
+    seed_rect = rect
+    for first, last, slab_box in slabs or []:
+        if first <= middle <= last:
+            seed_rect = _grow_box(tuple(int(v) for v in slab_box), pad_px, shape[1:])
+    check(cancelled, "box-guided segmentation")
+    m, iou = segmenter.segment(middle, seed_rect)
+    m = np.asarray(m, bool)
+    if int(m.sum()) < rules.min_area_px:  # nothing to follow: fall back to one prompt per slice
+        result = box_per_slice(segmenter, shape, box_kji, spacing_mm=spacing_mm, pad_mm=pad_mm, slabs=slabs,
+                               progress=progress, cancelled=cancelled)
+        result.stop_reasons = {side: f"no object on the middle slice {middle}; box on every slice"
+                               for side in ("up", "down")}
+        return result
+    mask = np.zeros(shape, bool)
+    mask[middle] = m
+    ious, segmented = {middle: float(iou)}, [middle]
+    reasons = {}
+    for side, step, limit in (("up", +1, k1), ("down", -1, k0)):
+        reasons[side] = _walk(segmenter, mask, ious, segmented, middle, step, limit, rules, margin_px, use_point,
+                              None, None, set(), cancelled, cap_box=rect, margin_fraction=margin_fraction)
+        report(progress, len(segmented) / (k1 - k0 + 1), f"{side} side: {reasons[side]}")
+    return PropagationResult(mask=mask, iou=ious, segmented=sorted(segmented), stop_reasons=reasons, seeds=[middle])
+
+
 # --- mode 2: propagation from seed slices -------------------------------------------------------------------------------
 
 def _stop_reason(m: np.ndarray, iou: float, prev: np.ndarray, max_area: int, rules: StopRules, stats,
@@ -145,8 +197,11 @@ def _stop_reason(m: np.ndarray, iou: float, prev: np.ndarray, max_area: int, rul
 
 
 def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, rules: StopRules, margin_px,
-          use_point: bool, stats, image, blocked: set[int], cancelled) -> str:
-    """Propagate from slice ``start`` (already filled in ``mask``) in direction ``step``; returns why it stopped."""
+          use_point: bool, stats, image, blocked: set[int], cancelled, cap_box=None,
+          margin_fraction: float = 0.1) -> str:
+    """Propagate from slice ``start`` (already filled in ``mask``) in direction ``step``; returns why it stopped.
+
+    ``cap_box``: (x0, y0, x1, y1) no prompt may exceed (the 3D box's rectangle when there is one)."""
     prev = mask[start]
     max_area = int(prev.sum())
     k = start + step
@@ -160,7 +215,9 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
             return f"met the annotated slice {k}"
         box = mask_box_xyxy(prev)
         side = max(box[2] - box[0], box[3] - box[1]) + 1
-        prompt = _grow_box(box, max(margin_px, 0.1 * side), mask.shape[1:])
+        prompt = _grow_box(box, max(margin_px, margin_fraction * side), mask.shape[1:])
+        if cap_box is not None:
+            prompt = _intersect_boxes(prompt, cap_box) or prompt
         points = labels = None
         if use_point:
             points, labels = [_deepest_point_xy(prev)], [1]
@@ -338,6 +395,51 @@ def every_kth(segmenter: SliceSegmenter, shape_kji, seeds: dict, *, step: int | 
     return PropagationResult(mask=filled, iou={grid[i]: v for i, v in coarse.iou.items()}, segmented=keys,
                              stop_reasons=coarse.stop_reasons, seeds=[grid[i] for i in coarse.seeds],
                              interpolated=[k for k in range(keys[0], keys[-1] + 1) if k not in keys] if keys else [])
+
+
+def box_grid(k0: int, k1: int, step: int) -> list[int]:
+    """Every ``step``-th slice of k0..k1, both end slices included (the box's ends are where the organ ends)."""
+    if step < 1:
+        raise PropagationError(f"step must be >= 1; got {step}")
+    grid = list(range(int(k0), int(k1) + 1, int(step)))
+    return grid if grid[-1] == k1 else grid + [int(k1)]
+
+
+def box_every_kth(segmenter: SliceSegmenter, shape_kji, box_kji, *, step: int, spacing_mm=(1.0, 1.0),
+                  pad_mm: float = 4.0, slabs=None, progress: ProgressCallback | None = None,
+                  cancelled: CancelCheck | None = None, **guided) -> PropagationResult:
+    """``box_guided`` on every ``step``-th slice of the box, contour interpolation in between.
+
+    Why: the encoder is the cost (one pass per slice); organs change slowly across a few millimetres, so the model
+    runs on about a third of the slices and ITK's morphological contour interpolation fills the rest."""
+    from .interpolation import interpolate_slices
+
+    shape = _check_volume_shape(shape_kji)
+    (k0, k1), rows, cols = box_kji
+    if not (0 <= k0 <= k1 < shape[0]):
+        raise PropagationError(f"box slice range {k0}..{k1} outside 0..{shape[0] - 1}")
+    grid = box_grid(k0, k1, step)
+
+    class Strided:
+        def segment(self, index, box, points=None, labels=None, mask_prompt=None):
+            return segmenter.segment(grid[index], box, points, labels, mask_prompt)
+
+    coarse_slabs = []
+    for first, last, slab_box in slabs or []:
+        inside = [n for n, k in enumerate(grid) if first <= k <= last]
+        if inside:
+            coarse_slabs.append((inside[0], inside[-1], slab_box))
+    coarse = box_guided(Strided(), (len(grid),) + shape[1:], ((0, len(grid) - 1), rows, cols),
+                        spacing_mm=spacing_mm, pad_mm=pad_mm, slabs=coarse_slabs, progress=progress,
+                        cancelled=cancelled, **guided)
+    keys = [grid[n] for n in coarse.segmented]
+    mask = np.zeros(shape, bool)
+    for n in coarse.segmented:
+        mask[grid[n]] = coarse.mask[n]
+    filled = interpolate_slices(mask, keys) if len(keys) > 1 else mask
+    return PropagationResult(mask=filled, iou={grid[n]: v for n, v in coarse.iou.items()}, segmented=keys,
+                             stop_reasons=coarse.stop_reasons, seeds=[grid[n] for n in coarse.seeds],
+                             interpolated=[k for k in range(keys[0], keys[-1] + 1) if k not in keys])
 
 
 # --- mode 4: the peer's reference procedure --------------------------------------------------------------------------------
