@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from MedFoundationSegLib.phantoms import make_phantom
 from MedFoundationSegLib.volume import Volume, VolumeError
-from MedLAMLocalizeLib.localize import MedLAMConfig, MedLAMLocalizer, correlate_fft, crop_patches
+from MedLAMLocalizeLib.localize import MedLAMConfig, MedLAMLocalizer, correlate_fft, crop_patches, match_template
 from MedLAMLocalizeLib.network import MedLAM, set_precision
 from MedLAMLocalizeLib.templates import TemplateError, TemplateSet, template_from_phantom
 
@@ -111,16 +111,18 @@ def test_bad_inputs(case):
         MedLAMConfig(feature_scales=("",))
 
 
-@pytest.mark.parametrize("k, pad, shape", [(2, 1, (8, 8, 8)), (4, 2, (16, 12, 8)), (3, 1, (8, 8, 8))])
+@pytest.mark.parametrize("k, pad, shape", [(2, 1, (8, 8, 8)), (4, 2, (16, 12, 8)), (3, 1, (8, 8, 8)),
+                                         (8, 4, (16, 16, 16))])
 def test_fft_matching_equals_grouped_conv(k, pad, shape):
     """MSS similarity by FFT = the reference's grouped conv3d (one group per point), including the borders."""
     torch.manual_seed(k)
     query = F.normalize(torch.randn(3, 5, *shape), dim=1)
     templates = torch.randn(3, 5, k, k, k)
     expected = F.conv3d(query.reshape(1, -1, *shape), templates, padding=pad, groups=3)[0]
-    got = torch.stack([correlate_fft(q, w, pad) for q, w in zip(query, templates)])
-    assert got.shape == expected.shape
-    assert torch.allclose(got, expected, atol=1e-4)
+    for match in (correlate_fft, match_template):
+        got = torch.stack([match(q, w, pad) for q, w in zip(query, templates)])
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-4)
 
 
 def test_batching_and_structure_grouping_do_not_change_points(case):

@@ -120,7 +120,7 @@ def time_components(rounds: int = 2, batch: int = 4) -> None:
     def fft(scale):
         return lambda: correlate_fft(F.normalize(maps[scale][0], dim=0), templates[scale], pads[scale])
 
-    def grouped(scale):  # the previous implementation (one group per point; here one point)
+    def grouped(scale):  # direct conv3d for one point (the previous code grouped all points into one call)
         return lambda: F.conv3d(F.normalize(maps[scale], dim=1), templates[scale][None], padding=pads[scale])
 
     variants = {  # name: (callable, points per call)
@@ -132,10 +132,14 @@ def time_components(rounds: int = 2, batch: int = 4) -> None:
         "similarity feature0 FFT": (fft("feature0"), 1),
         "similarity feature1 FFT": (fft("feature1"), 1),
         "similarity feature2 FFT": (fft("feature2"), 1),
-        "similarity feature1 grouped conv (old)": (grouped("feature1"), 1),
+        "similarity feature0 direct conv": (grouped("feature0"), 1),
+        "similarity feature1 direct conv": (grouped("feature1"), 1),
     }
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
+        for call, _points in variants.values():  # warm-up: oneDNN primitives, FFT plans
+            if call is not variants["decoder to 64^3 fp32"][0]:
+                call()
         for _ in range(rounds):
             for name, (call, _points) in variants.items():
                 t = time.perf_counter()
