@@ -46,7 +46,9 @@ class RegistrationConfig:
     bspline_iterations: int = 50
     surface_points: int = 4000  # mapped surface voxels per structure (subsampled)
     seed: int = 2023
-    metric: str = "correlation"  # global rigid/affine metric: "mattes", "correlation" or "meansquares"
+    # Global rigid/affine metric: "correlation" (same-modality CT; with the body mask it gave 10-phantom box IoU
+    # 0.49 vs Mattes 0.46 global-only), "mattes" (other modalities or contrast phases) or "meansquares".
+    metric: str = "correlation"
     # ITK sums the metric over threads in a varying order, which moves results by millimetres run to run; 1 thread is
     # reproducible (0 = ITK's default thread count).
     threads: int = 1
@@ -68,7 +70,8 @@ class RegistrationConfig:
     local_iterations: int = 100
     # Before the local affine, an exhaustive search of translations within +-local_search_mm (step local_search_step_mm)
     # on the coarse images: the affine's basin is a few voxels wide, the organs of two subjects can sit 2 cm apart
-    # after the global map. 0 turns the search off.
+    # after the global map. 0 turns the search off (off by default: on 3 phantom queries it changed nothing and doubled
+    # the time; the coarser local start below does the same job).
     local_search_mm: float = 0.0
     local_search_step_mm: float = 4.0
 
