@@ -33,7 +33,7 @@ def _truth_box(phantom, organ):
 def test_box_mode_segments_every_slice_of_the_box(case):
     phantom, session = case
     truth, box = _truth_box(phantom, "liver")
-    result = session.segment_box(phantom.image, box, padding_mm=3.0)
+    result = session.segment_box(phantom.image, box, padding_mm=3.0, mode="box")
     assert result.report["segmented"] == list(range(box[0, 2], box[1, 2] + 1))
     assert dice(result.mask_kji, truth) >= 0.8
     assert result.probability_kji.shape == truth.shape and result.probability_kji.max() > 0.9
@@ -41,6 +41,25 @@ def test_box_mode_segments_every_slice_of_the_box(case):
     again = session.segment_box(phantom.image, box, padding_mm=3.0, mode="reference")  # same slices: no new encoding
     assert again.report["slices_encoded"] == encoded
     assert dice(again.mask_kji, truth) >= 0.6
+
+
+def test_default_box_guided_mode_beats_box_per_slice_and_every_k_encodes_key_slices_only(case):
+    phantom, session = case
+    truth, box = _truth_box(phantom, "liver")
+    per_slice = session.segment_box(phantom.image, box, padding_mm=3.0, mode="box")
+    guided = session.segment_box(phantom.image, box, padding_mm=3.0)
+    assert guided.report["mode"] == "box_guided" and pipeline.CaseOptions().mode == "box_guided"
+    print("liver Dice box", round(dice(per_slice.mask_kji, truth), 3), "box_guided", round(dice(guided.mask_kji, truth), 3))
+    assert dice(guided.mask_kji, truth) >= dice(per_slice.mask_kji, truth) - 0.01
+    assert set(guided.report["stop_reasons"]) == {"up", "down"}
+    fresh = pipeline.Session()
+    truth, box = _truth_box(phantom, "kidney_left")
+    sparse = fresh.segment_box(phantom.image, box, padding_mm=3.0, mode="every_k", every_k=2)
+    n = box[1, 2] - box[0, 2] + 1
+    assert sparse.report["slices_encoded"] == len(range(box[0, 2], box[1, 2] + 1, 2)) + (n % 2 == 0) < n
+    assert sparse.report["interpolated"] and dice(sparse.mask_kji, truth) >= 0.75
+    with pytest.raises(ValueError, match="unknown segmentation mode"):
+        fresh.segment_box(phantom.image, box, mode="sideways")
 
 
 def test_refinement_does_not_lose_to_the_raw_output_on_the_kidney(case):

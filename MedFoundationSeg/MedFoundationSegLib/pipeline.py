@@ -19,6 +19,11 @@ from .volume import Volume
 
 log = logging.getLogger(__name__)
 
+# How a 3D box becomes slice prompts (see propagate.py): box_guided (default: middle slice from the box, then the
+# previous mask's box capped by the 3D box), box (MedLSAM: the box on every slice), every_k (box_guided on key
+# slices + contour interpolation: fewest encoder passes), guided (stop rules may leave the box), reference (the peer).
+SEGMENTATION_MODES = ("box_guided", "box", "every_k", "guided", "reference")
+
 # Slice axis -> (array axis held fixed, ijk index of that axis, ijk index of the slice's x (columns), of its y (rows)).
 AXIS_LAYOUT = {"axial": (0, 2, 0, 1), "coronal": (1, 1, 0, 2), "sagittal": (2, 0, 1, 2)}
 
@@ -30,7 +35,7 @@ class CaseOptions:
     device: str = "auto"
     window: object = "auto"
     axis: str = "axial"
-    mode: str = "box"  # box (MedLSAM: every slice of the box) | guided (stop rules) | every_k | reference
+    mode: str = "box_guided"  # one of SEGMENTATION_MODES
     padding_mm: float = 5.0
     refine: str = "graphcut"  # graphcut | geodesic | growcut | none
     overlap_policy: str = "score"  # score | order
@@ -109,49 +114,61 @@ class Session:
     # --- one structure ------------------------------------------------------------------------------------------
     def segment_box(self, volume: Volume, box_ijk, *, model: str = "litemedsam", device: str = "auto",
                     window="auto", axis: str = "axial", padding_mm: float = 5.0, slabs=None, refine: str = "none",
-                    mode: str = "box", every_k=None, extreme_points_ijk=None, cache_mb: int = 2048, progress=None,
+                    mode: str = "box_guided", every_k=None, extreme_points_ijk=None, cache_mb: int = 2048, progress=None,
                     cancelled=None) -> CaseResult:
-        """Segment a structure from its 3D box. ``mode``: ``box`` (MedLSAM: every slice in the range gets the box or
-        its SPL slab's box; no ground truth picks slices), ``reference`` (the peer LiteMedSAM 3D procedure), or
-        ``guided``/``every_k`` (segment the middle slice from the box, then propagate with stop rules)."""
+        """Segment a structure from its 3D box. ``mode`` (SEGMENTATION_MODES): ``box_guided`` (default: the middle
+        slice from the box, each next slice from the previous mask's box capped by the 3D box; no end-slice shelf),
+        ``box`` (MedLSAM: every slice in the range gets the box or its SPL slab's box), ``every_k`` (box_guided on
+        every k-th slice, auto-chosen about 7.5 mm apart, contour interpolation between; only those are encoded),
+        ``guided`` (middle slice, then stop rules that may leave the box) or ``reference`` (the peer procedure)."""
         from . import propagate
 
         start = time.perf_counter()
+        if mode not in SEGMENTATION_MODES:
+            raise ValueError(f"unknown segmentation mode {mode!r}; use {', '.join(SEGMENTATION_MODES)}")
         box_ijk = self._check_box(volume, box_ijk)
         segmenter = self._segmenter(volume, model=model, device=device, window=window, axis=axis, cache_mb=cache_mb)
         (first, last), (r0, r1), (c0, c1) = self._slice_box(box_ijk, axis)
         shape = self._to_slices(volume.array, axis).shape
         _, fixed, x_ijk, y_ijk = AXIS_LAYOUT[axis]
         spacing = np.asarray(volume.spacing_mm)
-        report(progress, 0.0, f"encoding {last - first + 1} slices")
-        segmenter.predictor.encode_range(first, last, progress=scaled(progress, 0.0, 0.7), cancelled=cancelled)
+        slab_boxes = []
+        for slab in slabs or []:
+            if getattr(slab, "box_ijk", None) is not None:
+                (sf, sl), (sr0, sr1), (sc0, sc1) = self._slice_box(np.asarray(slab.box_ijk, int), axis)
+                slab_boxes.append((sf, sl, (sc0, sr0, sc1, sr1)))
+        box_slices = ((first, last), (r0, r1), (c0, c1))
+        pixel_mm = (spacing[x_ijk], spacing[y_ijk])
         rest = scaled(progress, 0.7, 0.95)
-        if mode == "box":
-            slab_boxes = []
-            for slab in slabs or []:
-                if getattr(slab, "box_ijk", None) is not None:
-                    (sf, sl), (sr0, sr1), (sc0, sc1) = self._slice_box(np.asarray(slab.box_ijk, int), axis)
-                    slab_boxes.append((sf, sl, (sc0, sr0, sc1, sr1)))
-            result = propagate.box_per_slice(segmenter, shape, ((first, last), (r0, r1), (c0, c1)),
-                                             spacing_mm=(spacing[x_ijk], spacing[y_ijk]), pad_mm=padding_mm,
-                                             slabs=slab_boxes, progress=rest, cancelled=cancelled)
+        if mode == "every_k":  # only the key slices are encoded
+            step = every_k or propagate.auto_step(last - first + 1, float(spacing[fixed]))
+            grid = propagate.box_grid(first, last, int(step))
+            for n, k in enumerate(grid):
+                check(cancelled, "encoding")
+                report(progress, 0.7 * n / len(grid), f"encoding key slice {k}")
+                segmenter.predictor.encode_range(k, k)
+            result = propagate.box_every_kth(segmenter, shape, box_slices, step=int(step), spacing_mm=pixel_mm,
+                                             pad_mm=padding_mm, slabs=slab_boxes, progress=rest, cancelled=cancelled)
+        else:
+            report(progress, 0.0, f"encoding {last - first + 1} slices")
+            segmenter.predictor.encode_range(first, last, progress=scaled(progress, 0.0, 0.7), cancelled=cancelled)
+        if mode in ("box", "box_guided"):
+            method = propagate.box_per_slice if mode == "box" else propagate.box_guided
+            result = method(segmenter, shape, box_slices, spacing_mm=pixel_mm, pad_mm=padding_mm, slabs=slab_boxes,
+                            progress=rest, cancelled=cancelled)
         elif mode == "reference":
             result = propagate.reference_litemedsam(segmenter, shape, (c0, r0, first, c1, r1, last), progress=rest,
                                                     cancelled=cancelled)
-        elif mode in ("guided", "every_k"):
-            middle = (first + last) // 2
-            seeds = {middle: np.array([c0, r0, c1, r1])}
-            image = self._to_slices(volume.array, axis)
-            if mode == "guided":
-                result = propagate.propagate_from_seeds(segmenter, shape, seeds, limits=(first, last), image=image,
-                                                        progress=rest, cancelled=cancelled)
-            else:
-                result = propagate.every_kth(segmenter, shape, seeds, step=every_k or "auto",
-                                             slice_mm=float(spacing[fixed]), limits=(first, last), image=image)
-        else:
-            raise ValueError(f"unknown segmentation mode {mode!r}; use box, reference, guided or every_k")
+        elif mode == "guided":
+            seeds = {(first + last) // 2: np.array([c0, r0, c1, r1])}
+            result = propagate.propagate_from_seeds(segmenter, shape, seeds, limits=(first, last),
+                                                    image=self._to_slices(volume.array, axis), progress=rest,
+                                                    cancelled=cancelled)
         mask = self._from_slices(result.mask, axis)
-        probability = self._from_slices(segmenter.probability_volume(result.segmented), axis)
+        probability_view = segmenter.probability_volume(result.segmented)
+        for k in result.interpolated:  # no model output there: the interpolated contour is moderate evidence
+            probability_view[k] = np.where(result.mask[k], 0.8, 0.2)
+        probability = self._from_slices(probability_view, axis)
         outcome = CaseResult(mask, probability, {
             "mode": mode, "model": model, "axis": axis, "slices": [first, last], "segmented": result.segmented,
             "predicted_iou": {int(k): round(v, 4) for k, v in result.iou.items()},
