@@ -15,8 +15,8 @@ from MedFoundationSegLib import weights
 from MedFoundationSegLib.encoder_runtime import DeviceError, EncoderRuntime, select_device
 from MedFoundationSegLib.models.build import build_model
 from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.predictor import (Cancelled, EmbeddingCache, PredictorError, SlicePredictor,
-                                           clip_box_to_slice)
+from MedFoundationSegLib.predictor import (ESCALATION_MAX_EXPECTED_LOSS, Cancelled, EmbeddingCache, PredictorError,
+                                           SlicePredictor, clip_box_to_slice, expected_dice)
 from MedFoundationSegLib.preprocessing import UnknownModelError
 from MedFoundationSegLib.volume import Volume
 
@@ -112,6 +112,59 @@ def test_multimask_points_and_mask_prompts(phantom, axial, liver_slice):
     # Clicks alone are accepted (LiteMedSAM was trained on boxes only, so no accuracy is asked of them here).
     clicks = axial.predict(liver_slice, points=[[inside], [[20.0, 30.0]]], point_labels=[[1], [0]])
     assert clicks.masks.shape == (2, 1, 160, 160) and np.isfinite(clicks.iou).all()
+
+
+# --- precision escalation ---------------------------------------------------------------------------------------
+def test_expected_dice_matches_simulated_laplace_errors():
+    """The rule's estimate is the mean Dice under the error model it assumes: check it by simulation."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    radius = np.hypot(yy - 40.0, xx - 50.0)
+    scale = 0.12
+    fields = {"sharp disc": 4.0 * (20.0 - radius), "flat disc": 0.05 * (20.0 - radius),
+              "small disc": 0.5 * (3.0 - radius)}
+    estimates = {}
+    for name, field in fields.items():
+        logits = torch.from_numpy(field)
+        estimates[name] = float(expected_dice(logits, 0.0, scale))
+        simulated = [dice((field + rng.laplace(0.0, scale, field.shape) > 0), field > 0) for _ in range(200)]
+        loss, simulated_loss = 1.0 - estimates[name], 1.0 - float(np.mean(simulated))
+        assert loss == pytest.approx(simulated_loss, rel=0.15, abs=0.001), name  # first-order in the flips
+    # A sharp boundary keeps its mask, a flat (ambiguous) or tiny one does not: only those escalate.
+    allowed = 1.0 - ESCALATION_MAX_EXPECTED_LOSS
+    assert estimates["sharp disc"] >= allowed > estimates["flat disc"]
+    assert estimates["small disc"] < allowed
+    assert float(expected_dice(torch.full((8, 8), -30.0), 0.0, scale)) == pytest.approx(1.0)  # empty and certain
+    assert float(expected_dice(torch.zeros(8, 8), 0.0, scale)) == 0.0  # empty but undecided
+    assert float(expected_dice(torch.zeros(8, 8), 0.0, 0.0)) == 1.0  # exact precision: nothing moves
+    batch = expected_dice(torch.stack([torch.from_numpy(f) for f in fields.values()])[None], 0.0, scale)
+    assert batch.shape == (1, 3)
+
+
+def test_unstable_slices_are_reencoded_in_fp32_once(phantom, model, liver_slice):
+    """Escalation replaces the fast embedding by the fp32 one (same masks as an fp32 predictor), once per slice."""
+    liver = phantom.labels.array[liver_slice] == phantom.label_ids["liver"]
+    box = bbox_xyxy(liver)
+    fast = make_predictor(phantom, model, precision="bf16", escalate=True)
+    assert fast.escalate and fast.runtime.reduced_precision
+    fast.escalation_error_scale = 1e6  # nothing is stable under an unbounded error: every new slice escalates
+    first = fast.predict(liver_slice, boxes=box)
+    assert (fast.slices_escalated, fast.runtime.exact_calls, fast.slices_encoded) == (1, 1, 1)
+    again = fast.predict(liver_slice, boxes=[5, 5, 60, 60])  # the cached embedding is already the fp32 one
+    assert fast.slices_escalated == 1 and fast.runtime.calls == 1
+    exact = make_predictor(phantom, model, precision="fp32", escalate=True)  # same fp32 encoder: never escalates
+    assert not exact.escalate
+    reference = exact.predict(liver_slice, boxes=box)
+    assert np.array_equal(first.masks, reference.masks) and np.array_equal(first.iou, reference.iou)
+    assert again.masks.shape == (1, 1, 160, 160)
+    fast.set_window("abdomen")  # new window: cache and fp32 marks dropped, the slice is encoded fast again
+    fast.escalation_error_scale = 0.0
+    fast.predict(liver_slice, boxes=box)
+    assert (fast.slices_escalated, fast.slices_encoded) == (1, 2)
+    off = make_predictor(phantom, model, precision="bf16")  # the default: no escalation
+    off.escalation_error_scale = 1e6
+    off.predict(liver_slice, boxes=box)
+    assert off.slices_escalated == 0 and off.runtime.exact_calls == 0
 
 
 # --- cache ------------------------------------------------------------------------------------------------------

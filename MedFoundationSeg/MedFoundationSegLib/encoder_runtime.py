@@ -8,7 +8,9 @@ speed-up here is one that was measured to keep slice masks at Dice >= 0.98 again
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import time
 import warnings
 from functools import lru_cache
 
@@ -107,6 +109,18 @@ def fold_batchnorm(module: nn.Module) -> int:
     return folded
 
 
+def bf16_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with bf16 floating-point tensors, made without a transient fp32 copy (ViT-H: 2.5 GB)."""
+    memo: dict[int, torch.Tensor] = {}
+    for param in module.parameters():
+        if param.is_floating_point():
+            memo[id(param)] = nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            memo[id(buffer)] = buffer.detach().to(torch.bfloat16)
+    return copy.deepcopy(module, memo)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
     if oom_type is not None and isinstance(error, oom_type):
@@ -117,15 +131,17 @@ def is_out_of_memory(error: BaseException) -> bool:
 class EncoderRuntime:
     """Calls ``encoder(images) -> embeddings`` in batches on the chosen device and precision.
 
-    CUDA uses autocast (bf16 or fp16); CPU with native bf16 keeps bf16 *weights* (oneDNN bf16 kernels) and
-    autocast; elsewhere fp32. A CUDA out-of-memory error halves the batch and retries, and at batch 1 moves the
-    encoder to the CPU with a warning: the user gets a slower result, never a crash.
+    CUDA uses autocast (bf16 or fp16) over the fp32 weights; CPU with native bf16 runs a bf16 *copy* of the weights
+    (oneDNN bf16 kernels); elsewhere fp32. The fp32 encoder is always kept: :meth:`exact` re-encodes a slice at full
+    precision when the predictor finds its mask too close to the threshold to trust the reduced precision
+    (escalation). A CUDA out-of-memory error halves the batch and retries, and at batch 1 moves the encoder to the
+    CPU with a warning: the user gets a slower result, never a crash.
     """
 
     def __init__(self, encoder: nn.Module, device: torch.device, precision: str = "auto", *,
                  batch_size: int | None = None, fold_bn: bool = True, channels_last: bool = True,
                  compile: bool = False):
-        self.encoder = encoder.eval()
+        self.encoder = encoder.eval()  # fp32 weights, always: the reference the fast path escalates to
         self.device = device
         self.requested_precision = precision
         self.precision = resolve_precision(precision, device)
@@ -134,50 +150,86 @@ class EncoderRuntime:
             raise DeviceError(f"batch_size must be >= 1; got {batch_size}")
         self.channels_last = channels_last
         self.calls = 0  # encoder invocations (one per batch), for tests and benchmarks
+        self.exact_calls = 0  # fp32 re-encodings asked for through exact()
+        self.compile_seconds = 0.0  # time spent in warm-up calls that compiled a graph
         self.folded_bn = fold_batchnorm(self.encoder) if fold_bn else 0
+        self._bf16_encoder: nn.Module | None = None
         self._place()
         self.compiled = bool(compile)
-        self._compiled_encoder = None
+        self._compiled: dict[str, nn.Module] = {}
         if self.compiled:
-            # One static graph: every call is padded to the full batch, so a short last batch or a single
-            # interactive slice never triggers a recompilation (minutes on a small CPU).
-            self._compiled_encoder = torch.compile(self.encoder, dynamic=False)
+            # Static graphs: every fast call is padded to the full batch and exact() runs at batch 1, so a short
+            # last batch or a single interactive slice never triggers a recompilation (minutes on a small CPU).
+            self._compiled = {"fast": torch.compile(self._fast_module(), dynamic=False)}
+            if self.reduced_precision:
+                self._compiled["exact"] = torch.compile(self.encoder, dynamic=False)
+
+    @property
+    def reduced_precision(self) -> bool:
+        """True when the fast path does not compute in fp32 (so :meth:`exact` can differ from it)."""
+        return self.precision != "fp32"
 
     def _place(self) -> None:
-        weights_dtype = torch.bfloat16 if (self.device.type == "cpu" and self.precision == "bf16") else torch.float32
-        self.encoder.to(device=self.device, dtype=weights_dtype)
+        self.encoder.to(device=self.device, dtype=torch.float32)
+        self._bf16_encoder = None
+        if self.device.type == "cpu" and self.precision == "bf16":
+            self._bf16_encoder = bf16_copy(self.encoder)
         if self.channels_last:
-            self.encoder.to(memory_format=torch.channels_last)
+            for module in (self.encoder, self._bf16_encoder):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
 
-    def _autocast(self):
-        if self.precision == "fp32" or self.device.type == "cpu":  # CPU bf16 runs on bf16 weights, no autocast
+    def _fast_module(self) -> nn.Module:
+        return self._bf16_encoder if self._bf16_encoder is not None else self.encoder
+
+    def _autocast(self, exact: bool = False):
+        if exact or self.precision == "fp32" or self.device.type == "cpu":  # CPU bf16 runs on bf16 weights
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _run(self, images: torch.Tensor) -> torch.Tensor:
+    def _run(self, images: torch.Tensor, exact: bool = False) -> torch.Tensor:
         count = images.shape[0]
-        if self._compiled_encoder is not None and count < self.batch_size:
-            images = torch.cat([images, images.new_zeros((self.batch_size - count, *images.shape[1:]))])
+        compiled = self._compiled.get("exact" if exact else "fast")
+        full = 1 if exact else self.batch_size
+        if compiled is not None and count < full:
+            images = torch.cat([images, images.new_zeros((full - count, *images.shape[1:]))])
         images = images.to(self.device, non_blocking=True)
-        if self.device.type == "cpu" and self.precision == "bf16":
+        if not exact and self._bf16_encoder is not None:
             images = images.to(torch.bfloat16)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
-            self.calls += 1
-            if self._compiled_encoder is None:
-                return self.encoder(images).float()
+        module = self.encoder if exact else self._fast_module()
+        with torch.inference_mode(), self._autocast(exact):
+            if exact:
+                self.exact_calls += 1
+            else:
+                self.calls += 1
+            if compiled is None:
+                return module(images).float()
             from torch._inductor import config as inductor_config
 
             with inductor_config.patch(freezing=True):  # constant weights: pre-packed oneDNN kernels
-                return self._compiled_encoder(images)[:count].float()
+                return compiled(images)[:count].float()
 
     def warm_up(self, input_size: int) -> None:
-        """One encoder call on a blank batch: first-call allocations, kernel selection and compilation happen here."""
-        calls = self.calls
+        """Blank calls of the fast path (and of the exact path when compiled): first-call allocations, kernel
+        selection and compilation happen here; compiled warm-ups add their time to ``compile_seconds``."""
+        calls, exact_calls = self.calls, self.exact_calls
+        start = time.perf_counter()
         self(torch.zeros(self.batch_size, 3, input_size, input_size))
-        self.calls = calls
+        if "exact" in self._compiled:
+            self.exact(torch.zeros(1, 3, input_size, input_size))
+        if self._compiled:
+            self.compile_seconds += time.perf_counter() - start
+        self.calls, self.exact_calls = calls, exact_calls
+
+    def exact(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> fp32 embeddings from the fp32 weights, one image per call (escalation is rare and
+        per slice); the same as ``__call__`` when the runtime is fp32 anyway."""
+        if not self.reduced_precision:
+            return self(images)
+        return torch.cat([self._run(images[i: i + 1], exact=True) for i in range(images.shape[0])])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float32 images -> (B, C, h, w) float32 embeddings (on the runtime's device)."""
@@ -206,7 +258,7 @@ class EncoderRuntime:
         warnings.warn(f"{self.device.type} out of memory even at batch 1 ({error}); falling back to the CPU "
                       f"(slower, same masks)", RuntimeWarning, stacklevel=3)
         self.device = torch.device("cpu")
-        self.compiled, self._compiled_encoder = False, None  # the graph was built for the GPU
+        self.compiled, self._compiled = False, {}  # the graphs were built for the GPU
         self.precision = resolve_precision("auto" if self.requested_precision == "fp16" else self.requested_precision,
                                            self.device)
         self._place()
