@@ -166,8 +166,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto': fp16 on CUDA (as the reference), bf16 on CPUs with native bf16 (AVX-512 BF16 / AMX), else fp32.
 
-    bf16 on CPU was checked on the localization benchmark to move no extreme point by a working voxel or more
-    (benchmarks/bench_localize.py --compare-fp32); fp16 is refused on CPU (no fast kernels there).
+    CPU bf16 rounds only the decoder (set_precision); on bench_localize.py --compare-fp32 (random weights, 6 liver
+    points) it moved no point at all, but MSS argmax near-ties can flip, so pass "fp32" for bit-reference results.
+    fp16 is refused on CPU (no fast kernels there).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown MedLAM precision {precision!r}; use one of {PRECISIONS}")
