@@ -109,3 +109,19 @@ def test_propagate_and_fill_between_through_the_logic(mrml, phantom, logic_setti
     empty = segmentation.GetSegmentation().AddEmptySegment("", "empty", [0.1, 0.1, 0.9])
     with pytest.raises(ValueError, match="empty"):
         logic.prepare_propagation(volume_node, segmentation, empty)
+
+
+@pytest.mark.parametrize("panel_mode, box_mode", [("guided", "box_guided"), ("every_k", "every_k"),
+                                                  ("reference", "reference"), ("box", "box")])
+def test_segment_in_roi_uses_the_box_mode_of_the_panel_choice(mrml, phantom, panel_mode, box_mode):
+    """The panel's "guided" choice segments a box with the pipeline's default box_guided mode (no end-slice shelf),
+    and the mode is recorded with the prompts so a re-run repeats it."""
+    scene, volume_node, segmentation = _scene_with(mrml, phantom)
+    image = phantom[0]
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    mrml_bridge.set_roi_bounds_ras(roi, mrml_bridge.ras_bounds_from_ijk_box(image, np.array([[30, 30, 5],
+                                                                                            [60, 60, 15]])))
+    logic = MedFoundationSegLogic(scene, Settings(propagation_mode=panel_mode))
+    prepared = logic.prepare_segment_in_roi(volume_node, roi, segmentation)
+    assert prepared.prompts["mode"] == box_mode
+    assert prepared.compute.keywords["mode"] == box_mode

@@ -25,6 +25,11 @@ from .segment_edits import EditResult, SegmentEditHistory
 ROI_TERMINOLOGY_ATTRIBUTE = "MedLAMLocalize.Terminology"  # set on the ROI boxes MedLAMLocalize creates
 
 
+# The one "Propagation" choice of the panel, applied to a 3D box: "guided" is the pipeline's box_guided mode (the box
+# prompts only its middle slice, each next slice gets the previous mask's box; stop rules at the structure's ends).
+BOX_MODE_FOR_PROPAGATION = {"guided": "box_guided", "every_k": "every_k", "reference": "reference"}
+
+
 @dataclasses.dataclass
 class Settings:
     model: str = "litemedsam"
@@ -32,7 +37,7 @@ class Settings:
     window: str = "auto"  # "auto" | a CT preset name | {"level": .., "width": ..}
     axis: str = "axial"
     box_padding_mm: float = 5.0
-    propagation_mode: str = "guided"  # "guided" | "every_k" | "reference"
+    propagation_mode: str = "guided"  # "guided" | "every_k" | "reference" (a box uses BOX_MODE_FOR_PROPAGATION)
     every_k: int | None = None  # None = chosen automatically
     refine_method: str = "graphcut"  # "graphcut" | "geodesic" | "growcut" | "none"
     embedding_budget_mb: int = 2048
@@ -80,13 +85,14 @@ class MedFoundationSegLogic:
         bounds_ras = np.asarray(bounds_ras, float)
         box_ijk = mrml_bridge.ijk_box_from_ras_bounds(volume, bounds_ras)
         s = self.settings
+        box_mode = BOX_MODE_FOR_PROPAGATION.get(s.propagation_mode, s.propagation_mode)  # box modes pass through
         compute = functools.partial(self.session.segment_box, volume, box_ijk, model=s.model, device=s.device,
                                     window=s.window, axis=s.axis, padding_mm=s.box_padding_mm,
-                                    mode=s.propagation_mode, every_k=s.every_k, refine=s.refine_method,
+                                    mode=box_mode, every_k=s.every_k, refine=s.refine_method,
                                     cache_mb=s.embedding_budget_mb)
         prompts = {"model": s.model, "axis": s.axis, "box_ijk": box_ijk.tolist(),
                    "box_ras_mm": bounds_ras.round(3).tolist(),
-                   "roi_node": roi_node_id, "padding_mm": s.box_padding_mm, "mode": s.propagation_mode}
+                   "roi_node": roi_node_id, "padding_mm": s.box_padding_mm, "mode": box_mode}
         return PreparedAction("segment in box", volume_node.GetID(), segmentation_node.GetID(), segment_id, volume,
                               compute, prompts, terminology_tag=terminology_tag)
 
