@@ -222,6 +222,30 @@ def test_low_iou_and_leak_rules_stop_and_explain():
     assert "area jumped" in result.stop_reasons["down"] and _range(result.mask)[0] == 6
 
 
+def test_confidence_drop_past_the_end_stops_box_guided():
+    """Past a structure's end the model still answers inside the previous mask's box, but less confidently: with the
+    opt-in rule, a slab of the old cross-section at predicted IoU 0.66 (structure's median ~0.93) is not kept."""
+    gt = np.zeros((30, 64, 64), bool)
+    gt[5:21, 20:44, 20:44] = True
+
+    class Overshoot(Oracle):
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            m, _ = super().segment(k, box)
+            if k > 20:  # beyond the end: the previous box filled, with less confidence
+                x0, y0, x1, y1 = box
+                m = np.zeros(gt.shape[1:], bool)
+                m[y0 + 2:y1 - 1, x0 + 2:x1 - 1] = True
+                return m, 0.66
+            return m, 0.93
+
+    result = box_guided(Overshoot(gt), gt.shape, ((5, 25), (20, 43), (20, 43)), pad_mm=1.0,
+                        rules=StopRules(max_iou_drop=0.2))
+    assert _range(result.mask)[1] == 20, result.stop_reasons
+    assert result.stop_reasons["up"].startswith("predicted IoU fell to 0.66"), result.stop_reasons
+    default = box_guided(Overshoot(gt), gt.shape, ((5, 25), (20, 43), (20, 43)), pad_mm=1.0)
+    assert _range(default.mask)[1] > 20  # the rule is opt-in: by default the slab is kept
+
+
 def test_edit_repropagates_only_outward(phantom):
     gt = phantom.mask("spleen")
     lo, hi = _range(gt)

@@ -43,6 +43,9 @@ class StopRules:
     min_area_fraction: float = 0.05  # ... or smaller than this fraction of the largest area seen, while shrinking
     min_iou: float = 0.5  # the model's own confidence
     max_area_ratio: float = 1.8  # area(k) / area(k-1) above this is a leak
+    # Predicted IoU this far below the structure's median: past its end. Opt-in: on the 10-phantom benchmark 0.2 and
+    # 0.25 removed the slab above the liver dome but cut a poorly localized kidney short (mean Dice 0.851 -> 0.849).
+    max_iou_drop: float | None = None
     max_centroid_shift: float = 0.5  # centroid jump, as a fraction of the previous box's larger side
     appearance_sigmas: float = 2.5  # mean intensity vs the seed slices (needs the image)
     range_tolerance_slices: int = 2  # how far beyond the localized range propagation may go
@@ -171,7 +174,7 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
 # --- mode 2: propagation from seed slices -------------------------------------------------------------------------------
 
 def _stop_reason(m: np.ndarray, iou: float, prev: np.ndarray, max_area: int, rules: StopRules, stats,
-                 image_slice) -> str | None:
+                 image_slice, typical_iou: float | None = None) -> str | None:
     area = int(m.sum())
     if area < rules.min_area_px:
         return f"empty or tiny mask ({area} px)"
@@ -180,6 +183,10 @@ def _stop_reason(m: np.ndarray, iou: float, prev: np.ndarray, max_area: int, rul
         return f"mask shrank to {area} px (< {rules.min_area_fraction:.0%} of the largest, {max_area} px)"
     if iou < rules.min_iou:
         return f"low predicted IoU {iou:.2f} < {rules.min_iou}"
+    if rules.max_iou_drop is not None and typical_iou is not None and iou < typical_iou - rules.max_iou_drop:
+        # Beyond a structure's end the previous mask's box still asks "what is here?" and the model answers with
+        # a neighbour, less confidently than inside the structure (e.g. a slab above the liver dome).
+        return f"predicted IoU fell to {iou:.2f} (median {typical_iou:.2f} on this structure)"
     if prev_area and area / prev_area > rules.max_area_ratio:
         return f"area jumped x{area / prev_area:.2f} (> {rules.max_area_ratio}), likely a leak"
     box = mask_box_xyxy(prev)
@@ -223,7 +230,10 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
             points, labels = [_deepest_point_xy(prev)], [1]
         m, iou = segmenter.segment(k, prompt, points, labels, None)
         m = np.asarray(m, bool)
-        reason = _stop_reason(m, float(iou), prev, max_area, rules, stats, None if image is None else image[k])
+        model_ious = [ious[j] for j in segmented if j in ious]
+        typical = float(np.median(model_ious)) if len(model_ious) >= 3 else None
+        reason = _stop_reason(m, float(iou), prev, max_area, rules, stats, None if image is None else image[k],
+                              typical)
         if reason is not None:
             return f"{reason} at slice {k}"
         mask[k] = m
