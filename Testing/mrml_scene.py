@@ -69,3 +69,23 @@ def add_volume_node(scene, volume, name: str = "volume"):
     node.CreateDefaultDisplayNodes()
     del vtk
     return node
+
+
+def write_segmentation_file(scene, segmentation_node, path) -> None:
+    """Save a segmentation node through Slicer's own storage node (what File > Save does)."""
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    segmentation_node.SetAndObserveStorageNodeID(storage.GetID())
+    storage.SetFileName(str(path))
+    if storage.WriteData(segmentation_node) != 1:
+        raise AssertionError(f"Slicer's segmentation storage node could not write {path}")
+
+
+def read_segmentation_file(scene, path, name: str = "loaded"):
+    """A new segmentation node read from ``path`` by Slicer's own storage node (what File > Load does)."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    if storage.ReadData(node) != 1:
+        raise AssertionError(f"Slicer's segmentation storage node could not read {path}")
+    return node

@@ -11,7 +11,7 @@ import slicer.util
 
 from MedFoundationSegLib import segmentation_io, terminology
 from MedFoundationSegLib.volume import Volume, read_volume
-from mrml_scene import add_volume_node
+from mrml_scene import add_volume_node, read_segmentation_file
 
 DIRECTION = np.array([[-1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # flipped and permuted axes
 
@@ -31,11 +31,7 @@ def test_seg_nrrd_opens_in_slicer_with_names_colours_and_voxels(mrml, tmp_path):
     path = segmentation_io.write_seg_nrrd(labels, tmp_path / "case.seg.nrrd", segments)
 
     reference = add_volume_node(scene, labels.with_array(labels.array.astype(np.int16)), "reference")
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "loaded")
-    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    storage.SetFileName(str(path))
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    assert storage.ReadData(node) == 1
+    node = read_segmentation_file(scene, path)
     segmentation = node.GetSegmentation()
     assert segmentation.GetNumberOfSegments() == 2
     for name, (label, color) in segments.items():

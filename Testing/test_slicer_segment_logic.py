@@ -11,7 +11,7 @@ import slicer.util
 from MedFoundationSegLib.volume import Volume
 from MedFoundationSegLogic import mrml_bridge
 from MedFoundationSegLogic.segment_edits import SegmentEditHistory
-from mrml_scene import add_volume_node
+from mrml_scene import add_volume_node, read_segmentation_file, write_segmentation_file
 
 # i runs along -y (posterior->anterior flipped), j along +x, k along -z: a permuted, flipped, anisotropic grid.
 DIRECTION = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
@@ -113,17 +113,9 @@ def test_seg_nrrd_round_trip_through_storage_node(mrml, tmp_path):
                           color_rgb=(0.8, 0.4, 0.2), prompts={"model": "litemedsam"})
     second = history.apply(node, seg, _mask(volume.shape_kji, [[9, 10, 6], [13, 17, 10]]), segment_name="spleen",
                            color_rgb=(0.1, 0.3, 0.9))
-    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    seg.SetAndObserveStorageNodeID(storage.GetID())
-    path = str(tmp_path / "out.seg.nrrd")
-    storage.SetFileName(path)
-    assert storage.WriteData(seg) == 1
-
-    loaded = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "loaded")
-    reader = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    reader.SetFileName(path)
-    loaded.SetAndObserveStorageNodeID(reader.GetID())
-    assert reader.ReadData(loaded) == 1
+    path = tmp_path / "out.seg.nrrd"
+    write_segmentation_file(scene, seg, path)
+    loaded = read_segmentation_file(scene, path)
     for result, name, color in ((first, "liver", (0.8, 0.4, 0.2)), (second, "spleen", (0.1, 0.3, 0.9))):
         segment = loaded.GetSegmentation().GetSegment(result.segment_id)
         assert segment.GetName() == name

@@ -19,7 +19,7 @@ from MedFoundationSegLogic.segment_edits import SegmentEditHistory
 from MedLAMLocalizeLib.boxes import StructureBox
 from MedLAMLocalizeLib.templates import TemplateError, structure_points_from_mask
 from MedLAMLocalizeLogic import POINT_LABELS, MedLAMLocalizeLogic, guide_point_list
-from mrml_scene import add_volume_node
+from mrml_scene import add_volume_node, read_segmentation_file, write_segmentation_file
 
 DIRECTION = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])  # flipped i and k
 
@@ -117,14 +117,9 @@ def test_ai_segment_terminology_round_trips_through_seg_nrrd(mrml, tmp_path):
     history.apply(node, seg, mask & False, segment_id=user_id, terminology_tag=tag, action="refine")
     assert terminology.get_segment_terminology(seg.GetSegmentation().GetSegment(user_id)) == users_own
 
-    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    path = str(tmp_path / "kidney.seg.nrrd")
-    storage.SetFileName(path)
-    assert storage.WriteData(seg) == 1
-    loaded = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "loaded")
-    reader = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    reader.SetFileName(path)
-    assert reader.ReadData(loaded) == 1
+    path = tmp_path / "kidney.seg.nrrd"
+    write_segmentation_file(scene, seg, path)
+    loaded = read_segmentation_file(scene, path)
     read_tag = terminology.get_segment_terminology(loaded.GetSegmentation().GetSegment(created.segment_id))
     assert read_tag == tag
     assert _slicer_parse(read_tag).GetTypeModifierObject().GetCodeMeaning() == "Left"
