@@ -359,3 +359,20 @@ def test_cuda_out_of_memory_shrinks_batches_then_falls_back_to_cpu():
     messages = [str(w.message) for w in record]
     assert "batches of 2" in messages[0] and "batches of 1" in messages[1] and "falling back to the CPU" in messages[2]
     assert runtime.device.type == "cpu" and torch.allclose(out, expected, atol=1e-5)
+
+
+def test_bf16_runtime_keeps_an_fp32_copy_only_when_escalation_needs_it():
+    """Without keep_exact the CPU bf16 weights replace the fp32 ones (no second copy in memory) and exact() says
+    why it cannot run; with it, both copies exist and exact() computes from the fp32 weights."""
+    images = torch.rand(2, 3, 8, 8)
+    plain = EncoderRuntime(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), torch.device("cpu"), "bf16")
+    assert {p.dtype for p in plain.encoder.parameters()} == {torch.bfloat16}
+    with pytest.raises(DeviceError, match="keep_exact"):
+        plain.exact(images)
+    kept = EncoderRuntime(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), torch.device("cpu"), "bf16",
+                          keep_exact=True)
+    assert {p.dtype for p in kept.encoder.parameters()} == {torch.float32}
+    with torch.inference_mode():  # one image per call, as exact() runs
+        reference = torch.cat([kept.encoder(images[i: i + 1].contiguous(memory_format=torch.channels_last))
+                               for i in range(len(images))])
+    assert torch.equal(kept.exact(images), reference) and kept(images).shape == reference.shape

@@ -215,7 +215,7 @@ class SlicePredictor:
         self.model.eval()
         self.runtime = EncoderRuntime(self.model.image_encoder, self.device, precision if optimize else "fp32",
                                       batch_size=batch_size, fold_bn=optimize, channels_last=optimize,
-                                      compile=compile)
+                                      compile=compile, keep_exact=escalate)
 
         kept = AXES[axis]
         self.slice_hw = tuple(int(n) for i, n in enumerate(array.shape) if i != kept)
