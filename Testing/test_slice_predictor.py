@@ -210,6 +210,15 @@ def test_encode_range_batches_and_respects_the_byte_budget(phantom, model, liver
     assert predictor.cache.keys() == [last, first]
 
 
+def test_encode_slices_batches_scattered_slices_once(phantom, model, liver_slice):
+    """Key slices (every k-th) are encoded in full batches, each once, whatever order and repeats they come in."""
+    predictor = make_predictor(phantom, model, batch_size=2)
+    keys = [liver_slice + 4, liver_slice, liver_slice + 2, liver_slice + 4]
+    assert predictor.encode_slices(keys) == 3
+    assert predictor.runtime.calls == 2 and predictor.cache.keys() == sorted(set(keys))
+    assert predictor.encode_slices(keys) == 0 and predictor.runtime.calls == 2
+
+
 def test_encode_range_honours_cancel(phantom, model, liver_slice):
     predictor = make_predictor(phantom, model, batch_size=1)
     with pytest.raises(Cancelled):

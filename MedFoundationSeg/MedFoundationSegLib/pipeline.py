@@ -142,11 +142,8 @@ class Session:
         rest = scaled(progress, 0.7, 0.95)
         if mode == "every_k":  # only the key slices are encoded
             step = every_k or propagate.auto_step(last - first + 1, float(spacing[fixed]))
-            grid = propagate.box_grid(first, last, int(step))
-            for n, k in enumerate(grid):
-                check(cancelled, "encoding")
-                report(progress, 0.7 * n / len(grid), f"encoding key slice {k}")
-                segmenter.predictor.encode_range(k, k)
+            segmenter.predictor.encode_slices(propagate.box_grid(first, last, int(step)),
+                                              progress=scaled(progress, 0.0, 0.7), cancelled=cancelled)
             result = propagate.box_every_kth(segmenter, shape, box_slices, step=int(step), spacing_mm=pixel_mm,
                                              pad_mm=padding_mm, slabs=slab_boxes, progress=rest, cancelled=cancelled)
         else:

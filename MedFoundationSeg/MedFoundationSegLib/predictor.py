@@ -314,8 +314,13 @@ class SlicePredictor:
         first, last = self._check_index(first), self._check_index(last)
         if last < first:
             raise PredictorError(f"encode_range needs first <= last; got {first}..{last}")
+        return self.encode_slices(range(first, last + 1), progress=progress, cancelled=cancelled)
+
+    def encode_slices(self, indices, *, progress: Progress | None = None, cancelled: CancelCheck | None = None) -> int:
+        """Encode the given slices (any order, e.g. every k-th) in batches, as encode_range does for a range."""
+        indices = sorted({self._check_index(i) for i in indices})
         with self._lock:
-            todo = [i for i in range(first, last + 1) if i not in self.cache]
+            todo = [i for i in indices if i not in self.cache]
             step = max(1, self.runtime.batch_size)
             for done in range(0, len(todo), step):
                 if cancelled is not None and cancelled():
