@@ -158,10 +158,20 @@ def test_seed_propagation_finds_both_ends_with_an_oracle(phantom):
     assert abs(got_lo - lo) <= 1 and abs(got_hi - hi) <= 1
     assert dice(result.mask, gt) > 0.85
     assert "empty or tiny" in result.stop_reasons["up"] and "empty or tiny" in result.stop_reasons["down"]
-    # The prompt is the previous mask's box with a margin plus a positive point inside the previous mask.
+    # The prompt is the previous mask's box with a margin, and no point unless asked for.
     k_next, box, points = next(c for c in oracle.calls if c[0] == k + 1)
     prev_box = mask_box_xyxy(gt[k])
     assert box[0] < prev_box[0] and box[2] > prev_box[2]
+    assert points is None
+
+
+def test_seed_propagation_positive_point_lies_inside_the_previous_mask(phantom):
+    gt = phantom.mask("spleen")
+    lo, hi = _range(gt)
+    k = (lo + hi) // 2
+    oracle = Oracle(gt)
+    propagate_from_seeds(oracle, gt.shape, {k: gt[k]}, use_point=True)
+    _, _, points = next(c for c in oracle.calls if c[0] == k + 1)
     x, y = points[0]
     assert gt[k, int(y), int(x)]
 
@@ -331,3 +341,56 @@ def test_interpolation_between_annotated_slices(phantom):
     assert dice(interpolate_slices(gt, ckeys, axis=1), gt) > 0.8
     with pytest.raises(InterpolationError, match="out of range"):
         interpolate_slices(gt, [1000])
+
+
+def test_regrowth_after_tapering_stops_seed_propagation():
+    """An organ tapers towards its end; when a neighbour takes over, the mask grows again inside the box. The
+    ``seeds`` preset stops there (the regrowth rule); ``box_guided``'s rules, without it, walk on into the neighbour."""
+    gt = np.zeros((30, 64, 64), bool)
+    sizes = {10: 12, 11: 12, 12: 11, 13: 9, 14: 6, 15: 4}  # half-widths: a tapering organ ending at slice 15
+    for k, r in sizes.items():
+        gt[k, 32 - r:32 + r, 32 - r:32 + r] = True
+
+    class Handover:
+        calls = 0
+
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            if k in sizes:
+                return gt[k].copy(), 0.9
+            m = np.zeros(gt.shape[1:], bool)  # past the end: a neighbour, a little bigger each slice
+            r = min(5 + (k - 16), 12)  # x1.56 area at slice 16: below the leak ratio 1.8
+            m[32 - r:32 + r, 32 - r:32 + r] = True
+            return m, 0.9
+
+    result = propagate_from_seeds(Handover(), gt.shape, {10: gt[10]})
+    assert _range(result.mask)[1] == 15, result.stop_reasons
+    assert result.stop_reasons["up"].startswith("mask grew again"), result.stop_reasons
+    loose = propagate_from_seeds(Handover(), gt.shape, {10: gt[10]}, rules=StopRules.preset("box_guided"))
+    assert _range(loose.mask)[1] > 15
+
+
+def test_confidence_drop_stops_seed_propagation_by_default():
+    gt = np.zeros((30, 64, 64), bool)
+    gt[5:21, 20:44, 20:44] = True
+
+    class Overshoot(Oracle):
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            m, _ = super().segment(k, box)
+            if k > 20:
+                x0, y0, x1, y1 = box
+                m = np.zeros(gt.shape[1:], bool)
+                m[y0 + 2:y1 - 1, x0 + 2:x1 - 1] = True
+                return m, 0.72
+            return m, 0.93
+
+    result = propagate_from_seeds(Overshoot(gt), gt.shape, {12: gt[12]})
+    assert _range(result.mask)[1] == 20, result.stop_reasons
+    assert result.stop_reasons["up"].startswith("predicted IoU fell to 0.72"), result.stop_reasons
+
+
+def test_stop_rule_presets_come_from_yaml():
+    seeds, guided = StopRules.preset("seeds"), StopRules.preset("box_guided")
+    assert seeds.max_iou_drop is not None and seeds.regrowth_below_fraction is not None
+    assert guided == StopRules()  # the dataclass defaults are the box_guided preset
+    with pytest.raises(PropagationError, match="unknown stop-rule preset 'nope'"):
+        StopRules.preset("nope")
