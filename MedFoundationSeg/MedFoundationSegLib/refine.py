@@ -269,7 +269,9 @@ def _max_flow(prob: np.ndarray, image: np.ndarray, hard_fg: np.ndarray, hard_bg:
     hard = 1e3 * (max(float(w.max()) for w in weights) * 6 + float(max(cost_fg.max(), cost_bg.max())) + 1.0)
     cost_fg = np.where(hard_bg, hard, np.where(hard_fg, 0.0, cost_fg))
     cost_bg = np.where(hard_fg, hard, np.where(hard_bg, 0.0, cost_bg))
-    graph = maxflow.Graph[float]()
+    # Sized up front: growing the node and edge arrays by doubling copied them repeatedly (first call on a
+    # 2.7 M-voxel liver crop: 2.3-2.9 s, later calls 1.5 s).
+    graph = maxflow.Graph[float](int(prob.size), int(3 * prob.size))
     nodes = graph.add_grid_nodes(prob.shape)
     for axis, w in enumerate(weights):
         if prob.shape[axis] < 2:
