@@ -31,7 +31,7 @@ def phantom():
 
 @pytest.fixture(scope="module")
 def logic_settings():
-    return Settings(refine_method="none", box_padding_mm=3.0, propagation_mode="box")
+    return Settings(refine_method="none", box_padding_mm=3.0, drawn_box_padding_mm=3.0, propagation_mode="box")
 
 
 def _scene_with(mrml, phantom):
@@ -125,3 +125,23 @@ def test_segment_in_roi_uses_the_box_mode_of_the_panel_choice(mrml, phantom, pan
     prepared = logic.prepare_segment_in_roi(volume_node, roi, segmentation)
     assert prepared.prompts["mode"] == box_mode
     assert prepared.compute.keywords["mode"] == box_mode
+
+
+def test_drawn_box_is_used_as_drawn_and_a_localized_box_is_padded(mrml, phantom):
+    """Padding is for the localizer's uncertain walls; a box the user drew is exact (also on a re-run)."""
+    scene, volume_node, segmentation = _scene_with(mrml, phantom)
+    image = phantom[0]
+    box_ijk = np.array([[30, 30, 5], [60, 60, 15]])
+    logic = MedFoundationSegLogic(scene, Settings(box_padding_mm=5.0, refine_method="none"))
+    drawn = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "drawn")
+    mrml_bridge.set_roi_bounds_ras(drawn, mrml_bridge.ras_bounds_from_ijk_box(image, box_ijk))
+    localized = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "localized")
+    mrml_bridge.set_roi_bounds_ras(localized, mrml_bridge.ras_bounds_from_ijk_box(image, box_ijk))
+    localized.SetAttribute("MedLAMLocalize.Engine", "registration")
+
+    as_drawn = logic.prepare_segment_in_roi(volume_node, drawn, segmentation)
+    assert as_drawn.compute.keywords["padding_mm"] == 0.0
+    assert as_drawn.prompts["localized_by"] is None and as_drawn.prompts["padding_mm"] == 0.0
+    padded = logic.prepare_segment_in_roi(volume_node, localized, segmentation)
+    assert padded.compute.keywords["padding_mm"] == 5.0
+    assert padded.prompts["localized_by"] == "registration"
