@@ -8,7 +8,8 @@ from scipy import ndimage
 
 from MedFoundationSegLib.phantoms import make_phantom
 from MedFoundationSegLib.progress import Cancelled
-from MedFoundationSegLib.refine import Annotations, RefineError, recut_at_click, refine, refine_graphcut
+from MedFoundationSegLib.refine import (Annotations, GraphCutParams, RefineError, click_influence, recut_at_click, refine,
+                                       refine_graphcut)
 
 
 def dice(a, b):
@@ -76,6 +77,39 @@ def test_clicks_and_scribbles_are_hard_constraints(phantom):
     assert out[k, outside[0], outside[1]]  # positive click outside the organ is foreground
     assert not out[k, inside[0], inside[1]]  # negative click inside is background
     assert not out[k, neg_inside[0], neg_inside[1]]
+
+
+def test_one_click_corrects_a_missed_region_not_just_a_disk(phantom):
+    """The model missed the kidney's lower half on several slices; one positive click there should bring most of it
+    back (the click pulls the probability around it), where a hard disk alone changes a few voxels."""
+    gt = phantom.mask("kidney_left")
+    ks = np.flatnonzero(gt.any(axis=(1, 2)))
+    k = int(ks[len(ks) // 2])
+    rows = np.argwhere(gt)[:, 1]
+    cut = int(np.median(rows))
+    prob = gt.astype(np.float32) * 0.9 + 0.05
+    prob[k - 1:k + 2, cut:, :] = 0.05  # confidently missed there
+    missing = gt.copy()
+    missing[:k - 1] = missing[k + 2:] = False
+    missing[:, :cut] = False
+    click = np.argwhere(missing[k])[len(np.argwhere(missing[k])) // 2]
+    ann = Annotations(clicks_kji=[[k, *click]], click_positive=[True])
+    spacing = phantom.image.spacing_mm
+    with_influence = refine_graphcut(phantom.image.array, prob, ann, spacing_mm=spacing).mask
+    disk_only = refine_graphcut(phantom.image.array, prob, ann, spacing_mm=spacing,
+                                params=GraphCutParams(click_influence_mm=0)).mask
+    recovered = (with_influence & missing).sum() / missing.sum()
+    assert recovered > 0.5, recovered
+    assert recovered > 2 * (disk_only & missing).sum() / missing.sum()
+    assert dice(with_influence, gt) > dice(disk_only, gt)
+
+
+def test_click_influence_fades_and_the_nearest_click_wins():
+    prob = np.full((1, 1, 41), 0.5, np.float32)
+    out = click_influence(prob, np.array([[0, 0, 0], [0, 0, 40]]), np.array([True, False]), (1.0, 1.0, 1.0), 8.0)
+    assert out[0, 0, 0] == pytest.approx(1.0) and out[0, 0, 40] == pytest.approx(0.0)
+    assert out[0, 0, 5] > out[0, 0, 15] > 0.5 > out[0, 0, 25] > out[0, 0, 35]
+    assert np.array_equal(click_influence(prob, np.zeros((0, 3), int), np.zeros(0, bool), (1, 1, 1), 8.0), prob)
 
 
 def test_positive_click_recuts_locally(phantom):

@@ -47,6 +47,11 @@ class GraphCutParams:
     softness: float = 0.8  # p' = 0.5 + (p - 0.5) * softness, so the image can overrule the model
     box_margin_vox: int = 2  # outside the box dilated by this much is certain background
     click_radius_vox: int = 2  # clicks become small disks
+    # A click also pulls the model's probability towards its label around it, fading as exp(-distance / this), so
+    # one click can correct a whole wrong region instead of a disk (0: clicks are hard disks only). Simulated clicks
+    # (10 per structure; Colin27 6 structures / CT phantoms 9 organs): Dice after 10 clicks 0.398 -> 0.737 / 0.907
+    # -> 0.926 at 8 mm; 12 mm gained a little more on average but made some well-started structures oscillate.
+    click_influence_mm: float = 8.0
     crop_margin_vox: tuple[int, int, int] = (3, 12, 12)  # (k, j, i)
     appearance_weight: float = 0.5  # weight of the intensity-histogram likelihood learnt from the model's mask
     core_seed_fraction: float = 0.6  # per slice, voxels deeper than this fraction of the mask's max depth are fg
@@ -145,6 +150,8 @@ class _Problem:
     crop: tuple[slice, ...]
     shape: tuple[int, ...]
     squeeze: bool  # input was 2D
+    clicks_kji: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 3), int))  # in the crop
+    click_positive: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
 
 
 def _prepare(image, prob, annotations: Annotations | None, params: GraphCutParams) -> _Problem:
@@ -204,7 +211,8 @@ def _prepare(image, prob, annotations: Annotations | None, params: GraphCutParam
         hard_bg |= bg_scribble[crop]
     hard_bg &= ~hard_fg  # a click inside the dilated box margin wins over the box
     return _Problem(image=np.asarray(image3[crop], np.float32), prob=prob3[crop], hard_fg=hard_fg,
-                    hard_bg=hard_bg, crop=crop, shape=shape, squeeze=squeeze)
+                    hard_bg=hard_bg, crop=crop, shape=shape, squeeze=squeeze,
+                    clicks_kji=(clicks - offset).reshape(-1, 3), click_positive=positive)
 
 
 # --- solvers -------------------------------------------------------------------------------------------------------
@@ -303,6 +311,31 @@ def _postprocess(mask: np.ndarray, hard_fg: np.ndarray, params: GraphCutParams,
     return mask
 
 
+def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarray, spacing_xyz,
+                    influence_mm: float) -> np.ndarray:
+    """Probability pulled towards each click's label: p' = p (1 - w) + label w, w = exp(-d / influence_mm), with d
+    the distance in mm to the nearest click (whose label wins). Why: as hard disks alone, clicks on a region the
+    model got wrong changed a few voxels (simulated clicks on Colin27 left Dice flat over 10 clicks)."""
+    if influence_mm <= 0 or len(clicks_kji) == 0:
+        return prob
+    sampling = np.asarray(spacing_xyz, float)[::-1]
+    distance, nearest = {}, None
+    for label in (True, False):
+        chosen = clicks_kji[np.asarray(positive, bool) == label]
+        if len(chosen):
+            seeds = np.ones(prob.shape, bool)
+            seeds[tuple(chosen.T)] = False
+            distance[label] = ndimage.distance_transform_edt(seeds, sampling=sampling)
+    if len(distance) == 2:
+        nearest = distance[True] <= distance[False]
+        d = np.minimum(distance[True], distance[False])
+    else:
+        (label, d), = distance.items()
+        nearest = np.full(prob.shape, label)
+    weight = np.exp(-d / influence_mm).astype(np.float32)
+    return (prob * (1 - weight) + nearest.astype(np.float32) * weight).astype(np.float32)
+
+
 def _normalise(image: np.ndarray, prob: np.ndarray) -> np.ndarray:
     """Z-score with the statistics of the likely object, so thresholds do not depend on HU vs MR units."""
     core = prob > 0.5
@@ -326,9 +359,11 @@ def refine_graphcut(image: np.ndarray, prob: np.ndarray, annotations: Annotation
     start = time.perf_counter()
     params = params or GraphCutParams()
     problem = _prepare(image, prob, annotations, params)
+    local = click_influence(problem.prob, problem.clicks_kji, problem.click_positive, spacing_mm,
+                            params.click_influence_mm)
     report(progress, 0.1, "graph cut: building graph")
     check(cancelled, "refinement")
-    sub = _max_flow(problem.prob, _normalise(problem.image, problem.prob), problem.hard_fg, problem.hard_bg,
+    sub = _max_flow(local, _normalise(problem.image, problem.prob), problem.hard_fg, problem.hard_bg,
                     spacing_mm, params)
     check(cancelled, "refinement")
     sub = _postprocess(sub, problem.hard_fg, params, problem.hard_bg)
