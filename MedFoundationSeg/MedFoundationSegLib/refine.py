@@ -49,8 +49,9 @@ class GraphCutParams:
     click_radius_vox: int = 2  # clicks become small disks
     # A click also pulls the model's probability towards its label around it, fading as exp(-distance / this), so
     # one click can correct a whole wrong region instead of a disk (0: clicks are hard disks only). Simulated clicks
-    # (10 per structure; Colin27 6 structures / CT phantoms 9 organs): Dice after 10 clicks 0.398 -> 0.737 / 0.907
-    # -> 0.926 at 8 mm; 12 mm gained a little more on average but made some well-started structures oscillate.
+    # (benchmarks/bench_click_influence.py: Colin27 6 structures / CT phantoms 9 organs): Dice after 10 clicks
+    # 0.405 -> 0.711 / 0.910 -> 0.924 at 8 mm; 12 mm gained a little more on average but made some well-started
+    # structures oscillate.
     click_influence_mm: float = 8.0
     crop_margin_vox: tuple[int, int, int] = (3, 12, 12)  # (k, j, i)
     appearance_weight: float = 0.5  # weight of the intensity-histogram likelihood learnt from the model's mask
