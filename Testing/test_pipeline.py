@@ -125,3 +125,17 @@ def test_whole_case_writes_outputs_and_never_overwrites(case, tmp_path):
     assert dice(labels == saved["structures"]["liver"]["label"], liver) >= 0.6
     with pytest.raises(FileExistsError, match="--overwrite"):
         session.run_case(template_set, phantom.image, tmp_path / "case", options=pipeline.CaseOptions(refine="none"))
+
+
+def test_padding_fraction_caps_the_padding_of_a_small_box(case):
+    """A localized box is padded by padding_mm, but never by more than padding_fraction of its smaller in-plane
+    side; the report records the padding used."""
+    phantom, session = case
+    _, box = _truth_box(phantom, "kidney_left")
+    spacing = np.asarray(phantom.image.spacing_mm)
+    side_mm = float(min((box[1, 0] - box[0, 0] + 1) * spacing[0], (box[1, 1] - box[0, 1] + 1) * spacing[1]))
+    assert 0.1 * side_mm < 5.0  # the test needs a box small enough for the cap to act
+    capped = session.segment_box(phantom.image, box, padding_mm=5.0, padding_fraction=0.1)
+    assert capped.report["padding_mm"] == pytest.approx(0.1 * side_mm)
+    plain = session.segment_box(phantom.image, box, padding_mm=5.0)
+    assert plain.report["padding_mm"] == 5.0

@@ -143,5 +143,6 @@ def test_drawn_box_is_used_as_drawn_and_a_localized_box_is_padded(mrml, phantom)
     assert as_drawn.compute.keywords["padding_mm"] == 0.0
     assert as_drawn.prompts["localized_by"] is None and as_drawn.prompts["padding_mm"] == 0.0
     padded = logic.prepare_segment_in_roi(volume_node, localized, segmentation)
-    assert padded.compute.keywords["padding_mm"] == 5.0
+    assert padded.compute.keywords["padding_mm"] == 5.0 and padded.compute.keywords["padding_fraction"] == 0.1
+    assert as_drawn.compute.keywords["padding_fraction"] is None
     assert padded.prompts["localized_by"] == "registration"

@@ -22,6 +22,7 @@ DEFAULT_STRUCTURES = ("Caudate_L", "Putamen_L", "Thalamus_L", "Hippocampus_L", "
 VARIANTS = {
     "guided, pad 5 mm (localized-box default)": dict(pad_mm=5.0, margin_px=5.0, margin_fraction=0.1),
     "guided, pad 0": dict(pad_mm=0.0, margin_px=5.0, margin_fraction=0.1),
+    "guided, pad 5 mm capped at 10% of the smaller side": dict(pad_mm="capped", margin_px=5.0, margin_fraction=0.1),
     "guided, pad 3 mm, margin 2.5 px": dict(pad_mm=3.0, margin_px=2.5, margin_fraction=0.0),
     "guided, pad 0, margin 2.5 px": dict(pad_mm=0.0, margin_px=2.5, margin_fraction=0.0),
 }
@@ -54,6 +55,9 @@ def main(argv=None) -> int:
         box_kji = ((z.min(), z.max()), (y.min(), y.max()), (x.min(), x.max()))
         line = [f"{structure:14s}"]
         for name, kwargs in VARIANTS.items():
+            if kwargs["pad_mm"] == "capped":  # the pipeline's rule for localized boxes (padding_fraction=0.1)
+                side_mm = min((x.max() - x.min() + 1) * image.spacing_mm[0], (y.max() - y.min() + 1) * image.spacing_mm[1])
+                kwargs = dict(kwargs, pad_mm=min(5.0, 0.1 * side_mm))
             result = propagate.box_guided(segmenter, truth.shape, box_kji, spacing_mm=spacing_ji, **kwargs)
             scores[name].append(dice(result.mask, truth))
             line.append(f"{scores[name][-1]:.3f}")

@@ -37,6 +37,7 @@ class CaseOptions:
     axis: str = "axial"
     mode: str = "box_guided"  # one of SEGMENTATION_MODES
     padding_mm: float = 5.0
+    padding_fraction: float | None = 0.1  # ... at most this fraction of the box's smaller in-plane side
     refine: str = "graphcut"  # graphcut | geodesic | growcut | none
     overlap_policy: str = "score"  # score | order
     seed: int = 0
@@ -113,14 +114,17 @@ class Session:
 
     # --- one structure ------------------------------------------------------------------------------------------
     def segment_box(self, volume: Volume, box_ijk, *, model: str = "litemedsam", device: str = "auto",
-                    window="auto", axis: str = "axial", padding_mm: float = 5.0, slabs=None, refine: str = "none",
-                    mode: str = "box_guided", every_k=None, extreme_points_ijk=None, cache_mb: int = 2048, progress=None,
-                    cancelled=None) -> CaseResult:
+                    window="auto", axis: str = "axial", padding_mm: float = 5.0, padding_fraction: float | None = None,
+                    slabs=None, refine: str = "none", mode: str = "box_guided", every_k=None, extreme_points_ijk=None,
+                    cache_mb: int = 2048, progress=None, cancelled=None) -> CaseResult:
         """Segment a structure from its 3D box. ``mode`` (SEGMENTATION_MODES): ``box_guided`` (default: the middle
         slice from the box, each next slice from the previous mask's box capped by the 3D box; no end-slice shelf),
         ``box`` (MedLSAM: every slice in the range gets the box or its SPL slab's box), ``every_k`` (box_guided on
         every k-th slice, auto-chosen about 7.5 mm apart, contour interpolation between; only those are encoded),
-        ``guided`` (middle slice, then stop rules that may leave the box) or ``reference`` (the peer procedure)."""
+        ``guided`` (middle slice, then stop rules that may leave the box) or ``reference`` (the peer procedure).
+
+        ``padding_fraction``: cap the padding at this fraction of the box's smaller in-plane side (a localized box of
+        a small structure is padded less: 5 mm around a 20 mm caudate swallowed its neighbours)."""
         from . import propagate
 
         start = time.perf_counter()
@@ -139,6 +143,9 @@ class Session:
                 slab_boxes.append((sf, sl, (sc0, sr0, sc1, sr1)))
         box_slices = ((first, last), (r0, r1), (c0, c1))
         pixel_mm = (spacing[x_ijk], spacing[y_ijk])
+        if padding_fraction is not None:
+            side_mm = min((c1 - c0 + 1) * spacing[x_ijk], (r1 - r0 + 1) * spacing[y_ijk])
+            padding_mm = min(float(padding_mm), float(padding_fraction) * side_mm)
         rest = scaled(progress, 0.7, 0.95)
         if mode == "every_k":  # only the key slices are encoded
             step = every_k or propagate.auto_step(last - first + 1, float(spacing[fixed]))
@@ -286,7 +293,8 @@ class Session:
             extreme_ijk = volume.ijk_from_lps(box.extreme_points_lps)
             results[name] = self.segment_box(
                 volume, box.box_ijk, model=options.model, device=options.device, window=options.window,
-                axis=options.axis, padding_mm=options.padding_mm, slabs=box.slabs, refine=options.refine,
+                axis=options.axis, padding_mm=options.padding_mm, padding_fraction=options.padding_fraction,
+                slabs=box.slabs, refine=options.refine,
                 mode=options.mode,
                 extreme_points_ijk=extreme_ijk if np.all(volume.contains_ijk(extreme_ijk)) else None,
                 cache_mb=options.cache_mb,

@@ -40,6 +40,7 @@ class Settings:
     # Padding of a *localized* box (MedLAMLocalize's ROIs: their walls are uncertain). A box the user drew is taken
     # as drawn: on Colin27 brain structures 5 mm of padding on exact boxes cost 0.04 mean Dice (putamen 0.63 -> 0.37).
     box_padding_mm: float = 5.0
+    box_padding_fraction: float = 0.1  # ... capped at this fraction of the box's smaller in-plane side
     drawn_box_padding_mm: float = 0.0
     propagation_mode: str = "guided"  # "guided" | "every_k" | "reference" (a box uses BOX_MODE_FOR_PROPAGATION)
     every_k: int | None = None  # None = chosen automatically
@@ -92,9 +93,11 @@ class MedFoundationSegLogic:
         box_ijk = mrml_bridge.ijk_box_from_ras_bounds(volume, bounds_ras)
         s = self.settings
         padding_mm = s.box_padding_mm if localized_by else s.drawn_box_padding_mm
+        padding_fraction = s.box_padding_fraction if localized_by else None
         box_mode = BOX_MODE_FOR_PROPAGATION.get(s.propagation_mode, s.propagation_mode)  # box modes pass through
         compute = functools.partial(self.session.segment_box, volume, box_ijk, model=s.model, device=s.device,
                                     window=s.window, axis=s.axis, padding_mm=padding_mm,
+                                    padding_fraction=padding_fraction,
                                     mode=box_mode, every_k=s.every_k, refine=s.refine_method,
                                     cache_mb=s.embedding_budget_mb)
         prompts = {"model": s.model, "axis": s.axis, "box_ijk": box_ijk.tolist(),
