@@ -132,7 +132,7 @@ def test_drawn_box_is_used_as_drawn_and_a_localized_box_is_padded(mrml, phantom)
     scene, volume_node, segmentation = _scene_with(mrml, phantom)
     image = phantom[0]
     box_ijk = np.array([[30, 30, 5], [60, 60, 15]])
-    logic = MedFoundationSegLogic(scene, Settings(box_padding_mm=5.0, refine_method="none"))
+    logic = MedFoundationSegLogic(scene, Settings(box_padding_mm=5.0, box_padding_fraction=0.1, refine_method="none"))
     drawn = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "drawn")
     mrml_bridge.set_roi_bounds_ras(drawn, mrml_bridge.ras_bounds_from_ijk_box(image, box_ijk))
     localized = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "localized")

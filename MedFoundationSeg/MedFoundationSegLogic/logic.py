@@ -40,7 +40,7 @@ class Settings:
     # Padding of a *localized* box (MedLAMLocalize's ROIs: their walls are uncertain). A box the user drew is taken
     # as drawn: on Colin27 brain structures 5 mm of padding on exact boxes cost 0.04 mean Dice (putamen 0.63 -> 0.37).
     box_padding_mm: float = 5.0
-    box_padding_fraction: float = 0.1  # ... capped at this fraction of the box's smaller in-plane side
+    box_padding_fraction: float | None = None  # e.g. 0.1: cap at that fraction of the smaller side (see CaseOptions)
     drawn_box_padding_mm: float = 0.0
     propagation_mode: str = "guided"  # "guided" | "every_k" | "reference" (a box uses BOX_MODE_FOR_PROPAGATION)
     every_k: int | None = None  # None = chosen automatically
