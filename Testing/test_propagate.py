@@ -232,27 +232,36 @@ def test_low_iou_and_leak_rules_stop_and_explain():
     assert "area jumped" in result.stop_reasons["down"] and _range(result.mask)[0] == 6
 
 
+class Overshoot(Oracle):
+    """A cube structure on slices 5..20; beyond slice 20 the model fills the previous mask's box, with less
+    confidence (``iou_past_end``) than inside the structure (0.93)."""
+
+    def __init__(self, iou_past_end: float):
+        gt = np.zeros((30, 64, 64), bool)
+        gt[5:21, 20:44, 20:44] = True
+        super().__init__(gt)
+        self.iou_past_end = iou_past_end
+
+    def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+        m, _ = super().segment(k, box)
+        if k > 20:
+            x0, y0, x1, y1 = box
+            m = np.zeros(self.gt.shape[1:], bool)
+            m[y0 + 2:y1 - 1, x0 + 2:x1 - 1] = True
+            return m, self.iou_past_end
+        return m, 0.93
+
+
 def test_confidence_drop_past_the_end_stops_box_guided():
     """Past a structure's end the model still answers inside the previous mask's box, but less confidently: with the
     opt-in rule, a slab of the old cross-section at predicted IoU 0.66 (structure's median ~0.93) is not kept."""
-    gt = np.zeros((30, 64, 64), bool)
-    gt[5:21, 20:44, 20:44] = True
-
-    class Overshoot(Oracle):
-        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
-            m, _ = super().segment(k, box)
-            if k > 20:  # beyond the end: the previous box filled, with less confidence
-                x0, y0, x1, y1 = box
-                m = np.zeros(gt.shape[1:], bool)
-                m[y0 + 2:y1 - 1, x0 + 2:x1 - 1] = True
-                return m, 0.66
-            return m, 0.93
-
-    result = box_guided(Overshoot(gt), gt.shape, ((5, 25), (20, 43), (20, 43)), pad_mm=1.0,
+    overshoot = Overshoot(0.66)
+    gt = overshoot.gt
+    result = box_guided(overshoot, gt.shape, ((5, 25), (20, 43), (20, 43)), pad_mm=1.0,
                         rules=StopRules(max_iou_drop=0.2))
     assert _range(result.mask)[1] == 20, result.stop_reasons
     assert result.stop_reasons["up"].startswith("predicted IoU fell to 0.66"), result.stop_reasons
-    default = box_guided(Overshoot(gt), gt.shape, ((5, 25), (20, 43), (20, 43)), pad_mm=1.0)
+    default = box_guided(Overshoot(0.66), gt.shape, ((5, 25), (20, 43), (20, 43)), pad_mm=1.0)
     assert _range(default.mask)[1] > 20  # the rule is opt-in: by default the slab is kept
 
 
@@ -352,8 +361,6 @@ def test_regrowth_after_tapering_stops_seed_propagation():
         gt[k, 32 - r:32 + r, 32 - r:32 + r] = True
 
     class Handover:
-        calls = 0
-
         def segment(self, k, box, points=None, labels=None, mask_prompt=None):
             if k in sizes:
                 return gt[k].copy(), 0.9
@@ -370,20 +377,9 @@ def test_regrowth_after_tapering_stops_seed_propagation():
 
 
 def test_confidence_drop_stops_seed_propagation_by_default():
-    gt = np.zeros((30, 64, 64), bool)
-    gt[5:21, 20:44, 20:44] = True
-
-    class Overshoot(Oracle):
-        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
-            m, _ = super().segment(k, box)
-            if k > 20:
-                x0, y0, x1, y1 = box
-                m = np.zeros(gt.shape[1:], bool)
-                m[y0 + 2:y1 - 1, x0 + 2:x1 - 1] = True
-                return m, 0.72
-            return m, 0.93
-
-    result = propagate_from_seeds(Overshoot(gt), gt.shape, {12: gt[12]})
+    overshoot = Overshoot(0.72)
+    gt = overshoot.gt
+    result = propagate_from_seeds(overshoot, gt.shape, {12: gt[12]})
     assert _range(result.mask)[1] == 20, result.stop_reasons
     assert result.stop_reasons["up"].startswith("predicted IoU fell to 0.72"), result.stop_reasons
 

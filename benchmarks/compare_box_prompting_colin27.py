@@ -16,6 +16,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from seg_metrics import dice  # noqa: E402
+
 DEFAULT_STRUCTURES = ("Caudate_L", "Putamen_L", "Thalamus_L", "Hippocampus_L", "Pallidum_L", "Amygdala_L")
 # name -> box_guided keyword arguments (pad_mm widens the 3D box's rectangle on the middle slice; the margin grows
 # each previous mask's box: max(margin_px, margin_fraction x its larger side))
@@ -27,10 +29,6 @@ VARIANTS = {
     "guided, pad 0, margin 2.5 px": dict(pad_mm=0.0, margin_px=2.5, margin_fraction=0.0),
 }
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
 
 
 def main(argv=None) -> int:

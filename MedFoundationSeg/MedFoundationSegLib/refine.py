@@ -320,7 +320,7 @@ def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarr
     if influence_mm <= 0 or len(clicks_kji) == 0:
         return prob
     sampling = np.asarray(spacing_xyz, float)[::-1]
-    distance, nearest = {}, None
+    distance = {}
     for label in (True, False):
         chosen = clicks_kji[np.asarray(positive, bool) == label]
         if len(chosen):

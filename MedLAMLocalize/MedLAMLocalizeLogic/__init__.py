@@ -20,7 +20,7 @@ from MedFoundationSegLib import pipeline
 from MedFoundationSegLib.volume import Volume, write_volume
 from MedFoundationSegLib import terminology
 from MedFoundationSegLogic import mrml_bridge
-from MedFoundationSegLogic.logic import ROI_TERMINOLOGY_ATTRIBUTE
+from MedFoundationSegLogic.logic import ROI_ENGINE_ATTRIBUTE, ROI_TERMINOLOGY_ATTRIBUTE
 from MedLAMLocalizeLib.boxes import POINT_NAMES, StructureBox, extreme_points_from_cloud
 from MedLAMLocalizeLib.templates import Template, TemplateError, TemplateSet
 
@@ -229,7 +229,7 @@ class MedLAMLocalizeLogic:
                 if tag:
                     node.SetAttribute(ROI_TERMINOLOGY_ATTRIBUTE, tag)
                 node.SetAttribute("MedLAMLocalize.Structure", name)
-                node.SetAttribute("MedLAMLocalize.Engine", result.engine)
+                node.SetAttribute(ROI_ENGINE_ATTRIBUTE, result.engine)
                 node.SetAttribute("MedLAMLocalize.Confidence", f"{result.confidence:.3f}")
                 node.SetNodeReferenceID("MedLAMLocalize.Volume", query_volume_node.GetID())
             created[name] = LocalizedNodes(roi, points)
