@@ -1,11 +1,13 @@
 """SlicePredictor with the real LiteMedSAM weights on a small CT-like phantom.
 
 The encoder costs about a second per slice here, so the whole file encodes about ten slices: one predictor per
-concern, all sharing one loaded model. Weights come from the active cache (MEDFOUNDATIONSEG_CACHE or the user cache);
+concern, each on its own copy of one loaded model. Weights come from the active cache (MEDFOUNDATIONSEG_CACHE or the user cache);
 when they are missing the tests fail with the `medfoundationseg weights fetch litemedsam` command to run.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -49,8 +51,10 @@ def model():
 
 
 def make_predictor(phantom, model, **kwargs) -> SlicePredictor:
-    """Predictors share the module's model (the optimized runtime converts it in place, the same way each time)."""
-    return SlicePredictor(phantom.image, model, preprocessing="litemedsam", window="soft_tissue", **kwargs)
+    """Each predictor gets its own copy of the module's model: a CPU bf16 runtime rounds its encoder's weights in
+    place, which must not leak into the fp32 predictors of later tests (it did on CPUs without native bf16)."""
+    return SlicePredictor(phantom.image, copy.deepcopy(model), preprocessing="litemedsam", window="soft_tissue",
+                          **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -385,3 +389,19 @@ def test_bf16_runtime_keeps_an_fp32_copy_only_when_escalation_needs_it():
         reference = torch.cat([kept.encoder(images[i: i + 1].contiguous(memory_format=torch.channels_last))
                                for i in range(len(images))])
     assert torch.equal(kept.exact(images), reference) and kept(images).shape == reference.shape
+
+
+def test_an_encoder_rounded_to_bf16_in_place_is_not_reused_as_fp32():
+    """A module shared by two runtimes: after the in-place bf16 conversion its fp32 weights are gone, so an fp32 or
+    escalating runtime on it says so instead of computing with the rounded values; another in-place bf16 runtime,
+    which would compute the same thing, is fine."""
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    EncoderRuntime(encoder, torch.device("cpu"), "bf16")
+    for precision, keep_exact in (("fp32", False), ("bf16", True)):
+        with pytest.raises(DeviceError, match="rounded to bf16 in place"):
+            EncoderRuntime(encoder, torch.device("cpu"), precision, keep_exact=keep_exact)
+    again = EncoderRuntime(encoder, torch.device("cpu"), "bf16")
+    assert {p.dtype for p in again.encoder.parameters()} == {torch.bfloat16}
+    untouched = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    EncoderRuntime(untouched, torch.device("cpu"), "bf16", keep_exact=True)  # a copy: the module keeps fp32
+    EncoderRuntime(untouched, torch.device("cpu"), "fp32")
