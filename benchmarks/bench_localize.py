@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ helpers (compute_bound)
+
 
 def peak_rss_gb() -> float:
     """VmHWM of this process (peak resident set since the last reset_peak_rss), in GB."""
@@ -151,6 +153,32 @@ def time_components(rounds: int = 2, batch: int = 4) -> None:
         print(f"  {name}: {statistics.median(seconds[name]) / points:.3f} s/point")
 
 
+def print_medlam_bound(scales: tuple[str, ...], query_patches: int, counts: list[int], precision: str) -> None:
+    """The fastest the MedLAM network can localize here: its matrix work (query reference: encoder + FC on each
+    query patch; MSS: encoder + decoder down to the finest scale used, one 64^3 patch per point) at this CPU's GEMM
+    rate (the decoder at the bf16 rate where it runs in bf16). The similarity search is not counted: optimistic."""
+    import torch
+    from compute_bound import gemm_gflops, gflop
+
+    from MedLAMLocalizeLib.network import MedLAM
+
+    net = MedLAM().eval().to("meta")
+    x = torch.empty(1, 1, 64, 64, 64, device="meta")
+    reference = gflop(lambda: net(x, out_fc=True, decoder=False, out_feature=False, out_classification=False))
+    point = gflop(lambda: net(x, out_fc=False, decoder=True, out_feature=True, out_classification=False,
+                              feature_scales=scales)) if scales else 0.0
+    fp32 = gemm_gflops(torch.float32)
+    mss_rate = gemm_gflops(torch.bfloat16) if precision == "bf16" else fp32
+    for n in counts:
+        work_reference, work_mss = query_patches * reference, 6 * n * point
+        seconds = work_reference / fp32 + work_mss / mss_rate
+        print(f"  compute bound, {n} structure(s): {work_reference:.0f} GFLOP query reference ({query_patches} "
+              f"patches x {reference:.1f}) + {work_mss:.0f} GFLOP MSS ({6 * n} patches x {point:.1f}, scales "
+              f"{', '.join(scales) or 'none'}); dense GEMM here: fp32 {fp32:.0f} GFLOP/s"
+              + (f", bf16 {mss_rate:.0f} GFLOP/s" if mss_rate is not fp32 else "") +
+              f" ({torch.get_num_threads()} threads) -> at least {seconds:.1f} s of network time")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("both", "medlam", "registration"), default="both")
@@ -219,6 +247,8 @@ def main(argv=None) -> int:
                 runs[n] = boxes
                 print_medlam_row(precision, n, timing)
             print(f"  peak RSS (MedLAM part, {precision}) {peak_rss_gb():.2f} GB")
+            if device.type == "cpu":
+                print_medlam_bound(tuple(args.scales), args.query_patches, args.counts, precision)
             if args.compare_fp32 and precision != "fp32":
                 reference = MedLAMLocalizer(model=build_medlam(None, device, precision="fp32"), config=config)
                 reference.support_features(templates, args.structures)

@@ -26,6 +26,8 @@ import time
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/ helpers (compute_bound)
+
 
 def boxes_per_slice(labels: np.ndarray, skip_values: set[int] = frozenset()) -> list[list[int]]:
     """Box (x0, y0, x1, y1) of the largest labelled structure on each axial slice, structures in ``skip_values``
@@ -191,7 +193,27 @@ def main(argv=None) -> int:
     print(f"peak RSS: {peak_rss_mib:.0f} MiB")
     if device.type == "cuda":
         print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    else:
+        print_compute_bound(args.model, predictor.transform.input_size, runtime.precision,
+                            time_ref / n if reference is not None else None)
     return 0
+
+
+def print_compute_bound(model: str, input_size: int, precision: str, reference_s_per_slice: float | None) -> None:
+    """The encoder's matrix work per slice against this CPU's GEMM rate: the fastest any encoder call can be here,
+    and so the largest speed-up over the reference loop that a given precision allows (encoder only: optimistic)."""
+    from compute_bound import bound_line, gemm_gflops, gflop
+
+    from MedFoundationSegLib.models.build import build_model
+
+    encoder = build_model(model, device="meta").image_encoder
+    work = gflop(lambda: encoder(torch.empty(1, 3, input_size, input_size, device="meta")))
+    for dtype in dict.fromkeys([torch.float32, torch.bfloat16 if precision == "bf16" else torch.float32]):
+        rate = gemm_gflops(dtype)
+        line = bound_line(f"one {model} encoder call", work, rate, dtype)
+        if reference_s_per_slice:
+            line += f"; at most {reference_s_per_slice / (work / rate):.2f}x the reference loop's time per slice"
+        print(line)
 
 
 if __name__ == "__main__":
