@@ -5,7 +5,7 @@ benchmarks/report.md and PNGs under benchmarks/report_files/. Not part of CI.
     python benchmarks/run_benchmarks.py --quick     # 3 AAL structures x 2 deformed queries, 2 phantoms, small speed
                                                     # sweep: tens of minutes on a loaded 2-core CPU
     python benchmarks/run_benchmarks.py             # full: 22 AAL structures x 2 queries, 10 phantoms, wider sweep
-                                                    # (about an hour on a shared 2-core CPU)
+                                                    # (about two hours on a 2-core CPU)
     python benchmarks/run_benchmarks.py --resume    # continue an interrupted run (state saved after every case)
 
 Needs matplotlib (benchmarks/requirements.txt) and the LiteMedSAM and MobileSAM weights
@@ -49,7 +49,7 @@ CONFIGS = {
                   models=MODELS, mobilesam_structures=99, click_structures=99, click_models=("litemedsam",),
                   click_modes=("graphcut", "reprompt"), clicks=10, slice_counts=(4, 8, 16), inplane=(96, 192),
                   inplane_slices=8, speed_reps=1),
-    # full: sized for about an hour on the shared 2-core CPU (MobileSAM and clicks on subsets; see the report)
+    # full: 110 min on a 2-core AVX2 CPU (MobileSAM and clicks on subsets; see the report)
     "full": dict(aal=AAL_FULL, queries=2, phantom_structures=PHANTOM_FULL, phantoms=10, phantom_shape=(48, 128, 128),
                  models=MODELS, mobilesam_structures=dict(colin27=8, phantom=6),
                  click_structures=dict(colin27=6, phantom=3), click_models=MODELS,
@@ -811,7 +811,7 @@ def render_report(state, cfg, mode, cases_limit, planned, medlam_note, out: Path
              "- Models: LiteMedSAM on every structure; MobileSAM on the first "
              f"{subset_text(cfg['mobilesam_structures'])} structures of each case (in the order listed); simulated "
              f"clicks on the first {subset_text(cfg['click_structures'])} (subsets so that the full run fits about "
-             "an hour on a shared 2-core CPU).",
+             "two hours on a 2-core CPU).",
              "- Localization: registration engine (template → query), boxes from the warped template extreme points. "
              f"MedLAM: {medlam_note}.",
              "- Segmentation is axial, pipeline defaults (window auto; localized boxes padded by 5 mm, GT boxes not "
@@ -874,10 +874,12 @@ def render_report(state, cfg, mode, cases_limit, planned, medlam_note, out: Path
     full = CONFIGS["full"]
     lines += ["## Full mode", "", f"`python benchmarks/run_benchmarks.py` runs {len(full['aal'])} AAL structures × "
               f"{full['queries']} deformed queries, {full['phantoms']} phantoms at {full['phantom_shape']} with "
-              f"{', '.join(full['phantom_structures'])}, {' and '.join(full['models'])} on every structure, "
-              f"simulated clicks ({', '.join(full['click_modes'])}) for {', '.join(full['click_models'])}, and the "
-              f"speed sweep over {full['slice_counts']} slices and {full['inplane']} px in-plane. About an hour on a "
-              "shared 2-core CPU; `--resume` continues an interrupted run from its saved state.", ""]
+              f"{', '.join(full['phantom_structures'])}, LiteMedSAM on every structure and MobileSAM on the first "
+              f"{subset_text(full['mobilesam_structures'])}, simulated clicks ({', '.join(full['click_modes'])}) for "
+              f"{', '.join(full['click_models'])} on the first {subset_text(full['click_structures'])}, and the "
+              f"speed sweep over {full['slice_counts']} slices and {full['inplane']} px in-plane. It took 110 min on "
+              "an idle-to-lightly-shared 2-core AVX2 CPU (2026-12-02); `--resume` continues an interrupted run from "
+              "its saved state.", ""]
     (out / "report.md").write_text("\n".join(lines))
     log(f"wrote {out / 'report.md'} in {total_s / 60:.1f} min")
 
