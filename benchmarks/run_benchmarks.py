@@ -674,7 +674,8 @@ def main() -> None:
     mode = "quick" if args.quick else "full"
     cfg = CONFIGS[mode]
     command = "python benchmarks/run_benchmarks.py" + (" --quick" if args.quick else "") + \
-        (f" --cases {args.cases}" if args.cases else "") + (" --skip-speed" if args.skip_speed else "")
+        (f" --cases {args.cases}" if args.cases else "") + (" --skip-speed" if args.skip_speed else "") + \
+        (f" --out {args.out}" if Path(args.out).resolve() != HERE else "")
     for model in cfg["models"]:
         weights.weights_path(model)  # clear MissingWeightsError naming the fetch command
     machine, commit = machine_description(), git_commit()
@@ -724,11 +725,15 @@ def main() -> None:
     planned = [case for _, _, (case, _) in order]
 
     def render():
-        render_report(state, cfg, mode, args.cases, planned, medlam_note, out, started)
+        # this run's wall time and peak RSS so far, kept in its `runs` entry (a --render-only pass keeps them)
+        state["runs"][-1].update(minutes=round((time.perf_counter() - started) / 60, 1),
+                                 peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+        save_state()
+        render_report(state, cfg, mode, args.cases, planned, medlam_note, out)
 
-    if args.render_only:
+    if args.render_only:  # the saved runs' entries, times included, are left as they are
         state["runs"].pop()
-        render()
+        render_report(state, cfg, mode, args.cases, planned, medlam_note, out)
         return
 
     for dataset, template_set, (case, make_case) in order:
@@ -760,14 +765,13 @@ def subset_text(setting) -> str:
         ("all" if setting >= 99 else str(setting))
 
 
-def render_report(state, cfg, mode, cases_limit, planned, medlam_note, out: Path, started: float) -> None:
+def render_report(state, cfg, mode, cases_limit, planned, medlam_note, out: Path) -> None:
     """report.md + PNGs from the saved state; called after every case, so an interrupted run leaves a report."""
     files = out / "report_files"
     files.mkdir(parents=True, exist_ok=True)
     seg_rows, click_rows, loc_rows, planes = state["seg"], state["clicks"], state["loc"], state["planes"]
     accuracy_s = sum(state["case_seconds"].values())
     speed_rows = state["speed"] or []
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if seg_rows:
         plot_dice(seg_rows, files / "dice_per_structure.png")
     if click_rows:
@@ -783,10 +787,10 @@ def render_report(state, cfg, mode, cases_limit, planned, medlam_note, out: Path
         {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}, "segmentation": seg_rows,
          "clicks": click_rows, "localization": loc_rows, "speed": speed_rows}, indent=1, default=float))
 
-    total_s = time.perf_counter() - started
     runs = state["runs"]
     run_lines = [f"- run {n + 1}: `{r['command']}` at commit {r['commit']}, {r['date']}; machine: {r['machine']}"
-                 for n, r in enumerate(runs)]
+                 + (f"; took {r['minutes']:.1f} min, peak RSS of its main process {r['peak_rss_mb']:.0f} MB"
+                    if "minutes" in r else "") for n, r in enumerate(runs)]
     missing = [case for case in planned if case not in state["done"]]
     partial = f" — partial: the first {cases_limit} case(s) of each dataset" if cases_limit else ""
     if missing:
@@ -795,8 +799,7 @@ def render_report(state, cfg, mode, cases_limit, planned, medlam_note, out: Path
              "Made by the command(s) below, from the repository root with the dev interpreter; a `--resume` run "
              "continues the saved state of the one before it (finished cases are not redone).", ""] + run_lines + [
              f"- compute time: accuracy/clicks/localization {accuracy_s / 60:.1f} min over {len(state['done'])} "
-             f"cases (sum over runs), speed/memory {state['speed_s'] / 60:.1f} min; this report's run took "
-             f"{total_s / 60:.1f} min, peak RSS of its main process {peak_rss:.0f} MB",
+             f"cases (sum over runs), speed/memory {state['speed_s'] / 60:.1f} min",
              f"- cases done: {', '.join(state['done']) or 'none'}" + "".join(
                  f"; {case} in progress: {sum(1 for u in state['units'] if u[0] == case and len(u) == 3)} "
                  "structure×model units" for case in dict.fromkeys(u[0] for u in state["units"])
@@ -881,7 +884,7 @@ def render_report(state, cfg, mode, cases_limit, planned, medlam_note, out: Path
               "an idle-to-lightly-shared 2-core AVX2 CPU (2026-12-02); `--resume` continues an interrupted run from "
               "its saved state.", ""]
     (out / "report.md").write_text("\n".join(lines))
-    log(f"wrote {out / 'report.md'} in {total_s / 60:.1f} min")
+    log(f"wrote {out / 'report.md'}")
 
 
 if __name__ == "__main__":
