@@ -1,8 +1,8 @@
 """SlicePredictor with the real LiteMedSAM weights on a small CT-like phantom.
 
 The encoder costs about a second per slice here, so the whole file encodes about ten slices: one predictor per
-concern, each on its own copy of one loaded model. Weights come from the active cache (MEDFOUNDATIONSEG_CACHE or the user cache);
-when they are missing the tests fail with the `medfoundationseg weights fetch litemedsam` command to run.
+concern, each on its own copy of one loaded model. Weights come from the active cache (MEDFOUNDATIONSEG_CACHE or the
+user cache); when they are missing the tests fail with the `medfoundationseg weights fetch litemedsam` command to run.
 """
 
 from __future__ import annotations

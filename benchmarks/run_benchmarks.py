@@ -869,8 +869,8 @@ def render_report(state, cfg, mode, cases_limit, planned, medlam_note, out: Path
                   "(model load from the cache included, as on a user's first call); the fit below separates that "
                   "fixed cost (intercept) from the marginal cost per slice (slope). Peak RSS: a separate child per "
                   "procedure runs the largest slice count; the peak resident set (VmHWM) is reset after the phantom "
-                  "is built, so it counts the model, the predictor and the segmentation. optimized = pipeline `segment_box` (its default "
-                  "`box_guided` mode, embedding cache, BN-folded channels-last encoder, precision `auto`: bf16 only "
+                  "is built, so it counts the model, the predictor and the segmentation. optimized = pipeline "
+                  "`segment_box` (its default `box_guided` mode, embedding cache, BN-folded channels-last encoder, precision `auto`: bf16 only "
                   "on CPUs with native bf16, else fp32); reference = the peer LiteMedSAM 3D procedure with a fp32, "
                   "batch-1, cache-less predictor.", ""] + speed_table(speed_rows) + [""] + speed_fits(speed_rows) + [
                   "", "![time vs slices and size](report_files/time_vs_slices.png)", ""]
