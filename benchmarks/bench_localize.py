@@ -168,14 +168,15 @@ def print_medlam_bound(scales: tuple[str, ...], query_patches: int, counts: list
     point = gflop(lambda: net(x, out_fc=False, decoder=True, out_feature=True, out_classification=False,
                               feature_scales=scales)) if scales else 0.0
     fp32 = gemm_gflops(torch.float32)
-    mss_rate = gemm_gflops(torch.bfloat16) if precision == "bf16" else fp32
+    bf16_decoder = precision == "bf16"
+    mss_rate = gemm_gflops(torch.bfloat16) if bf16_decoder else fp32
     for n in counts:
         work_reference, work_mss = query_patches * reference, 6 * n * point
         seconds = work_reference / fp32 + work_mss / mss_rate
         print(f"  compute bound, {n} structure(s): {work_reference:.0f} GFLOP query reference ({query_patches} "
               f"patches x {reference:.1f}) + {work_mss:.0f} GFLOP MSS ({6 * n} patches x {point:.1f}, scales "
               f"{', '.join(scales) or 'none'}); dense GEMM here: fp32 {fp32:.0f} GFLOP/s"
-              + (f", bf16 {mss_rate:.0f} GFLOP/s" if mss_rate is not fp32 else "") +
+              + (f", bf16 {mss_rate:.0f} GFLOP/s" if bf16_decoder else "") +
               f" ({torch.get_num_threads()} threads) -> at least {seconds:.1f} s of network time")
 
 

@@ -208,7 +208,7 @@ def print_compute_bound(model: str, input_size: int, precision: str, reference_s
 
     encoder = build_model(model, device="meta").image_encoder
     work = gflop(lambda: encoder(torch.empty(1, 3, input_size, input_size, device="meta")))
-    for dtype in dict.fromkeys([torch.float32, torch.bfloat16 if precision == "bf16" else torch.float32]):
+    for dtype in [torch.float32] + ([torch.bfloat16] if precision == "bf16" else []):
         rate = gemm_gflops(dtype)
         line = bound_line(f"one {model} encoder call", work, rate, dtype)
         if reference_s_per_slice:

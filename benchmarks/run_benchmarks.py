@@ -708,6 +708,9 @@ def main() -> None:
                               date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())))
 
     def save_state():
+        # this run's wall time and peak RSS so far, kept in its `runs` entry (a --render-only pass keeps them)
+        state["runs"][-1].update(minutes=round((time.perf_counter() - started) / 60, 1),
+                                 peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
         state_path.parent.mkdir(parents=True, exist_ok=True)
         partial = state_path.with_name(state_path.name + ".part")
         partial.write_bytes(pickle.dumps(state))
@@ -725,10 +728,6 @@ def main() -> None:
     planned = [case for _, _, (case, _) in order]
 
     def render():
-        # this run's wall time and peak RSS so far, kept in its `runs` entry (a --render-only pass keeps them)
-        state["runs"][-1].update(minutes=round((time.perf_counter() - started) / 60, 1),
-                                 peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-        save_state()
         render_report(state, cfg, mode, args.cases, planned, medlam_note, out)
 
     if args.render_only:  # the saved runs' entries, times included, are left as they are
@@ -756,7 +755,7 @@ def main() -> None:
         t_speed = time.perf_counter()
         state["speed"] = speed(cfg)
         state["speed_s"] = time.perf_counter() - t_speed
-        save_state()
+    save_state()
     render()
 
 

@@ -176,18 +176,18 @@ class EncoderRuntime:
         return self.precision != "fp32"
 
     def _place(self) -> None:
-        in_place_bf16 = self.device.type == "cpu" and self.precision == "bf16" and not self.keep_exact
-        if getattr(self.encoder, ROUNDED_TO_BF16, False) and not in_place_bf16:
+        cpu_bf16 = self.device.type == "cpu" and self.precision == "bf16"
+        if getattr(self.encoder, ROUNDED_TO_BF16, False) and not (cpu_bf16 and not self.keep_exact):
             # Converting back to fp32 would give the old bf16 values, not the loaded weights: silently different masks.
             raise DeviceError("this encoder's weights were rounded to bf16 in place by an earlier bf16 runtime (built "
                               "without keep_exact); load the model again for an fp32 or escalating runtime")
         self.encoder.to(device=self.device, dtype=torch.float32)
         self._bf16_encoder = None
-        if in_place_bf16:
+        if cpu_bf16 and self.keep_exact:
+            self._bf16_encoder = bf16_copy(self.encoder)
+        elif cpu_bf16:
             self._bf16_encoder = self.encoder.to(torch.bfloat16)
             setattr(self.encoder, ROUNDED_TO_BF16, True)
-        elif self.device.type == "cpu" and self.precision == "bf16":
-            self._bf16_encoder = bf16_copy(self.encoder)
         if self.channels_last:
             for module in (self.encoder, self._bf16_encoder):
                 if module is not None:
