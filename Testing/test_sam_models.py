@@ -237,3 +237,27 @@ def test_small_vit_matches_reference_windows_padding_and_global_attention(refere
     with torch.inference_mode():
         out = encoder.eval()(images)
     np.testing.assert_allclose(out.numpy(), reference["small_vit_embedding"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["litemedsam", "mobilesam"])
+def test_banded_stem_gives_the_same_embedding_and_its_halo_is_needed(name):
+    """The TinyViT stem in row bands (what the CPU runtime does) computes the whole-image numbers; one row less of
+    halo does not, so the halo derived from the convolutions is the smallest that works."""
+    torch.manual_seed(0)
+    encoder = build_model(name).image_encoder.eval()
+    for module in encoder.modules():  # non-trivial BatchNorm (the init zeroes MBConv's residual branch)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 1.5)
+    assert encoder.stem_halo_rows == 2 and encoder.stem_bands == 0
+    images = torch.rand(2, 3, encoder.img_size, encoder.img_size)
+    with torch.inference_mode():
+        whole, whole_stem = encoder(images), encoder._stem(images)
+        encoder.stem_bands = 5  # uneven bands: the last one is shorter
+        banded, banded_stem = encoder(images), encoder._stem(images)
+        encoder.stem_halo_rows -= 1  # the farthest row of the receptive field goes missing at each band edge
+        short_stem = encoder._stem(images)
+    torch.testing.assert_close(banded_stem, whole_stem, rtol=0, atol=1e-6)
+    torch.testing.assert_close(banded, whole, rtol=1e-5, atol=1e-5)
+    assert (short_stem - whole_stem).abs().max() > 2e-5

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from MedFoundationSegLib import weights
-from MedFoundationSegLib.encoder_runtime import DeviceError, EncoderRuntime, select_device
+from MedFoundationSegLib.encoder_runtime import STEM_BANDS_PER_IMAGE, DeviceError, EncoderRuntime, select_device
 from MedFoundationSegLib.models.build import build_model
 from MedFoundationSegLib.phantoms import make_phantom
 from MedFoundationSegLib.predictor import (ESCALATION_MAX_EXPECTED_LOSS, Cancelled, EmbeddingCache, PredictorError,
@@ -405,3 +405,11 @@ def test_an_encoder_rounded_to_bf16_in_place_is_not_reused_as_fp32():
     untouched = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     EncoderRuntime(untouched, torch.device("cpu"), "bf16", keep_exact=True)  # a copy: the module keeps fp32
     EncoderRuntime(untouched, torch.device("cpu"), "fp32")
+
+
+def test_cpu_runtime_bands_the_tinyvit_stem_unless_told_not_to():
+    encoder = build_model("litemedsam").image_encoder
+    EncoderRuntime(encoder, torch.device("cpu"), "fp32", batch_size=2)
+    assert encoder.stem_bands == 2 * STEM_BANDS_PER_IMAGE
+    EncoderRuntime(encoder, torch.device("cpu"), "fp32", band_stem=False)
+    assert encoder.stem_bands == 0

@@ -21,6 +21,7 @@ from .encoder_runtime import EncoderRuntime, select_device
 from .intensity import Window, apply_window, check_image, resolve_window
 from .progress import Cancelled  # the shared one: the worker and the batch recognise it as a cancel
 from .preprocessing import Preprocessing, PreprocessingError, preprocessing_for, slice_transform, slices_to_input
+from .retained_heap import retained_heap
 
 # Slice axis name -> axis of the (z, y, x) array that is held fixed.
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
@@ -215,7 +216,7 @@ class SlicePredictor:
         self.model.eval()
         self.runtime = EncoderRuntime(self.model.image_encoder, self.device, precision if optimize else "fp32",
                                       batch_size=batch_size, fold_bn=optimize, channels_last=optimize,
-                                      compile=compile, keep_exact=escalate)
+                                      compile=compile, keep_exact=escalate, band_stem=optimize)
 
         kept = AXES[axis]
         self.slice_hw = tuple(int(n) for i, n in enumerate(array.shape) if i != kept)
@@ -319,7 +320,7 @@ class SlicePredictor:
     def encode_slices(self, indices, *, progress: Progress | None = None, cancelled: CancelCheck | None = None) -> int:
         """Encode the given slices (any order, e.g. every k-th) in batches, as encode_range does for a range."""
         indices = sorted({self._check_index(i) for i in indices})
-        with self._lock:
+        with self._lock, retained_heap():  # each batch reuses the last one's freed activations (no page faults)
             todo = [i for i in indices if i not in self.cache]
             step = max(1, self.runtime.batch_size)
             for done in range(0, len(todo), step):

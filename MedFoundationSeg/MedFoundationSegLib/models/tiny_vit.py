@@ -5,11 +5,15 @@ stage 0 of MBConv blocks, stages 1-3 of windowed attention blocks with LeViT-sty
 conv patch-merging between stages (the last one keeps the resolution: stride 1), then the SAM neck. All activations
 are exact GELU; BatchNorm runs on its stored statistics (eval mode). MobileSAM checkpoints also carry the unused
 ImageNet classifier (``norm_head``, ``head``); it is built when ``num_classes > 0`` so they load strictly.
+
+The stem (patch embedding + stage 0) is purely convolutional, so it can run in horizontal bands of rows with a halo
+that covers its receptive field: the same numbers, but no 64 MB activation per image (see ``TinyViT.stem_bands``).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import nn
@@ -20,6 +24,19 @@ from .common import ConvBN, LayerNorm2d, attention
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
+
+
+def receptive_radius_px(convs) -> int:
+    """How many input pixels beyond its own footprint one output pixel of a chain of convolutions sees (one side).
+
+    ``convs`` in the order they run; each adds its kernel half-width times the stride accumulated before it.
+    """
+    radius, stride = 0, 1
+    for conv in convs:
+        kernel = conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
+        radius += (kernel // 2) * stride
+        stride *= conv.stride[0]
+    return radius
 
 
 class PatchEmbed(nn.Module):
@@ -244,6 +261,11 @@ class TinyViT(nn.Module):
             if merge is not None:
                 size = next_size
         self.embedding_size = size
+        # How many row bands the stem runs in (0 or 1: the whole image at once); set by the encoder runtime.
+        self.stem_bands = 0
+        self.stem_stride = img_size // self.stage_sizes[1] if n_stages > 1 else 1
+        stem_convs = [m for m in (*self.patch_embed.modules(), *self.layers[0].modules()) if isinstance(m, nn.Conv2d)]
+        self.stem_halo_rows = math.ceil(receptive_radius_px(stem_convs) / self.stem_stride)
         if num_classes > 0:  # ImageNet head kept only so that MobileSAM's checkpoint loads strictly; never run
             self.norm_head = nn.LayerNorm(embed_dims[-1])
             self.head = nn.Linear(embed_dims[-1], num_classes)
@@ -257,11 +279,36 @@ class TinyViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[-2:]) != (self.img_size, self.img_size):
             raise ValueError(f"TinyViT expects (B, C, {self.img_size}, {self.img_size}) images, got {tuple(x.shape)}")
-        x = self.patch_embed(x)
-        x = self.layers[0](x)
+        x = self._stem(x)
         for i in range(1, len(self.layers)):
             size = self.stage_sizes[i]
             x = self.layers[i](x, (size, size))
         b, _, c = x.shape
         side = self.embedding_size
         return self.neck(x.view(b, side, side, c).permute(0, 3, 1, 2))
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + stage 0 -> (B, tokens, C); in ``stem_bands`` row bands when set.
+
+        Each band is computed from its input rows plus ``stem_halo_rows`` output rows' worth of context on either
+        side (clipped at the image edge, where the zero padding is then the same as for the whole image) and cropped
+        back, so every output row sees exactly the inputs it sees in one pass. Why: the widest stage-0 activation is
+        256 channels at 256x256 (64 MB per image), which the C allocator maps and unmaps on every call (a page fault
+        per 4 kB, about a third of the encoder's time on a 2-core CPU); bands of a quarter stay in the reused heap
+        and in cache.
+        """
+        if self.stem_bands <= 1 or len(self.layers) < 2:
+            return self.layers[0](self.patch_embed(x))
+        stride, halo = self.stem_stride, self.stem_halo_rows
+        rows = x.shape[-2] // stride
+        per_band = -(-rows // self.stem_bands)
+        pieces = []
+        for first in range(0, rows, per_band):
+            last = min(rows, first + per_band)
+            top, bottom = max(0, first - halo), min(rows, last + halo)
+            tokens = self.layers[0](self.patch_embed(x[:, :, top * stride: bottom * stride]))
+            b, n, c = tokens.shape
+            band = tokens.view(b, bottom - top, n // (bottom - top), c)
+            pieces.append(band[:, first - top: last - top])
+        grid = torch.cat(pieces, dim=1)
+        return grid.reshape(grid.shape[0], -1, grid.shape[-1])

@@ -1,0 +1,85 @@
+"""Keep freed C-heap memory for the next network call instead of handing it back to the kernel (glibc only).
+
+Why: glibc maps every allocation of 32 MB or more afresh and unmaps it when freed, and trims the heap top whenever
+more than a little lies free there. A network that allocates and frees the same large activations on every call then
+page-faults (and the kernel zeroes) each 4 kB again: a third of a LiteMedSAM encoder call on this project's 2-core
+CPU, and more for MedLAM's 3D maps. Inside ``retained_heap()`` large blocks come from the heap and freed memory stays
+there for reuse; when the outermost block ends, glibc's defaults come back and ``malloc_trim`` returns what is free,
+so the process holds no more memory afterwards than before. Worker threads have their own glibc arenas, which still
+map blocks of 64 MB or more afresh; the encoder runtime keeps its blocks under that (banded TinyViT stem).
+
+Other C libraries (macOS, Windows, musl) manage this themselves: the context is a no-op there, as it is with
+``MEDFOUNDATIONSEG_RETAIN_HEAP=0`` in the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import platform
+import sys
+import threading
+from collections.abc import Iterator
+from functools import lru_cache
+
+log = logging.getLogger(__name__)
+
+# mallopt(3) parameters and glibc's documented defaults
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_TOP_PAD: 128 * 1024, M_MMAP_MAX: 65536}
+RETAINED = {M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_PAD: 64 * 2**20, M_MMAP_MAX: 0}
+
+_lock = threading.Lock()
+_depth = 0
+
+
+@lru_cache(maxsize=1)
+def _glibc():
+    """glibc's mallopt/malloc_trim, or None where the process runs on another C library or it is switched off."""
+    if os.environ.get("MEDFOUNDATIONSEG_RETAIN_HEAP", "1") == "0":
+        return None
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return mallopt, malloc_trim
+
+
+def available() -> bool:
+    """True when ``retained_heap`` changes anything in this process."""
+    return _glibc() is not None
+
+
+def _apply(settings: dict[int, int]) -> None:
+    mallopt, _ = _glibc()
+    for parameter, value in settings.items():
+        if mallopt(parameter, value) != 1:
+            log.warning("mallopt(%d, %d) was refused; the heap keeps its current setting", parameter, value)
+
+
+@contextlib.contextmanager
+def retained_heap() -> Iterator[None]:
+    """Freed memory stays in the heap while any thread is inside this block (reentrant, thread-safe)."""
+    global _depth
+    if _glibc() is None:
+        yield
+        return
+    with _lock:
+        _depth += 1
+        if _depth == 1:
+            _apply(RETAINED)
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                _apply(DEFAULTS)
+                _glibc()[1](0)
