@@ -114,7 +114,8 @@ def main(argv=None) -> int:
             seconds = (time.perf_counter() - start) / n
             scores = np.array([dice(mask_of(embeddings[i], i), reference[i]) for i in indices])
             label = "+".join(config) if config else "none (all fp32)"
-            print(f"{'int8' if args.int8 else 'bf16'}: {label:52s} {1000 * seconds:7.1f} ms/slice  worst Dice {scores.min():.4f}  "
+            precision = "int8" if args.int8 else "bf16"
+            print(f"{precision}: {label:52s} {1000 * seconds:7.1f} ms/slice  worst Dice {scores.min():.4f}  "
                   f"mean {scores.mean():.4f}  below 0.98: {int((scores < 0.98).sum())}", flush=True)
     return 0
 

@@ -8,10 +8,11 @@
 Both run in one process on the same slices with the same box per slice (the box of the largest labelled organ on
 that slice). The build machines are shared, so the two are interleaved block by block (``--block`` slices, 8 by
 default): a burst of load from someone else hits both, and the ratio stays fair. The optimized predictor encodes
-each block with one ``encode_range`` call, as the pipeline encodes a structure's slices before prompting them. Prints both times per slice, their ratio, the worst per-slice Dice of the
-optimized masks against the fp32 loop's masks, and the peak resident memory. With ``--escalate`` the predictor
-re-encodes in fp32 the slices whose masks the reduced precision is expected to move; their count is printed, and
-their time is part of the optimized time. Compilation (``--compile``) happens in the warm-up and is printed separately.
+each block with one ``encode_range`` call, as the pipeline encodes a structure's slices before prompting them.
+Prints both times per slice, their ratio, the worst per-slice Dice of the optimized masks against the fp32 loop's
+masks, and the peak resident memory. With ``--escalate`` the predictor re-encodes in fp32 the slices whose masks
+the reduced precision is expected to move; their count is printed, and their time is part of the optimized time.
+Compilation (``--compile``) happens in the warm-up and is printed separately.
 ``--random-init`` builds both models with the same random weights (for models whose weights are not cached): the
 timings hold, the masks and Dice mean nothing.
 """

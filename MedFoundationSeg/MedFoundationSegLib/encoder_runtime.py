@@ -167,7 +167,7 @@ class EncoderRuntime:
         self.exact_calls = 0  # fp32 re-encodings asked for through exact()
         self.compile_seconds = 0.0  # time spent in warm-up calls that compiled a graph
         self.folded_bn = fold_batchnorm(self.encoder) if fold_bn else 0
-        self._set_stem_bands()
+        self._set_stem_bands()  # before _place(): a CPU bf16 copy made there inherits the bands
         self._bf16_encoder: nn.Module | None = None
         self._place()
         self.compiled = bool(compile)
@@ -207,6 +207,11 @@ class EncoderRuntime:
             for module in (self.encoder, self._bf16_encoder):
                 if module is not None:
                     module.to(memory_format=torch.channels_last)
+
+    def _heap_scope(self):
+        """CPU: the layers reuse each other's freed activations (no page faults, glibc); a GPU's activations live in
+        its own caching allocator, so there the host heap is left alone (no mallopt/malloc_trim per call)."""
+        return retained_heap() if self.device.type == "cpu" else contextlib.nullcontext()
 
     def _fast_module(self) -> nn.Module:
         return self._bf16_encoder if self._bf16_encoder is not None else self.encoder
@@ -261,14 +266,14 @@ class EncoderRuntime:
         if self._bf16_encoder is self.encoder:
             raise DeviceError("this encoder runtime converted its weights to bf16 in place; build it with "
                               "keep_exact=True to re-encode in fp32")
-        with retained_heap():
+        with self._heap_scope():
             return torch.cat([self._run(images[i: i + 1], exact=True) for i in range(images.shape[0])])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float32 images -> (B, C, h, w) float32 embeddings (on the runtime's device)."""
         outputs = []
         start = 0
-        with retained_heap():  # the layers reuse each other's freed activations: no page faults (glibc)
+        with self._heap_scope():
             while start < images.shape[0]:
                 chunk = images[start: start + self.batch_size]
                 try:
@@ -295,5 +300,5 @@ class EncoderRuntime:
         self.compiled, self._compiled = False, {}  # the graphs were built for the GPU
         self.precision = resolve_precision("auto" if self.requested_precision == "fp16" else self.requested_precision,
                                            self.device)
+        self._set_stem_bands()  # before _place(): a CPU bf16 copy made there inherits the bands
         self._place()
-        self._set_stem_bands()
