@@ -223,7 +223,7 @@ def site_stamp_dir(python: Path) -> Path:
 
 
 def engine(python: Path, *arguments: str) -> list[str]:
-    return [str(python), "-m", "MedFoundationSegLib.cli", *arguments]
+    return [str(python), "-m", "MedFoundationSegLib.cli.main", *arguments]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             run("demo", engine(python, "demo", "--overwrite", "--out", str(REPO / "demo_output")),
                 "see the error above; the environment itself is ready (rerun with --no-demo to skip the demo)")
         if args.test:
+            say("lint: ruff check (pycodestyle, pyflakes, import order)")
+            run("lint", [str(python), "-m", "ruff", "check", str(REPO)],
+                "fix the lines ruff names above (`ruff check --fix` fixes most of them)")
             env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
             result = subprocess.run([str(python), "-m", "pytest", str(REPO / "Testing"), *args.pytest_args],
                                     cwd=REPO, env=env)

@@ -6,8 +6,12 @@ lets the Logic apply the result on the GUI thread (undoable, only into the chose
 at module load: torch and the engine are imported inside methods, after the dependency check.
 """
 
+# size-waiver: Slicer loads a scripted module's Module, Widget and Test classes from this one file; the Widget only
+# reads the panel and calls MedFoundationSegLogic.
+
 import logging
 import os
+import sys
 
 import ctk
 import qt
@@ -22,11 +26,11 @@ from slicer.util import VTKObservationMixin
 
 POLL_INTERVAL_MS = 100
 SETTINGS_GROUP = "MedFoundationSeg"
-CACHE_ENV = "MEDFOUNDATIONSEG_CACHE"  # read by MedFoundationSegLib.weights
-# Combo box rows -> Logic Settings values (same order as the items in MedFoundationSeg.ui)
-PROPAGATION_MODES = ("guided", "every_k", "reference")
+CACHE_ENV = "MEDFOUNDATIONSEG_CACHE"  # read by MedFoundationSegLib.core.weights
+# Combo box rows -> Options values (same order as the items in MedFoundationSeg.ui). The panel's "guided" row is the
+# engine's box_guided mode for a box (its drawn-segment propagation uses the stop rules throughout).
+PROPAGATION_MODES = ("box_guided", "every_k", "reference")
 REFINE_METHODS = ("graphcut", "geodesic", "growcut")
-SLICE_AXIS_IJK = {"axial": 2, "coronal": 1, "sagittal": 0}  # engine slice axis -> index in (i, j, k)
 DISPLAY_WINDOW = "display"  # window preset item that means "what the slice views show"
 
 
@@ -51,8 +55,8 @@ class MedFoundationSeg(ScriptedLoadableModule):
 
 def fetch_weights_job(name, *, progress, cancelled):
     """Worker-side weight download: bytes -> fraction, and Cancel stops between network chunks (resumable)."""
-    from MedFoundationSegLib import weights
-    from MedFoundationSegLib.progress import Cancelled
+    from MedFoundationSegLib.core import weights
+    from MedFoundationSegLib.core.progress import Cancelled
 
     def bytes_progress(done, total):
         if cancelled():
@@ -79,6 +83,13 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- construction -------------------------------------------------------------------------------------------
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        from MedFoundationSegLogic.compatibility import slicer_version_problem
+
+        problem = slicer_version_problem(slicer.app.majorVersion, slicer.app.minorVersion, sys.version_info)
+        if problem:  # say so in the panel instead of failing on the first import of the engine
+            self.layout.addWidget(qt.QLabel(problem))
+            logging.error(problem)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedFoundationSeg.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -187,7 +198,8 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.weightsStatusLabel.text = ("Python packages are missing (" + ", ".join(missing) + "); they are "
                                                "installed on first use.")
             return
-        from MedFoundationSegLib import intensity, weights
+        from MedFoundationSegLib.core import weights
+        from MedFoundationSegLib.segment import intensity
 
         for name, preset in intensity.load_presets()["presets"].items():
             self.ui.windowPresetComboBox.addItem(preset.get("title", name), name)
@@ -206,7 +218,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = self.ui.modelComboBox.currentText
         if not name:
             return
-        from MedFoundationSegLib import weights
+        from MedFoundationSegLib.core import weights
 
         try:
             path, status = weights.cached_status(name)
@@ -220,7 +232,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def _weightsReady(self):
-        from MedFoundationSegLib import weights
+        from MedFoundationSegLib.core import weights
 
         return weights.cached_status(self.ui.modelComboBox.currentText)[1].startswith("ok")
 
@@ -234,33 +246,33 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not dependencies.slicer_ensure_dependencies("MedFoundationSeg"):
             self._setStatus("Python packages are missing: the action needs them installed (or Slicer restarted).")
             return None
-        from MedFoundationSegLogic.logic import MedFoundationSegLogic, Settings
+        from MedFoundationSegLogic.logic import MedFoundationSegLogic
 
         if self.ui.modelComboBox.count == 0:
             self._fillEngineLists()
-        self.logic = MedFoundationSegLogic(slicer.mrmlScene, Settings())
+        self.logic = MedFoundationSegLogic(slicer.mrmlScene)
         return self.logic
 
     def _getWorker(self):
-        from MedFoundationSegLib.worker import shared_worker
+        from MedFoundationSegLib.workflow.worker import shared_worker
 
         return shared_worker()
 
-    def _syncSettings(self, volumeNode):
-        s = self.logic.settings
-        s.model = self.ui.modelComboBox.currentText or s.model
-        s.device = self.ui.deviceComboBox.currentText or "auto"
+    def _syncOptions(self, volumeNode):
+        """Copy the panel's choices into the Logic's options (one Options value, as the CLI uses)."""
         window = self.ui.windowPresetComboBox.itemData(self.ui.windowPresetComboBox.currentIndex) or "auto"
         if window == DISPLAY_WINDOW:
             displayNode = volumeNode.GetDisplayNode() if volumeNode else None
             if displayNode is None:
                 raise ValueError("the volume has no display window/level; pick another intensity window")
             window = {"level": float(displayNode.GetLevel()), "width": float(displayNode.GetWindow())}
-        s.window = window
-        s.box_padding_mm = float(self.ui.boxPaddingSpinBox.value)
-        s.propagation_mode = PROPAGATION_MODES[max(self.ui.propagationModeComboBox.currentIndex, 0)]
-        s.refine_method = REFINE_METHODS[max(self.ui.refineMethodComboBox.currentIndex, 0)]
-        s.embedding_budget_mb = int(self.ui.embeddingBudgetSpinBox.value)
+        self.logic.options = self.logic.options.replace(
+            model=self.ui.modelComboBox.currentText or self.logic.options.model,
+            device=self.ui.deviceComboBox.currentText or "auto", window=window,
+            padding_mm=float(self.ui.boxPaddingSpinBox.value),
+            mode=PROPAGATION_MODES[max(self.ui.propagationModeComboBox.currentIndex, 0)],
+            refine=REFINE_METHODS[max(self.ui.refineMethodComboBox.currentIndex, 0)],
+            cache_mb=int(self.ui.embeddingBudgetSpinBox.value))
 
     # --- inputs -------------------------------------------------------------------------------------------------------
     def setInputs(self, volumeNode=None, roiNode=None, segmentName=None):
@@ -311,7 +323,9 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         rasToIjk = vtk.vtkMatrix4x4()
         volumeNode.GetRASToIJKMatrix(rasToIjk)
         ijk = rasToIjk.MultiplyPoint(centerRas)
-        axisIjk = SLICE_AXIS_IJK[self.logic.settings.axis if self.logic else "axial"]
+        from MedFoundationSegLib.core.geometry import slice_frame
+
+        axisIjk = slice_frame(self.logic.options.axis if self.logic else "axial").ijk_axis
         index = int(round(ijk[axisIjk]))
         size = volumeNode.GetImageData().GetDimensions()[axisIjk]
         if not 0 <= index < size:
@@ -329,9 +343,9 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.lastError = None
         try:
             with slicer.util.tryWithErrorDisplay("Cannot start the action.", waitCursor=True):
-                self._syncSettings(volumeNode)
+                self._syncOptions(volumeNode)
                 if needsModel and not self._weightsReady():
-                    raise ValueError(f"weights of {logic.settings.model} are not downloaded yet: click "
+                    raise ValueError(f"weights of {logic.options.model} are not downloaded yet: click "
                                      "'Download weights' first")
                 segmentationNode = self._segmentationNode(volumeNode)
                 prepared = prepare(logic, volumeNode, segmentationNode)
@@ -358,7 +372,9 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if roiNode is not None:
             hint = self._segmentNameHint[1] if self._segmentNameHint and self._segmentNameHint[0] == roiNode.GetID() \
                 else None
-            name = hint or roiNode.GetAttribute("MedLAMLocalize.Structure") or roiNode.GetName()
+            from MedFoundationSegLogic.node_attributes import STRUCTURE_ATTRIBUTE
+
+            name = hint or roiNode.GetAttribute(STRUCTURE_ATTRIBUTE) or roiNode.GetName()
             if roiNode.GetDisplayNode() is not None:
                 color = tuple(roiNode.GetDisplayNode().GetSelectedColor())
         newSegment = self.ui.newSegmentCheckBox.checked
@@ -531,7 +547,9 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentationNode = self.ui.segmentSelector.currentNode()
         segment = segmentationNode.GetSegmentation().GetSegment(self._selectedSegmentId() or "") \
             if segmentationNode is not None else None
-        return segment is not None and segment.HasTag("MedFoundationSeg.Prompts")  # = mrml_bridge.PROMPTS_TAG
+        from MedFoundationSegLogic.node_attributes import PROMPTS_TAG
+
+        return segment is not None and segment.HasTag(PROMPTS_TAG)
 
     def _updateButtons(self, *unused):
         idle = self._job is None
@@ -586,8 +604,8 @@ class MedFoundationSegTest(ScriptedLoadableModuleTest):
     def _phantomScene(self, widget):
         """A CT-like phantom written to a temporary file and loaded the way a user loads data."""
         import numpy as np
-        from MedFoundationSegLib.phantoms import make_phantom
-        from MedFoundationSegLib.volume import write_volume
+        from MedFoundationSegLib.core.volume import write_volume
+        from MedFoundationSegLib.sampledata.phantoms import make_phantom
 
         phantom = make_phantom(3, (48, 128, 128))
         path = os.path.join(slicer.app.temporaryPath, "MedFoundationSegTest_phantom.nrrd")

@@ -10,7 +10,6 @@ import types
 
 import numpy as np
 
-
 _ENV = None
 
 
@@ -53,7 +52,7 @@ def make_mrml_env():
         logics[name] = logic
     app_logic.SetSelectionNode(selection) if hasattr(app_logic, "SetSelectionNode") else None
     slicer.mrmlScene = scene
-    slicer.modules = types.SimpleNamespace(**{name.lower(): types.SimpleNamespace(logic=(lambda l=logic: l))
+    slicer.modules = types.SimpleNamespace(**{name.lower(): types.SimpleNamespace(logic=(lambda bound=logic: bound))
                                               for name, logic in logics.items()})
     return scene, logics, app_logic
 

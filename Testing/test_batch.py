@@ -10,9 +10,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
-from MedFoundationSegLib import batch, batch_cli
-from MedFoundationSegLib.progress import report
+from MedFoundationSegLib.cli import batch_cli
+from MedFoundationSegLib.core import volume_files
+from MedFoundationSegLib.core.progress import report
+from MedFoundationSegLib.workflow import batch
 
 REPO = Path(__file__).resolve().parents[1]
 CLI_DIR = REPO / "MedFoundationSeg" / "MedFoundationSegBatch"
@@ -27,19 +28,19 @@ def _touch_volumes(folder: Path, names):
 
 def test_collect_queries_from_folder_list_and_csv(tmp_path):
     folder = _touch_volumes(tmp_path / "in", ["b.nii.gz", "a.nrrd", "notes.txt", "c.mha"])
-    assert [p.name for p in batch.collect_queries(folder)] == ["a.nrrd", "b.nii.gz", "c.mha"]
+    assert [p.name for p in volume_files.collect_queries(folder)] == ["a.nrrd", "b.nii.gz", "c.mha"]
     listing = tmp_path / "list.txt"
     listing.write_text("# cases\nin/a.nrrd\n\nin/c.mha\n")
-    assert [p.name for p in batch.collect_queries(listing)] == ["a.nrrd", "c.mha"]
+    assert [p.name for p in volume_files.collect_queries(listing)] == ["a.nrrd", "c.mha"]
     table = tmp_path / "cases.csv"
     table.write_text("id,path\n1,in/b.nii.gz\n2,in/a.nrrd\n")
-    assert [p.name for p in batch.collect_queries(table)] == ["b.nii.gz", "a.nrrd"]
+    assert [p.name for p in volume_files.collect_queries(table)] == ["b.nii.gz", "a.nrrd"]
     table.write_text("id,path\n1,in/missing.nii.gz\n")
-    with pytest.raises(batch.BatchError, match="do not exist"):
-        batch.collect_queries(table)
-    with pytest.raises(batch.BatchError, match="no volume files"):
-        batch.collect_queries(_touch_volumes(tmp_path / "empty", ["readme.md"]))
-    assert batch.case_name(Path("x/case01.nii.gz")) == "case01"
+    with pytest.raises(volume_files.VolumeListError, match="do not exist"):
+        volume_files.collect_queries(table)
+    with pytest.raises(volume_files.VolumeListError, match="no volume files"):
+        volume_files.collect_queries(_touch_volumes(tmp_path / "empty", ["readme.md"]))
+    assert volume_files.case_name(Path("x/case01.nii.gz")) == "case01"
 
 
 def _fake_process(calls, fail_on=()):
@@ -55,7 +56,7 @@ def _fake_process(calls, fail_on=()):
 
 
 def test_failures_are_isolated_and_resume_skips_finished_cases(tmp_path):
-    queries = batch.collect_queries(_touch_volumes(tmp_path / "in", ["a.nrrd", "b.nrrd", "c.nrrd"]))
+    queries = volume_files.collect_queries(_touch_volumes(tmp_path / "in", ["a.nrrd", "b.nrrd", "c.nrrd"]))
     calls = []
     outcomes = batch.run_batch(queries, tmp_path / "out", _fake_process(calls, fail_on={"b.nrrd"}))
     assert [o.status for o in outcomes] == ["ok", "failed", "ok"] and calls == ["a.nrrd", "b.nrrd", "c.nrrd"]
@@ -77,7 +78,7 @@ def test_failures_are_isolated_and_resume_skips_finished_cases(tmp_path):
 
 
 def test_cancel_stops_the_batch_between_cases(tmp_path):
-    queries = batch.collect_queries(_touch_volumes(tmp_path / "in", ["a.nrrd", "b.nrrd"]))
+    queries = volume_files.collect_queries(_touch_volumes(tmp_path / "in", ["a.nrrd", "b.nrrd"]))
     calls = []
     outcomes = batch.run_batch(queries, tmp_path / "out", _fake_process(calls), cancelled=lambda: bool(calls))
     assert calls == ["a.nrrd"] and [o.status for o in outcomes] == ["ok", "cancelled"]
@@ -124,7 +125,7 @@ def test_cli_script_prints_its_descriptor_for_slicer():
 
 def test_bad_template_arguments_are_named(tmp_path):
     args = batch_cli.parse(["--outputFolder", str(tmp_path), "--extremePoints", "1,2,3"])
-    from MedLAMLocalizeLib.templates import TemplateError
+    from MedFoundationSegLib.localize.templates import TemplateError
 
     with pytest.raises(TemplateError, match="exactly 6"):
         batch_cli.template_set_from_args(args)

@@ -5,11 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from MedFoundationSegLib.intensity import (Window, WindowError, apply_window, load_presets, percentile_window,
-                                           resolve_window)
-from MedFoundationSegLib.preprocessing import (Preprocessing, PreprocessingError, UnknownModelError,
-                                               preprocessing_for, slice_transform, slices_to_input)
+from MedFoundationSegLib.segment.intensity import (
+    Window,
+    WindowError,
+    apply_window,
+    load_presets,
+    percentile_window,
+    resolve_window,
+)
+from MedFoundationSegLib.segment.preprocessing import (
+    Preprocessing,
+    PreprocessingError,
+    UnknownModelError,
+    preprocessing_for,
+    slice_transform,
+    slices_to_input,
+)
 
 SAM_MODELS = ("sam_vit_b", "sam_vit_l", "sam_vit_h", "mobilesam")
 

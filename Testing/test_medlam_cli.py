@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pytest
-
-from MedFoundationSegLib.cli import main
-from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.volume import write_volume
-from MedLAMLocalizeLib.boxes import boxes_from_json
-from MedLAMLocalizeLib.deform import deformed_copy
-from MedLAMLocalizeLib.templates import Template, TemplateSet
+from MedFoundationSegLib.cli.main import main
+from MedFoundationSegLib.core.boxes import boxes_from_json
+from MedFoundationSegLib.core.volume import write_volume
+from MedFoundationSegLib.localize.templates import Template, TemplateSet
+from MedFoundationSegLib.sampledata.deform import deformed_copy
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,22 @@
 runs in seconds:
 determinism, orientation invariance in physical space, SPL slabs, absent detection, MSS off, bad input."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.volume import Volume, VolumeError
-from MedLAMLocalizeLib.localize import MedLAMConfig, MedLAMLocalizer, correlate_fft, crop_patches, match_template
-from MedLAMLocalizeLib.network import MedLAM, set_precision
-from MedLAMLocalizeLib.templates import TemplateError, TemplateSet, template_from_phantom
+from MedFoundationSegLib.core.volume import Volume, VolumeError
+from MedFoundationSegLib.localize.medlam.localizer import (
+    MedLAMConfig,
+    MedLAMLocalizer,
+    correlate_fft,
+    crop_patches,
+    match_template,
+)
+from MedFoundationSegLib.localize.medlam.network import MedLAM, set_precision
+from MedFoundationSegLib.localize.templates import TemplateError, TemplateSet, template_from_phantom
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
 
 SHAPE = (32, 64, 64)
 

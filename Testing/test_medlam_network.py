@@ -7,9 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-from MedLAMLocalizeLib.network import (FEATURE_NAMES, MedLAM, MedLAMWeightsError, build_medlam, load_medlam_weights,
-                                     resolve_precision, set_precision)
+from MedFoundationSegLib.localize.medlam.network import (
+    FEATURE_NAMES,
+    MedLAM,
+    MedLAMWeightsError,
+    build_medlam,
+    load_medlam_weights,
+    resolve_precision,
+    set_precision,
+)
 
 KEYS_FILE = Path("/work/shared/spec/keys/medlam.keys.json")
 if not KEYS_FILE.exists():  # a checkout without the shared spec: the copy next to the tests

@@ -11,15 +11,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.progress import Cancelled
-from MedFoundationSegLib.volume import write_volume
-from MedLAMLocalizeLib.network import MedLAM, load_medlam_weights
-from MedLAMLocalizeLib.preprocess import preprocess
-from MedLAMLocalizeLib.train import (BEST_CHECKPOINT, FINAL_WEIGHTS, LAST_CHECKPOINT, TrainConfig, TrainError,
-                                     augment, build_training_model, choose_mss_points, load_checkpoint,
-                                     make_validation_pairs, release_state_dict, sample_centre, train)
+from MedFoundationSegLib.core.progress import Cancelled
+from MedFoundationSegLib.core.volume import write_volume
+from MedFoundationSegLib.localize.medlam.losses import choose_mss_points
+from MedFoundationSegLib.localize.medlam.network import MedLAM, load_medlam_weights
+from MedFoundationSegLib.localize.medlam.train import (
+    BEST_CHECKPOINT,
+    FINAL_WEIGHTS,
+    LAST_CHECKPOINT,
+    TrainConfig,
+    build_training_model,
+    load_checkpoint,
+    make_validation_pairs,
+    release_state_dict,
+    train,
+)
+from MedFoundationSegLib.localize.medlam.training_data import TrainError, augment, sample_centre
+from MedFoundationSegLib.localize.preprocess import preprocess
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
 
 KEYS_FILE = Path("/work/shared/spec/keys/medlam.keys.json")
 if not KEYS_FILE.exists():  # a checkout without the shared spec: the copy next to the tests
@@ -141,7 +150,7 @@ def test_sampling_loops_are_bounded():
 
 
 def test_cli_trains_resumes_and_reports(tmp_path, capsys):
-    from MedFoundationSegLib.cli import main
+    from MedFoundationSegLib.cli.main import main
 
     data = tmp_path / "data"
     for seed in (20, 21, 22):

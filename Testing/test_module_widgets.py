@@ -11,11 +11,11 @@ import importlib.util
 import py_compile
 import subprocess
 import sys
-import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = {
@@ -44,7 +44,7 @@ CUSTOM_SIGNALS = {
 }
 MRML_AWARE = ("qMRML", "qSlicer")  # class prefixes of widgets that need setMRMLScene
 # The only modules the module files may import when Slicer loads them (Slicer-provided, light).
-ALLOWED_TOP_LEVEL_IMPORTS = {"logging", "os", "ctk", "qt", "slicer", "vtk", "slicer.ScriptedLoadableModule",
+ALLOWED_TOP_LEVEL_IMPORTS = {"logging", "os", "sys", "ctk", "qt", "slicer", "vtk", "slicer.ScriptedLoadableModule",
                              "slicer.util"}
 
 

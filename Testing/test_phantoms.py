@@ -4,9 +4,8 @@ import time
 
 import numpy as np
 import pytest
+from MedFoundationSegLib.sampledata.phantoms import LABEL_IDS, PhantomError, make_phantom
 from scipy import ndimage
-
-from MedFoundationSegLib.phantoms import LABEL_IDS, PhantomError, make_phantom
 
 SMALL = (48, 112, 112)
 

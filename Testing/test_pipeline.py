@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 import pytest
-
-from MedFoundationSegLib import pipeline
-from MedFoundationSegLib.phantoms import make_phantom
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.workflow.case import run_case
+from MedFoundationSegLib.workflow.options import Options
+from MedFoundationSegLib.workflow.session import Session, fill_between_slices
 
 SHAPE = (28, 128, 128)
 
@@ -21,7 +22,7 @@ def dice(a, b):
 @pytest.fixture(scope="module")
 def case():
     phantom = make_phantom(7, SHAPE)
-    return phantom, pipeline.Session()
+    return phantom, Session()
 
 
 def _truth_box(phantom, organ):
@@ -48,17 +49,17 @@ def test_default_box_guided_mode_beats_box_per_slice_and_every_k_encodes_key_sli
     truth, box = _truth_box(phantom, "liver")
     per_slice = session.segment_box(phantom.image, box, padding_mm=3.0, mode="box")
     guided = session.segment_box(phantom.image, box, padding_mm=3.0)
-    assert guided.report["mode"] == "box_guided" and pipeline.CaseOptions().mode == "box_guided"
+    assert guided.report["mode"] == "box_guided" and Options().mode == "box_guided"
     print("liver Dice box", round(dice(per_slice.mask_kji, truth), 3), "box_guided", round(dice(guided.mask_kji, truth), 3))
     assert dice(guided.mask_kji, truth) >= dice(per_slice.mask_kji, truth) - 0.01
     assert set(guided.report["stop_reasons"]) == {"up", "down"}
-    fresh = pipeline.Session()
+    fresh = Session()
     truth, box = _truth_box(phantom, "kidney_left")
     sparse = fresh.segment_box(phantom.image, box, padding_mm=3.0, mode="every_k", every_k=2)
     n = box[1, 2] - box[0, 2] + 1
     assert sparse.report["slices_encoded"] == len(range(box[0, 2], box[1, 2] + 1, 2)) + (n % 2 == 0) < n
     assert sparse.report["interpolated"] and dice(sparse.mask_kji, truth) >= 0.75
-    with pytest.raises(ValueError, match="unknown segmentation mode"):
+    with pytest.raises(ValueError, match="unknown mode"):
         fresh.segment_box(phantom.image, box, mode="sideways")
 
 
@@ -94,11 +95,11 @@ def test_fill_between_slices_interpolates(case):
     k0, k1 = box[0, 2] + 2, box[1, 2] - 2
     sparse = np.zeros_like(truth)
     sparse[[k0, k1]] = truth[[k0, k1]]
-    filled = pipeline.fill_between_slices(sparse).mask_kji
+    filled = fill_between_slices(sparse).mask_kji
     assert filled[k0:k1 + 1].any(axis=(1, 2)).all()
     assert dice(filled[k0:k1 + 1], truth[k0:k1 + 1]) >= 0.75
     with pytest.raises(ValueError, match="two slices"):
-        pipeline.fill_between_slices(truth & False)
+        fill_between_slices(truth & False)
 
 
 def test_bad_boxes_are_refused(case):
@@ -111,11 +112,11 @@ def test_bad_boxes_are_refused(case):
 
 def test_whole_case_writes_outputs_and_never_overwrites(case, tmp_path):
     phantom, session = case
-    from MedLAMLocalizeLib.templates import template_from_phantom, TemplateSet
+    from MedFoundationSegLib.localize.templates import TemplateSet, template_from_phantom
 
     template_set = TemplateSet([template_from_phantom("t", make_phantom(8, SHAPE), ["liver", "kidney_left"])])
-    report = session.run_case(template_set, phantom.image, tmp_path / "case",
-                              options=pipeline.CaseOptions(refine="none"))
+    report = run_case(session, template_set, phantom.image, tmp_path / "case",
+                              options=Options(refine="none"))
     saved = json.loads((tmp_path / "case" / "report.json").read_text())
     assert saved["status"] == "ok" and saved["localizer"]["engine"] == "registration"
     assert set(saved["structures"]) == {"liver", "kidney_left"}
@@ -124,7 +125,7 @@ def test_whole_case_writes_outputs_and_never_overwrites(case, tmp_path):
     liver = phantom.labels.array == phantom.label_ids["liver"]
     assert dice(labels == saved["structures"]["liver"]["label"], liver) >= 0.6
     with pytest.raises(FileExistsError, match="--overwrite"):
-        session.run_case(template_set, phantom.image, tmp_path / "case", options=pipeline.CaseOptions(refine="none"))
+        run_case(session, template_set, phantom.image, tmp_path / "case", options=Options(refine="none"))
 
 
 def test_padding_fraction_caps_the_padding_of_a_small_box(case):

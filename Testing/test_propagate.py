@@ -2,13 +2,21 @@
 
 import numpy as np
 import pytest
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.segment.interpolation import InterpolationError, interpolate_slices
+from MedFoundationSegLib.segment.keyslices import auto_step, box_every_kth, box_grid, every_kth
+from MedFoundationSegLib.segment.overlaps import resolve_overlaps
+from MedFoundationSegLib.segment.propagate import (
+    PropagationError,
+    StopRules,
+    box_guided,
+    box_per_slice,
+    mask_box_xyxy,
+    propagate_from_seeds,
+    repropagate_from_edit,
+)
+from MedFoundationSegLib.segment.reference import reference_litemedsam
 from scipy import ndimage
-
-from MedFoundationSegLib.interpolation import InterpolationError, interpolate_slices
-from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.propagate import (PropagationError, StopRules, auto_step, box_every_kth, box_grid,
-                                           box_guided, box_per_slice, every_kth, mask_box_xyxy, propagate_from_seeds, reference_litemedsam,
-                                           repropagate_from_edit, resolve_overlaps)
 
 
 def dice(a, b):
@@ -103,7 +111,10 @@ def test_box_guided_has_no_end_slice_shelf_where_box_per_slice_has_one():
     per_slice = box_per_slice(BoxFiller(gt), gt.shape, box, pad_mm=2.0)
     filler = BoxFiller(gt)
     guided = box_guided(filler, gt.shape, box, pad_mm=2.0)
-    end_error = lambda m: int((m[[k0, k0 + 1, k1 - 1, k1]] & ~gt[[k0, k0 + 1, k1 - 1, k1]]).sum())
+
+    def end_error(m):
+        return int((m[[k0, k0 + 1, k1 - 1, k1]] & ~gt[[k0, k0 + 1, k1 - 1, k1]]).sum())
+
     assert end_error(per_slice.mask) > 5 * max(end_error(guided.mask), 1)  # the shelf exists without the rule
     assert dice(guided.mask, gt) > dice(per_slice.mask, gt) + 0.05 and dice(guided.mask, gt) > 0.85
     print("end-slice false voxels: box per slice", end_error(per_slice.mask), "box-guided", end_error(guided.mask),

@@ -4,12 +4,18 @@ import time
 
 import numpy as np
 import pytest
+from MedFoundationSegLib.core.progress import Cancelled
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.segment.refine import (
+    Annotations,
+    GraphCutParams,
+    RefineError,
+    click_influence,
+    recut_at_click,
+    refine,
+    refine_graphcut,
+)
 from scipy import ndimage
-
-from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.progress import Cancelled
-from MedFoundationSegLib.refine import (Annotations, GraphCutParams, RefineError, click_influence, recut_at_click, refine,
-                                       refine_graphcut)
 
 
 def dice(a, b):

@@ -4,14 +4,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-
-from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.volume import Volume, VolumeError, read_volume
-from MedLAMLocalizeLib.boxes import lps_box_from_extreme_points
-from MedLAMLocalizeLib.deform import deformed_copy
-from MedLAMLocalizeLib.metrics import box_iou_mm
-from MedLAMLocalizeLib.registration import RegistrationConfig, localize_registration
-from MedLAMLocalizeLib.templates import Template, TemplateError, template_from_phantom
+from MedFoundationSegLib.core.boxes import lps_box_from_extreme_points
+from MedFoundationSegLib.core.volume import Volume, VolumeError, read_volume
+from MedFoundationSegLib.localize.registration import RegistrationConfig, localize_registration
+from MedFoundationSegLib.localize.templates import Template, TemplateError, template_from_phantom
+from MedFoundationSegLib.sampledata.deform import deformed_copy
+from MedFoundationSegLib.sampledata.metrics import box_iou_mm
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
 
 LARGE = ["liver", "spleen", "kidney_left", "kidney_right"]
 SHAPE = (40, 80, 80)
@@ -144,7 +143,7 @@ def test_same_inputs_give_the_same_boxes(pair):
 
 def test_registration_images_share_one_pass():
     """The coarse and local registration images come from one read of the volume and sit on the expected grids."""
-    from MedLAMLocalizeLib.registration import registration_images
+    from MedFoundationSegLib.localize.registration_global import registration_images
 
     volume = Volume(np.full((20, 30, 40), -1000, np.int16), (1.0, 1.0, 2.0), name="air")
     volume.array[5:15, 10:20, 10:30] = 40

@@ -7,8 +7,7 @@ import resource
 import sys
 
 import torch
-
-from MedFoundationSegLib import retained_heap as heap
+from MedFoundationSegLib.runtime import retained_heap as heap
 
 BLOCK_BYTES = 64 * 2**20  # above glibc's 32 MB ceiling for serving a block from the heap
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from MedFoundationSegLib import weights
+from MedFoundationSegLib.core import weights
 from MedFoundationSegLib.models import CheckpointMismatchError, ModelConfigError, build_model, model_names
 from MedFoundationSegLib.models.vit import ImageEncoderViT
 

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import slicer.util
-
-from MedFoundationSegLib import segmentation_io, terminology
-from MedFoundationSegLib.volume import Volume, read_volume
+from MedFoundationSegLib.core import terminology
+from MedFoundationSegLib.core.volume import Volume, read_volume
+from MedFoundationSegLib.io import segmentation_io
 from mrml_scene import add_volume_node, read_segmentation_file
 
 DIRECTION = np.array([[-1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # flipped and permuted axes

@@ -12,15 +12,21 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from MedFoundationSegLib import weights
-from MedFoundationSegLib.encoder_runtime import STEM_BANDS_PER_IMAGE, DeviceError, EncoderRuntime, select_device
+from MedFoundationSegLib.core import weights
+from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.models.build import build_model
-from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.predictor import (ESCALATION_MAX_EXPECTED_LOSS, Cancelled, EmbeddingCache, PredictorError,
-                                           SlicePredictor, clip_box_to_slice, expected_dice)
-from MedFoundationSegLib.preprocessing import UnknownModelError
-from MedFoundationSegLib.volume import Volume
+from MedFoundationSegLib.runtime.encoder_runtime import STEM_BANDS_PER_IMAGE, DeviceError, EncoderRuntime, select_device
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.segment.embedding_cache import EmbeddingCache
+from MedFoundationSegLib.segment.predictor import (
+    ESCALATION_MAX_EXPECTED_LOSS,
+    Cancelled,
+    PredictorError,
+    SlicePredictor,
+    clip_box_to_slice,
+    expected_dice,
+)
+from MedFoundationSegLib.segment.preprocessing import UnknownModelError
 
 EMBEDDING_BYTES = 256 * 64 * 64 * 2  # one LiteMedSAM slice embedding stored in fp16
 
@@ -241,7 +247,7 @@ def test_embedding_cache_is_lru_and_bounded():
     assert not cache.put(9, torch.zeros(1000))  # larger than the whole budget: not stored, nothing evicted
     assert cache.keys() == [2, 0, 3]
     assert EmbeddingCache(0).put(1, tensors[1]) is False
-    with pytest.raises(PredictorError, match="budget"):
+    with pytest.raises(ValueError, match="budget"):
         EmbeddingCache(-1)
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import slicer.util
-
-from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.volume import Volume
+from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLogic import mrml_bridge
-from MedFoundationSegLogic.logic import MedFoundationSegLogic, Settings
+from MedFoundationSegLogic.logic import MedFoundationSegLogic
+from MedFoundationSegLogic.node_attributes import ENGINE_ATTRIBUTE
 from mrml_scene import add_volume_node
 
 SHAPE = (24, 112, 112)
@@ -31,7 +32,7 @@ def phantom():
 
 @pytest.fixture(scope="module")
 def logic_settings():
-    return Settings(refine_method="none", box_padding_mm=3.0, drawn_box_padding_mm=3.0, propagation_mode="box")
+    return Options(refine="none", padding_mm=3.0, drawn_box_padding_mm=3.0, mode="box")
 
 
 def _scene_with(mrml, phantom):
@@ -111,20 +112,18 @@ def test_propagate_and_fill_between_through_the_logic(mrml, phantom, logic_setti
         logic.prepare_propagation(volume_node, segmentation, empty)
 
 
-@pytest.mark.parametrize("panel_mode, box_mode", [("guided", "box_guided"), ("every_k", "every_k"),
-                                                  ("reference", "reference"), ("box", "box")])
-def test_segment_in_roi_uses_the_box_mode_of_the_panel_choice(mrml, phantom, panel_mode, box_mode):
-    """The panel's "guided" choice segments a box with the pipeline's default box_guided mode (no end-slice shelf),
-    and the mode is recorded with the prompts so a re-run repeats it."""
+@pytest.mark.parametrize("box_mode", ["box_guided", "every_k", "reference", "box"])
+def test_segment_in_roi_uses_the_box_mode_of_the_panel_choice(mrml, phantom, box_mode):
+    """The panel's mode reaches the engine and is recorded with the prompts so a re-run repeats it."""
     scene, volume_node, segmentation = _scene_with(mrml, phantom)
     image = phantom[0]
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
     mrml_bridge.set_roi_bounds_ras(roi, mrml_bridge.ras_bounds_from_ijk_box(image, np.array([[30, 30, 5],
                                                                                             [60, 60, 15]])))
-    logic = MedFoundationSegLogic(scene, Settings(propagation_mode=panel_mode))
+    logic = MedFoundationSegLogic(scene, Options(mode=box_mode))
     prepared = logic.prepare_segment_in_roi(volume_node, roi, segmentation)
     assert prepared.prompts["mode"] == box_mode
-    assert prepared.compute.keywords["mode"] == box_mode
+    assert prepared.compute.args[2].mode == box_mode
 
 
 def test_drawn_box_is_used_as_drawn_and_a_localized_box_is_padded(mrml, phantom):
@@ -132,17 +131,17 @@ def test_drawn_box_is_used_as_drawn_and_a_localized_box_is_padded(mrml, phantom)
     scene, volume_node, segmentation = _scene_with(mrml, phantom)
     image = phantom[0]
     box_ijk = np.array([[30, 30, 5], [60, 60, 15]])
-    logic = MedFoundationSegLogic(scene, Settings(box_padding_mm=5.0, box_padding_fraction=0.1, refine_method="none"))
+    logic = MedFoundationSegLogic(scene, Options(padding_mm=5.0, padding_fraction=0.1, refine="none"))
     drawn = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "drawn")
     mrml_bridge.set_roi_bounds_ras(drawn, mrml_bridge.ras_bounds_from_ijk_box(image, box_ijk))
     localized = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "localized")
     mrml_bridge.set_roi_bounds_ras(localized, mrml_bridge.ras_bounds_from_ijk_box(image, box_ijk))
-    localized.SetAttribute("MedLAMLocalize.Engine", "registration")
+    localized.SetAttribute(ENGINE_ATTRIBUTE, "registration")
 
     as_drawn = logic.prepare_segment_in_roi(volume_node, drawn, segmentation)
-    assert as_drawn.compute.keywords["padding_mm"] == 0.0
+    assert as_drawn.compute.args[2].padding_mm == 0.0
     assert as_drawn.prompts["localized_by"] is None and as_drawn.prompts["padding_mm"] == 0.0
     padded = logic.prepare_segment_in_roi(volume_node, localized, segmentation)
-    assert padded.compute.keywords["padding_mm"] == 5.0 and padded.compute.keywords["padding_fraction"] == 0.1
-    assert as_drawn.compute.keywords["padding_fraction"] is None
+    assert padded.compute.args[2].padding_mm == 5.0 and padded.compute.args[2].padding_fraction == 0.1
+    assert as_drawn.compute.args[2].padding_fraction is None
     assert padded.prompts["localized_by"] == "registration"

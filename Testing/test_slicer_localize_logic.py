@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.volume import Volume
+from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.localize.templates import TemplateError, TemplateSet, structure_points_from_mask
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
 from MedFoundationSegLogic import mrml_bridge
-from MedLAMLocalizeLib.templates import TemplateError, TemplateSet, structure_points_from_mask
 from MedLAMLocalizeLogic import MedLAMLocalizeLogic, choose_engine, next_point_prompt
 from mrml_scene import add_volume_node
 
@@ -67,7 +66,7 @@ def test_template_from_clicks_then_localize_gives_boxes(mrml, phantoms, tmp_path
 
     choice = choose_engine("auto")
     assert choice.engine == "registration" and "MedLAM weights missing" in choice.reason
-    results, nodes, _ = logic.localize(query_node, engine="auto")
+    results, nodes, _ = logic.localize(query_node)
     assert set(nodes) == {"liver", "spleen"}
     for name, created in nodes.items():
         bounds = mrml_bridge.roi_bounds_ras(created.roi_node)

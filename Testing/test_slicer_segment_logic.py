@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import slicer
 import slicer.util
-
-from MedFoundationSegLib.volume import Volume
+from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLogic import mrml_bridge
 from MedFoundationSegLogic.segment_edits import SegmentEditHistory
 from mrml_scene import add_volume_node, read_segmentation_file, write_segmentation_file

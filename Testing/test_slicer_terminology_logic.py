@@ -9,15 +9,14 @@ import pytest
 import slicer
 import slicer.util
 import yaml
-
-from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.volume import Volume
-from MedFoundationSegLib import terminology
+from MedFoundationSegLib.core import terminology
+from MedFoundationSegLib.core.boxes import StructureBox
+from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.localize.templates import TemplateError, structure_points_from_mask
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
 from MedFoundationSegLogic import mrml_bridge
 from MedFoundationSegLogic.logic import MedFoundationSegLogic
 from MedFoundationSegLogic.segment_edits import SegmentEditHistory
-from MedLAMLocalizeLib.boxes import StructureBox
-from MedLAMLocalizeLib.templates import TemplateError, structure_points_from_mask
 from MedLAMLocalizeLogic import POINT_LABELS, MedLAMLocalizeLogic, guide_point_list
 from mrml_scene import add_volume_node, read_segmentation_file, write_segmentation_file
 
@@ -220,7 +219,7 @@ def test_broken_structure_properties_are_refused(mrml, tmp_path, phantom):
 def test_rerun_reads_the_edited_roi_and_writes_one_undo_step(mrml):
     """Stored prompts -> the same action rebuilt; the moved ROI is read again. No model needed: the compute step is
     checked through its prepared inputs, and apply() gets a stand-in result."""
-    from MedFoundationSegLib import pipeline
+    from MedFoundationSegLib.workflow.session import CaseResult
 
     scene, _ = mrml
     volume = _volume()
@@ -235,7 +234,7 @@ def test_rerun_reads_the_edited_roi_and_writes_one_undo_step(mrml):
     assert first.compute.args[1].tolist() == [[2, 3, 1], [8, 9, 5]]
 
     def result(mask):
-        return pipeline.CaseResult(mask_kji=mask, report={"mode": "guided"})
+        return CaseResult(mask_kji=mask, report={"mode": "guided"})
 
     mask = np.zeros(volume.shape_kji, bool)
     mask[1:6, 3:10, 2:9] = True

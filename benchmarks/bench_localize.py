@@ -39,9 +39,8 @@ def ct_sized_phantom(shape_kji, seed: int, workdir: Path):
     """A small phantom resampled up to ``shape_kji`` (fast), written to NIfTI so that loading is timed too."""
     import numpy as np
     import SimpleITK as sitk
-
-    from MedFoundationSegLib.phantoms import make_phantom
-    from MedFoundationSegLib.volume import Volume, write_volume
+    from MedFoundationSegLib.core.volume import Volume, write_volume
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
 
     small = make_phantom(seed, shape_kji=(60, 128, 128))
     fov = np.array(small.image.shape_kji[::-1]) * np.array(small.image.spacing_mm)
@@ -65,7 +64,7 @@ def max_point_shift_vox(a: dict, b: dict) -> float:
 
 def time_medlam(localizer, templates, query_path, structures: list[str], repeats: int = 1) -> tuple[dict, dict]:
     """One query run (load from disk, resample, network) with support features already cached; best of repeats."""
-    from MedFoundationSegLib.volume import read_volume
+    from MedFoundationSegLib.core.volume import read_volume
 
     best = None
     for _ in range(repeats):
@@ -96,9 +95,8 @@ def time_components(rounds: int = 2, batch: int = 4) -> None:
 
     import torch
     import torch.nn.functional as F
-
-    from MedLAMLocalizeLib.localize import correlate_fft
-    from MedLAMLocalizeLib.network import MedLAM, set_precision
+    from MedFoundationSegLib.localize.medlam.matching import correlate_fft
+    from MedFoundationSegLib.localize.medlam.network import MedLAM, set_precision
 
     torch.manual_seed(0)
     fp32 = MedLAM().eval()
@@ -159,8 +157,7 @@ def print_medlam_bound(scales: tuple[str, ...], query_patches: int, counts: list
     rate (the decoder at the bf16 rate where it runs in bf16). The similarity search is not counted: optimistic."""
     import torch
     from compute_bound import gemm_gflops, gflop
-
-    from MedLAMLocalizeLib.network import MedLAM
+    from MedFoundationSegLib.localize.medlam.network import MedLAM
 
     net = MedLAM().eval().to("meta")
     x = torch.empty(1, 1, 64, 64, 64, device="meta")
@@ -203,13 +200,12 @@ def main(argv=None) -> int:
         return 0
 
     import torch
-
-    from MedFoundationSegLib.volume import read_volume
-    from MedLAMLocalizeLib.localize import MedLAMConfig, MedLAMLocalizer
-    from MedLAMLocalizeLib.network import build_medlam, model_dtype, resolve_precision
-    from MedLAMLocalizeLib.preprocess import preprocess
-    from MedLAMLocalizeLib.registration import localize_registration
-    from MedLAMLocalizeLib.templates import Template, TemplateSet
+    from MedFoundationSegLib.core.volume import read_volume
+    from MedFoundationSegLib.localize.medlam.localizer import MedLAMConfig, MedLAMLocalizer
+    from MedFoundationSegLib.localize.medlam.network import build_medlam, model_dtype, resolve_precision
+    from MedFoundationSegLib.localize.preprocess import preprocess
+    from MedFoundationSegLib.localize.registration import localize_registration
+    from MedFoundationSegLib.localize.templates import Template, TemplateSet
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}, "
           f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")

@@ -39,23 +39,25 @@ def truth_box(labels, label) -> np.ndarray:
 
 
 def accuracy(args) -> None:
-    from MedFoundationSegLib import pipeline
-    from MedFoundationSegLib.phantoms import make_phantom
-    from MedLAMLocalizeLib.templates import TemplateSet, template_from_phantom
+    from MedFoundationSegLib.localize.engines import choose_localizer, localize
+    from MedFoundationSegLib.localize.templates import TemplateSet, template_from_phantom
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
+    from MedFoundationSegLib.workflow.options import Options
+    from MedFoundationSegLib.workflow.session import Session
 
     shape = tuple(int(v) for v in args.shape.split(","))
     template = template_from_phantom("template", make_phantom(100, shape), list(LARGE_ORGANS))
     templates = TemplateSet([template])
-    session = pipeline.Session()
-    engine, reason = pipeline.choose_localizer("auto")
-    args.mode = args.mode or pipeline.CaseOptions().mode
+    session = Session()
+    engine, reason = choose_localizer("auto")
+    args.mode = args.mode or Options().mode
     print(f"accuracy: {args.queries} query phantoms {shape}, localizer {engine} ({reason}), model litemedsam, "
           f"mode {args.mode}")
     rows = {organ: {"raw": [], "refined": [], "seed": [], "truth_box": []} for organ in LARGE_ORGANS}
     started = time.perf_counter()
     for q in range(args.queries):
         query = make_phantom(101 + q, shape)
-        boxes = pipeline.localize(templates, query.image, engine, structures=list(LARGE_ORGANS))
+        boxes = localize(templates, query.image, engine, structures=list(LARGE_ORGANS))
         line = [f"query {101 + q}:"]
         for organ in LARGE_ORGANS:
             truth = query.labels.array == query.label_ids[organ]
@@ -78,7 +80,7 @@ def accuracy(args) -> None:
             for key, value in scores.items():
                 rows[organ][key].append(value)
             line.append(f"{organ} raw {scores['raw']:.3f} refined {scores['refined']:.3f}")
-        session = pipeline.Session()  # one query's embeddings are not reused by the next
+        session = Session()  # one query's embeddings are not reused by the next
         print("  " + "  ".join(line), flush=True)
     print(f"\n{'organ':<14}{'localized raw':>14}{'localized+refine':>18}{'GT box (raw)':>14}{'seed slice':>12}")
     for organ, values in rows.items():
@@ -97,7 +99,7 @@ def accuracy(args) -> None:
 
 def warm_up_libraries() -> None:
     """Run the lazily imported parts of the pipeline once on a toy mask (imports and first-call set-up)."""
-    from MedFoundationSegLib.interpolation import interpolate_slices
+    from MedFoundationSegLib.segment.interpolation import interpolate_slices
 
     toy = np.zeros((3, 8, 8), bool)
     toy[0, 2:6, 2:6] = toy[2, 3:5, 3:5] = True
@@ -106,10 +108,12 @@ def warm_up_libraries() -> None:
 
 
 def speed(args) -> None:
-    from MedFoundationSegLib import pipeline, propagate
-    from MedFoundationSegLib.phantoms import make_phantom
-    from MedFoundationSegLib.predictor import SlicePredictor
-    from MedFoundationSegLib.segmenter import PredictorSegmenter
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
+    from MedFoundationSegLib.segment import reference
+    from MedFoundationSegLib.segment.predictor import SlicePredictor
+    from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
+    from MedFoundationSegLib.workflow.options import Options
+    from MedFoundationSegLib.workflow.session import Session
 
     phantom = make_phantom(args.seed, (args.slices + 40, 256, 256))
     label = phantom.label_ids[args.organ]
@@ -135,7 +139,7 @@ def speed(args) -> None:
     reference_predictor = SlicePredictor(phantom.image, "litemedsam", device=args.device, precision="fp32",
                                          optimize=False, cache_bytes=0, batch_size=1)
     (i0, j0, k0), (i1, j1, k1) = box
-    reference = propagate.reference_litemedsam(PredictorSegmenter(reference_predictor), truth.shape,
+    reference = reference.reference_litemedsam(PredictorSegmenter(reference_predictor), truth.shape,
                                                (i0, j0, k0, i1, j1, k1))
     reference_s = time.perf_counter() - start
 
@@ -144,11 +148,11 @@ def speed(args) -> None:
           f"encoder calls {reference_predictor.slices_encoded}, Dice {d_ref:.3f}", flush=True)
     for mode in args.modes.split(","):  # each in a fresh session: nothing encoded by another run is reused
         start = time.perf_counter()
-        ours = pipeline.Session().segment_box(phantom.image, box, padding_mm=3.0, refine=args.refine,
+        ours = Session().segment_box(phantom.image, box, padding_mm=3.0, refine=args.refine,
                                               device=args.device, mode=mode)
         ours_s = time.perf_counter() - start
         d_ours = dice(ours.mask_kji, truth)
-        default = " (the default)" if mode == pipeline.CaseOptions().mode else ""
+        default = " (the default)" if mode == Options().mode else ""
         print(f"ours ({mode}{default}, {args.refine}): {ours_s:7.1f} s ({1000 * ours_s / n:6.0f} ms/slice), "
               f"encoder calls {ours.report['slices_encoded']}, Dice {d_ours:.3f}; speed-up "
               f"{reference_s / ours_s:.2f}x (target >= 4x), Dice difference {d_ours - d_ref:+.3f} (target >= -0.02)",
@@ -165,8 +169,8 @@ def memory(args) -> None:
     with tempfile.TemporaryDirectory(prefix="mfs-memory-") as tmp:
         make = f"""
 import json, time, numpy as np
-from MedFoundationSegLib.phantoms import make_phantom
-from MedFoundationSegLib.volume import write_volume
+from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.core.volume import write_volume
 t = time.perf_counter()
 ph = make_phantom(5, {shape})
 write_volume(ph.image, "{tmp}/image.nrrd", compress=False)
@@ -175,15 +179,17 @@ print(json.dumps({{"phantom_s": round(time.perf_counter() - t, 1)}}))
 """
         annotate = f"""
 import json, resource, time, numpy as np
-from MedFoundationSegLib import pipeline
-from MedFoundationSegLib.volume import read_volume
+from MedFoundationSegLib.localize.engines import choose_localizer, localize
+from MedFoundationSegLib.workflow.options import Options
+from MedFoundationSegLib.workflow.session import Session
+from MedFoundationSegLib.core.volume import read_volume
 t = time.perf_counter()
 image = read_volume("{tmp}/image.nrrd")
 truth = read_volume("{tmp}/liver.nrrd").array > 0
 k, j, i = np.nonzero(truth)
 box = np.array([[i.min(), j.min(), k.min()], [i.max(), j.max(), k.max()]])
 del k, j, i
-result = pipeline.Session().segment_box(image, box, padding_mm=3.0, refine="graphcut")
+result = Session().segment_box(image, box, padding_mm=3.0, refine="graphcut")
 d = 2 * (result.mask_kji & truth).sum() / (result.mask_kji.sum() + truth.sum())
 print(json.dumps({{"shape": list(image.array.shape), "annotate_s": round(time.perf_counter() - t, 1),
                    "slices": int(box[1, 2] - box[0, 2] + 1), "dice": round(float(d), 3),

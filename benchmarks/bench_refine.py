@@ -51,8 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="runs per method and organ (the first is reported)")
     args = parser.parse_args(argv)
 
-    from MedFoundationSegLib import refine
-    from MedFoundationSegLib.phantoms import make_phantom
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
+    from MedFoundationSegLib.segment import refine
 
     shape = tuple(int(v) for v in args.shape.split(","))
     phantom = make_phantom(7, shape)
@@ -82,12 +82,12 @@ def main(argv=None) -> int:
         # Imports (max-flow, ITK) and first-call set-up on a toy problem, outside the timings.
         refine.refine(np.where(toy, 50.0, -50.0).astype(np.float32), toy.astype(np.float32), toy_annotations,
                       method=method, spacing_mm=(1, 1, 1))
-        for organ, truth, prob, annotations in cases:
+        for organ, truth, prob, case_annotations in cases:
             before = dice(prob > 0.5, truth)
             seconds = []
             for _ in range(args.repeat):  # the first call on a large crop also pays for fresh memory pages
                 start = time.perf_counter()
-                result = refine.refine(image, prob, annotations, method=method, spacing_mm=spacing)
+                result = refine.refine(image, prob, case_annotations, method=method, spacing_mm=spacing)
                 seconds.append(time.perf_counter() - start)
             worst[method] = max(worst.get(method, 0.0), seconds[0])
             again[method] = max(again.get(method, 0.0), min(seconds[1:], default=seconds[0]))

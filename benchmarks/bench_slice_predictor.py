@@ -64,8 +64,8 @@ class ReferenceLoop:
         self.device = next(model.parameters()).device
 
     def segment(self, index: int, box) -> tuple[np.ndarray, float]:
-        from MedFoundationSegLib.intensity import apply_window
-        from MedFoundationSegLib.preprocessing import slices_to_input
+        from MedFoundationSegLib.segment.intensity import apply_window
+        from MedFoundationSegLib.segment.preprocessing import slices_to_input
 
         p = self.predictor
         image = slices_to_input(apply_window(p.slice_image(index), p.window), p.transform, p.preprocessing)
@@ -108,9 +108,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from MedFoundationSegLib.models.build import build_model
-    from MedFoundationSegLib.phantoms import make_phantom
-    from MedFoundationSegLib.predictor import SlicePredictor
-    from MedFoundationSegLib.retained_heap import available as heap_available
+    from MedFoundationSegLib.runtime.retained_heap import available as heap_available
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
+    from MedFoundationSegLib.segment.predictor import SlicePredictor
 
     t0 = time.perf_counter()
     n = args.slices
@@ -219,7 +219,6 @@ def print_compute_bound(model: str, input_size: int, precision: str, reference_s
     """The encoder's matrix work per slice against this CPU's GEMM rate: the fastest any encoder call can be here,
     and so the largest speed-up over the reference loop that a given precision allows (encoder only: optimistic)."""
     from compute_bound import bound_line, gemm_gflops, gflop
-
     from MedFoundationSegLib.models.build import build_model
 
     encoder = build_model(model, device="meta").image_encoder

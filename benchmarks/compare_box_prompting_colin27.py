@@ -32,9 +32,9 @@ VARIANTS = {
 
 
 def main(argv=None) -> int:
+    from MedFoundationSegLib.segment import propagate, reference
+    from MedFoundationSegLib.workflow.session import Session
     from public_data import load_colin27
-
-    from MedFoundationSegLib import pipeline, propagate
 
     structures = (argv if argv is not None else sys.argv[1:]) or list(DEFAULT_STRUCTURES)
     image, labels, names = load_colin27()
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     unknown = [s for s in structures if s not in ids]
     if unknown:
         raise SystemExit(f"unknown AAL structure(s) {unknown}")
-    segmenter = pipeline.Session()._segmenter(image, model="litemedsam", device="auto", window="auto", axis="axial",
+    segmenter = Session().segmenter(image, model="litemedsam", device="auto", window="auto", axis="axial",
                                                cache_mb=4096)
     spacing_ji = (float(image.spacing_mm[1]), float(image.spacing_mm[0]))
     scores = {name: [] for name in [*VARIANTS, "peer (LiteMedSAM 3D, unpadded box)"]}
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
             result = propagate.box_guided(segmenter, truth.shape, box_kji, spacing_mm=spacing_ji, **kwargs)
             scores[name].append(dice(result.mask, truth))
             line.append(f"{scores[name][-1]:.3f}")
-        peer = propagate.reference_litemedsam(segmenter, truth.shape, (x.min(), y.min(), z.min(), x.max(), y.max(),
+        peer = reference.reference_litemedsam(segmenter, truth.shape, (x.min(), y.min(), z.min(), x.max(), y.max(),
                                                                         z.max()))
         scores["peer (LiteMedSAM 3D, unpadded box)"].append(dice(peer.mask, truth))
         line.append(f"{scores['peer (LiteMedSAM 3D, unpadded box)'][-1]:.3f}")

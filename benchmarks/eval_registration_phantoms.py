@@ -26,7 +26,7 @@ LARGE_ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
 
 def parse_variant(text: str):
     """'name key=value key=value' -> (name, {field: value}); unknown fields are named in the error."""
-    from MedLAMLocalizeLib.registration import RegistrationConfig
+    from MedFoundationSegLib.localize.registration import RegistrationConfig
 
     name, *pairs = text.split()
     fields = {f.name for f in dataclasses.fields(RegistrationConfig)}
@@ -44,8 +44,8 @@ def parse_variant(text: str):
 
 def organ_errors(points_pred_lps: np.ndarray | None, points_true_lps: np.ndarray) -> dict:
     """IoU, mean wall distance and mean extreme-point distance of one organ (IoU 0, distances NaN when absent)."""
-    from MedLAMLocalizeLib.boxes import lps_box_from_extreme_points
-    from MedLAMLocalizeLib.metrics import box_iou_mm, extreme_point_distance_mm, wall_distance_mm
+    from MedFoundationSegLib.core.boxes import lps_box_from_extreme_points
+    from MedFoundationSegLib.sampledata.metrics import box_iou_mm, extreme_point_distance_mm, wall_distance_mm
 
     if points_pred_lps is None:
         return {"iou": 0.0, "wall_mm": np.nan, "point_mm": np.nan}
@@ -61,8 +61,7 @@ def overlay_png(path: Path, query, truth_points: dict, predicted_points: dict, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-
-    from MedLAMLocalizeLib.boxes import lps_box_from_extreme_points
+    from MedFoundationSegLib.core.boxes import lps_box_from_extreme_points
 
     image = query.image
     inv = np.linalg.inv(image.ijk_to_lps)
@@ -102,9 +101,9 @@ def main(argv=None) -> int:
     parser.add_argument("--png", type=Path, help="write an overlay PNG per query and variant into this folder")
     args = parser.parse_args(argv)
 
-    from MedFoundationSegLib.phantoms import make_phantom
-    from MedLAMLocalizeLib.registration import RegistrationConfig, localize_registration
-    from MedLAMLocalizeLib.templates import TemplateSet, template_from_phantom
+    from MedFoundationSegLib.localize.registration import RegistrationConfig, localize_registration
+    from MedFoundationSegLib.localize.templates import TemplateSet, template_from_phantom
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
 
     shape = tuple(int(v) for v in args.shape.split(","))
     variants = [parse_variant(v) for v in (args.variant or ["default"])]

@@ -29,7 +29,7 @@ class PublicDataError(RuntimeError):
 
 def data_dir() -> Path:
     """``<user cache>/data``; follows $MEDFOUNDATIONSEG_CACHE like the weights cache does."""
-    from MedFoundationSegLib.weights import user_cache_dir
+    from MedFoundationSegLib.core.weights import user_cache_dir
 
     return user_cache_dir() / "data"
 
@@ -81,8 +81,7 @@ def read_aal_names(path: Path) -> dict[int, str]:
 def load_colin27():
     """(T1 Volume, AAL label Volume on the same grid, {label id: name})."""
     import numpy as np
-
-    from MedFoundationSegLib.volume import read_volume
+    from MedFoundationSegLib.core.volume import read_volume
 
     folder = fetch_colin27()
     image = read_volume(folder / "ch2.nii.gz")

@@ -85,10 +85,9 @@ def bias_field(shape_kji, seed: int, strength: float = 0.15) -> np.ndarray:
 def colin_cases(names: tuple[str, ...], queries: int):
     """The template (original Colin27) and ``queries`` deformed copies (affine + elastic + bias + noise), each as
     (name, factory): a copy is only built when its case runs, so a resumed run skips the finished ones' warps."""
+    from MedFoundationSegLib.localize.templates import Template, TemplateSet
+    from MedFoundationSegLib.sampledata.deform import deformed_copy
     from public_data import load_colin27
-
-    from MedLAMLocalizeLib.deform import deformed_copy
-    from MedLAMLocalizeLib.templates import Template, TemplateSet
 
     image, labels, aal_names = load_colin27()
     ids = {name: label for label, name in aal_names.items() if name in names}
@@ -109,8 +108,8 @@ def colin_cases(names: tuple[str, ...], queries: int):
 
 
 def phantom_cases(structures: tuple[str, ...], count: int, shape):
-    from MedFoundationSegLib.phantoms import make_phantom
-    from MedLAMLocalizeLib.templates import TemplateSet, template_from_phantom
+    from MedFoundationSegLib.localize.templates import TemplateSet, template_from_phantom
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
 
     template = template_from_phantom("phantom100", make_phantom(100, shape), list(structures))
 
@@ -129,8 +128,8 @@ def box_ijk_of(mask_kji: np.ndarray) -> np.ndarray:
 
 
 def localization_rows(dataset, case, image, labels, ids, boxes, engine) -> list[dict]:
-    from MedLAMLocalizeLib import metrics
-    from MedLAMLocalizeLib.templates import Template
+    from MedFoundationSegLib.localize.templates import Template
+    from MedFoundationSegLib.sampledata import metrics
 
     truth_template = Template.from_volumes("truth", image, labels, ids)
     rows = []
@@ -187,7 +186,7 @@ def run_clicks(session, image, model, start, box_ijk, truth, spacing_kji, budget
     click so far as a hard disk.
     ``reprompt``: the clicked slices are first re-segmented by the model with the clicks as point prompts (see
     reprompt_probability), then the same graph cut. Both keep every earlier click."""
-    from MedFoundationSegLib.pipeline import CaseResult
+    from MedFoundationSegLib.workflow.session import CaseResult
 
     def refine_with(positive_kji, negative_kji):
         base = start
@@ -216,11 +215,12 @@ def first_n(setting, dataset: str) -> int:
 def evaluate_case(dataset, case, image, labels, ids, template_set, cfg, engine, state, save) -> None:
     """Every row of every model on one case, added to ``state`` and saved (``save()``) after each structure and
     model, so an interrupted run loses at most one structure's work; units already in the state are skipped."""
-    from MedFoundationSegLib import pipeline
+    from MedFoundationSegLib.localize.engines import localize
+    from MedFoundationSegLib.workflow.session import Session
 
     if case not in state["boxes"]:
         start = time.perf_counter()
-        boxes = pipeline.localize(template_set, image, engine, structures=list(ids))
+        boxes = localize(template_set, image, engine, structures=list(ids))
         localize_s = time.perf_counter() - start
         loc_rows = localization_rows(dataset, case, image, labels, ids, boxes, engine)
         for row in loc_rows:
@@ -232,7 +232,7 @@ def evaluate_case(dataset, case, image, labels, ids, template_set, cfg, engine, 
         log(f"{case}: localized {len(ids)} structures in {localize_s:.1f} s")
     boxes = state["boxes"][case]
     spacing_kji = tuple(np.asarray(image.spacing_mm, float)[::-1])
-    session = pipeline.Session()
+    session = Session()
     mobile = list(ids)[:first_n(cfg["mobilesam_structures"], dataset)]
     for name, label in ids.items():  # structure-outer: a stopped run has both models for the structures it did
         for model in [m for m in cfg["models"] if m == "litemedsam" or name in mobile]:
@@ -312,9 +312,10 @@ PROCEDURES = (("optimized", "litemedsam"), ("reference", "litemedsam"), ("optimi
 
 def _run_procedure(procedure: str, model: str, phantom, n: int) -> tuple[int, float]:
     """One structure (liver) over ``n`` slices from its box; returns (slices, seconds) including predictor set-up."""
-    from MedFoundationSegLib import pipeline, propagate
-    from MedFoundationSegLib.predictor import SlicePredictor
-    from MedFoundationSegLib.segmenter import PredictorSegmenter
+    from MedFoundationSegLib.segment import reference
+    from MedFoundationSegLib.segment.predictor import SlicePredictor
+    from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
+    from MedFoundationSegLib.workflow.session import Session
 
     truth = phantom.labels.array == phantom.label_ids["liver"]
     box = box_ijk_of(truth)
@@ -326,9 +327,9 @@ def _run_procedure(procedure: str, model: str, phantom, n: int) -> tuple[int, fl
         predictor = SlicePredictor(phantom.image, model, precision="fp32", optimize=False, cache_bytes=0,
                                    batch_size=1)
         (i0, j0, k0), (i1, j1, k1) = box
-        propagate.reference_litemedsam(PredictorSegmenter(predictor), truth.shape, (i0, j0, k0, i1, j1, k1))
+        reference.reference_litemedsam(PredictorSegmenter(predictor), truth.shape, (i0, j0, k0, i1, j1, k1))
     else:
-        pipeline.Session().segment_box(phantom.image, box, model=model)
+        Session().segment_box(phantom.image, box, model=model)
     return int(box[1, 2] - box[0, 2] + 1), time.perf_counter() - start
 
 
@@ -352,7 +353,7 @@ def speed_child(task: str, slice_counts, inplane, inplane_slices, reps: int, pro
     """``timing``: every procedure interleaved in this one process (ratios are fair on a shared machine; the median
     of ``reps`` repeats is kept). ``memory``: one procedure on the largest slice count; peak RSS from the moment the
     phantom exists (model load included)."""
-    from MedFoundationSegLib.phantoms import make_phantom
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
 
     big = make_phantom(3, (max(slice_counts) + 24, 128, 128))
     if task == "memory":
@@ -590,7 +591,7 @@ def plot_clicks(click_rows, budget, path: Path) -> None:
 def montage_png(planes, rows, method, model, path: Path) -> list[str]:
     """Best / median / worst structure cases of one procedure: the axial slice through the truth's largest slice,
     cropped around the structure; prediction filled, truth outlined in white."""
-    from MedFoundationSegLib.overlay import montage, overlay_slice, write_png
+    from MedFoundationSegLib.io.overlay import montage, overlay_slice, write_png
 
     sel = sorted((r for r in rows if r["method"] == method and r["model"] == model
                   and (r["case"], r["structure"], model, method) in planes), key=lambda r: r["dice"])
@@ -669,7 +670,8 @@ def main() -> None:
         print(json.dumps(speed_child(*json.loads(args.speed_child))))
         return
 
-    from MedFoundationSegLib import pipeline, weights
+    from MedFoundationSegLib.core import weights
+    from MedFoundationSegLib.localize.engines import localize
 
     mode = "quick" if args.quick else "full"
     cfg = CONFIGS[mode]
@@ -742,7 +744,7 @@ def main() -> None:
         image, labels, ids = make_case()
         for engine in engines:
             if engine != "registration" and (case, engine) not in state["units"]:  # MedLAM: localization rows
-                boxes = pipeline.localize(template_set, image, engine, structures=list(ids))
+                boxes = localize(template_set, image, engine, structures=list(ids))
                 state["loc"] += localization_rows(dataset, case, image, labels, ids, boxes, engine)
                 state["units"].append((case, engine))
         state["case_seconds"][case] = state["case_seconds"].get(case, 0.0) + time.perf_counter() - t_case

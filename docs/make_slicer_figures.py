@@ -211,9 +211,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # --- the three jobs ---------------------------------------------------------------------------------------------------
 def job_template(scene, template_ph, out: Path):
     """Job 1: a template from 6 guided clicks per structure (MedLAMLocalize, 'Templates' section)."""
-    from MedFoundationSegLib import terminology
+    from MedFoundationSegLib.core import terminology
+    from MedFoundationSegLib.localize.templates import structure_points_from_mask
     from MedFoundationSegLogic import mrml_bridge
-    from MedLAMLocalizeLib.templates import structure_points_from_mask
     from MedLAMLocalizeLogic import POINT_LABELS, MedLAMLocalizeLogic, guide_point_list
     from mrml_scene import add_volume_node
 
@@ -271,7 +271,7 @@ def job_localize(scene, logic, query_ph, out: Path):
 
     query_node = add_volume_node(scene, query_ph.image, "query CT")
     start = time.perf_counter()
-    results, nodes, choice = logic.localize(query_node, engine="auto")
+    results, nodes, choice = logic.localize(query_node)
     seconds = time.perf_counter() - start
     volume = mrml_bridge.volume_from_node(query_node)
     boxes = {name: mrml_bridge.ijk_box_from_ras_bounds(volume, mrml_bridge.roi_bounds_ras(created.roi_node),
@@ -314,14 +314,15 @@ def job_localize(scene, logic, query_ph, out: Path):
 
 def job_segment(scene, query_node, nodes, query_ph, model: str, out: Path):
     """Job 3: MedFoundationSeg: segment inside the liver box, propagate the spleen from one slice, refine."""
-    from MedFoundationSegLib import terminology
+    from MedFoundationSegLib.core import terminology
+    from MedFoundationSegLib.workflow.options import Options
     from MedFoundationSegLogic import mrml_bridge
-    from MedFoundationSegLogic.logic import MedFoundationSegLogic, Settings
+    from MedFoundationSegLogic.logic import MedFoundationSegLogic
 
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
     segmentation.CreateDefaultDisplayNodes()
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(query_node)
-    logic = MedFoundationSegLogic(scene, Settings(model=model, device="cpu"))
+    logic = MedFoundationSegLogic(scene, Options(model=model, device="cpu"))
     volume = mrml_bridge.volume_from_node(query_node)
 
     start = time.perf_counter()
@@ -392,7 +393,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="litemedsam")
     args = parser.parse_args(argv)
 
-    from MedFoundationSegLib.phantoms import make_phantom
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
     from mrml_scene import mrml_env
 
     scene, _ = mrml_env()

@@ -11,11 +11,10 @@ from pathlib import Path
 
 def _make_engine_importable():
     """Slicer's launcher usually puts the extension's scripted-module folder on sys.path; add it (or, in a source
-    checkout, the module folders) when it did not, so the engine packages import."""
+    checkout, the module folder) when it did not, so the engine package imports."""
     here = Path(__file__).resolve().parent
-    candidates = [here.parent / "qt-scripted-modules", here.parent, here.parent.parent / "MedLAMLocalize"]
-    for folder in candidates:
-        if (folder / "MedFoundationSegLib").is_dir() or (folder / "MedLAMLocalizeLib").is_dir():
+    for folder in (here.parent / "qt-scripted-modules", here.parent):
+        if (folder / "MedFoundationSegLib").is_dir():
             if str(folder) not in sys.path:
                 sys.path.append(str(folder))
 
@@ -31,7 +30,7 @@ def main(argv):
         print(Path(__file__).with_suffix(".xml").read_text(encoding="utf-8"))
         return 0
     _make_engine_importable()
-    from MedFoundationSegLib.batch_cli import execute, parse
+    from MedFoundationSegLib.cli.batch_cli import execute, parse
 
     args = parse([a for a in argv if not a.startswith("--returnparameterfile")], prog="MedFoundationSegBatch")
     print("<filter-start><filter-name>MedFoundationSegBatch</filter-name>"

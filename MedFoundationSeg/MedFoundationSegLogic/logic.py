@@ -2,7 +2,7 @@
 
 Every action is two halves so the GUI never blocks:
 - ``prepare_*`` (GUI thread) reads nodes into plain engine inputs (a ``Volume``, boxes in ijk, clicks in ijk);
-- ``compute`` (worker thread, via ``MedFoundationSegLib.worker.Worker``) runs the engine with progress/cancel;
+- ``compute`` (worker thread, via ``MedFoundationSegLib.workflow.worker.Worker``) runs the engine with progress/cancel;
 - ``apply`` (GUI thread) writes the result into one segment through ``SegmentEditHistory`` (undoable, never
   touching other segments) and stores the prompts as a segment tag.
 ``run_*`` methods chain the three synchronously for scripts and tests.
@@ -14,38 +14,14 @@ import dataclasses
 import functools
 
 import numpy as np
-
-from MedFoundationSegLib import pipeline, terminology
-from MedFoundationSegLib.volume import Volume
+from MedFoundationSegLib.core import terminology
+from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.workflow.options import Options
+from MedFoundationSegLib.workflow.session import CaseResult, Session, fill_between_slices
 
 from . import mrml_bridge
+from .node_attributes import ENGINE_ATTRIBUTE, TERMINOLOGY_ATTRIBUTE
 from .segment_edits import EditResult, SegmentEditHistory
-
-
-ROI_TERMINOLOGY_ATTRIBUTE = "MedLAMLocalize.Terminology"  # set on the ROI boxes MedLAMLocalize creates
-ROI_ENGINE_ATTRIBUTE = "MedLAMLocalize.Engine"  # ... and the engine that localized them (medlam / registration)
-
-
-# The one "Propagation" choice of the panel, applied to a 3D box: "guided" is the pipeline's box_guided mode (the box
-# prompts only its middle slice, each next slice gets the previous mask's box; stop rules at the structure's ends).
-BOX_MODE_FOR_PROPAGATION = {"guided": "box_guided", "every_k": "every_k", "reference": "reference"}
-
-
-@dataclasses.dataclass
-class Settings:
-    model: str = "litemedsam"
-    device: str = "auto"
-    window: str = "auto"  # "auto" | a CT preset name | {"level": .., "width": ..}
-    axis: str = "axial"
-    # Padding of a *localized* box (MedLAMLocalize's ROIs: their walls are uncertain). A box the user drew is taken
-    # as drawn: on Colin27 brain structures 5 mm of padding on exact boxes cost 0.04 mean Dice (putamen 0.63 -> 0.37).
-    box_padding_mm: float = 5.0
-    box_padding_fraction: float | None = None  # e.g. 0.1: cap at that fraction of the smaller side (see CaseOptions)
-    drawn_box_padding_mm: float = 0.0
-    propagation_mode: str = "guided"  # "guided" | "every_k" | "reference" (a box uses BOX_MODE_FOR_PROPAGATION)
-    every_k: int | None = None  # None = chosen automatically
-    refine_method: str = "graphcut"  # "graphcut" | "geodesic" | "growcut" | "none"
-    embedding_budget_mb: int = 2048
 
 
 @dataclasses.dataclass
@@ -64,11 +40,14 @@ class PreparedAction:
 
 
 class MedFoundationSegLogic:
-    def __init__(self, scene, settings: Settings | None = None):
+    """The panel's actions on a scene. ``options`` holds the panel's choices (the widget writes them before each
+    action); the session keeps models and slice embeddings warm across actions."""
+
+    def __init__(self, scene, options: Options | None = None):
         self.scene = scene
-        self.settings = settings or Settings()
+        self.options = options or Options()
         self.history = SegmentEditHistory(scene)
-        self.session = pipeline.Session()  # predictors (and their embedding caches) reused across actions
+        self.session = Session()
 
     # --- prepare (GUI thread) ---------------------------------------------------------------------------------------
     def _base(self, volume_node, segmentation_node):
@@ -82,28 +61,24 @@ class MedFoundationSegLogic:
         if roi_node is None:
             raise ValueError("place or select a box (ROI) around the structure")
         return self._prepare_box(volume_node, mrml_bridge.roi_bounds_ras(roi_node), segmentation_node, segment_id,
-                                 roi_node.GetID(), roi_node.GetAttribute(ROI_TERMINOLOGY_ATTRIBUTE),
-                                 localized_by=roi_node.GetAttribute(ROI_ENGINE_ATTRIBUTE))
+                                 roi_node.GetID(), roi_node.GetAttribute(TERMINOLOGY_ATTRIBUTE),
+                                 localized_by=roi_node.GetAttribute(ENGINE_ATTRIBUTE))
 
     def _prepare_box(self, volume_node, bounds_ras, segmentation_node, segment_id, roi_node_id, terminology_tag=None,
                      localized_by: str | None = None) -> PreparedAction:
-        """``localized_by``: the engine that placed the box (padded by ``box_padding_mm``); None for a drawn box."""
+        """``localized_by``: the engine that placed the box (padded by ``options.padding_mm``); None for a box the
+        user drew (padded by ``options.drawn_box_padding_mm``, 0 by default: taken as drawn)."""
         volume = self._base(volume_node, segmentation_node)
         bounds_ras = np.asarray(bounds_ras, float)
         box_ijk = mrml_bridge.ijk_box_from_ras_bounds(volume, bounds_ras)
-        s = self.settings
-        padding_mm = s.box_padding_mm if localized_by else s.drawn_box_padding_mm
-        padding_fraction = s.box_padding_fraction if localized_by else None
-        box_mode = BOX_MODE_FOR_PROPAGATION.get(s.propagation_mode, s.propagation_mode)  # box modes pass through
-        compute = functools.partial(self.session.segment_box, volume, box_ijk, model=s.model, device=s.device,
-                                    window=s.window, axis=s.axis, padding_mm=padding_mm,
-                                    padding_fraction=padding_fraction,
-                                    mode=box_mode, every_k=s.every_k, refine=s.refine_method,
-                                    cache_mb=s.embedding_budget_mb)
+        s = self.options
+        if not localized_by:
+            s = s.replace(padding_mm=s.drawn_box_padding_mm, padding_fraction=None)
+        compute = functools.partial(self.session.segment_box, volume, box_ijk, s)
         prompts = {"model": s.model, "axis": s.axis, "box_ijk": box_ijk.tolist(),
                    "box_ras_mm": bounds_ras.round(3).tolist(), "roi_node": roi_node_id,
                    "localized_by": localized_by or None,  # None: a drawn box, used as drawn
-                   "padding_mm": padding_mm, "mode": box_mode}
+                   "padding_mm": s.padding_mm, "mode": s.mode}
         return PreparedAction("segment in box", volume_node.GetID(), segmentation_node.GetID(), segment_id, volume,
                               compute, prompts, terminology_tag=terminology_tag)
 
@@ -115,20 +90,20 @@ class MedFoundationSegLogic:
         seed_kji = mrml_bridge.segment_mask_kji(segmentation_node, segment_id, volume_node)
         if not seed_kji.any():
             raise ValueError("the segment is empty: draw or segment it on at least one slice first")
-        s = self.settings
-        compute = functools.partial(self.session.propagate, volume, seed_kji, slice_index=slice_index,
-                                    outward_only=outward_only, model=s.model, device=s.device, window=s.window,
-                                    axis=s.axis, mode=s.propagation_mode, cache_mb=s.embedding_budget_mb)
-        prompts = {"model": s.model, "axis": s.axis, "seed_slice": slice_index, "mode": s.propagation_mode}
+        s = self.options
+        mode = s.propagation_mode()  # refuses the box-only reference procedure before anything runs
+        compute = functools.partial(self.session.propagate, volume, seed_kji, s, slice_index=slice_index,
+                                    outward_only=outward_only)
+        prompts = {"model": s.model, "axis": s.axis, "seed_slice": slice_index, "mode": mode}
         return PreparedAction("re-propagate" if outward_only else "propagate", volume_node.GetID(),
                               segmentation_node.GetID(), segment_id, volume, compute, prompts)
 
     def prepare_fill_between(self, volume_node, segmentation_node, segment_id: str) -> PreparedAction:
         volume = self._base(volume_node, segmentation_node)
         mask_kji = mrml_bridge.segment_mask_kji(segmentation_node, segment_id, volume_node)
-        compute = functools.partial(pipeline.fill_between_slices, mask_kji, axis=self.settings.axis)
+        compute = functools.partial(fill_between_slices, mask_kji, axis=self.options.axis)
         return PreparedAction("fill between slices", volume_node.GetID(), segmentation_node.GetID(), segment_id,
-                              volume, compute, {"axis": self.settings.axis})
+                              volume, compute, {"axis": self.options.axis})
 
     def prepare_refine(self, volume_node, segmentation_node, segment_id: str, *, positive_node=None,
                        negative_node=None, scribble_segment_id: str | None = None) -> PreparedAction:
@@ -154,12 +129,10 @@ class MedFoundationSegLogic:
                     if scribble_segment_id else None)
         if not mask_kji.any() and not len(clicks["positive"]):
             raise ValueError("nothing to refine: the segment is empty and there is no include click")
-        s = self.settings
-        compute = functools.partial(self.session.refine, volume, mask_kji, positive_ijk=clicks["positive"],
-                                    negative_ijk=clicks["negative"], scribble_kji=scribble, method=s.refine_method,
-                                    model=s.model, device=s.device, window=s.window, axis=s.axis,
-                                    cache_mb=s.embedding_budget_mb)
-        prompts = {"method": s.refine_method,
+        s = self.options
+        compute = functools.partial(self.session.refine, volume, mask_kji, s, positive_ijk=clicks["positive"],
+                                    negative_ijk=clicks["negative"], scribble_kji=scribble)
+        prompts = {"method": s.refine,
                    "positive_ras": np.asarray(positive_ras, float).reshape(-1, 3).round(3).tolist(),
                    "negative_ras": np.asarray(negative_ras, float).reshape(-1, 3).round(3).tolist(),
                    "positive_node": click_node_ids[0], "negative_node": click_node_ids[1],
@@ -201,12 +174,11 @@ class MedFoundationSegLogic:
             if scribble and segmentation_node.GetSegmentation().GetSegment(scribble) is None:
                 scribble = None  # the user deleted the scratch scribbles: re-run with the clicks alone
             return self._prepare_refine(volume_node, segmentation_node, segment_id, positive_ras, negative_ras,
-                                        scribble, (prompts.get("positive_node"),
-                                                                          prompts.get("negative_node")))
+                                        scribble, (prompts.get("positive_node"), prompts.get("negative_node")))
         raise ValueError(f"cannot re-run the stored action {action!r}")
 
     # --- apply (GUI thread) -----------------------------------------------------------------------------------------
-    def apply(self, prepared: PreparedAction, result: pipeline.CaseResult, *, segment_name: str = "AI segment",
+    def apply(self, prepared: PreparedAction, result: CaseResult, *, segment_name: str = "AI segment",
               color_rgb=(0.9, 0.6, 0.2)) -> EditResult:
         """Write the result. A segment created here gets the action's terminology (a MedLAM box's structure) or, when
         its name is a known organ, the standard terminology entry for that name."""

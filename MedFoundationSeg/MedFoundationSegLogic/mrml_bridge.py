@@ -12,8 +12,15 @@ import numpy as np
 import slicer
 import slicer.util
 import vtk
+from MedFoundationSegLib.core.geometry import (  # noqa: F401 (used by Logic)
+    ijk_box_from_ras_bounds,
+    lps_from_ras,
+    ras_bounds_from_ijk_box,
+    ras_from_lps,
+)
+from MedFoundationSegLib.core.volume import Volume
 
-from MedFoundationSegLib.volume import LPS_TO_RAS, Volume
+from .node_attributes import PROMPTS_TAG  # one JSON object per segment (vtkSegment cannot list its tag keys)
 
 
 def _matrix_from_vtk(vtk_matrix) -> np.ndarray:
@@ -27,7 +34,10 @@ def ijk_to_ras_of(volume_node) -> np.ndarray:
 
 
 def volume_from_node(volume_node, *, copy: bool = True) -> Volume:
-    """A scalar volume node as an engine Volume (array (k,j,i), LPS geometry). Parent transforms are not applied."""
+    """A scalar volume node as an engine Volume (array (k,j,i), LPS geometry). Parent transforms are not applied.
+
+    Its ``key`` (node ID + the image data's modification time) tells the engine that two copies hold the same voxels,
+    so slice embeddings are reused across actions until the voxels change."""
     if volume_node is None or volume_node.GetImageData() is None:
         raise ValueError("no volume selected, or the volume has no image data")
     array_kji = slicer.util.arrayFromVolume(volume_node)
@@ -41,14 +51,12 @@ def volume_from_node(volume_node, *, copy: bool = True) -> Volume:
         origin_lps_mm=tuple(ijk_to_lps[:3, 3]),
         direction=ijk_to_lps[:3, :3] / spacing_mm,
         name=volume_node.GetName(),
+        key=volume_key(volume_node),
     )
 
 
-def ras_from_lps(points_lps: np.ndarray) -> np.ndarray:
-    return np.atleast_2d(np.asarray(points_lps, float)) @ LPS_TO_RAS.T
-
-
-lps_from_ras = ras_from_lps  # the flip is its own inverse
+def volume_key(volume_node) -> str:
+    return f"{volume_node.GetID()}@{volume_node.GetImageData().GetMTime()}"
 
 
 def control_points_ras(markups_node) -> np.ndarray:
@@ -69,28 +77,6 @@ def roi_bounds_ras(roi_node) -> np.ndarray:
     bounds = [0.0] * 6
     roi_node.GetRASBounds(bounds)
     return np.array([bounds[0::2], bounds[1::2]])
-
-
-def ijk_box_from_ras_bounds(volume: Volume, bounds_ras: np.ndarray, clip: bool = True) -> np.ndarray:
-    """Inclusive (2, 3) (i, j, k) box of the voxels whose centres lie in an RAS box; raises if it misses the volume."""
-    lo, hi = np.asarray(bounds_ras, float)
-    corners_ras = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-    ijk = volume.ijk_from_lps(lps_from_ras(corners_ras))
-    box = np.stack([np.ceil(ijk.min(0) - 1e-3), np.floor(ijk.max(0) + 1e-3)]).astype(int)
-    upper = np.array(volume.shape_kji[::-1]) - 1
-    if np.any(box[1] < 0) or np.any(box[0] > upper):
-        raise ValueError(f"the box {np.round(lo, 1).tolist()}..{np.round(hi, 1).tolist()} (RAS mm) lies outside "
-                         f"the volume {volume.name!r}")
-    return np.clip(box, 0, upper) if clip else box
-
-
-def ras_bounds_from_ijk_box(volume: Volume, box_ijk: np.ndarray) -> np.ndarray:
-    """(2, 3) RAS bounds enclosing the voxels of an inclusive ijk box (outer voxel faces, not centres)."""
-    lo, hi = np.asarray(box_ijk, float)
-    corners = np.array([[i, j, k] for i in (lo[0] - 0.5, hi[0] + 0.5) for j in (lo[1] - 0.5, hi[1] + 0.5)
-                        for k in (lo[2] - 0.5, hi[2] + 0.5)])
-    ras = ras_from_lps(volume.lps_from_ijk(corners))
-    return np.stack([ras.min(0), ras.max(0)])
 
 
 def set_roi_bounds_ras(roi_node, bounds_ras: np.ndarray) -> None:
@@ -130,7 +116,6 @@ def write_segment_mask_kji(segmentation_node, segment_id: str, mask_kji: np.ndar
                                                      volume_node)
 
 
-PROMPTS_TAG = "MedFoundationSeg.Prompts"  # one JSON object per segment (vtkSegment cannot list its tag keys)
 
 
 def get_segment_prompts(segmentation_node, segment_id: str) -> dict:

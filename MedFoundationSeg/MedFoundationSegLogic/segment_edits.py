@@ -3,31 +3,56 @@
 Rules every AI edit follows:
 - it writes only into one segment: a new one by default, or the one the user chose;
 - voxels that belong to any other segment are never taken (they are removed from the AI mask, and counted);
-- each action pushes one snapshot, so ``undo`` restores the segment's previous voxels and tags exactly, or removes the
-  segment if the action created it;
+- each action pushes one record of the voxels it changed, so ``undo`` restores those voxels and the segment's tags,
+  or removes the segment if the action created it and the user added nothing since; voxels the user changed after
+  the action keep the user's values;
 - the prompts that produced the result are stored as segment tags, so the action can be inspected, edited and re-run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import zlib
 
 import numpy as np
-
-from MedFoundationSegLib import terminology
+from MedFoundationSegLib.core import terminology
 
 from . import mrml_bridge
 
 
 @dataclasses.dataclass
 class EditRecord:
+    """What one AI edit changed, cropped to the changed voxels' bounding box and bit-packed (zlib): ``changed`` marks
+    the voxels the edit flipped inside ``crop``; at those voxels the edit wrote ``not previous``."""
+
     segmentation_node_id: str
     segment_id: str
     created: bool
-    previous_mask_kji: np.ndarray | None
+    crop: tuple[slice, slice, slice] | None  # None: the edit changed no voxel
+    changed_packed: bytes
+    written_packed: bytes  # the values the edit wrote at the changed voxels, in ``np.flatnonzero(changed)`` order
     previous_prompts: dict | None
     volume_node_id: str
     action: str
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.changed_packed) + len(self.written_packed)
+
+
+def _pack(bits: np.ndarray) -> bytes:
+    return zlib.compress(np.packbits(np.asarray(bits, bool).ravel()).tobytes(), 1)
+
+
+def _unpack(data: bytes, count: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(zlib.decompress(data), np.uint8), count=count).astype(bool)
+
+
+def _crop_of(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    if not mask.any():
+        return None
+    ranges = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    return tuple(slice(int(r[0]), int(r[-1]) + 1) for r in ranges)
 
 
 @dataclasses.dataclass
@@ -38,7 +63,10 @@ class EditResult:
 
 
 class SegmentEditHistory:
-    """Applies AI masks to segments and undoes them, one step per action."""
+    """Applies AI masks to segments and undoes them, one step per action.
+
+    Undo restores only the voxels that still hold what the edit wrote: anything the user changed afterwards (paint,
+    erase) stays as the user left it."""
 
     def __init__(self, scene, max_steps: int = 20):
         self.scene = scene
@@ -47,6 +75,10 @@ class SegmentEditHistory:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def nbytes(self) -> int:
+        """Memory the undo history holds."""
+        return sum(record.nbytes for record in self._records)
 
     def last_action(self) -> str | None:
         return self._records[-1].action if self._records else None
@@ -72,7 +104,7 @@ class SegmentEditHistory:
             segment_id = segmentation.AddEmptySegment("", _unique_name(segmentation, segment_name), list(color_rgb))
             if terminology_tag is not None:
                 terminology.set_segment_terminology(segmentation.GetSegment(segment_id), terminology_tag)
-            previous, previous_prompts = None, None
+            previous, previous_prompts = np.zeros(volume_shape, bool), None
         else:
             if segmentation.GetSegment(segment_id) is None:
                 raise ValueError(f"segment {segment_id!r} does not exist in {segmentation_node.GetName()}")
@@ -83,10 +115,20 @@ class SegmentEditHistory:
         kept = mask_kji & ~protected
         mrml_bridge.write_segment_mask_kji(segmentation_node, segment_id, kept, volume_node)
         mrml_bridge.set_segment_prompts(segmentation_node, segment_id, dict(prompts or {}, action=action))
-        self._records.append(EditRecord(segmentation_node.GetID(), segment_id, created, previous, previous_prompts,
-                                        volume_node.GetID(), action))
+        self._records.append(self._record(segmentation_node, segment_id, created, previous, kept, previous_prompts,
+                                          volume_node, action))
         del self._records[:-self.max_steps]
         return EditResult(segment_id, int(kept.sum()), int((mask_kji & protected).sum()))
+
+    @staticmethod
+    def _record(segmentation_node, segment_id, created, previous, written, previous_prompts, volume_node,
+                action) -> EditRecord:
+        changed = previous != written
+        crop = _crop_of(changed)
+        changed_crop = changed[crop] if crop else np.zeros(0, bool)
+        written_values = written[crop][changed_crop] if crop else np.zeros(0, bool)
+        return EditRecord(segmentation_node.GetID(), segment_id, created, crop, _pack(changed_crop),
+                          _pack(written_values), previous_prompts, volume_node.GetID(), action)
 
     def undo(self) -> str | None:
         """Revert the last action; returns its name, or None when there is nothing to undo."""
@@ -100,11 +142,20 @@ class SegmentEditHistory:
         segmentation = segmentation_node.GetSegmentation()
         if segmentation.GetSegment(record.segment_id) is None:
             return None
-        if record.created:
+        current = mrml_bridge.segment_mask_kji(segmentation_node, record.segment_id, volume_node)
+        if record.crop is not None:
+            region = current[record.crop]
+            changed = _unpack(record.changed_packed, region.size).reshape(region.shape)
+            written = _unpack(record.written_packed, int(changed.sum()))
+            ours = region[changed] == written  # voxels nobody touched since the edit
+            values = region[changed]
+            values[ours] = ~written[ours]
+            region[changed] = values
+            current[record.crop] = region
+        if record.created and not current.any():
             segmentation.RemoveSegment(record.segment_id)
             return record.action
-        mrml_bridge.write_segment_mask_kji(segmentation_node, record.segment_id, record.previous_mask_kji,
-                                           volume_node)
+        mrml_bridge.write_segment_mask_kji(segmentation_node, record.segment_id, current, volume_node)
         mrml_bridge.set_segment_prompts(segmentation_node, record.segment_id, record.previous_prompts)
         return record.action
 

@@ -1,13 +1,14 @@
 """MRML-side Logic of the MedLAMLocalize module: template building from markups, localization, boxes as ROI nodes.
 
-Qt-free (MRML, vtk, numpy, torch), so it runs in 3D Slicer and under ``slicer-core`` in tests. Long computations are
-split into a ``compute_*`` function (pure engine call, safe on the worker thread) and an ``apply_*`` function (scene
-edits, GUI thread only).
+Qt-free (MRML, vtk, numpy and the engine), so it runs in 3D Slicer and under ``slicer-core`` in tests. A localization
+is split into ``prepare_localization`` (GUI thread: reads the nodes and the panel's options into engine calls),
+their ``compute`` (worker: the engine, no scene access) and ``apply_localization`` (GUI thread: ROI and point nodes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -15,14 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
-from MedFoundationSegLib import pipeline
-from MedFoundationSegLib.volume import Volume, write_volume
-from MedFoundationSegLib import terminology
+from MedFoundationSegLib.core import terminology
+from MedFoundationSegLib.core.boxes import POINT_NAMES, StructureBox, extreme_points_from_cloud
+from MedFoundationSegLib.core.volume import Volume, write_volume
+from MedFoundationSegLib.localize import engines
+from MedFoundationSegLib.localize.templates import Template, TemplateError, TemplateSet
+from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLogic import mrml_bridge
-from MedFoundationSegLogic.logic import ROI_ENGINE_ATTRIBUTE, ROI_TERMINOLOGY_ATTRIBUTE
-from MedLAMLocalizeLib.boxes import POINT_NAMES, StructureBox, extreme_points_from_cloud
-from MedLAMLocalizeLib.templates import Template, TemplateError, TemplateSet
+from MedFoundationSegLogic.node_attributes import (
+    CONFIDENCE_ATTRIBUTE,
+    ENGINE_ATTRIBUTE,
+    STRUCTURE_ATTRIBUTE,
+    TERMINOLOGY_ATTRIBUTE,
+    VOLUME_REFERENCE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +90,9 @@ class EngineChoice:
     reason: str
 
 
-def choose_engine(requested: str = "auto") -> EngineChoice:
+def choose_engine(requested: str = "auto", medlam_weights="medlam") -> EngineChoice:
     """MedLAM when its weights are present (or explicitly asked for), otherwise registration — and say why."""
-    return EngineChoice(*pipeline.choose_localizer(requested))
-
-
-def compute_localization(template_set: TemplateSet, query: Volume, engine: str, *, structures=None,
-                         progress=None, cancelled=None, seed: int = 0) -> dict[str, StructureBox]:
-    """Engine call only (worker thread): no scene access."""
-    return pipeline.localize(template_set, query, engine, structures=structures, seed=seed, progress=progress,
-                             cancelled=cancelled)
+    return EngineChoice(*engines.choose_localizer(requested, medlam_weights))
 
 
 @dataclasses.dataclass
@@ -101,11 +101,24 @@ class LocalizedNodes:
     points_node: object
 
 
+@dataclasses.dataclass
+class PreparedLocalization:
+    """One query volume's localization, read from the scene on the GUI thread."""
+
+    volume_node_id: str
+    volume_name: str
+    engine: EngineChoice
+    compute: functools.partial  # call with progress=, cancelled= on the worker; returns {structure: StructureBox}
+
+
 class MedLAMLocalizeLogic:
     """Template set editing and localization on a scene; the Widget calls only these methods."""
 
     def __init__(self, scene):
         self.scene = scene
+        # What MedLAM runs with: a registry name (its weights must be in the cache), a path, or None for seeded
+        # random weights (tests and timing).
+        self.medlam_weights = "medlam"
         self.template_set = TemplateSet(templates=[])
         self._template_nodes: dict[str, str] = {}  # template name -> volume node ID
         self.colors: dict[str, tuple[float, float, float]] = {}
@@ -227,19 +240,40 @@ class MedLAMLocalizeLogic:
             tag = self.terminology.get(name)
             for node in (roi, points):
                 if tag:
-                    node.SetAttribute(ROI_TERMINOLOGY_ATTRIBUTE, tag)
-                node.SetAttribute("MedLAMLocalize.Structure", name)
-                node.SetAttribute(ROI_ENGINE_ATTRIBUTE, result.engine)
-                node.SetAttribute("MedLAMLocalize.Confidence", f"{result.confidence:.3f}")
-                node.SetNodeReferenceID("MedLAMLocalize.Volume", query_volume_node.GetID())
+                    node.SetAttribute(TERMINOLOGY_ATTRIBUTE, tag)
+                node.SetAttribute(STRUCTURE_ATTRIBUTE, name)
+                node.SetAttribute(ENGINE_ATTRIBUTE, result.engine)
+                node.SetAttribute(CONFIDENCE_ATTRIBUTE, f"{result.confidence:.3f}")
+                node.SetNodeReferenceID(VOLUME_REFERENCE, query_volume_node.GetID())
             created[name] = LocalizedNodes(roi, points)
         return created
 
-    def localize(self, query_volume_node, *, engine: str = "auto", structures=None, progress=None, cancelled=None,
-                 seed: int = 0) -> tuple[dict[str, StructureBox], dict[str, LocalizedNodes], EngineChoice]:
-        """Synchronous convenience (compute + apply) for scripts and tests; the Widget runs the two halves apart."""
-        choice = choose_engine(engine)
-        query = mrml_bridge.volume_from_node(query_volume_node)
-        results = compute_localization(self.template_set, query, choice.engine, structures=structures,
-                                       progress=progress, cancelled=cancelled, seed=seed)
-        return results, self.apply_localization(results, query_volume_node), choice
+    def prepare_localization(self, query_volume_nodes, options: Options | None = None,
+                             structures=None) -> list[PreparedLocalization]:
+        """Engine calls for each query volume: ``options`` holds the panel's engine, sub-patch (SPL) choice, slab
+        thickness, MedLAM re-centring steps and seed. Refuses an empty template set or an unusable engine here,
+        before anything is queued."""
+        options = options or Options()
+        if not self.template_set.templates:
+            raise TemplateError("the template set is empty: add a structure or load a template set first")
+        if not query_volume_nodes:
+            raise ValueError("select a query volume (or tick 'All loaded volumes')")
+        choice = choose_engine(options.engine, self.medlam_weights)
+        prepared = []
+        for node in query_volume_nodes:
+            query = mrml_bridge.volume_from_node(node)  # a copy: the worker never touches the scene
+            compute = functools.partial(engines.localize, self.template_set, query, choice.engine,
+                                        structures=structures, seed=options.seed, spl=options.spl,
+                                        slice_interval=options.slice_interval,
+                                        recentre_iterations=options.recentre_iterations,
+                                        medlam_weights=self.medlam_weights)
+            prepared.append(PreparedLocalization(node.GetID(), node.GetName(), choice, compute))
+        return prepared
+
+    def localize(self, query_volume_node, options: Options | None = None, *, structures=None, progress=None,
+                 cancelled=None) -> tuple[dict[str, StructureBox], dict[str, LocalizedNodes], EngineChoice]:
+        """Synchronous convenience (prepare + compute + apply) for scripts and tests; the Widget runs the compute
+        half on its worker."""
+        (prepared,) = self.prepare_localization([query_volume_node], options, structures)
+        results = prepared.compute(progress=progress, cancelled=cancelled)
+        return results, self.apply_localization(results, query_volume_node), prepared.engine

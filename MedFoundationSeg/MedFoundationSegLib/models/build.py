@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from .mask_decoder import MaskDecoder
-from .prompt_encoder import PromptEncoder
-from .sam import SamModel
-from .tiny_vit import TinyViT
-from .transformer import TwoWayTransformer
-from .vit import ImageEncoderViT
+from MedFoundationSegLib.models.mask_decoder import MaskDecoder
+from MedFoundationSegLib.models.prompt_encoder import PromptEncoder
+from MedFoundationSegLib.models.sam import SamModel
+from MedFoundationSegLib.models.tiny_vit import TinyViT
+from MedFoundationSegLib.models.transformer import TwoWayTransformer
+from MedFoundationSegLib.models.vit import ImageEncoderViT
 
 ENCODERS = {"vit": ImageEncoderViT, "tiny_vit": TinyViT}
 SHOWN_KEYS = 5
@@ -35,7 +35,7 @@ class CheckpointMismatchError(ValueError):
 
 
 def _registry_models() -> dict:
-    from ..weights import load_registry
+    from MedFoundationSegLib.core.weights import load_registry
 
     return load_registry()["models"]
 
@@ -115,7 +115,7 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping, source: str) -
 
 
 def _state_dict_from(name: str, weights) -> tuple[Mapping, str]:
-    from .. import weights as weight_store
+    from MedFoundationSegLib.core import weights as weight_store
 
     if isinstance(weights, Mapping):
         return weights, "<in-memory state_dict>"

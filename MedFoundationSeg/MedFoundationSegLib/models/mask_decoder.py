@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import LayerNorm2d
-from .transformer import TwoWayTransformer
+from MedFoundationSegLib.models.common import LayerNorm2d
+from MedFoundationSegLib.models.transformer import TwoWayTransformer
 
 
 class MLP(nn.Module):

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
+from MedFoundationSegLib.models.common import LayerNorm2d
 
 
 class PositionEmbeddingRandom(nn.Module):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import ConvBN, LayerNorm2d, attention
+from MedFoundationSegLib.models.common import ConvBN, LayerNorm2d, attention
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:

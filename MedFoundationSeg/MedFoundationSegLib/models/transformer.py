@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import MLPBlock, attention
+from MedFoundationSegLib.models.common import MLPBlock, attention
 
 
 class ProjectedAttention(nn.Module):

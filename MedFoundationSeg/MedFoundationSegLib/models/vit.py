@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import LayerNorm2d, MLPBlock, attention
+from MedFoundationSegLib.models.common import LayerNorm2d, MLPBlock, attention
 
 
 def pad_and_split_windows(x_bhwc: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:

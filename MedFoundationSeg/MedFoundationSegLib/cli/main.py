@@ -1,0 +1,50 @@
+"""The ``medfoundationseg`` command: one entry point, one module per subcommand group.
+
+Each module listed in ``SUBCOMMAND_MODULES`` exposes ``register(subparsers)``, which adds its parser(s) and sets
+``func`` (called with the parsed namespace, returns an exit status). Modules are imported when the parser is built but
+keep heavy imports (torch, SimpleITK) inside their handlers, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+SUBCOMMAND_MODULES = (
+    "MedFoundationSegLib.cli.weights_cli",
+    "MedFoundationSegLib.cli.localize_cli",
+    "MedFoundationSegLib.cli.demo_cli",
+    "MedFoundationSegLib.cli.batch_cli",
+    "MedFoundationSegLib.cli.train_cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from MedFoundationSegLib import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="medfoundationseg",
+        description="MedLAM localization + SAM-family segmentation for 3D volumes (the engine behind the Slicer modules).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Finding volume files: a folder of volumes (and DICOM series folders), a text list or a CSV of paths."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+class VolumeListError(ValueError):
+    """A folder, list or CSV of volumes is unusable (names the source and the problem)."""
+
+
+def case_name(path: Path) -> str:
+    """File name without its volume suffix (``case01.nii.gz`` -> ``case01``); DICOM folders keep their name."""
+    name = path.name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def collect_queries(source: str | os.PathLike) -> list[Path]:
+    """Query volumes from a folder (volume files and DICOM sub-folders), a text list (one path per line) or a CSV
+    (a ``path``/``image``/``volume`` column, else the first column). Relative paths are taken from the list's folder."""
+    source = Path(source)
+    if source.is_dir():
+        found = sorted(p for p in source.iterdir()
+                       if (p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
+                       or (p.is_dir() and any(f.suffix.lower() == ".dcm" for f in p.iterdir())))
+        if not found:
+            raise VolumeListError(f"{source} holds no volume files ({', '.join(VOLUME_SUFFIXES)}) or DICOM folders")
+        return found
+    if not source.is_file():
+        raise VolumeListError(f"query source not found: {source}")
+    text = source.read_text(encoding="utf-8-sig")
+    if source.suffix.lower() == ".csv":
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows:
+            raise VolumeListError(f"{source} is empty")
+        header = [h.strip().lower() for h in rows[0]]
+        column = next((header.index(k) for k in ("path", "image", "volume") if k in header), None)
+        entries = [row[column if column is not None else 0] for row in rows[1 if column is not None else 0:] if row]
+    else:
+        entries = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    paths = [Path(e) if Path(e).is_absolute() else source.parent / e for e in entries]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise VolumeListError(f"{len(missing)} listed volume(s) do not exist, e.g. {missing[0]}")
+    if not paths:
+        raise VolumeListError(f"{source} lists no volumes")
+    return paths

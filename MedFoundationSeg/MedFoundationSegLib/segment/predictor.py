@@ -1,0 +1,397 @@
+"""SlicePredictor: box/point prompts on the 2D slices of a 3D volume, with a bounded cache of slice embeddings.
+
+The image encoder costs ~100x the prompt decoder, so each slice is encoded at most once per predictor: several
+structures, repeated prompts and interactive corrections on a slice reuse its cached embedding. Slices are taken
+along one axis of the (z, y, x) array; prompts and masks live in that slice's own pixel frame (x = column, y = row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from MedFoundationSegLib.core.geometry import SLICE_FRAMES
+from MedFoundationSegLib.core.progress import (
+    Cancelled,  # the shared one: the worker and the batch recognise it as a cancel
+)
+from MedFoundationSegLib.runtime.encoder_runtime import EncoderRuntime, select_device
+from MedFoundationSegLib.runtime.precision_escalation import (
+    ESCALATION_ERROR_SCALE,
+    ESCALATION_MAX_EXPECTED_LOSS,
+    expected_dice,
+)
+from MedFoundationSegLib.runtime.retained_heap import retained_heap
+from MedFoundationSegLib.segment.embedding_cache import EmbeddingCache
+from MedFoundationSegLib.segment.intensity import Window, apply_window, check_image, resolve_window
+from MedFoundationSegLib.segment.preprocessing import (
+    Preprocessing,
+    PreprocessingError,
+    preprocessing_for,
+    slice_transform,
+    slices_to_input,
+)
+
+DEFAULT_CACHE_BYTES = 512 * 1024**2
+LOW_RES_SIZE = 256
+# Half precision keeps 11 significant bits; embeddings are O(1), far from fp16's 65504 limit (checked per slice).
+FP16_SAFE_ABS = 6.0e4
+
+
+Progress = Callable[[float, str], None]
+CancelCheck = Callable[[], bool]
+
+
+class PredictorError(ValueError):
+    """The predictor was given an unusable volume, axis, slice index or prompt."""
+
+
+@dataclasses.dataclass
+class SlicePrediction:
+    """Masks for N prompts with C candidates each (C = 1, or 3 with multimask output)."""
+
+    masks: np.ndarray  # bool (N, C, H, W) on the slice grid
+    iou: np.ndarray  # float32 (N, C): the decoder's predicted IoU of each mask
+    low_res_logits: np.ndarray  # float32 (N, C, 256, 256): feed one back as `mask_input` to refine
+    probability: np.ndarray | None = None  # float32 (N, C, H, W) sigmoid of the logits, when asked for
+
+    def best(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N, H, W) masks and (N,) IoU of the candidate with the highest predicted IoU per prompt."""
+        pick = self.iou.argmax(axis=1)
+        rows = np.arange(len(pick))
+        return self.masks[rows, pick], self.iou[rows, pick]
+
+
+def _as_float_array(value, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise PredictorError(f"{name} must be numeric; got {value!r}") from error
+    if not np.isfinite(array).all():
+        raise PredictorError(f"{name} contains NaN or infinite coordinates: {array.tolist()}")
+    return array
+
+
+def clip_box_to_slice(box_xyxy, slice_hw: tuple[int, int]) -> np.ndarray:
+    """Clip a (grown) box to the slice; for callers that enlarge boxes and accept losing what falls outside."""
+    box = _as_float_array(box_xyxy, "box").reshape(4)
+    height, width = slice_hw
+    return np.array([np.clip(box[0], 0, width - 1), np.clip(box[1], 0, height - 1),
+                     np.clip(box[2], 0, width - 1), np.clip(box[3], 0, height - 1)])
+
+
+def load_model(name: str, weights="registry", device: str | torch.device = "cpu") -> nn.Module:
+    """A SAM-family model from the registry; unknown names and missing weights raise clear errors."""
+    preprocessing_for(name)  # UnknownModelError for names that are not slice models
+    from MedFoundationSegLib.models.build import build_model
+
+    return build_model(name, weights=weights, device=str(device))
+
+
+class SlicePredictor:
+    """Encode slices of one volume along one axis lazily, cache their embeddings, decode prompts into masks.
+
+    volume: a Volume or a (z, y, x) array (then give ``spacing_mm`` along x, y, z for anisotropic data).
+    model: a registry name ("litemedsam", "mobilesam", ...) or an already built model (then name its preprocessing
+    with ``preprocessing``). window: see intensity.resolve_window ("auto", a preset, {level, width}, ...).
+    precision: "auto" (bf16 where the hardware is native at it, else fp16 on GPUs and fp32), "fp32", "bf16", "fp16".
+    cache_bytes: memory budget of the embedding cache (2 MiB per slice for the 256x64x64 fp16 embeddings).
+    optimize: fold BatchNorm into convolutions, channels-last, native precision (a passed model object is converted
+    in place). compile: also torch.compile the encoder (one fixed batch shape): ~3x faster per slice on this
+    project's CPU once compiled, but the compilation takes one to three minutes in each new process, so it pays off
+    for batch/propagation work, not for one interactive slice. escalate: when the encoder runs in reduced precision,
+    re-encode in fp32 any slice whose mask the rounding is expected to move (ESCALATION_ERROR_SCALE); its fp32
+    embedding replaces the fast one in the cache. Off by default: on the 40-slice benchmark it re-encoded 16 slices
+    (1.30x instead of about 2.2x) and still left one slice at Dice 0.972.
+    """
+
+    def __init__(self, volume, model: str | nn.Module = "litemedsam", *, spacing_mm=None, axis: str = "axial",
+                 window="auto", device: str | torch.device = "auto", weights="registry", precision: str = "auto",
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, batch_size: int | None = None,
+                 preprocessing: str | Preprocessing | None = None, optimize: bool = True,
+                 compile: bool = False, keep_physical_aspect: bool = True, escalate: bool = False):
+        array = getattr(volume, "array", volume)
+        if spacing_mm is None:
+            spacing_mm = getattr(volume, "spacing_mm", (1.0, 1.0, 1.0))
+        try:
+            array = check_image(array, "volume")
+        except ValueError as error:
+            raise PredictorError(str(error)) from error
+        if array.ndim != 3 or min(array.shape) < 1:
+            raise PredictorError(f"volume must be a non-empty 3D (z, y, x) array; got shape {array.shape}")
+        spacing = _as_float_array(spacing_mm, "spacing_mm").reshape(-1)
+        if spacing.size != 3 or (spacing <= 0).any():
+            raise PredictorError(f"spacing_mm must be 3 positive values along (x, y, z); got {spacing_mm}")
+        if axis not in SLICE_FRAMES:
+            raise PredictorError(f"unknown axis {axis!r}; use one of {', '.join(SLICE_FRAMES)}")
+        self.array = array
+        self.spacing_mm = tuple(float(s) for s in spacing)
+        self.axis = axis
+        self.window: Window = resolve_window(window, array)
+
+        self.device = select_device(device)
+        if isinstance(model, str):
+            self.model_name = model
+            self.preprocessing = preprocessing_for(model)
+            self.model = load_model(model, weights=weights, device=self.device)
+        else:
+            if preprocessing is None:
+                raise PredictorError("a model object needs `preprocessing` (a registry model name or a Preprocessing)")
+            self.model_name = preprocessing if isinstance(preprocessing, str) else "custom"
+            self.model = model.to(self.device)
+        if preprocessing is not None:
+            self.preprocessing = (preprocessing_for(preprocessing) if isinstance(preprocessing, str)
+                                  else preprocessing)
+        self.model.eval()
+        self.runtime = EncoderRuntime(self.model.image_encoder, self.device, precision if optimize else "fp32",
+                                      batch_size=batch_size, fold_bn=optimize, channels_last=optimize,
+                                      compile=compile, keep_exact=escalate, band_stem=optimize)
+
+        kept = SLICE_FRAMES[axis].array_axis
+        self.slice_hw = tuple(int(n) for i, n in enumerate(array.shape) if i != kept)
+        self.num_slices = int(array.shape[kept])
+        pixel_spacing_yx = self._pixel_spacing_yx() if keep_physical_aspect else None
+        self.transform = slice_transform(self.slice_hw, self.preprocessing, pixel_spacing_yx)
+        self.cache = EmbeddingCache(cache_bytes)
+        self.slices_encoded = 0
+        self.escalate = bool(escalate) and self.runtime.reduced_precision
+        self.escalation_error_scale = ESCALATION_ERROR_SCALE.get(self.runtime.precision, 0.0)
+        self.slices_escalated = 0  # fp32 re-encodings done by the escalation rule
+        self._exact: set[int] = set()  # cached slices whose embedding came from the fp32 encoder
+        self._lock = threading.RLock()
+
+    # --- geometry -----------------------------------------------------------------------------------------------
+    def _pixel_spacing_yx(self) -> tuple[float, float]:
+        spacing_x, spacing_y, spacing_z = self.spacing_mm
+        return {"axial": (spacing_y, spacing_x), "coronal": (spacing_z, spacing_x),
+                "sagittal": (spacing_z, spacing_y)}[self.axis]
+
+    def _check_index(self, index) -> int:
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise PredictorError(f"slice index must be an integer; got {index!r}")
+        if not 0 <= int(index) < self.num_slices:
+            raise PredictorError(f"slice index {index} is outside the volume's {self.num_slices} {self.axis} slices "
+                                 f"(0..{self.num_slices - 1})")
+        return int(index)
+
+    def slice_image(self, index: int) -> np.ndarray:
+        """The raw 2D slice (rows, columns) of the volume at ``index`` along the predictor's axis."""
+        index = self._check_index(index)
+        return np.take(self.array, index, axis=SLICE_FRAMES[self.axis].array_axis)
+
+    # --- encoding -----------------------------------------------------------------------------------------------
+    def set_window(self, window) -> None:
+        """Change the intensity window; cached embeddings were computed with the old one and are dropped."""
+        new = resolve_window(window, self.array)
+        with self._lock:
+            if new != self.window:
+                self.window = new
+                self.cache.clear()
+                self._exact.clear()
+
+    @staticmethod
+    def _storage_form(embedding: torch.Tensor) -> torch.Tensor:
+        """CPU copy in fp16 when it fits fp16's range, else fp32. Every embedding, cached or not, takes this form,
+        so a prediction never depends on whether its slice came from the cache."""
+        embedding = embedding.detach().to("cpu", torch.float32)
+        if embedding.abs().max().item() < FP16_SAFE_ABS:
+            return embedding.to(torch.float16)
+        return embedding
+
+    def _input_images(self, indices: list[int]) -> torch.Tensor:
+        axis = SLICE_FRAMES[self.axis].array_axis
+        slices = apply_window(np.take(self.array, indices, axis=axis), self.window)
+        if axis:  # np.take along y or x puts the slice axis in place; bring it to the front
+            slices = np.moveaxis(slices, axis, 0)
+        return slices_to_input(slices, self.transform, self.preprocessing)
+
+    def _encode(self, indices: list[int]) -> list[torch.Tensor]:
+        embeddings = self.runtime(self._input_images(indices))
+        self.slices_encoded += len(indices)
+        self._exact.difference_update(indices)  # an evicted fp32 embedding comes back as a fast one
+        return [self._storage_form(embeddings[i: i + 1]) for i in range(len(indices))]
+
+    def _encode_exact(self, index: int) -> torch.Tensor:
+        """fp32 embedding of one slice (escalation), cached in place of the fast one."""
+        embedding = self._storage_form(self.runtime.exact(self._input_images([index])))
+        self.slices_escalated += 1
+        if self.cache.put(index, embedding):
+            self._exact.add(index)
+        return embedding
+
+    def _needs_escalation(self, index: int, logits: torch.Tensor) -> bool:
+        """True when the slice's embedding is a fast one and some mask's expected Dice loss exceeds the margin."""
+        if not self.escalate or index in self._exact:
+            return False
+        expected = expected_dice(logits, self.preprocessing.mask_threshold, self.escalation_error_scale)
+        return bool((expected < 1.0 - ESCALATION_MAX_EXPECTED_LOSS).any())
+
+    def embedding(self, index: int) -> torch.Tensor:
+        """(1, C, h, w) embedding of one slice: from the cache, or encoded now (and cached if the budget allows)."""
+        index = self._check_index(index)
+        with self._lock:
+            cached = self.cache.get(index)
+            if cached is not None:
+                return cached
+            (embedding,) = self._encode([index])
+            self.cache.put(index, embedding)
+            return embedding
+
+    def encode_range(self, first: int, last: int, *, progress: Progress | None = None,
+                     cancelled: CancelCheck | None = None) -> int:
+        """Encode slices first..last (inclusive, like the project's voxel boxes) in batches; returns how many were
+        newly encoded. Already cached slices are skipped; progress/cancel are honoured between batches."""
+        first, last = self._check_index(first), self._check_index(last)
+        if last < first:
+            raise PredictorError(f"encode_range needs first <= last; got {first}..{last}")
+        return self.encode_slices(range(first, last + 1), progress=progress, cancelled=cancelled)
+
+    def encode_slices(self, indices, *, progress: Progress | None = None, cancelled: CancelCheck | None = None) -> int:
+        """Encode the given slices (any order, e.g. every k-th) in batches, as encode_range does for a range."""
+        indices = sorted({self._check_index(i) for i in indices})
+        with self._lock, retained_heap():  # each batch reuses the last one's freed activations (no page faults)
+            todo = [i for i in indices if i not in self.cache]
+            step = max(1, self.runtime.batch_size)
+            for done in range(0, len(todo), step):
+                if cancelled is not None and cancelled():
+                    raise Cancelled(f"encoding cancelled after {done} of {len(todo)} slices")
+                if progress is not None:
+                    progress(done / len(todo), f"encoding {self.axis} slices ({done}/{len(todo)})")
+                batch = todo[done: done + step]
+                embeddings = self._encode(batch)
+                if done == 0 and self.cache.size_of(embeddings[0]) * len(todo) > self.cache.budget_bytes:
+                    warnings.warn(f"encoding {len(todo)} slices needs "
+                                  f"{self.cache.size_of(embeddings[0]) * len(todo) / 2**20:.0f} MiB of cache but the "
+                                  f"budget is {self.cache.budget_bytes / 2**20:.0f} MiB; early slices will be evicted",
+                                  RuntimeWarning, stacklevel=2)
+                for index, embedding in zip(batch, embeddings):
+                    self.cache.put(index, embedding)
+            if progress is not None and todo:
+                progress(1.0, f"encoded {len(todo)} {self.axis} slices")
+            return len(todo)
+
+    # --- prompts ------------------------------------------------------------------------------------------------
+    def _check_boxes(self, boxes) -> np.ndarray:
+        boxes = _as_float_array(boxes, "boxes")
+        if boxes.ndim == 1:
+            boxes = boxes[None]
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] == 0:
+            raise PredictorError(f"boxes must be (x0, y0, x1, y1) or an (N, 4) array; got shape {boxes.shape}")
+        height, width = self.slice_hw
+        for box in boxes:
+            x0, y0, x1, y1 = box
+            if not (x1 > x0 and y1 > y0):
+                raise PredictorError(f"empty box {box.tolist()}: need x1 > x0 and y1 > y0 (x = column, y = row)")
+            if x0 < 0 or y0 < 0 or x1 > width - 1 or y1 > height - 1:
+                raise PredictorError(f"box {box.tolist()} lies outside the {self.axis} slice of {width} columns x "
+                                     f"{height} rows (valid x 0..{width - 1}, y 0..{height - 1}); "
+                                     f"clip it with clip_box_to_slice if that is intended")
+        return boxes
+
+    def _check_points(self, points, labels, count: int | None) -> tuple[np.ndarray, np.ndarray]:
+        points = _as_float_array(points, "points")
+        if points.ndim == 2:
+            points = points[None]
+        if points.ndim != 3 or points.shape[-1] != 2 or points.shape[1] == 0:
+            raise PredictorError(f"points must be (P, 2) or (N, P, 2) (x, y) arrays; got shape {points.shape}")
+        if labels is None:
+            raise PredictorError("points need point_labels (1 = foreground, 0 = background)")
+        labels = np.asarray(labels)
+        if labels.ndim == 1:
+            labels = labels[None]
+        if labels.shape != points.shape[:2]:
+            raise PredictorError(f"point_labels shape {labels.shape} does not match points {points.shape[:2]}")
+        if not np.isin(labels, (0, 1)).all():
+            raise PredictorError(f"point_labels must be 1 (foreground) or 0 (background); got {np.unique(labels)}")
+        height, width = self.slice_hw
+        x, y = points[..., 0], points[..., 1]
+        outside = (x < 0) | (x > width - 1) | (y < 0) | (y > height - 1)
+        if outside.any():
+            raise PredictorError(f"point(s) {points[outside].tolist()} lie outside the {self.axis} slice of {width} "
+                                 f"columns x {height} rows")
+        if count is not None and points.shape[0] not in (1, count):
+            raise PredictorError(f"{points.shape[0]} point sets for {count} boxes; give one set per box or one shared")
+        if count is not None and points.shape[0] == 1 and count > 1:
+            points, labels = np.repeat(points, count, axis=0), np.repeat(labels, count, axis=0)
+        return points, labels.astype(np.int64)
+
+    def _check_mask_input(self, mask_input, count: int) -> torch.Tensor:
+        mask = _as_float_array(mask_input, "mask_input").astype(np.float32)
+        if mask.ndim == 2:
+            mask = mask[None, None]
+        elif mask.ndim == 3:
+            mask = mask[:, None]
+        if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (LOW_RES_SIZE, LOW_RES_SIZE):
+            raise PredictorError(f"mask_input must be low-res logits of shape (256, 256) or (N, 1, 256, 256) "
+                                 f"(a previous prediction's low_res_logits); got {mask.shape}")
+        if mask.shape[0] not in (1, count):
+            raise PredictorError(f"{mask.shape[0]} mask inputs for {count} prompts")
+        if mask.shape[0] == 1 and count > 1:
+            mask = np.repeat(mask, count, axis=0)
+        return torch.from_numpy(mask)
+
+    def predict(self, index: int, boxes=None, points=None, point_labels=None, mask_input=None, *,
+                multimask: bool = False, with_probability: bool = False) -> SlicePrediction:
+        """Masks for one or many prompts on slice ``index``.
+
+        boxes: (x0, y0, x1, y1) or (N, 4) in the slice's pixel frame. points: (P, 2) shared by all prompts or
+        (N, P, 2), with point_labels 1 (foreground) / 0 (background). mask_input: a previous low_res_logits
+        (256, 256) or (N, 1, 256, 256). multimask: three candidates per prompt instead of one.
+        """
+        index = self._check_index(index)
+        if boxes is None and points is None:
+            raise PredictorError("give at least a box or points to predict a mask")
+        box_array = self._check_boxes(boxes) if boxes is not None else None
+        count = None if box_array is None else len(box_array)
+        point_arrays = self._check_points(points, point_labels, count) if points is not None else None
+        if count is None:
+            count = point_arrays[0].shape[0]
+        masks_in = self._check_mask_input(mask_input, count) if mask_input is not None else None
+
+        embedding = self.embedding(index)
+        prompts = (box_array, point_arrays, masks_in, multimask)
+        low_res, iou, logits = self._decode(embedding, *prompts)
+        if self._needs_escalation(index, logits):
+            with self._lock:
+                low_res, iou, logits = self._decode(self._encode_exact(index), *prompts)
+        with torch.inference_mode():
+            masks = (logits > self.preprocessing.mask_threshold).cpu().numpy()
+            probability = torch.sigmoid(logits).cpu().numpy().astype(np.float32) if with_probability else None
+        return SlicePrediction(masks=masks, iou=iou.float().cpu().numpy(), low_res_logits=low_res.cpu().numpy(),
+                               probability=probability)
+
+    def _decode(self, embedding, box_array, point_arrays, masks_in, multimask):
+        """Prompt encoder + mask decoder on one embedding: (low-res logits, predicted IoU, slice-grid logits)."""
+        decoder_device = next(self.model.mask_decoder.parameters()).device
+        transform = self.transform
+        with torch.inference_mode():
+            box_tensor = point_tuple = None
+            if box_array is not None:
+                box_tensor = torch.as_tensor(transform.boxes_to_input(box_array), dtype=torch.float32,
+                                             device=decoder_device)
+            if point_arrays is not None:
+                coords = torch.as_tensor(transform.points_to_input(point_arrays[0]), dtype=torch.float32,
+                                         device=decoder_device)
+                point_tuple = (coords, torch.as_tensor(point_arrays[1], device=decoder_device))
+            sparse, dense = self.model.prompt_encoder(
+                points=point_tuple, boxes=box_tensor,
+                masks=None if masks_in is None else masks_in.to(decoder_device))
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=embedding.to(decoder_device, torch.float32),
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                multimask_output=multimask)
+            low_res = low_res.float()
+            return low_res, iou, transform.logits_to_slice(low_res)
+
+    def mask_to_prompt(self, mask_hw: np.ndarray) -> np.ndarray:
+        """A bool slice mask -> (256, 256) low-res logits, to prompt with an edited or propagated mask."""
+        try:
+            return self.transform.slice_mask_to_low_res(mask_hw, LOW_RES_SIZE)
+        except PreprocessingError as error:
+            raise PredictorError(str(error)) from error

@@ -1,0 +1,391 @@
+"""Slice-by-slice 3D segmentation with a 2D promptable segmenter (SAM family), independent of the model.
+
+Why: a box prompt asserts "an object is here", so a 2D model answers on every slice it is asked about. The logic that
+decides which slices to ask, with which prompt, and when to stop lives here, written against a tiny protocol so it can
+be tested with stand-in segmenters. Modes:
+
+- ``box_per_slice``: MedLSAM style, one 2D box per slice from a 3D box (or from its SPL slabs), padded in mm.
+- ``propagate_from_seeds``: user mask/box on one or more slices; each next prompt comes from the previous mask (box +
+  margin; a positive point at the mask's deepest pixel is optional); explicit stop rules (``stop_rules.yaml``); the
+  reason each side stopped is kept.
+- ``repropagate_from_edit``: after a slice is corrected, only the slices beyond it (away from the seeds) are redone.
+
+Sparser modes live in ``keyslices`` (every k-th slice + interpolation) and ``reference`` (the peer's procedure).
+
+Slices are taken along axis 0 of (z, y, x) arrays; 2D boxes are (x0, y0, x1, y1) inclusive pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from scipy import ndimage
+
+from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report
+
+
+class PropagationError(ValueError):
+    """Propagation inputs are unusable."""
+
+
+class SliceSegmenter(Protocol):
+    def segment(self, slice_index: int, box_xyxy, points_xy=None, point_labels=None,
+                mask_prompt=None) -> tuple[np.ndarray, float]:
+        """Bool (H, W) mask on slice ``slice_index`` and the model's predicted IoU.
+
+        The SAM-family implementation is ``segmenter.PredictorSegmenter``."""
+
+
+@dataclasses.dataclass
+class StopRules:
+    """When a walk from slice to slice stops; the meaning of each field is in ``stop_rules.yaml``, which also holds
+    the preset of each mode (:meth:`preset`). The defaults here are the ``box_guided`` preset."""
+
+    min_area_px: int = 12
+    min_area_fraction: float = 0.05
+    min_iou: float = 0.5
+    max_iou_drop: float | None = None
+    max_area_ratio: float = 1.8
+    regrowth_below_fraction: float | None = None
+    regrowth_ratio: float = 1.2
+    max_centroid_shift: float = 0.5
+    appearance_sigmas: float = 2.5
+    range_tolerance_slices: int = 2
+
+    @classmethod
+    def preset(cls, name: str) -> "StopRules":
+        """The rules of one mode (``box_guided``, ``seeds``) as stored in ``stop_rules.yaml``."""
+        presets = _stop_rule_presets()
+        if name not in presets:
+            raise PropagationError(f"unknown stop-rule preset {name!r}; choose from {sorted(presets)}")
+        return cls(**presets[name])
+
+
+@functools.lru_cache(maxsize=1)
+def _stop_rule_presets() -> dict:
+    import yaml
+
+    with open(Path(__file__).with_name("stop_rules.yaml"), encoding="utf-8") as stream:
+        return yaml.safe_load(stream)
+
+
+@dataclasses.dataclass
+class PropagationResult:
+    mask: np.ndarray  # bool (z, y, x)
+    iou: dict[int, float]  # slice -> predicted IoU of the kept masks
+    segmented: list[int]  # slices the model was run on and kept
+    stop_reasons: dict[str, str]  # "up" (increasing index) / "down" -> why that side stopped
+    seeds: list[int] = dataclasses.field(default_factory=list)
+    interpolated: list[int] = dataclasses.field(default_factory=list)
+
+
+# --- small helpers ---------------------------------------------------------------------------------------------------
+
+def mask_box_xyxy(mask2d: np.ndarray) -> tuple[int, int, int, int] | None:
+    if not mask2d.any():
+        return None
+    rows, cols = np.flatnonzero(mask2d.any(axis=1)), np.flatnonzero(mask2d.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+
+
+def _grow_box(box, margin_px: float, shape_hw) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = box
+    m = int(round(margin_px))
+    return max(x0 - m, 0), max(y0 - m, 0), min(x1 + m, shape_hw[1] - 1), min(y1 + m, shape_hw[0] - 1)
+
+
+def _intersect_boxes(a, b) -> tuple[int, int, int, int] | None:
+    """Overlap of two (x0, y0, x1, y1) boxes, or None when it is thinner than 2 px (a prompt needs x1 > x0)."""
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def _deepest_point_xy(mask2d: np.ndarray) -> tuple[float, float]:
+    depth = ndimage.distance_transform_edt(np.pad(mask2d, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return float(col), float(row)
+
+
+def _check_volume_shape(shape) -> tuple[int, int, int]:
+    if len(shape) != 3 or min(shape) < 1:
+        raise PropagationError(f"volume shape must be (z, y, x); got {shape}")
+    return tuple(int(n) for n in shape)
+
+
+# --- mode 1: MedLSAM box per slice ------------------------------------------------------------------------------------
+
+def box_per_slice(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0, 1.0, 1.0), pad_mm: float = 4.0,
+                  slabs: list[tuple[int, int, tuple[int, int, int, int]]] | None = None,
+                  progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> PropagationResult:
+    """Every slice k0..k1 gets a 2D box: the 3D box's (or its SPL slab's) rectangle padded by ``pad_mm``.
+
+    ``slabs``: [(k_first, k_last, (x0, y0, x1, y1)), ...] sub-boxes; slices they cover use their rectangle.
+    """
+    shape = _check_volume_shape(shape_kji)
+    (k0, k1), (j0, j1), (i0, i1) = box_kji
+    if not (0 <= k0 <= k1 < shape[0]):
+        raise PropagationError(f"box slice range {k0}..{k1} outside 0..{shape[0] - 1}")
+    pad_px = pad_mm / float(min(spacing_mm[0], spacing_mm[1]))
+    rect = {k: (i0, j0, i1, j1) for k in range(k0, k1 + 1)}
+    for first, last, slab_box in slabs or []:
+        for k in range(max(first, k0), min(last, k1) + 1):
+            rect[k] = tuple(int(v) for v in slab_box)
+    mask = np.zeros(shape, bool)
+    ious = {}
+    for n, k in enumerate(sorted(rect)):
+        check(cancelled, "box-per-slice segmentation")
+        box = _grow_box(rect[k], pad_px, shape[1:])
+        m, iou = segmenter.segment(k, box)
+        mask[k] = np.asarray(m, bool)
+        ious[k] = float(iou)
+        report(progress, (n + 1) / len(rect), f"slice {k}")
+    return PropagationResult(mask=mask, iou=ious, segmented=sorted(rect),
+                             stop_reasons={"up": "end of the box", "down": "end of the box"})
+
+
+def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0, 1.0), pad_mm: float = 4.0,
+               slabs: list[tuple[int, int, tuple[int, int, int, int]]] | None = None, rules: StopRules | None = None,
+               margin_px: float = 5.0, margin_fraction: float = 0.1, use_point: bool = False,
+               progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> PropagationResult:
+    """The 3D box as prior and hard limit rather than every slice's prompt.
+
+    Why: near its ends an organ covers a sliver of the box's rectangle and a box prompt makes SAM fill it (a "shelf"
+    of false voxels above the liver dome); the shelf grows slice by slice, so checking a box mask against its
+    neighbour does not catch it. Here only the middle slice gets the rectangle (or its SPL slab's); each further slice
+    is prompted with the previous mask's box plus a margin, never larger than the rectangle, and each side stops at
+    the box's end slice or earlier by the stop rules (an organ that ended inside a loose box). The margin is
+    ``max(margin_px, margin_fraction * the previous box's larger side)``. No positive point by default: on the
+    phantoms the deepest-point click made LiteMedSAM alternate between the whole liver and a part of it.
+    """
+    shape = _check_volume_shape(shape_kji)
+    rules = rules or StopRules.preset("box_guided")
+    (k0, k1), (j0, j1), (i0, i1) = box_kji
+    if not (0 <= k0 <= k1 < shape[0]):
+        raise PropagationError(f"box slice range {k0}..{k1} outside 0..{shape[0] - 1}")
+    pad_px = pad_mm / float(min(spacing_mm[0], spacing_mm[1]))
+    rect = _grow_box((i0, j0, i1, j1), pad_px, shape[1:])
+    middle = (k0 + k1) // 2
+    seed_rect = rect
+    for first, last, slab_box in slabs or []:
+        if first <= middle <= last:
+            seed_rect = _grow_box(tuple(int(v) for v in slab_box), pad_px, shape[1:])
+    check(cancelled, "box-guided segmentation")
+    m, iou = segmenter.segment(middle, seed_rect)
+    m = np.asarray(m, bool)
+    if int(m.sum()) < rules.min_area_px:  # nothing to follow: fall back to one prompt per slice
+        result = box_per_slice(segmenter, shape, box_kji, spacing_mm=spacing_mm, pad_mm=pad_mm, slabs=slabs,
+                               progress=progress, cancelled=cancelled)
+        result.stop_reasons = {side: f"no object on the middle slice {middle}; box on every slice"
+                               for side in ("up", "down")}
+        return result
+    mask = np.zeros(shape, bool)
+    mask[middle] = m
+    ious, segmented = {middle: float(iou)}, [middle]
+    reasons = {}
+    for side, step, limit in (("up", +1, k1), ("down", -1, k0)):
+        reasons[side] = _walk(segmenter, mask, ious, segmented, middle, step, limit, rules, margin_px, use_point,
+                              None, None, set(), cancelled, cap_box=rect, margin_fraction=margin_fraction)
+        report(progress, len(segmented) / (k1 - k0 + 1), f"{side} side: {reasons[side]}")
+    return PropagationResult(mask=mask, iou=ious, segmented=sorted(segmented), stop_reasons=reasons, seeds=[middle])
+
+
+# --- mode 2: propagation from seed slices -------------------------------------------------------------------------------
+
+def _stop_reason(m: np.ndarray, iou: float, prev: np.ndarray, max_area: int, rules: StopRules, stats,
+                 image_slice, typical_iou: float | None = None) -> str | None:
+    area = int(m.sum())
+    if area < rules.min_area_px:
+        return f"empty or tiny mask ({area} px)"
+    prev_area = int(prev.sum())
+    if area < rules.min_area_fraction * max_area and area < prev_area:
+        return f"mask shrank to {area} px (< {rules.min_area_fraction:.0%} of the largest, {max_area} px)"
+    if iou < rules.min_iou:
+        return f"low predicted IoU {iou:.2f} < {rules.min_iou}"
+    if rules.max_iou_drop is not None and typical_iou is not None and iou < typical_iou - rules.max_iou_drop:
+        # Beyond a structure's end the previous mask's box still asks "what is here?" and the model answers with
+        # a neighbour, less confidently than inside the structure (e.g. a slab above the liver dome).
+        return f"predicted IoU fell to {iou:.2f} (median {typical_iou:.2f} on this structure)"
+    if prev_area and area / prev_area > rules.max_area_ratio:
+        return f"area jumped x{area / prev_area:.2f} (> {rules.max_area_ratio}), likely a leak"
+    if (rules.regrowth_below_fraction is not None and prev_area < rules.regrowth_below_fraction * max_area
+            and area > rules.regrowth_ratio * prev_area):
+        # An organ tapers towards its end; a mask that had shrunk and grows again is a neighbour taking over.
+        return (f"mask grew again x{area / prev_area:.2f} after shrinking to {prev_area} px "
+                f"(< {rules.regrowth_below_fraction:.0%} of the largest, {max_area} px)")
+    box = mask_box_xyxy(prev)
+    if box is not None:
+        size = max(box[2] - box[0], box[3] - box[1]) + 1
+        shift = np.hypot(*(np.array(ndimage.center_of_mass(m)) - np.array(ndimage.center_of_mass(prev))))
+        if shift > rules.max_centroid_shift * size:
+            return f"centroid jumped {shift:.1f} px (> {rules.max_centroid_shift:.0%} of {size} px)"
+    if stats is not None and image_slice is not None:
+        mean, std = stats
+        value = float(image_slice[m].mean())
+        if abs(value - mean) > rules.appearance_sigmas * std:
+            return f"intensity {value:.0f} unlike the seed ({mean:.0f} +- {std:.0f})"
+    return None
+
+
+def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, rules: StopRules, margin_px,
+          use_point: bool, stats, image, blocked: set[int], cancelled, cap_box=None,
+          margin_fraction: float = 0.1) -> str:
+    """Propagate from slice ``start`` (already filled in ``mask``) in direction ``step``; returns why it stopped.
+
+    ``cap_box``: (x0, y0, x1, y1) no prompt may exceed (the 3D box's rectangle when there is one)."""
+    prev = mask[start]
+    max_area = int(prev.sum())
+    walk_ious: list[float] = []  # the model's IoUs on this walk (not the start: it may be a user's mask)
+    k = start + step
+    while True:
+        check(cancelled, "propagation")
+        if k < 0 or k >= mask.shape[0]:
+            return f"volume edge reached after slice {k - step}"
+        if (step > 0 and k > limit) or (step < 0 and k < limit):
+            return f"left the localized range at slice {k}"
+        if k in blocked:
+            return f"met the annotated slice {k}"
+        box = mask_box_xyxy(prev)
+        side = max(box[2] - box[0], box[3] - box[1]) + 1
+        prompt = _grow_box(box, max(margin_px, margin_fraction * side), mask.shape[1:])
+        if cap_box is not None:
+            prompt = _intersect_boxes(prompt, cap_box) or prompt
+        points = labels = None
+        if use_point:
+            points, labels = [_deepest_point_xy(prev)], [1]
+        m, iou = segmenter.segment(k, prompt, points, labels, None)
+        m = np.asarray(m, bool)
+        typical = float(np.median(walk_ious)) if len(walk_ious) >= 3 else None
+        reason = _stop_reason(m, float(iou), prev, max_area, rules, stats, None if image is None else image[k],
+                              typical)
+        if reason is not None:
+            return f"{reason} at slice {k}"
+        mask[k] = m
+        ious[k] = float(iou)
+        walk_ious.append(float(iou))
+        segmented.append(k)
+        max_area = max(max_area, int(m.sum()))
+        prev = m
+        k += step
+
+
+def _seed_masks(segmenter, shape, seeds) -> tuple[dict[int, np.ndarray], dict[int, float]]:
+    """Seeds may be masks (used as given) or (x0, y0, x1, y1) boxes (segmented first)."""
+    masks, ious = {}, {}
+    for k, seed in seeds.items():
+        k = int(k)
+        if not 0 <= k < shape[0]:
+            raise PropagationError(f"seed slice {k} outside 0..{shape[0] - 1}")
+        seed = np.asarray(seed)
+        if seed.shape == tuple(shape[1:]):
+            masks[k], ious[k] = seed.astype(bool), 1.0
+        elif seed.shape == (4,):
+            m, iou = segmenter.segment(k, tuple(int(v) for v in seed))
+            masks[k], ious[k] = np.asarray(m, bool), float(iou)
+        else:
+            raise PropagationError(f"seed on slice {k} must be a (H, W) mask or an (x0, y0, x1, y1) box; got shape "
+                                   f"{seed.shape}")
+        if not masks[k].any():
+            raise PropagationError(f"seed on slice {k} is empty; draw or prompt the structure there")
+    return masks, ious
+
+
+def propagate_from_seeds(segmenter: SliceSegmenter, shape_kji, seeds: dict, *, limits: tuple[int, int] | None = None,
+                         rules: StopRules | None = None, margin_px: float = 5.0, use_point: bool = False,
+                         image: np.ndarray | None = None, progress: ProgressCallback | None = None,
+                         cancelled: CancelCheck | None = None) -> PropagationResult:
+    """Propagate from user seeds (slice -> mask or box) both ways, with stop rules (the ``seeds`` preset by default).
+
+    No positive point by default: on 10 phantom queries the deepest-point click lowered the mean Dice from 0.820 to
+    0.741 (LiteMedSAM then follows a part of the organ, or jumps to a neighbour).
+
+    ``limits``: the localized slice range (e.g. MedLAM's z-range); propagation may exceed it by
+    ``rules.range_tolerance_slices``. ``image``: enables the appearance stop rule.
+    """
+    shape = _check_volume_shape(shape_kji)
+    rules = rules or StopRules.preset("seeds")
+    if not seeds:
+        raise PropagationError("propagation needs at least one seed slice")
+    seed_masks, ious = _seed_masks(segmenter, shape, seeds)
+    mask = np.zeros(shape, bool)
+    for k, m in seed_masks.items():
+        mask[k] = m
+    stats = None
+    if image is not None:
+        if np.shape(image) != shape:
+            raise PropagationError(f"image shape {np.shape(image)} does not match {shape}")
+        values = np.concatenate([image[k][m] for k, m in seed_masks.items()]).astype(float)
+        stats = (float(values.mean()), max(float(values.std()), 1.0))
+    low, high = (0, shape[0] - 1) if limits is None else (limits[0] - rules.range_tolerance_slices,
+                                                          limits[1] + rules.range_tolerance_slices)
+    order = sorted(seed_masks)
+    segmented = list(order)
+    reasons = {}
+    # Between two seeds each walks toward the other and stops when it meets an annotated slice.
+    for n, k in enumerate(order):
+        blocked = (set(order) | set(segmented)) - {k}  # never overwrite another seed's walk
+        report(progress, n / (2 * len(order)), f"propagating from slice {k}")
+        up = _walk(segmenter, mask, ious, segmented, k, +1, high, rules, margin_px, use_point, stats, image,
+                   blocked, cancelled)
+        down = _walk(segmenter, mask, ious, segmented, k, -1, low, rules, margin_px, use_point, stats, image,
+                     blocked, cancelled)
+        if k == order[-1]:
+            reasons["up"] = up
+        if k == order[0]:
+            reasons["down"] = down
+    report(progress, 1.0, "propagation done")
+    return PropagationResult(mask=mask, iou=ious, segmented=sorted(set(segmented)), stop_reasons=reasons,
+                             seeds=order)
+
+
+def repropagate_from_edit(segmenter: SliceSegmenter, result: PropagationResult, edited_slice: int,
+                          edited_mask: np.ndarray, *, progress: ProgressCallback | None = None,
+                          cancelled: CancelCheck | None = None, **kwargs) -> PropagationResult:
+    """Accept a corrected slice and redo only the slices beyond it, away from the seeds (the inner part is kept)."""
+    mask = result.mask.copy()
+    k = int(edited_slice)
+    edited_mask = np.asarray(edited_mask, bool)
+    if edited_mask.shape != mask.shape[1:]:
+        raise PropagationError(f"edited mask shape {edited_mask.shape} does not match slices {mask.shape[1:]}")
+    seeds = result.seeds or [k]
+    directions = []
+    if k >= max(seeds):
+        directions.append(+1)
+    if k <= min(seeds):
+        directions.append(-1)
+    if not directions:  # between seeds: redo up to the nearest seeds on both sides
+        directions = [+1, -1]
+    ious = dict(result.iou)
+    segmented = [s for s in result.segmented]
+    mask[k] = edited_mask
+    ious[k] = 1.0
+    rules = kwargs.pop("rules", None) or StopRules.preset("seeds")
+    image = kwargs.pop("image", None)
+    stats = None
+    if image is not None:
+        values = image[k][edited_mask].astype(float)
+        stats = (float(values.mean()), max(float(values.std()), 1.0))
+    limits = kwargs.pop("limits", None)
+    low, high = (0, mask.shape[0] - 1) if limits is None else (limits[0] - rules.range_tolerance_slices,
+                                                               limits[1] + rules.range_tolerance_slices)
+    reasons = dict(result.stop_reasons)
+    for n, step in enumerate(directions):
+        report(progress, n / len(directions), f"re-propagating {'up' if step > 0 else 'down'} from slice {k}")
+        beyond = np.arange(k + step, mask.shape[0] if step > 0 else -1, step)
+        blocked = {s for s in seeds if s != k}
+        stop_at = next((s for s in beyond if s in blocked), None)
+        clear = beyond if stop_at is None else beyond[: list(beyond).index(stop_at)]
+        mask[clear] = False
+        segmented = [s for s in segmented if s not in set(clear.tolist())]
+        for s in clear:
+            ious.pop(int(s), None)
+        reason = _walk(segmenter, mask, ious, segmented, k, step, high if step > 0 else low, rules,
+                       kwargs.get("margin_px", 5.0), kwargs.get("use_point", False), stats, image, blocked, cancelled)
+        if stop_at is None:
+            reasons["up" if step > 0 else "down"] = reason
+    report(progress, 1.0, "re-propagation done")
+    return PropagationResult(mask=mask, iou=ious, segmented=sorted(set(segmented) | {k}), stop_reasons=reasons,
+                             seeds=sorted(set(seeds) | {k}))

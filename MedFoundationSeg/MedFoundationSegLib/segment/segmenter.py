@@ -1,0 +1,62 @@
+"""The SlicePredictor seen as a per-slice segmenter: what propagation and the pipeline call on each slice.
+
+Besides the mask it returns the model's foreground probability on the slice grid, which refinement uses as its
+unary term, and the low-resolution logits that can prompt the next slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from MedFoundationSegLib.segment.predictor import SlicePredictor
+
+
+@dataclasses.dataclass
+class SliceResult:
+    mask: np.ndarray  # bool (H, W)
+    probability: np.ndarray  # float32 (H, W), sigmoid of the logits
+    predicted_iou: float
+    low_res_logits: np.ndarray  # (256, 256)
+
+
+class PredictorSegmenter:
+    """Adapts a SlicePredictor (one volume, one axis) to ``segment(slice_index, box_xyxy, ...)``."""
+
+    def __init__(self, predictor: SlicePredictor):
+        self.predictor = predictor
+        self.probabilities: dict[int, np.ndarray] = {}  # slice -> probability of the last mask kept there
+
+    @property
+    def num_slices(self) -> int:
+        return self.predictor.num_slices
+
+    @property
+    def slice_hw(self) -> tuple[int, int]:
+        return self.predictor.slice_hw
+
+    def segment_slice(self, slice_index: int, box_xyxy=None, points_xy=None, point_labels=None,
+                      mask_prompt=None) -> SliceResult:
+        mask_input = None
+        if mask_prompt is not None:
+            mask_prompt = np.asarray(mask_prompt)
+            mask_input = mask_prompt if mask_prompt.shape == (256, 256) else self.predictor.mask_to_prompt(mask_prompt)
+        prediction = self.predictor.predict(slice_index, boxes=box_xyxy, points=points_xy, point_labels=point_labels,
+                                            mask_input=mask_input, with_probability=True)
+        return SliceResult(prediction.masks[0, 0], prediction.probability[0, 0], float(prediction.iou[0, 0]),
+                           prediction.low_res_logits[0, 0])
+
+    def segment(self, slice_index: int, box_xyxy=None, points_xy=None, point_labels=None, mask_prompt=None):
+        """The propagation protocol: (mask, predicted IoU)."""
+        result = self.segment_slice(slice_index, box_xyxy, points_xy, point_labels, mask_prompt)
+        self.probabilities[int(slice_index)] = result.probability
+        return result.mask, result.predicted_iou
+
+    def probability_volume(self, slices: list[int] | None = None) -> np.ndarray:
+        """(num_slices, H, W) probabilities of the slices segmented so far (zeros elsewhere): refinement's unary."""
+        volume = np.zeros((self.num_slices,) + tuple(self.slice_hw), np.float32)
+        for index, probability in self.probabilities.items():
+            if slices is None or index in slices:
+                volume[index] = probability
+        return volume

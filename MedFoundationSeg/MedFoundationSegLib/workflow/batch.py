@@ -1,0 +1,112 @@
+"""Batch annotation of many volumes: localize, segment, refine and write outputs per case, then a summary CSV.
+
+Resumable: a case whose ``report.json`` says ``"status": "ok"`` is skipped. Isolated: one failing case is recorded
+(its error in the summary and in ``<case>/error.txt``) and the others go on; the caller turns failures into a
+non-zero exit status. Shared by the ``medfoundationseg batch`` command and the Slicer CLI module.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from MedFoundationSegLib.core.progress import Cancelled, check, report, scaled
+from MedFoundationSegLib.core.volume_files import case_name
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "summary.csv"
+REPORT_NAME = "report.json"
+
+
+class BatchError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class CaseOutcome:
+    case: str
+    query: str
+    status: str  # "ok" | "skipped" | "failed" | "cancelled"
+    seconds: float = 0.0
+    structures_found: int = 0
+    structures_absent: int = 0
+    error: str = ""
+
+
+def finished(case_dir: Path) -> bool:
+    try:
+        return json.loads((case_dir / REPORT_NAME).read_text()).get("status") == "ok"
+    except (OSError, ValueError):
+        return False
+
+
+ProcessCase = Callable[..., dict]  # (query_path, case_dir, progress=, cancelled=) -> report dict
+
+
+def run_batch(queries: list[Path], out_dir: str | os.PathLike, process_case: ProcessCase, *, overwrite: bool = False,
+              progress=None, cancelled=None) -> list[CaseOutcome]:
+    """Run ``process_case`` on every query into ``out_dir/<case>/``; returns one outcome per case (summary CSV too)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [case_name(q) for q in queries]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise BatchError(f"several queries share the case name(s) {sorted(duplicates)}; rename them")
+    outcomes: list[CaseOutcome] = []
+    for index, (query, name) in enumerate(zip(queries, names)):
+        case_dir = out_dir / name
+        report(progress, index / len(queries), f"case {index + 1}/{len(queries)}: {name}")
+        if finished(case_dir) and not overwrite:
+            outcomes.append(CaseOutcome(name, str(query), "skipped"))
+            continue
+        start = time.perf_counter()
+        try:
+            check(cancelled, "batch")
+            case_dir.mkdir(parents=True, exist_ok=True)
+            (case_dir / "error.txt").unlink(missing_ok=True)
+            result = process_case(query, case_dir, overwrite=overwrite,
+                                  progress=scaled(progress, index / len(queries), (index + 1) / len(queries)),
+                                  cancelled=cancelled)
+            structures = result.get("structures", {})
+            outcomes.append(CaseOutcome(name, str(query), "ok", time.perf_counter() - start,
+                                        sum(1 for s in structures.values() if s.get("present", True)),
+                                        sum(1 for s in structures.values() if not s.get("present", True))))
+        except Cancelled:
+            outcomes.append(CaseOutcome(name, str(query), "cancelled", time.perf_counter() - start))
+            break
+        except Exception as error:  # isolate: record and go on with the next case
+            log.error("case %s failed: %s", name, error)
+            (case_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            outcomes.append(CaseOutcome(name, str(query), "failed", time.perf_counter() - start,
+                                        error=f"{type(error).__name__}: {error}"))
+    write_summary(out_dir / SUMMARY_NAME, outcomes)
+    report(progress, 1.0, "batch done")
+    return outcomes
+
+
+def write_summary(path: Path, outcomes: list[CaseOutcome]) -> None:
+    """Merge with an earlier summary so a resumed run keeps the rows of cases it skipped."""
+    rows: dict[str, dict] = {}
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as stream:
+            rows = {row["case"]: row for row in csv.DictReader(stream)}
+    for outcome in outcomes:
+        if outcome.status == "skipped" and outcome.case in rows:
+            continue
+        rows[outcome.case] = {k: (f"{v:.2f}" if isinstance(v, float) else v)
+                              for k, v in dataclasses.asdict(outcome).items()}
+    fields = [f.name for f in dataclasses.fields(CaseOutcome)]
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows[name] for name in sorted(rows))
+    os.replace(tmp, path)

@@ -1,0 +1,96 @@
+"""The one options type of a run: the Slicer panels, the ``medfoundationseg`` commands and the Slicer CLI module
+(MedFoundationSegBatch.xml) all read and write these fields, so a choice means the same everywhere.
+
+Each field's ``metadata`` holds its command-line flag (camelCase, as the CLI XML's ``longflag``), its choices and its
+help text; ``add_arguments`` builds argparse options from them and ``from_arguments`` reads them back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+# How a 3D box becomes slice prompts (see segment/propagate.py): box_guided (default: middle slice from the box, then
+# the previous mask's box capped by the 3D box), box (MedLSAM: the box on every slice), every_k (box_guided on key
+# slices + contour interpolation: fewest encoder passes), guided (stop rules may leave the box), reference (the peer
+# LiteMedSAM 3D procedure).
+SEGMENTATION_MODES = ("box_guided", "box", "every_k", "guided", "reference")
+# Propagating a drawn segment from its slices: stop rules on every slice (guided) or key slices + interpolation.
+PROPAGATION_MODES = ("guided", "every_k")
+ENGINES = ("auto", "medlam", "registration")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+REFINE_METHODS = ("graphcut", "geodesic", "growcut", "none")
+AXES = ("axial", "coronal", "sagittal")
+OVERLAP_POLICIES = ("score", "order")
+
+
+def _option(default, flag: str | None = None, *, choices=None, help: str = "", kind=None):
+    """A field with its command-line description; ``flag`` None keeps it off the command line (panel-only)."""
+    return dataclasses.field(default=default, metadata={"flag": flag, "choices": choices, "help": help,
+                                                        "kind": kind})
+
+
+@dataclasses.dataclass
+class Options:
+    """Every method choice of a localize + segment + refine run."""
+
+    engine: str = _option("auto", "engine", choices=ENGINES, help="localization engine (auto = MedLAM when its "
+                                                                    "weights are cached, else registration)")
+    model: str = _option("litemedsam", "model", help="box-prompt model from the registry")
+    device: str = _option("auto", "device", choices=DEVICES, help="torch device")
+    window: Any = _option("auto", None)  # "auto" | a preset name | {"level": .., "width": ..}
+    axis: str = _option("axial", "axis", choices=AXES, help="slice axis the 2D model works on")
+    mode: str = _option("box_guided", "mode", choices=SEGMENTATION_MODES, help="how a 3D box becomes slice prompts")
+    # Padding of a *localized* box (its walls are uncertain); a box the user drew is taken as drawn.
+    padding_mm: float = _option(5.0, "boxPadding", kind=float, help="padding of localized boxes in mm")
+    padding_fraction: float | None = _option(None, None)  # cap padding at this fraction of the smaller box side
+    drawn_box_padding_mm: float = _option(0.0, None)
+    every_k: int | None = _option(None, None)  # every_k step in slices; None = about 7.5 mm apart
+    refine: str = _option("graphcut", "refine", choices=REFINE_METHODS, help="refinement after the model")
+    overlap_policy: str = _option("score", "overlapPolicy", choices=OVERLAP_POLICIES,
+                                  help="who wins a voxel two structures claim (model score or template order)")
+    seed: int = _option(0, "seed", kind=int, help="random seed (deterministic results)")
+    cache_mb: int = _option(2048, None)  # slice-embedding memory budget
+    spl: bool = _option(False, None)  # localize sub-boxes (z-slabs) of long structures
+    slice_interval: int = _option(2, None)  # SPL slab thickness in the template's slices
+    recentre_iterations: int = _option(0, None)  # MedLAM: extra RDR steps from the current estimate
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            choices = field.metadata.get("choices")
+            value = getattr(self, field.name)
+            if choices and value not in choices:
+                raise ValueError(f"unknown {field.name} {value!r}; use one of {', '.join(choices)}")
+        if self.padding_mm < 0 or self.drawn_box_padding_mm < 0:
+            raise ValueError("box padding must be >= 0 mm")
+
+    def replace(self, **changes) -> Options:
+        return dataclasses.replace(self, **changes)
+
+    def propagation_mode(self) -> str:
+        """The procedure that propagates a drawn segment for this ``mode`` (reference works from a box only)."""
+        if self.mode == "reference":
+            raise ValueError("the reference procedure segments from a box only; choose guided or every_k to "
+                             "propagate a drawn segment")
+        return "every_k" if self.mode == "every_k" else "guided"
+
+
+def command_line_fields() -> list[dataclasses.Field]:
+    return [field for field in dataclasses.fields(Options) if field.metadata.get("flag")]
+
+
+def add_arguments(group) -> None:
+    """argparse options ``--<flag>`` for every command-line field, with the defaults of ``Options``."""
+    for field in command_line_fields():
+        flag = field.metadata["flag"]
+        kind = field.metadata.get("kind") or str
+        kebab = "".join(f"-{c.lower()}" if c.isupper() else c for c in flag)
+        names = [f"--{flag}"] + ([f"--{kebab}"] if kebab != flag else [])
+        group.add_argument(*names, dest=field.name, type=kind, default=field.default,
+                           choices=field.metadata.get("choices"), help=field.metadata.get("help"))
+
+
+def from_arguments(args: argparse.Namespace, **overrides) -> Options:
+    values = {field.name: getattr(args, field.name) for field in command_line_fields() if hasattr(args, field.name)}
+    return Options(**dict(values, **overrides))

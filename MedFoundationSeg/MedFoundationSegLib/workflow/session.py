@@ -1,0 +1,272 @@
+"""The Session: one structure at a time (segment from a box, propagate, refine), with models and slice embeddings
+kept warm across calls. Used by the case runner, the batch, the demo and the Slicer Logic.
+
+Predictors are keyed by a stable identity of the volume (``Volume.key`` when its maker gave one, else a digest of
+its voxels), so a second action on the same volume (another structure, a re-run, a click) encodes no slice again,
+even when every action hands over a fresh copy of the voxels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from MedFoundationSegLib.core import geometry
+from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, scaled
+from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.segment import keyslices, propagate, reference, refine
+from MedFoundationSegLib.segment.interpolation import interpolate_slices
+from MedFoundationSegLib.segment.predictor import SlicePredictor
+from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
+from MedFoundationSegLib.workflow.options import SEGMENTATION_MODES, Options
+
+# Session calls without options return the model's own masks; refinement runs only when asked for.
+SESSION_DEFAULTS = Options(refine="none")
+
+
+@dataclasses.dataclass
+class CaseResult:
+    """A structure's (or a case's) mask and what produced it."""
+
+    mask_kji: np.ndarray
+    probability_kji: np.ndarray | None = None
+    report: dict = dataclasses.field(default_factory=dict)
+
+    def report_summary(self) -> dict:
+        """The part of the report worth storing in a segment tag (no per-voxel data)."""
+        keys = ("mode", "model", "slices", "stop_reasons", "seconds", "refine", "voxels")
+        return {k: self.report[k] for k in keys if k in self.report}
+
+
+def volume_identity(volume: Volume) -> str:
+    """``volume.key`` or a digest of the voxels (shape and type included)."""
+    if volume.key:
+        return volume.key
+    array = np.ascontiguousarray(volume.array)
+    digest = hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).hexdigest()
+    return f"voxels:{array.dtype.str}:{array.shape}:{digest}"
+
+
+def _resolve(options: Options | None, changes: dict) -> Options:
+    return (options or SESSION_DEFAULTS).replace(**changes) if changes else (options or SESSION_DEFAULTS)
+
+
+class Session:
+    """Keeps the last ``max_predictors`` SlicePredictors, one per (volume identity, model, device, window, axis)."""
+
+    def __init__(self, max_predictors: int = 2):
+        self.max_predictors = max_predictors
+        self._predictors: OrderedDict[tuple, SlicePredictor] = OrderedDict()
+
+    def predictor(self, volume: Volume, options: Options | None = None, **changes) -> SlicePredictor:
+        o = _resolve(options, changes)
+        key = (volume_identity(volume), volume.array.shape, o.model, o.device,
+               json.dumps(o.window, sort_keys=True, default=str), o.axis)
+        if key in self._predictors:
+            self._predictors.move_to_end(key)
+            return self._predictors[key]
+        while len(self._predictors) >= self.max_predictors:
+            self._predictors.popitem(last=False)
+        self._predictors[key] = SlicePredictor(volume, o.model, axis=o.axis, window=o.window, device=o.device,
+                                               cache_bytes=int(o.cache_mb) * 1024 ** 2)
+        return self._predictors[key]
+
+    def segmenter(self, volume: Volume, options: Options | None = None, **changes) -> PredictorSegmenter:
+        return PredictorSegmenter(self.predictor(volume, options, **changes))
+
+    def slices_encoded(self) -> int:
+        """Encoder passes made by the predictors this session still holds."""
+        return sum(p.slices_encoded for p in self._predictors.values())
+
+    # --- one structure ------------------------------------------------------------------------------------------
+    def segment_box(self, volume: Volume, box_ijk, options: Options | None = None, *, slabs=None,
+                    extreme_points_ijk=None, progress: ProgressCallback | None = None,
+                    cancelled: CancelCheck | None = None, **changes) -> CaseResult:
+        """Segment a structure from its 3D box, slice by slice as ``options.mode`` says (SEGMENTATION_MODES), then
+        refine it when ``options.refine`` asks. ``options.padding_fraction`` caps the padding at that fraction of
+        the box's smaller in-plane side (a small structure's localized box is padded less)."""
+        o = _resolve(options, changes)
+        start = time.perf_counter()
+        if o.mode not in SEGMENTATION_MODES:
+            raise ValueError(f"unknown segmentation mode {o.mode!r}; use {', '.join(SEGMENTATION_MODES)}")
+        box_ijk = geometry.check_box_ijk(volume, box_ijk)
+        segmenter = self.segmenter(volume, o)
+        box = geometry.slice_box(box_ijk, o.axis)
+        padding_mm = self._padding_mm(volume, box, o)
+        result = self._run_box_mode(volume, segmenter, box, o, padding_mm, self._slab_boxes(slabs, o.axis),
+                                    progress, cancelled)
+        outcome = self._box_outcome(volume, segmenter, result, box, o, padding_mm)
+        if o.refine != "none":
+            check(cancelled, "refinement")
+            report(progress, 0.95, f"refining ({o.refine})")
+            outcome = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
+                                         extreme_points_ijk=extreme_points_ijk)
+        outcome.report["seconds"] = round(time.perf_counter() - start, 3)
+        outcome.report["voxels"] = int(outcome.mask_kji.sum())
+        report(progress, 1.0, "done")
+        return outcome
+
+    @staticmethod
+    def _padding_mm(volume: Volume, box: geometry.SliceBox, o: Options) -> float:
+        if o.padding_fraction is None:
+            return float(o.padding_mm)
+        frame = geometry.slice_frame(o.axis)
+        spacing = np.asarray(volume.spacing_mm)
+        side_mm = min((box.cols[1] - box.cols[0] + 1) * spacing[frame.x_ijk],
+                      (box.rows[1] - box.rows[0] + 1) * spacing[frame.y_ijk])
+        return min(float(o.padding_mm), float(o.padding_fraction) * side_mm)
+
+    @staticmethod
+    def _slab_boxes(slabs, axis: str) -> list:
+        """SPL slabs as (first, last, xyxy) in the slice frame."""
+        out = []
+        for slab in slabs or []:
+            if getattr(slab, "box_ijk", None) is not None:
+                part = geometry.slice_box(slab.box_ijk, axis)
+                out.append((part.first, part.last, part.xyxy))
+        return out
+
+    @staticmethod
+    def _run_box_mode(volume, segmenter, box: geometry.SliceBox, o: Options, padding_mm: float, slab_boxes,
+                      progress, cancelled) -> propagate.PropagationResult:
+        frame = geometry.slice_frame(o.axis)
+        spacing = np.asarray(volume.spacing_mm)
+        pixel_mm = (spacing[frame.x_ijk], spacing[frame.y_ijk])
+        shape = geometry.to_slices(volume.array, o.axis).shape
+        encode, rest = scaled(progress, 0.0, 0.7), scaled(progress, 0.7, 0.95)
+        if o.mode == "every_k":  # only the key slices are encoded
+            step = int(o.every_k or keyslices.auto_step(box.last - box.first + 1, float(spacing[frame.ijk_axis])))
+            segmenter.predictor.encode_slices(keyslices.box_grid(box.first, box.last, step), progress=encode,
+                                              cancelled=cancelled)
+            return keyslices.box_every_kth(segmenter, shape, box.as_tuple(), step=step, spacing_mm=pixel_mm,
+                                           pad_mm=padding_mm, slabs=slab_boxes, progress=rest, cancelled=cancelled)
+        report(progress, 0.0, f"encoding {box.last - box.first + 1} slices")
+        segmenter.predictor.encode_range(box.first, box.last, progress=encode, cancelled=cancelled)
+        if o.mode in ("box", "box_guided"):
+            method = propagate.box_per_slice if o.mode == "box" else propagate.box_guided
+            return method(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
+                          slabs=slab_boxes, progress=rest, cancelled=cancelled)
+        if o.mode == "reference":
+            x0, y0, x1, y1 = box.xyxy
+            return reference.reference_litemedsam(segmenter, shape, (x0, y0, box.first, x1, y1, box.last),
+                                                  progress=rest, cancelled=cancelled)
+        seeds = {(box.first + box.last) // 2: np.array(box.xyxy)}  # guided: stop rules may leave the box
+        return propagate.propagate_from_seeds(segmenter, shape, seeds, limits=(box.first, box.last),
+                                              image=geometry.to_slices(volume.array, o.axis), progress=rest,
+                                              cancelled=cancelled)
+
+    @staticmethod
+    def _box_outcome(volume, segmenter, result, box: geometry.SliceBox, o: Options, padding_mm) -> CaseResult:
+        probability_view = segmenter.probability_volume(result.segmented)
+        for k in result.interpolated:  # no model output there: the interpolated contour is moderate evidence
+            probability_view[k] = np.where(result.mask[k], 0.8, 0.2)
+        return CaseResult(geometry.from_slices(result.mask, o.axis), geometry.from_slices(probability_view, o.axis), {
+            "mode": o.mode, "model": o.model, "axis": o.axis, "slices": [box.first, box.last],
+            "segmented": result.segmented, "predicted_iou": {int(k): round(v, 4) for k, v in result.iou.items()},
+            "stop_reasons": result.stop_reasons, "interpolated": result.interpolated, "padding_mm": padding_mm,
+            "slices_encoded": segmenter.predictor.slices_encoded})
+
+    def propagate(self, volume: Volume, seed_kji: np.ndarray, options: Options | None = None, *,
+                  slice_index: int | None = None, outward_only: bool = False,
+                  progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
+                  **changes) -> CaseResult:
+        """Propagate a structure drawn on some slices to the rest of it, both ways, with stop rules.
+
+        The seeds are the non-empty slices of ``seed_kji`` (or only ``slice_index``). ``outward_only``: the user
+        corrected ``slice_index``; keep everything between it and the other seeds and redo only the slices beyond."""
+        o = _resolve(options, changes)
+        mode = o.propagation_mode()
+        start = time.perf_counter()
+        seeds_view = geometry.to_slices(np.asarray(seed_kji, bool), o.axis)
+        annotated = [int(k) for k in np.flatnonzero(seeds_view.any(axis=(1, 2)))]
+        if not annotated:
+            raise ValueError("nothing to propagate: the segment is empty")
+        if slice_index is not None and not seeds_view[int(slice_index)].any():
+            raise ValueError(f"slice {slice_index} of the segment is empty: draw the structure there first")
+        if outward_only and slice_index is None:
+            raise ValueError("re-propagation needs the edited slice index")
+        segmenter = self.segmenter(volume, o)
+        image = geometry.to_slices(volume.array, o.axis)
+        if outward_only:
+            others = [k for k in annotated if k != int(slice_index)]
+            previous = propagate.PropagationResult(mask=seeds_view.copy(), iou={k: 1.0 for k in annotated},
+                                                   segmented=annotated, stop_reasons={}, seeds=others or [slice_index])
+            result = propagate.repropagate_from_edit(segmenter, previous, int(slice_index),
+                                                     seeds_view[int(slice_index)], image=image, progress=progress,
+                                                     cancelled=cancelled)
+        else:
+            seeds = ({int(slice_index): seeds_view[int(slice_index)]} if slice_index is not None
+                     else {k: seeds_view[k] for k in annotated})
+            if mode == "every_k":
+                slice_mm = float(np.asarray(volume.spacing_mm)[geometry.slice_frame(o.axis).ijk_axis])
+                result = keyslices.every_kth(segmenter, seeds_view.shape, seeds, step=o.every_k or "auto",
+                                             slice_mm=slice_mm, image=image, progress=progress, cancelled=cancelled)
+            else:
+                result = propagate.propagate_from_seeds(segmenter, seeds_view.shape, seeds, image=image,
+                                                        progress=progress, cancelled=cancelled)
+        mask = geometry.from_slices(result.mask, o.axis)
+        report(progress, 1.0, "propagation done")
+        return CaseResult(mask, None, {
+            "mode": "re-propagate" if outward_only else f"propagate ({mode})", "model": o.model, "axis": o.axis,
+            "seeds": result.seeds, "segmented": result.segmented, "stop_reasons": result.stop_reasons,
+            "predicted_iou": {int(k): round(v, 4) for k, v in result.iou.items()},
+            "seconds": round(time.perf_counter() - start, 3), "voxels": int(mask.sum())})
+
+    def refine(self, volume: Volume, mask_kji: np.ndarray, options: Options | None = None, *, positive_ijk=None,
+               negative_ijk=None, scribble_kji=None, progress: ProgressCallback | None = None,
+               cancelled: CancelCheck | None = None, **changes) -> CaseResult:
+        """Refine an existing segment with clicks/scribbles; the segment itself is the soft evidence."""
+        o = _resolve(options, changes)
+        start = time.perf_counter()
+        check(cancelled, "refinement")
+        mask_kji = np.asarray(mask_kji, bool)
+        base = CaseResult(mask_kji, np.where(mask_kji, 0.9, 0.1).astype(np.float32), {"mode": "refine"})
+        outcome = self.refine_result(volume, base, method=o.refine if o.refine != "none" else "graphcut",
+                                     positive_ijk=positive_ijk, negative_ijk=negative_ijk, scribble_kji=scribble_kji,
+                                     progress=progress, cancelled=cancelled)
+        outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
+        report(progress, 1.0, "refinement done")
+        return outcome
+
+    @staticmethod
+    def refine_result(volume: Volume, result: CaseResult, *, method: str, box_ijk=None, extreme_points_ijk=None,
+                      positive_ijk=None, negative_ijk=None, scribble_kji=None,
+                      progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> CaseResult:
+        probability = result.probability_kji if result.probability_kji is not None else \
+            result.mask_kji.astype(np.float32)
+        clicks, positive = [], []
+        for points, is_positive in ((positive_ijk, True), (negative_ijk, False)):
+            for point in (np.zeros((0, 3)) if points is None else np.atleast_2d(points)):
+                clicks.append(np.round(point[::-1]).astype(int))
+                positive.append(is_positive)
+        annotations = refine.Annotations(
+            box_kji=None if box_ijk is None else geometry.box_kji(box_ijk),
+            extreme_points_kji=None if extreme_points_ijk is None else np.round(
+                np.asarray(extreme_points_ijk)[:, ::-1]).astype(int),
+            clicks_kji=np.array(clicks) if clicks else None,
+            click_positive=np.array(positive) if clicks else None,
+            fg_scribble=scribble_kji)
+        refined = refine.refine(volume.array.astype(np.float32), probability, annotations, method=method,
+                                spacing_mm=volume.spacing_mm, progress=progress, cancelled=cancelled)
+        report_ = dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum()))
+        return CaseResult(np.asarray(refined.mask, bool), probability, report_)
+
+
+def fill_between_slices(mask_kji: np.ndarray, *, axis: str = "axial", progress: ProgressCallback | None = None,
+                        cancelled: CancelCheck | None = None) -> CaseResult:
+    """Slicer-style "fill between slices": morphological contour interpolation between the annotated slices."""
+    check(cancelled, "interpolation")
+    mask_kji = np.asarray(mask_kji, bool)
+    array_axis = geometry.slice_frame(axis).array_axis
+    annotated = np.flatnonzero(geometry.to_slices(mask_kji, axis).any(axis=(1, 2)))
+    if len(annotated) < 2:
+        raise ValueError("fill between slices needs the structure drawn on at least two slices")
+    filled = interpolate_slices(mask_kji, [int(k) for k in annotated], axis=array_axis)
+    report(progress, 1.0, "interpolation done")
+    return CaseResult(filled, None, {"mode": "fill between slices", "annotated": annotated.tolist(),
+                                     "voxels": int(filled.sum())})
