@@ -53,22 +53,6 @@ class MedFoundationSeg(ScriptedLoadableModule):
         )
 
 
-def fetch_weights_job(name, *, progress, cancelled):
-    """Worker-side weight download: bytes -> fraction, and Cancel stops between network chunks (resumable)."""
-    from MedFoundationSegLib.core import weights
-    from MedFoundationSegLib.core.progress import Cancelled
-
-    def bytes_progress(done, total):
-        if cancelled():
-            raise Cancelled(f"download of {name} cancelled (it resumes next time)")
-        if total:
-            progress(done / total, f"{name}: {done / 1e6:.0f} of {total / 1e6:.0f} MB")
-        else:
-            progress(0.0, f"{name}: {done / 1e6:.0f} MB")
-
-    return weights.fetch(name, progress=bytes_progress)
-
-
 class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -463,7 +447,9 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._setStatus(f"Weights of {name} downloaded and verified: {job.result}")
             self._onModelChanged()
 
-        self._submit(f"download {name}", fetch_weights_job, done, name)
+        from MedFoundationSegLib.core.weights import fetch_job
+
+        self._submit(f"download {name}", fetch_job, done, name)
 
     def onUndo(self):
         if self.logic is None or self._job is not None:

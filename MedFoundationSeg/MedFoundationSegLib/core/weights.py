@@ -189,6 +189,21 @@ def fetch(name: str, *, force: bool = False, progress: Progress | None = None, s
     raise DownloadError(f"could not fetch weights for {name!r}:\n  - " + "\n  - ".join(errors))
 
 
+def fetch_job(name: str, *, progress=None, cancelled=None) -> Path:
+    """``fetch`` as a job (the Slicer panel's "Download weights"): progress as a fraction with MB in the message, and
+    cancel between network chunks (the ``.part`` file stays, so the next fetch resumes)."""
+    from MedFoundationSegLib.core.progress import Cancelled
+
+    def bytes_progress(done: int, total: int | None) -> None:
+        if cancelled is not None and cancelled():
+            raise Cancelled(f"download of {name} cancelled (it resumes next time)")
+        if progress is not None:
+            fraction = done / total if total else 0.0
+            progress(fraction, f"{name}: {done / 1e6:.0f}" + (f" of {total / 1e6:.0f} MB" if total else " MB"))
+
+    return fetch(name, progress=bytes_progress)
+
+
 def add_local_file(name: str, source_path: str | os.PathLike, *, force: bool = False) -> Path:
     """Copy a file the user downloaded by hand into the cache, after checking it like a download."""
     spec = weight_spec(name)

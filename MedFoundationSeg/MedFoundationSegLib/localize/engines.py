@@ -16,8 +16,8 @@ ENGINE_NAMES = ("auto", "medlam", "registration")
 def choose_localizer(requested: str = "auto", medlam_weights="medlam") -> tuple[str, str]:
     """(engine, reason): MedLAM when its weights are in the cache (or given), else the registration localizer.
 
-    ``medlam_weights``: a registry name (the cache is checked), or a path, a state_dict or None (seeded random
-    weights) that MedLAM uses as given."""
+    ``medlam_weights``: a registry name (the cache is checked), or a path, a state_dict, a built network or None
+    (seeded random weights) that MedLAM uses as given."""
     if requested not in ENGINE_NAMES:
         raise ValueError(f"unknown localization engine {requested!r}; use auto, medlam or registration")
     if requested == "registration":
@@ -46,11 +46,16 @@ def localize(template_set, volume: Volume, engine: str, *, structures=None, seed
         return localize_registration(template_set, volume, structures, spl=spl, slice_interval=slice_interval,
                                      progress=progress, cancelled=cancelled)
     if engine == "medlam":
+        from torch import nn
+
         from MedFoundationSegLib.localize.medlam.localizer import MedLAMConfig, MedLAMLocalizer
 
         config = MedLAMConfig(mode="SPL" if spl else "WPL", slice_interval=slice_interval,
                               recentre_iterations=recentre_iterations, seed=int(seed))
-        localizer = MedLAMLocalizer(medlam_weights, config=config)
+        if isinstance(medlam_weights, nn.Module):
+            localizer = MedLAMLocalizer(model=medlam_weights, config=config)
+        else:
+            localizer = MedLAMLocalizer(medlam_weights, config=config)
         return localizer.localize(template_set, volume, structures, progress, cancelled)
     raise ValueError(f"unknown localization engine {engine!r}")
 

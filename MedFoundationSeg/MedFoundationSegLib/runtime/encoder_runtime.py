@@ -156,8 +156,8 @@ class EncoderRuntime:
         self.device = device
         self.requested_precision = precision
         self.precision = resolve_precision(precision, device)
-        # CPU: batch 1. LiteMedSAM bf16 on this project's 2-core CPU encoded 21 slices in 6.7-7.8 s one at a time
-        # against 9.1-9.8 s in batches of 4 (larger activations spill the caches); a GPU wants full batches.
+        # CPU: batch 1 (larger batches' activations spill the caches and run slower per slice); a GPU wants full
+        # batches (benchmarks/bench_slice_predictor.py).
         self.batch_size = int(batch_size) if batch_size else (8 if device.type == "cuda" else 1)
         if self.batch_size < 1:
             raise DeviceError(f"batch_size must be >= 1; got {batch_size}")

@@ -39,10 +39,8 @@ class GraphCutParams:
     box_margin_vox: int = 2  # outside the box dilated by this much is certain background
     click_radius_vox: int = 2  # clicks become small disks
     # A click also pulls the model's probability towards its label around it, fading as exp(-distance / this), so
-    # one click can correct a whole wrong region instead of a disk (0: clicks are hard disks only). Simulated clicks
-    # (benchmarks/bench_click_influence.py: Colin27 6 structures / CT phantoms 9 organs): Dice after 10 clicks
-    # 0.405 -> 0.711 / 0.910 -> 0.924 at 8 mm; 12 mm gained a little more on average but made some well-started
-    # structures oscillate.
+    # one click can correct a whole wrong region instead of a disk (0: clicks are hard disks only). A wider reach makes
+    # well-started structures oscillate under repeated clicks (benchmarks/bench_click_influence.py).
     click_influence_mm: float = 8.0
     crop_margin_vox: tuple[int, int, int] = (3, 12, 12)  # (k, j, i)
     appearance_weight: float = 0.5  # weight of the intensity-histogram likelihood learnt from the model's mask
@@ -307,7 +305,7 @@ def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarr
                     influence_mm: float) -> np.ndarray:
     """Probability pulled towards each click's label: p' = p (1 - w) + label w, w = exp(-d / influence_mm), with d
     the distance in mm to the nearest click (whose label wins). Why: as hard disks alone, clicks on a region the
-    model got wrong changed a few voxels (simulated clicks on Colin27 left Dice flat over 10 clicks)."""
+    model got wrong change only a few voxels."""
     if influence_mm <= 0 or len(clicks_kji) == 0:
         return prob
     sampling = np.asarray(spacing_xyz, float)[::-1]

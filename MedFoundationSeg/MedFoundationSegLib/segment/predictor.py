@@ -102,12 +102,11 @@ class SlicePredictor:
     precision: "auto" (bf16 where the hardware is native at it, else fp16 on GPUs and fp32), "fp32", "bf16", "fp16".
     cache_bytes: memory budget of the embedding cache (2 MiB per slice for the 256x64x64 fp16 embeddings).
     optimize: fold BatchNorm into convolutions, channels-last, native precision (a passed model object is converted
-    in place). compile: also torch.compile the encoder (one fixed batch shape): ~3x faster per slice on this
-    project's CPU once compiled, but the compilation takes one to three minutes in each new process, so it pays off
-    for batch/propagation work, not for one interactive slice. escalate: when the encoder runs in reduced precision,
-    re-encode in fp32 any slice whose mask the rounding is expected to move (ESCALATION_ERROR_SCALE); its fp32
-    embedding replaces the fast one in the cache. Off by default: on the 40-slice benchmark it re-encoded 16 slices
-    (1.30x instead of about 2.2x) and still left one slice at Dice 0.972.
+    in place). compile: also torch.compile the encoder (one fixed batch shape): faster per slice once compiled, but
+    the compilation takes minutes in each new process, so it pays off for batch/propagation work, not for one
+    interactive slice. escalate: when the encoder runs in reduced precision, re-encode in fp32 any slice whose mask
+    the rounding is expected to move (ESCALATION_ERROR_SCALE); its fp32 embedding replaces the fast one in the cache.
+    Off by default: it re-encodes many slices for little change (figures in the README's benchmark page).
     """
 
     def __init__(self, volume, model: str | nn.Module = "litemedsam", *, spacing_mm=None, axis: str = "axial",

@@ -299,8 +299,8 @@ def propagate_from_seeds(segmenter: SliceSegmenter, shape_kji, seeds: dict, *, l
                          cancelled: CancelCheck | None = None) -> PropagationResult:
     """Propagate from user seeds (slice -> mask or box) both ways, with stop rules (the ``seeds`` preset by default).
 
-    No positive point by default: on 10 phantom queries the deepest-point click lowered the mean Dice from 0.820 to
-    0.741 (LiteMedSAM then follows a part of the organ, or jumps to a neighbour).
+    No positive point by default: with the deepest-point click LiteMedSAM tends to follow a part of the organ, or to
+    jump to a neighbour (bench_pipeline.py measures both).
 
     ``limits``: the localized slice range (e.g. MedLAM's z-range); propagation may exceed it by
     ``rules.range_tolerance_slices``. ``image``: enables the appearance stop rule.
