@@ -237,11 +237,6 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = MedFoundationSegLogic(slicer.mrmlScene)
         return self.logic
 
-    def _getWorker(self):
-        from MedFoundationSegLib.workflow.worker import shared_worker
-
-        return shared_worker()
-
     def _syncOptions(self, volumeNode):
         """Copy the panel's choices into the Logic's options (one Options value, as the CLI uses)."""
         window = self.ui.windowPresetComboBox.itemData(self.ui.windowPresetComboBox.currentIndex) or "auto"
@@ -345,9 +340,15 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.segmentSelector.setCurrentSegmentID(edit.segment_id)
             protected = (f"; {edit.voxels_protected} voxels left to other segments" if edit.voxels_protected else "")
             self._setStatus(f"{prepared.action}: {edit.voxels_written} voxels written{protected}.")
-            self._showReport(job.result.report)
+            self._showReport(job.result.meta.get("report", {}))
 
-        self._submit(prepared.action, prepared.compute, done)
+        try:
+            job = prepared.start()
+        except Exception as error:  # the engine could not be started or reached: the scene is untouched
+            self.lastError = f"{prepared.action}: {error}"
+            self._setStatus(self.lastError)
+            return
+        self._watch(job, done)
 
     def onSegmentInRoi(self):
         roiNode = self.ui.roiSelector.currentNode()
@@ -444,12 +445,18 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def done(job):
             if job.error is None:
-                self._setStatus(f"Weights of {name} downloaded and verified: {job.result}")
+                self._setStatus(f"Weights of {name} downloaded and verified: {job.result.meta['path']}")
             self._onModelChanged()
 
-        from MedFoundationSegLib.core.weights import fetch_job
+        from MedFoundationSegLib.workflow.actions import EngineRequest
 
-        self._submit(f"download {name}", fetch_job, done, name)
+        try:
+            job = self._ensureLogic().engine.submit(EngineRequest("fetch_weights", params={"name": name}),
+                                                    f"download {name}")
+        except Exception as error:
+            self._setStatus(f"Download not started: {error}")
+            return
+        self._watch(job, done)
 
     def onUndo(self):
         if self.logic is None or self._job is not None:
@@ -464,9 +471,11 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus(f"Cancelling {self._job.name} at the next step...")
 
     # --- job polling (GUI thread) -----------------------------------------------------------------------------------
-    def _submit(self, name, function, onDone, *args):
-        self._job = self._getWorker().submit(name, function, *args)
+    def _watch(self, job, onDone):
+        """Poll ``job`` (an engine job) with the QTimer; ``onDone(job)`` runs on the GUI thread when it ends."""
+        self._job = job
         self._onJobDone = onDone
+        name = job.name
         self.ui.progressBar.value = 0
         self.ui.stopReasonsText.plainText = ""
         self._setStatus(f"{name}: started")

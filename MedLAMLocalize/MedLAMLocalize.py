@@ -149,11 +149,6 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateEngineStatus()
         return self.logic
 
-    def _getWorker(self):
-        from MedFoundationSegLib.workflow.worker import shared_worker
-
-        return shared_worker()
-
     def _fillTerminologyList(self):
         """Automatic / none / every coded organ of MedFoundationSegLogic/terminology.yaml (needs PyYAML)."""
         combo = self.ui.structureTerminologyComboBox
@@ -360,9 +355,7 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             with slicer.util.tryWithErrorDisplay("Cannot localize.", waitCursor=True):
                 prepared = logic.prepare_localization(self._queryVolumes(), self._localizeOptions())
-                worker = self._getWorker()
-                jobs = [{"job": worker.submit(f"localize in {p.volume_name}", p.compute), "volumeId": p.volume_node_id,
-                         "handled": False} for p in prepared]
+                jobs = [{"job": p.start(), "volumeId": p.volume_node_id, "handled": False} for p in prepared]
         except Exception as error:
             self.lastError = str(error)
             self._setStatus(f"Not started: {error}")
@@ -426,12 +419,13 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._addResultRow(volumeName, "(all)", "volume was removed; nothing created", "", "", None)
             return
         try:
-            created = self.logic.apply_localization(job.result, volumeNode)
+            results = job.result.boxes()
+            created = self.logic.apply_localization(results, volumeNode)
         except Exception as error:
             self.lastError = f"could not create the boxes in {volumeName}: {error}"
             self._addResultRow(volumeName, "(all)", self.lastError, "", "", None)
             return
-        for name, result in job.result.items():
+        for name, result in results.items():
             if name in created:
                 size = result.box_ras_mm[1] - result.box_ras_mm[0]
                 self._addResultRow(volumeName, name, "found", f"{result.confidence:.2f}",

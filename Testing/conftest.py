@@ -30,6 +30,19 @@ def mrml():
     yield mrml_env()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_process():
+    """The local engine process the Slicer Logic talks to by default, as in Slicer: started by the first Logic
+    action that needs it (with this interpreter), shared by the tests, and stopped when the session ends."""
+    from MedFoundationSegLogic import engine_process as processes
+
+    engine = processes.LocalEngine(sys.executable)
+    processes.set_default_engine(engine)
+    yield engine
+    engine.stop()
+    processes.set_default_engine(None)
+
+
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch) -> Path:
     """An empty MEDFOUNDATIONSEG_CACHE, so a test never sees or touches the user's real weights."""

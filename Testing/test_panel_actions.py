@@ -18,6 +18,7 @@ from MedFoundationSegLib.localize.templates import (
     template_from_phantom,
 )
 from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.workflow.inprocess import InProcessEngine
 from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLogic import mrml_bridge
 from MedFoundationSegLogic.logic import MedFoundationSegLogic
@@ -47,7 +48,7 @@ def test_medlam_localization_from_the_panel_runs(mrml, phantom, isolated_cache):
     """The panel's MedLAM path (engine, sub-patches, slab thickness, re-centring, seed) reaches the localizer: it
     used to pass keywords the engine call did not take and failed on the worker every time."""
     scene, _ = mrml
-    logic = _labelled_template_logic(scene, phantom)
+    logic = _labelled_template_logic(scene, phantom, engine=InProcessEngine())  # a network object cannot travel
     # A small seeded random network (same topology): the plumbing is under test, not MedLAM's accuracy.
     torch.manual_seed(0)
     logic.medlam_weights = MedLAM(base_chns=4, patch_size=(32, 32, 32)).eval()
@@ -68,9 +69,9 @@ def test_medlam_localization_from_the_panel_runs(mrml, phantom, isolated_cache):
         logic.prepare_localization([query_node], options)[0].compute(progress=None, cancelled=lambda: True)
 
 
-def _labelled_template_logic(scene, phantom):
+def _labelled_template_logic(scene, phantom, engine=None):
     """A template set with label volumes, as a loaded template-set file gives (sub-patches need the masks)."""
-    logic = MedLAMLocalizeLogic(scene)
+    logic = MedLAMLocalizeLogic(scene, engine)
     logic.template_set = TemplateSet([template_from_phantom("template", phantom, ["liver", "spleen"])])
     return logic
 
@@ -128,26 +129,26 @@ def test_second_action_on_a_volume_encodes_no_slice_again(mrml, phantom):
 
     first = logic.prepare_segment_in_roi(volume_node, liver, segmentation)
     edit = logic.apply(first, first.compute(progress=None, cancelled=None), segment_name="liver")
-    encoded = logic.session.slices_encoded()
+    encoded = logic.engine.health()["slices_encoded"]
     assert encoded > 0
 
     rerun = logic.prepare_rerun(volume_node, segmentation, edit.segment_id)  # the same box again
     logic.apply(rerun, rerun.compute(progress=None, cancelled=None))
-    assert logic.session.slices_encoded() == encoded
+    assert logic.engine.health()["slices_encoded"] == encoded
 
     liver_slices, spleen_slices = (set(range(ks.min(), ks.max() + 1)) for ks in
                                    (np.flatnonzero(phantom.mask(name).any(axis=(1, 2))) for name in ("liver", "spleen")))
     second = logic.prepare_segment_in_roi(volume_node, spleen, segmentation)  # another structure
     logic.apply(second, second.compute(progress=None, cancelled=None), segment_name="spleen")
-    assert logic.session.slices_encoded() == encoded + len(spleen_slices - liver_slices)
+    assert logic.engine.health()["slices_encoded"] == encoded + len(spleen_slices - liver_slices)
 
     middle = int(np.median(sorted(liver_slices)))
     propagate = logic.prepare_propagation(volume_node, segmentation, edit.segment_id, middle)
-    before = logic.session.slices_encoded()
+    before = logic.engine.health()["slices_encoded"]
     result = propagate.compute(progress=None, cancelled=None)
     new_slices = set(result.report["segmented"]) - liver_slices - spleen_slices
     # Only slices never encoded before (plus the one each way where the walk stopped) cost an encoder pass.
-    assert logic.session.slices_encoded() - before <= len(new_slices) + 2
+    assert logic.engine.health()["slices_encoded"] - before <= len(new_slices) + 2
 
     # The voxels change: the embeddings of the old voxels are not reused.
     slicer.util.arrayFromVolume(volume_node)[:] += 1
@@ -181,6 +182,19 @@ def test_long_actions_report_progress_and_stop_on_cancel(mrml, phantom, action, 
     assert result.mask_kji.any() and fractions and fractions[-1] == 1.0
     with pytest.raises(Cancelled):
         prepared.compute(progress=None, cancelled=lambda: True)
+
+
+def test_cancel_reaches_a_running_job_on_the_engine_and_the_engine_keeps_serving(mrml, phantom):
+    scene, _ = mrml
+    volume_node, segmentation = _segmentation_scene(scene, phantom)
+    logic = MedFoundationSegLogic(scene, Options(refine="none"))
+    prepared = logic.prepare_segment_in_roi(volume_node, _roi(scene, phantom.image, phantom.mask("liver"), "b"),
+                                            segmentation)
+    seen = []
+    with pytest.raises(Cancelled):
+        prepared.compute(progress=lambda f, m: seen.append(m), cancelled=lambda: len(seen) > 1)
+    assert logic.engine.health()["queue"] == 0
+    assert prepared.compute(progress=None, cancelled=None).mask_kji.any()
 
 
 def test_reference_mode_is_refused_for_propagation(mrml, phantom):

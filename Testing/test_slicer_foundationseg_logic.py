@@ -123,7 +123,7 @@ def test_segment_in_roi_uses_the_box_mode_of_the_panel_choice(mrml, phantom, box
     logic = MedFoundationSegLogic(scene, Options(mode=box_mode))
     prepared = logic.prepare_segment_in_roi(volume_node, roi, segmentation)
     assert prepared.prompts["mode"] == box_mode
-    assert prepared.compute.args[2].mode == box_mode
+    assert prepared.request.options.mode == box_mode
 
 
 def test_drawn_box_is_used_as_drawn_and_a_localized_box_is_padded(mrml, phantom):
@@ -139,9 +139,9 @@ def test_drawn_box_is_used_as_drawn_and_a_localized_box_is_padded(mrml, phantom)
     localized.SetAttribute(ENGINE_ATTRIBUTE, "registration")
 
     as_drawn = logic.prepare_segment_in_roi(volume_node, drawn, segmentation)
-    assert as_drawn.compute.args[2].padding_mm == 0.0
+    assert as_drawn.request.options.padding_mm == 0.0
     assert as_drawn.prompts["localized_by"] is None and as_drawn.prompts["padding_mm"] == 0.0
     padded = logic.prepare_segment_in_roi(volume_node, localized, segmentation)
-    assert padded.compute.args[2].padding_mm == 5.0 and padded.compute.args[2].padding_fraction == 0.1
-    assert as_drawn.compute.args[2].padding_fraction is None
+    assert padded.request.options.padding_mm == 5.0 and padded.request.options.padding_fraction == 0.1
+    assert as_drawn.request.options.padding_fraction is None
     assert padded.prompts["localized_by"] == "registration"

@@ -219,7 +219,7 @@ def test_broken_structure_properties_are_refused(mrml, tmp_path, phantom):
 def test_rerun_reads_the_edited_roi_and_writes_one_undo_step(mrml):
     """Stored prompts -> the same action rebuilt; the moved ROI is read again. No model needed: the compute step is
     checked through its prepared inputs, and apply() gets a stand-in result."""
-    from MedFoundationSegLib.workflow.session import CaseResult
+    from MedFoundationSegLib.workflow.results import CaseResult
 
     scene, _ = mrml
     volume = _volume()
@@ -231,7 +231,7 @@ def test_rerun_reads_the_edited_roi_and_writes_one_undo_step(mrml):
     mrml_bridge.set_roi_bounds_ras(roi, mrml_bridge.ras_bounds_from_ijk_box(volume, np.array([[2, 3, 1], [8, 9, 5]])))
     logic = MedFoundationSegLogic(scene)
     first = logic.prepare_segment_in_roi(node, roi, seg)
-    assert first.compute.args[1].tolist() == [[2, 3, 1], [8, 9, 5]]
+    assert first.request.params["box_ijk"] == [[2, 3, 1], [8, 9, 5]]
 
     def result(mask):
         return CaseResult(mask_kji=mask, report={"mode": "guided"})
@@ -245,7 +245,7 @@ def test_rerun_reads_the_edited_roi_and_writes_one_undo_step(mrml):
     mrml_bridge.set_roi_bounds_ras(roi, mrml_bridge.ras_bounds_from_ijk_box(volume, np.array([[4, 3, 1], [12, 9, 7]])))
     again = logic.prepare_rerun(node, seg, edit.segment_id)
     assert again.action == "segment in box" and again.segment_id == edit.segment_id
-    assert again.compute.args[1].tolist() == [[4, 3, 1], [12, 9, 7]]  # the edited box
+    assert again.request.params["box_ijk"] == [[4, 3, 1], [12, 9, 7]]  # the edited box
     smaller = mask & False
     smaller[2:4, 4:6, 5:8] = True
     logic.apply(again, result(smaller))
@@ -254,7 +254,7 @@ def test_rerun_reads_the_edited_roi_and_writes_one_undo_step(mrml):
     assert np.array_equal(mrml_bridge.segment_mask_kji(seg, edit.segment_id, node), mask)
 
     scene.RemoveNode(roi)  # the box node is gone: the stored RAS box is used
-    assert logic.prepare_rerun(node, seg, edit.segment_id).compute.args[1].tolist() == [[2, 3, 1], [8, 9, 5]]
+    assert logic.prepare_rerun(node, seg, edit.segment_id).request.params["box_ijk"] == [[2, 3, 1], [8, 9, 5]]
     user_id = seg.GetSegmentation().AddEmptySegment("", "hand drawn", [0.5, 0.5, 0.5])
     with pytest.raises(ValueError, match="no stored AI prompts"):
         logic.prepare_rerun(node, seg, user_id)

@@ -186,7 +186,7 @@ def run_clicks(session, image, model, start, box_ijk, truth, spacing_kji, budget
     click so far as a hard disk.
     ``reprompt``: the clicked slices are first re-segmented by the model with the clicks as point prompts (see
     reprompt_probability), then the same graph cut. Both keep every earlier click."""
-    from MedFoundationSegLib.workflow.session import CaseResult
+    from MedFoundationSegLib.workflow.results import CaseResult
 
     def refine_with(positive_kji, negative_kji):
         base = start

@@ -1,23 +1,24 @@
 """MedFoundationSegLogic: what the MedFoundationSeg module does to a scene, without any Qt.
 
-Every action is two halves so the GUI never blocks:
-- ``prepare_*`` (GUI thread) reads nodes into plain engine inputs (a ``Volume``, boxes in ijk, clicks in ijk);
-- ``compute`` (worker thread, via ``MedFoundationSegLib.workflow.worker.Worker``) runs the engine with progress/cancel;
+Every action has three steps, so the GUI never blocks:
+- ``prepare_*`` (GUI thread) reads nodes into an engine request (a ``Volume``, boxes and clicks in ijk, options);
+- ``start`` hands the request to the engine (by default a local engine process, see ``engine_process``) and
+  returns a job the widget polls with a QTimer; ``PreparedAction.compute`` runs it to the end for scripts and tests;
 - ``apply`` (GUI thread) writes the result into one segment through ``SegmentEditHistory`` (undoable, never
   touching other segments) and stores the prompts as a segment tag.
-``run_*`` methods chain the three synchronously for scripts and tests.
+Nothing here imports torch: the engine does the computing in its own process.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 from MedFoundationSegLib.core import terminology
 from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.workflow.actions import EngineRequest, EngineResult
 from MedFoundationSegLib.workflow.options import Options
-from MedFoundationSegLib.workflow.session import CaseResult, Session, fill_between_slices
+from MedFoundationSegLib.workflow.results import CaseResult
 
 from . import mrml_bridge
 from .node_attributes import ENGINE_ATTRIBUTE, TERMINOLOGY_ATTRIBUTE
@@ -33,21 +34,45 @@ class PreparedAction:
     segmentation_node_id: str
     segment_id: str | None
     volume: Volume
-    compute: functools.partial  # call with progress=, cancelled= on the worker
+    request: EngineRequest
     prompts: dict
+    engine: object = dataclasses.field(repr=False, default=None)
     scratch_segment_ids: tuple = ()  # segments the result may overlap (the scribbles that guided it)
     terminology_tag: str | None = None  # Slicer TerminologyEntry for a segment the action creates (e.g. from MedLAM)
+
+    def compute(self, progress=None, cancelled=None) -> CaseResult:
+        """Run the request on the engine to the end (scripts, tests); the widget uses ``start`` and polls instead."""
+        return self.engine.run(self.request, progress, cancelled).case_result()
+
+    def start(self):
+        """Hand the request to the engine; returns a job with ``done``, ``fraction``, ``message``, ``result``,
+        ``error`` and ``cancel()``."""
+        return self.engine.submit(self.request, self.action)
 
 
 class MedFoundationSegLogic:
     """The panel's actions on a scene. ``options`` holds the panel's choices (the widget writes them before each
-    action); the session keeps models and slice embeddings warm across actions."""
+    action). ``engine`` runs them: the shared local engine process by default (models and slice embeddings stay warm
+    there across actions and modules), a remote one, or ``InProcessEngine`` for scripts."""
 
-    def __init__(self, scene, options: Options | None = None):
+    def __init__(self, scene, options: Options | None = None, engine=None):
         self.scene = scene
         self.options = options or Options()
         self.history = SegmentEditHistory(scene)
-        self.session = Session()
+        self._engine = engine
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from .engine_process import default_engine
+
+            return default_engine()
+        return self._engine
+
+    def _prepared(self, action: str, volume_node, segmentation_node, segment_id, volume: Volume,
+                  request: EngineRequest, prompts: dict, **extra) -> PreparedAction:
+        return PreparedAction(action, volume_node.GetID(), segmentation_node.GetID(), segment_id, volume, request,
+                              prompts, self.engine, **extra)
 
     # --- prepare (GUI thread) ---------------------------------------------------------------------------------------
     def _base(self, volume_node, segmentation_node):
@@ -74,13 +99,13 @@ class MedFoundationSegLogic:
         s = self.options
         if not localized_by:
             s = s.replace(padding_mm=s.drawn_box_padding_mm, padding_fraction=None)
-        compute = functools.partial(self.session.segment_box, volume, box_ijk, s)
+        request = EngineRequest("segment_box", volume, s, {"box_ijk": box_ijk.tolist()})
         prompts = {"model": s.model, "axis": s.axis, "box_ijk": box_ijk.tolist(),
                    "box_ras_mm": bounds_ras.round(3).tolist(), "roi_node": roi_node_id,
                    "localized_by": localized_by or None,  # None: a drawn box, used as drawn
                    "padding_mm": s.padding_mm, "mode": s.mode}
-        return PreparedAction("segment in box", volume_node.GetID(), segmentation_node.GetID(), segment_id, volume,
-                              compute, prompts, terminology_tag=terminology_tag)
+        return self._prepared("segment in box", volume_node, segmentation_node, segment_id, volume, request, prompts,
+                              terminology_tag=terminology_tag)
 
     def prepare_propagation(self, volume_node, segmentation_node, segment_id: str, slice_index: int | None = None,
                             *, outward_only: bool = False) -> PreparedAction:
@@ -92,18 +117,18 @@ class MedFoundationSegLogic:
             raise ValueError("the segment is empty: draw or segment it on at least one slice first")
         s = self.options
         mode = s.propagation_mode()  # refuses the box-only reference procedure before anything runs
-        compute = functools.partial(self.session.propagate, volume, seed_kji, s, slice_index=slice_index,
-                                    outward_only=outward_only)
+        request = EngineRequest("propagate", volume, s, {"slice_index": slice_index, "outward_only": outward_only},
+                                {"seed_kji": seed_kji})
         prompts = {"model": s.model, "axis": s.axis, "seed_slice": slice_index, "mode": mode}
-        return PreparedAction("re-propagate" if outward_only else "propagate", volume_node.GetID(),
-                              segmentation_node.GetID(), segment_id, volume, compute, prompts)
+        return self._prepared("re-propagate" if outward_only else "propagate", volume_node, segmentation_node,
+                              segment_id, volume, request, prompts)
 
     def prepare_fill_between(self, volume_node, segmentation_node, segment_id: str) -> PreparedAction:
         volume = self._base(volume_node, segmentation_node)
         mask_kji = mrml_bridge.segment_mask_kji(segmentation_node, segment_id, volume_node)
-        compute = functools.partial(fill_between_slices, mask_kji, axis=self.options.axis)
-        return PreparedAction("fill between slices", volume_node.GetID(), segmentation_node.GetID(), segment_id,
-                              volume, compute, {"axis": self.options.axis})
+        request = EngineRequest("fill_between", volume, self.options, {}, {"mask_kji": mask_kji})
+        return self._prepared("fill between slices", volume_node, segmentation_node, segment_id, volume, request,
+                              {"axis": self.options.axis})
 
     def prepare_refine(self, volume_node, segmentation_node, segment_id: str, *, positive_node=None,
                        negative_node=None, scribble_segment_id: str | None = None) -> PreparedAction:
@@ -130,15 +155,16 @@ class MedFoundationSegLogic:
         if not mask_kji.any() and not len(clicks["positive"]):
             raise ValueError("nothing to refine: the segment is empty and there is no include click")
         s = self.options
-        compute = functools.partial(self.session.refine, volume, mask_kji, s, positive_ijk=clicks["positive"],
-                                    negative_ijk=clicks["negative"], scribble_kji=scribble)
+        arrays = {"mask_kji": mask_kji} if scribble is None else {"mask_kji": mask_kji, "scribble_kji": scribble}
+        request = EngineRequest("refine", volume, s, {"positive_ijk": np.asarray(clicks["positive"]).tolist(),
+                                                      "negative_ijk": np.asarray(clicks["negative"]).tolist()}, arrays)
         prompts = {"method": s.refine,
                    "positive_ras": np.asarray(positive_ras, float).reshape(-1, 3).round(3).tolist(),
                    "negative_ras": np.asarray(negative_ras, float).reshape(-1, 3).round(3).tolist(),
                    "positive_node": click_node_ids[0], "negative_node": click_node_ids[1],
                    "scribble_segment": scribble_segment_id}
-        return PreparedAction("refine", volume_node.GetID(), segmentation_node.GetID(), segment_id, volume, compute,
-                              prompts, (scribble_segment_id,) if scribble_segment_id else ())
+        return self._prepared("refine", volume_node, segmentation_node, segment_id, volume, request, prompts,
+                              scratch_segment_ids=(scribble_segment_id,) if scribble_segment_id else ())
 
     def prepare_rerun(self, volume_node, segmentation_node, segment_id: str) -> PreparedAction:
         """The action that made this segment, rebuilt from its stored prompts (segment tag) so it can be re-run after
@@ -178,7 +204,7 @@ class MedFoundationSegLogic:
         raise ValueError(f"cannot re-run the stored action {action!r}")
 
     # --- apply (GUI thread) -----------------------------------------------------------------------------------------
-    def apply(self, prepared: PreparedAction, result: CaseResult, *, segment_name: str = "AI segment",
+    def apply(self, prepared: PreparedAction, result: CaseResult | EngineResult, *, segment_name: str = "AI segment",
               color_rgb=(0.9, 0.6, 0.2)) -> EditResult:
         """Write the result. A segment created here gets the action's terminology (a MedLAM box's structure) or, when
         its name is a known organ, the standard terminology entry for that name."""
@@ -186,6 +212,8 @@ class MedFoundationSegLogic:
         segmentation_node = self.scene.GetNodeByID(prepared.segmentation_node_id)
         if volume_node is None or segmentation_node is None:
             raise ValueError("the volume or segmentation was removed while the action ran; nothing was written")
+        if isinstance(result, EngineResult):
+            result = result.case_result()
         prompts = dict(prepared.prompts, report=result.report_summary())
         tag = prepared.terminology_tag or terminology.tag_for_structure(segment_name)
         return self.history.apply(volume_node, segmentation_node, result.mask_kji, segment_id=prepared.segment_id,

@@ -8,7 +8,6 @@ their ``compute`` (worker: the engine, no scene access) and ``apply_localization
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from MedFoundationSegLib.core.boxes import POINT_NAMES, StructureBox, extreme_po
 from MedFoundationSegLib.core.volume import Volume, write_volume
 from MedFoundationSegLib.localize import engines
 from MedFoundationSegLib.localize.templates import Template, TemplateError, TemplateSet
+from MedFoundationSegLib.workflow.actions import EngineRequest, TemplateSpec
 from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLogic import mrml_bridge
 from MedFoundationSegLogic.node_attributes import (
@@ -108,14 +108,31 @@ class PreparedLocalization:
     volume_node_id: str
     volume_name: str
     engine: EngineChoice
-    compute: functools.partial  # call with progress=, cancelled= on the worker; returns {structure: StructureBox}
+    request: EngineRequest
+    runner: object = dataclasses.field(repr=False, default=None)  # the engine that runs it
+
+    def compute(self, progress=None, cancelled=None) -> dict[str, StructureBox]:
+        """Run to the end (scripts, tests); the widget uses ``start`` and polls the job instead."""
+        return self.runner.run(self.request, progress, cancelled).boxes()
+
+    def start(self):
+        """A job whose ``result.boxes()`` are the structures' boxes once it is done."""
+        return self.runner.submit(self.request, f"localize in {self.volume_name}")
+
+
+def template_specs(template_set: TemplateSet) -> list[TemplateSpec]:
+    """The template set as the engine receives it: volumes and points, no file paths."""
+    return [TemplateSpec(t.name, t.image, t.labels, dict(t.label_ids),
+                         {k: np.asarray(v, float).tolist() for k, v in t.points_lps.items()})
+            for t in template_set.templates]
 
 
 class MedLAMLocalizeLogic:
     """Template set editing and localization on a scene; the Widget calls only these methods."""
 
-    def __init__(self, scene):
+    def __init__(self, scene, engine=None):
         self.scene = scene
+        self._engine = engine
         # What MedLAM runs with: a registry name (its weights must be in the cache), a path, a built network, or
         # None for seeded random weights (tests and timing).
         self.medlam_weights = "medlam"
@@ -123,6 +140,15 @@ class MedLAMLocalizeLogic:
         self._template_nodes: dict[str, str] = {}  # template name -> volume node ID
         self.colors: dict[str, tuple[float, float, float]] = {}
         self.terminology: dict[str, str] = {}  # structure -> Slicer TerminologyEntry tag (coded structures only)
+
+    @property
+    def engine(self):
+        """The local engine process both modules share, unless another engine was given."""
+        if self._engine is None:
+            from MedFoundationSegLogic.engine_process import default_engine
+
+            return default_engine()
+        return self._engine
 
     # --- templates ------------------------------------------------------------------------------------------------
     def add_structure(self, volume_node, structure: str, markups_node, color_rgb=(0.9, 0.6, 0.2),
@@ -262,15 +288,13 @@ class MedLAMLocalizeLogic:
             raise TemplateError("sub-patch localization needs templates with label volumes (a clicked template has "
                                 "only its 6 points): untick 'Sub-patches' or load a template set with labels")
         choice = choose_engine(options.engine, self.medlam_weights)
+        specs = template_specs(self.template_set)
+        params = {"structures": structures, "medlam_weights": self.medlam_weights}
         prepared = []
         for node in query_volume_nodes:
-            query = mrml_bridge.volume_from_node(node)  # a copy: the worker never touches the scene
-            compute = functools.partial(engines.localize, self.template_set, query, choice.engine,
-                                        structures=structures, seed=options.seed, spl=options.spl,
-                                        slice_interval=options.slice_interval,
-                                        recentre_iterations=options.recentre_iterations,
-                                        medlam_weights=self.medlam_weights)
-            prepared.append(PreparedLocalization(node.GetID(), node.GetName(), choice, compute))
+            query = mrml_bridge.volume_from_node(node)  # a copy: the engine never touches the scene
+            request = EngineRequest("localize", query, options.replace(engine=choice.engine), params, {}, specs)
+            prepared.append(PreparedLocalization(node.GetID(), node.GetName(), choice, request, self.engine))
         return prepared
 
     def localize(self, query_volume_node, options: Options | None = None, *, structures=None, progress=None,

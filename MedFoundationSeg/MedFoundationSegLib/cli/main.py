@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "MedFoundationSegLib.cli.demo_cli",
     "MedFoundationSegLib.cli.batch_cli",
     "MedFoundationSegLib.cli.train_cli",
+    "MedFoundationSegLib.cli.serve_cli",
 )
 
 

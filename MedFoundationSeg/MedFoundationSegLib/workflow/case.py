@@ -18,7 +18,8 @@ from MedFoundationSegLib.io import segmentation_io
 from MedFoundationSegLib.localize.engines import choose_localizer, localize
 from MedFoundationSegLib.segment.overlaps import resolve_overlaps
 from MedFoundationSegLib.workflow.options import Options
-from MedFoundationSegLib.workflow.session import CaseResult, Session
+from MedFoundationSegLib.workflow.results import CaseResult
+from MedFoundationSegLib.workflow.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ even when every action hands over a fresh copy of the voxels.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -24,23 +23,10 @@ from MedFoundationSegLib.segment.interpolation import interpolate_slices
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow.options import SEGMENTATION_MODES, Options
+from MedFoundationSegLib.workflow.results import CaseResult
 
 # Session calls without options return the model's own masks; refinement runs only when asked for.
 SESSION_DEFAULTS = Options(refine="none")
-
-
-@dataclasses.dataclass
-class CaseResult:
-    """A structure's (or a case's) mask and what produced it."""
-
-    mask_kji: np.ndarray
-    probability_kji: np.ndarray | None = None
-    report: dict = dataclasses.field(default_factory=dict)
-
-    def report_summary(self) -> dict:
-        """The part of the report worth storing in a segment tag (no per-voxel data)."""
-        keys = ("mode", "model", "slices", "stop_reasons", "seconds", "refine", "voxels")
-        return {k: self.report[k] for k in keys if k in self.report}
 
 
 def volume_identity(volume: Volume) -> str:

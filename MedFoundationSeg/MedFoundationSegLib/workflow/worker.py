@@ -79,6 +79,8 @@ class Worker:
 
     def __init__(self, name: str = "MedFoundationSeg worker"):
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._waiting: list[Job] = []  # submitted, not started yet (in order)
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -87,14 +89,27 @@ class Worker:
         if not self._thread.is_alive():
             raise RuntimeError("the worker has been shut down")
         job = Job(name, function, args, kwargs)
+        with self._lock:
+            self._waiting.append(job)
         self._queue.put(job)
         return job
+
+    def jobs_ahead(self, job: Job) -> int:
+        """How many jobs run before ``job`` starts (0 once it runs)."""
+        with self._lock:
+            return self._waiting.index(job) + 1 if job in self._waiting else 0
+
+    def queued(self) -> int:
+        with self._lock:
+            return len(self._waiting)
 
     def _loop(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
                 return
+            with self._lock:
+                self._waiting.remove(job)
             job._run()
 
     def shutdown(self, timeout_s: float = 5.0) -> None:

@@ -1,0 +1,27 @@
+"""The engine in this process: the same requests as the engine process, run here (the CLI, the batch, tests)."""
+
+from __future__ import annotations
+
+from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback
+from MedFoundationSegLib.workflow.actions import EngineRequest, EngineResult, run_request
+
+
+class InProcessEngine:
+    """Runs requests on a Session of its own; ``submit`` queues them on a worker thread, ``run`` runs one now."""
+
+    def __init__(self, session=None, worker=None):
+        from MedFoundationSegLib.workflow.session import Session
+
+        self.session = session or Session()
+        self._worker = worker
+
+    def run(self, request: EngineRequest, progress: ProgressCallback | None = None,
+            cancelled: CancelCheck | None = None) -> EngineResult:
+        return run_request(self.session, request, progress, cancelled)
+
+    def submit(self, request: EngineRequest, name: str | None = None):
+        """A job with ``done``, ``fraction``, ``message``, ``result`` (an EngineResult), ``error`` and ``cancel()``."""
+        from MedFoundationSegLib.workflow.worker import shared_worker
+
+        worker = self._worker or shared_worker()
+        return worker.submit(name or request.action, run_request, self.session, request)
