@@ -35,7 +35,7 @@ class EngineClient:
         self._http = requests.Session()
         if token:
             self._http.headers["Authorization"] = f"Bearer {token}"
-        self._http.verify = verify
+        self.verify = verify  # given with every request: a session-wide setting loses to $REQUESTS_CA_BUNDLE
         self.timeout_s = timeout_s
         self.on_unreachable = on_unreachable  # called with the EngineError when the engine stops answering
         self._sent: dict[str, str] = {}  # Volume.key -> the engine's id for it
@@ -43,7 +43,8 @@ class EngineClient:
     # --- plain calls -----------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, data: bytes | None = None, timeout_s: float | None = None):
         try:
-            response = self._http.request(method, self.url + path, data=data, timeout=timeout_s or self.timeout_s)
+            response = self._http.request(method, self.url + path, data=data, timeout=timeout_s or self.timeout_s,
+                                          verify=self.verify)
         except requests.Timeout:
             raise EngineError("engine_busy", f"the engine at {self.url} did not answer in time") from None
         except requests.RequestException as error:
@@ -86,7 +87,11 @@ class EngineClient:
             volumes += [template.image] + ([template.labels] if template.labels is not None else [])
         ids = {id(volume): self.ensure_volume(volume) for volume in volumes}
         reply = self._call("POST", "/jobs", data=transport.encode_job(request, ids)).json()
-        return RemoteJob(self, reply["job_id"], name or request.action, on_stuck=on_stuck)
+        job = RemoteJob(self, reply["job_id"], name or request.action, on_stuck=on_stuck)
+        job.jobs_ahead = int(reply.get("jobs_ahead", 0))
+        if job.jobs_ahead:
+            job.message = f"waiting for {job.jobs_ahead} job(s) on the engine"
+        return job
 
     def run(self, request: EngineRequest, progress=None, cancelled=None) -> EngineResult:
         """Submit and wait (scripts, tests, the batch); Cancelled when ``cancelled()`` turns true."""
@@ -111,7 +116,7 @@ class RemoteJob:
 
     def __init__(self, client: EngineClient, job_id: str, name: str, *, on_stuck=None):
         self.client, self.job_id, self.name = client, job_id, name
-        self.fraction, self.message, self.jobs_ahead = 0.0, "queued", 0
+        self.fraction, self.message, self.jobs_ahead = 0.0, "queued", 0  # message stays "queued" until first poll
         self.result: EngineResult | None = None
         self.error: BaseException | None = None
         self.error_traceback = ""
