@@ -80,7 +80,8 @@ class MedFoundationSegLogic:
             raise ValueError("select an input volume")
         if segmentation_node is None:
             raise ValueError("select or create a segmentation")
-        return mrml_bridge.volume_from_node(volume_node)
+        # A view of the scene's voxels: the engine client sends them at once; an in-process engine copies them.
+        return mrml_bridge.volume_from_node(volume_node, copy=False)
 
     def prepare_segment_in_roi(self, volume_node, roi_node, segmentation_node, segment_id=None) -> PreparedAction:
         if roi_node is None:

@@ -292,7 +292,7 @@ class MedLAMLocalizeLogic:
         params = {"structures": structures, "medlam_weights": self.medlam_weights}
         prepared = []
         for node in query_volume_nodes:
-            query = mrml_bridge.volume_from_node(node)  # a copy: the engine never touches the scene
+            query = mrml_bridge.volume_from_node(node, copy=False)  # sent at once (an in-process engine copies it)
             request = EngineRequest("localize", query, options.replace(engine=choice.engine), params, {}, specs)
             prepared.append(PreparedLocalization(node.GetID(), node.GetName(), choice, request, self.engine))
         return prepared

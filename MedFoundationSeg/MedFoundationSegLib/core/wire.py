@@ -32,15 +32,17 @@ def pack(meta: dict, arrays: dict[str, np.ndarray] | None = None, *, compress: b
         dtype = array.dtype.name
         if dtype not in DTYPES:
             raise WireError(f"array {name!r}: dtype {dtype} cannot travel; use one of {', '.join(DTYPES)}")
-        raw = np.packbits(array.ravel()).tobytes() if dtype == "bool" else array.astype(array.dtype.newbyteorder("<"),
-                                                                                       copy=False).tobytes()
+        if dtype == "bool":
+            raw = np.packbits(array.ravel())
+        else:  # a view of the voxels: no copy on little-endian machines
+            raw = array.astype(array.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8)
         encoding = "zlib" if compress else "raw"
-        blob = zlib.compress(raw, 1) if compress else raw
+        blob = zlib.compress(raw, 1) if compress else memoryview(raw)
         entries.append({"name": name, "dtype": dtype, "shape": list(array.shape), "encoding": encoding,
                         "bytes": len(blob)})
         blobs.append(blob)
     header = json.dumps({"meta": meta, "arrays": entries}, separators=(",", ":")).encode("utf-8")
-    return b"".join([MAGIC, struct.pack("<I", len(header)), header, *blobs])
+    return b"".join([MAGIC, struct.pack("<I", len(header)), header, *blobs])  # the message's one copy
 
 
 def unpack(data: bytes, *, max_voxels: int = 1 << 31) -> tuple[dict, dict[str, np.ndarray]]:

@@ -90,9 +90,10 @@ def run_request(session, request: EngineRequest, progress: ProgressCallback | No
     return run(session, request, progress, cancelled)
 
 
-def _case(result: CaseResult) -> EngineResult:
+def _case(result: CaseResult, request: EngineRequest) -> EngineResult:
+    """The mask (and the model's probability only when ``params["probability"]`` asks: it is the bulk of a result)."""
     arrays = {"mask_kji": np.asarray(result.mask_kji, bool)}
-    if result.probability_kji is not None:
+    if result.probability_kji is not None and request.params.get("probability"):
         arrays["probability_kji"] = np.asarray(result.probability_kji, np.float16)
     return EngineResult({"report": _jsonable(result.report)}, arrays)
 
@@ -111,7 +112,7 @@ def _segment_box(session, request, progress, cancelled) -> EngineResult:
     extreme = params.get("extreme_points_ijk")
     return _case(session.segment_box(request.volume, params["box_ijk"], request.options,
                                      extreme_points_ijk=None if extreme is None else np.asarray(extreme, float),
-                                     progress=progress, cancelled=cancelled))
+                                     progress=progress, cancelled=cancelled), request)
 
 
 def _propagate(session, request, progress, cancelled) -> EngineResult:
@@ -119,7 +120,7 @@ def _propagate(session, request, progress, cancelled) -> EngineResult:
     return _case(session.propagate(request.volume, _mask(request, "seed_kji"), request.options,
                                    slice_index=params.get("slice_index"),
                                    outward_only=bool(params.get("outward_only", False)), progress=progress,
-                                   cancelled=cancelled))
+                                   cancelled=cancelled), request)
 
 
 def _refine(session, request, progress, cancelled) -> EngineResult:
@@ -129,14 +130,14 @@ def _refine(session, request, progress, cancelled) -> EngineResult:
               for key in ("positive_ijk", "negative_ijk")}
     return _case(session.refine(request.volume, _mask(request, "mask_kji"), request.options,
                                 positive_ijk=points["positive_ijk"], negative_ijk=points["negative_ijk"],
-                                scribble_kji=scribble, progress=progress, cancelled=cancelled))
+                                scribble_kji=scribble, progress=progress, cancelled=cancelled), request)
 
 
 def _fill_between(session, request, progress, cancelled) -> EngineResult:
     from MedFoundationSegLib.workflow.session import fill_between_slices
 
     return _case(fill_between_slices(_mask(request, "mask_kji"), axis=request.options.axis, progress=progress,
-                                     cancelled=cancelled))
+                                     cancelled=cancelled), request)
 
 
 def _localize(session, request, progress, cancelled) -> EngineResult:

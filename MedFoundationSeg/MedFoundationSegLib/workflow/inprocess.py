@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
+
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback
 from MedFoundationSegLib.workflow.actions import EngineRequest, EngineResult, run_request
 
@@ -17,11 +21,20 @@ class InProcessEngine:
 
     def run(self, request: EngineRequest, progress: ProgressCallback | None = None,
             cancelled: CancelCheck | None = None) -> EngineResult:
-        return run_request(self.session, request, progress, cancelled)
+        return run_request(self.session, _own_copy(request), progress, cancelled)
 
     def submit(self, request: EngineRequest, name: str | None = None):
         """A job with ``done``, ``fraction``, ``message``, ``result`` (an EngineResult), ``error`` and ``cancel()``."""
         from MedFoundationSegLib.workflow.worker import shared_worker
 
         worker = self._worker or shared_worker()
-        return worker.submit(name or request.action, run_request, self.session, request)
+        return worker.submit(name or request.action, run_request, self.session, _own_copy(request))
+
+
+def _own_copy(request: EngineRequest) -> EngineRequest:
+    """The request with its own copy of the voxels: a caller's volume may be a view of data it goes on editing
+    (a Slicer volume node), and the engine keeps what it encoded under the volume's key."""
+    if request.volume is None:
+        return request
+    volume = dataclasses.replace(request.volume, array=np.array(request.volume.array))
+    return dataclasses.replace(request, volume=volume)
