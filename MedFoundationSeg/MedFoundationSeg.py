@@ -104,6 +104,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.currentIndexChanged.connect(self._saveSettings)
         self.ui.embeddingBudgetSpinBox.valueChanged.connect(self._saveSettings)
         self.ui.cacheDirEdit.currentPathChanged.connect(self._onCacheDirChanged)
+        self.ui.engineApplyButton.clicked.connect(self.onEngineApply)
 
         self.ui.fetchWeightsButton.clicked.connect(self.onFetchWeights)
         self.ui.segmentInRoiButton.clicked.connect(self.onSegmentInRoi)
@@ -146,6 +147,8 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if cacheDir:
             os.environ[CACHE_ENV] = cacheDir
         self.ui.cacheDirEdit.currentPath = os.environ.get(CACHE_ENV, "")
+        self.ui.engineUrlEdit.text = str(settings.value(self._settingsKey("EngineUrl"), "") or "")
+        self.ui.enginePythonEdit.currentPath = str(settings.value(self._settingsKey("EnginePython"), "") or "")
         budget = settings.value(self._settingsKey("EmbeddingBudgetMB"), "")
         if str(budget).isdigit():
             self.ui.embeddingBudgetSpinBox.value = int(budget)
@@ -153,6 +156,22 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.deviceComboBox.findText(device) if device else -1
         if index >= 0:
             self.ui.deviceComboBox.currentIndex = index
+
+    def onEngineApply(self):
+        """Use the engine given under Advanced (remote URL + token, or a local engine with another Python)."""
+        from MedFoundationSegLogic import engine_process
+
+        url, python = self.ui.engineUrlEdit.text, self.ui.enginePythonEdit.currentPath
+        try:
+            with slicer.util.tryWithErrorDisplay("Cannot use this engine.", waitCursor=True):
+                engine = engine_process.configure_engine(url, self.ui.engineTokenEdit.text, python)
+                self.ui.engineStatusLabel.text = engine_process.describe(engine)
+        except Exception as error:
+            self.ui.engineStatusLabel.text = f"Engine: not reachable ({error})"
+            return
+        settings = qt.QSettings()
+        settings.setValue(self._settingsKey("EngineUrl"), url)
+        settings.setValue(self._settingsKey("EnginePython"), python)
 
     def _saveSettings(self, *unused):
         settings = qt.QSettings()
@@ -234,6 +253,11 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         if self.ui.modelComboBox.count == 0:
             self._fillEngineLists()
+        python = self.ui.enginePythonEdit.currentPath
+        if python and not self.ui.engineUrlEdit.text:  # a saved local-engine Python (a remote engine needs its token)
+            from MedFoundationSegLogic import engine_process
+
+            engine_process.configure_engine("", "", python)
         self.logic = MedFoundationSegLogic(slicer.mrmlScene)
         return self.logic
 

@@ -21,7 +21,7 @@ ALLOWED = {
     "localize": {"core", "runtime", "models"},
     "segment": {"core", "runtime", "models"},
     "io": {"core"},
-    "sampledata": {"core", "io"},
+    "sampledata": {"core", "io", "localize"},  # phantoms as localization templates
     "workflow": {"core", "runtime", "models", "localize", "segment", "io", "sampledata"},
     "server": {"core", "runtime", "models", "localize", "segment", "io", "sampledata", "workflow"},
     "cli": {"core", "runtime", "models", "localize", "segment", "io", "sampledata", "workflow", "server"},

@@ -262,3 +262,21 @@ def test_the_slicer_side_never_imports_torch(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "torch imported: False" in result.stdout
     assert "localize" in result.stdout and "refine" in result.stdout
+
+
+def test_the_panel_points_both_modules_at_a_remote_engine_or_a_local_one(server):
+    from MedFoundationSegLogic import engine_process
+
+    previous = engine_process.default_engine()
+    try:
+        remote = engine_process.configure_engine(server["url"], TOKEN)
+        assert engine_process.default_engine() is remote and isinstance(remote, RemoteEngine)
+        assert engine_process.describe(remote).startswith(f"Engine: {server['url']}, device ")
+        with pytest.raises(ValueError, match="http"):
+            engine_process.configure_engine("gpu-host:8765", TOKEN)
+        with pytest.raises(ValueError, match="no Python"):
+            engine_process.configure_engine("", "", "/nowhere/python")
+        local = engine_process.configure_engine("", "", sys.executable)
+        assert isinstance(local, LocalEngine) and local.python == sys.executable and not local.running
+    finally:
+        engine_process.set_default_engine(previous)

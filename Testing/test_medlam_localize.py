@@ -11,8 +11,8 @@ from MedFoundationSegLib.core.volume import Volume, VolumeError
 from MedFoundationSegLib.localize.medlam.localizer import MedLAMConfig, MedLAMLocalizer
 from MedFoundationSegLib.localize.medlam.matching import correlate_fft, crop_patches, match_template
 from MedFoundationSegLib.localize.medlam.network import MedLAM, set_precision
-from MedFoundationSegLib.localize.templates import TemplateError, TemplateSet, template_from_phantom
-from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.localize.templates import TemplateError, TemplateSet
+from MedFoundationSegLib.sampledata.phantoms import make_phantom, template_from_phantom
 
 SHAPE = (32, 64, 64)
 

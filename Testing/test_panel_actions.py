@@ -11,13 +11,8 @@ import torch
 from MedFoundationSegLib.core.progress import Cancelled
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.localize.medlam.network import MedLAM
-from MedFoundationSegLib.localize.templates import (
-    TemplateError,
-    TemplateSet,
-    structure_points_from_mask,
-    template_from_phantom,
-)
-from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.localize.templates import TemplateError, TemplateSet, structure_points_from_mask
+from MedFoundationSegLib.sampledata.phantoms import make_phantom, template_from_phantom
 from MedFoundationSegLib.workflow.inprocess import InProcessEngine
 from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLogic import mrml_bridge

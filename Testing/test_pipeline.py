@@ -112,7 +112,8 @@ def test_bad_boxes_are_refused(case):
 
 def test_whole_case_writes_outputs_and_never_overwrites(case, tmp_path):
     phantom, session = case
-    from MedFoundationSegLib.localize.templates import TemplateSet, template_from_phantom
+    from MedFoundationSegLib.localize.templates import TemplateSet
+    from MedFoundationSegLib.sampledata.phantoms import template_from_phantom
 
     template_set = TemplateSet([template_from_phantom("t", make_phantom(8, SHAPE), ["liver", "kidney_left"])])
     report = run_case(session, template_set, phantom.image, tmp_path / "case",

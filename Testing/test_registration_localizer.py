@@ -7,10 +7,10 @@ import pytest
 from MedFoundationSegLib.core.boxes import lps_box_from_extreme_points
 from MedFoundationSegLib.core.volume import Volume, VolumeError, read_volume
 from MedFoundationSegLib.localize.registration import RegistrationConfig, localize_registration
-from MedFoundationSegLib.localize.templates import Template, TemplateError, template_from_phantom
+from MedFoundationSegLib.localize.templates import Template, TemplateError
 from MedFoundationSegLib.sampledata.deform import deformed_copy
 from MedFoundationSegLib.sampledata.metrics import box_iou_mm
-from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.sampledata.phantoms import make_phantom, template_from_phantom
 
 LARGE = ["liver", "spleen", "kidney_left", "kidney_right"]
 SHAPE = (40, 80, 80)

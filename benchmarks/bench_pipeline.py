@@ -40,8 +40,8 @@ def truth_box(labels, label) -> np.ndarray:
 
 def accuracy(args) -> None:
     from MedFoundationSegLib.localize.engines import choose_localizer, localize
-    from MedFoundationSegLib.localize.templates import TemplateSet, template_from_phantom
-    from MedFoundationSegLib.sampledata.phantoms import make_phantom
+    from MedFoundationSegLib.localize.templates import TemplateSet
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom, template_from_phantom
     from MedFoundationSegLib.workflow.options import Options
     from MedFoundationSegLib.workflow.session import Session
 

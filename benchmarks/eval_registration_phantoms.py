@@ -102,8 +102,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from MedFoundationSegLib.localize.registration import RegistrationConfig, localize_registration
-    from MedFoundationSegLib.localize.templates import TemplateSet, template_from_phantom
-    from MedFoundationSegLib.sampledata.phantoms import make_phantom
+    from MedFoundationSegLib.localize.templates import TemplateSet
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom, template_from_phantom
 
     shape = tuple(int(v) for v in args.shape.split(","))
     variants = [parse_variant(v) for v in (args.variant or ["default"])]

@@ -108,8 +108,8 @@ def colin_cases(names: tuple[str, ...], queries: int):
 
 
 def phantom_cases(structures: tuple[str, ...], count: int, shape):
-    from MedFoundationSegLib.localize.templates import TemplateSet, template_from_phantom
-    from MedFoundationSegLib.sampledata.phantoms import make_phantom
+    from MedFoundationSegLib.localize.templates import TemplateSet
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom, template_from_phantom
 
     template = template_from_phantom("phantom100", make_phantom(100, shape), list(structures))
 

@@ -143,8 +143,9 @@ class RemoteJob:
             if error.code == "engine_busy":  # a loaded machine, not a dead engine: ask again at the next poll
                 self.message = "the engine is busy"
                 return
-            self._finish(EngineError("engine_died", f"the engine stopped while running {self.name} "
-                                                    f"({error}); nothing in the scene was changed")
+            self._finish(EngineError("engine_died", f"the engine stopped while running {self.name} ({error}); "
+                                                    "nothing in the scene was changed: run the action again (a "
+                                                    "local engine starts anew)")
                          if error.code == "engine_unreachable" else error)
             return
         self.fraction, self.message = float(status.get("fraction", 0.0)), str(status.get("message", ""))

@@ -167,6 +167,31 @@ def default_engine():
     return _DEFAULT
 
 
+def configure_engine(url: str = "", token: str = "", python: str = ""):
+    """Point both modules at an engine and return it: the remote engine at ``url`` (with ``token``), or, for an
+    empty ``url``, a local engine process run with ``python`` (empty: ``engine_python()``)."""
+    url, token, python = url.strip(), token.strip(), python.strip()
+    if url:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"an engine address starts with http:// or https://; got {url!r}")
+        engine = RemoteEngine(url, token or None)
+    else:
+        if python and not Path(python).is_file():
+            raise ValueError(f"no Python at {python}")
+        engine = LocalEngine(python or engine_python())
+    set_default_engine(engine)
+    return engine
+
+
+def describe(engine) -> str:
+    """One line for the panel: where the engine runs and what it holds (starts a local engine if needed)."""
+    health = engine.health()
+    where = "local" if isinstance(engine, LocalEngine) else engine.client().url
+    models = ", ".join(health.get("models") or []) or "no model loaded yet"
+    return (f"Engine: {where}, device {health['device']}, {models}; {health['queue']} job(s) queued, "
+            f"{health['rss_mb']:.0f} MB")
+
+
 def set_default_engine(engine) -> None:
     """Point both modules at another engine (a remote one, or a local one with another Python)."""
     global _DEFAULT

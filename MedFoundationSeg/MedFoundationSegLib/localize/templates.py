@@ -291,9 +291,3 @@ class TemplateSet:
             template.load_points_file()
             templates.append(template)
         return cls(templates=templates, path=path)
-
-
-def template_from_phantom(name: str, phantom, structures: list[str] | None = None) -> Template:
-    """Convenience for tests/demos: a labelled phantom as a template (labels kept for SPL)."""
-    ids = phantom.label_ids if structures is None else {s: phantom.label_ids[s] for s in structures}
-    return Template.from_volumes(name, phantom.image, phantom.labels, ids)

@@ -179,3 +179,11 @@ def _render(rng: np.random.Generator, tissue: np.ndarray, hu_table: np.ndarray, 
     noise *= sigma / (noise.std() + 1e-9)
     hu += noise
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+
+
+def template_from_phantom(name: str, phantom: Phantom, structures: list[str] | None = None):
+    """A labelled phantom as a localization template (labels kept, so sub-patches work): tests, demo, benchmarks."""
+    from MedFoundationSegLib.localize.templates import Template
+
+    ids = phantom.label_ids if structures is None else {s: phantom.label_ids[s] for s in structures}
+    return Template.from_volumes(name, phantom.image, phantom.labels, ids)
