@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 from MedFoundationSegLib.cli import batch_cli
 from MedFoundationSegLib.core import volume_files
 from MedFoundationSegLib.core.progress import report
+from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.io import case_outputs
 from MedFoundationSegLib.workflow import batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,15 +45,19 @@ def test_collect_queries_from_folder_list_and_csv(tmp_path):
     assert volume_files.case_name(Path("x/case01.nii.gz")) == "case01"
 
 
-def _fake_process(calls, fail_on=()):
+def _fake_process(calls, fail_on=(), fingerprint="f1"):
+    """A case writer as run_case is one: the real output folder (labels, report, manifest), from a tiny volume."""
     def process(query, case_dir, *, overwrite, progress, cancelled):
         calls.append(query.name)
         if query.name in fail_on:
             raise RuntimeError(f"corrupt file {query.name}")
-        (case_dir / batch.REPORT_NAME).write_text(json.dumps(
-            {"status": "ok", "structures": {"liver": {"present": True}, "spleen": {"present": False}}}))
+        structures = {"liver": {"present": True}, "spleen": {"present": False}}
+        case_outputs.write_case(case_dir, Volume(np.zeros((2, 3, 4), np.int16), (1, 1, 1)),
+                                np.zeros((2, 3, 4), np.uint8), {"liver": 1, "spleen": 2},
+                                {"status": "ok", "structures": structures, "fingerprint": fingerprint},
+                                colors={"liver": (1, 0, 0), "spleen": (0, 1, 0)}, overwrite=overwrite)
         report(progress, 1.0, "done")
-        return {"structures": {"liver": {"present": True}, "spleen": {"present": False}}}
+        return {"structures": structures}
     return process
 
 
@@ -75,6 +81,36 @@ def test_failures_are_isolated_and_resume_skips_finished_cases(tmp_path):
     calls.clear()
     batch.run_batch(queries, tmp_path / "out", _fake_process(calls), overwrite=True)
     assert calls == ["a.nrrd", "b.nrrd", "c.nrrd"]
+
+
+def test_a_case_made_from_other_inputs_is_never_kept_silently(tmp_path):
+    queries = volume_files.collect_queries(_touch_volumes(tmp_path / "in", ["a.nrrd"]))
+    calls = []
+    batch.run_batch(queries, tmp_path / "out", _fake_process(calls), fingerprint="f1")
+    outcomes = batch.run_batch(queries, tmp_path / "out", _fake_process(calls, fingerprint="f2"), fingerprint="f2")
+    assert outcomes[0].status == "failed" and "--overwrite" in outcomes[0].error and calls == ["a.nrrd"]
+    outcomes = batch.run_batch(queries, tmp_path / "out", _fake_process(calls, fingerprint="f2"), fingerprint="f2",
+                               overwrite=True)
+    assert outcomes[0].status == "ok" and calls == ["a.nrrd", "a.nrrd"]
+    assert case_outputs.case_state(tmp_path / "out" / "a", "f2") == "finished"
+
+
+def test_an_interrupted_or_damaged_case_is_redone_and_foreign_files_are_never_touched(tmp_path):
+    queries = volume_files.collect_queries(_touch_volumes(tmp_path / "in", ["a.nrrd", "b.nrrd"]))
+    calls = []
+    batch.run_batch(queries, tmp_path / "out", _fake_process(calls), fingerprint="f1")
+    (tmp_path / "out" / "a" / "labels.nii.gz").write_bytes(b"half written")  # a kill between two writes
+    (tmp_path / "out" / "b" / "manifest.json").unlink()
+    assert case_outputs.case_state(tmp_path / "out" / "a", "f1") == "incomplete"
+    calls.clear()
+    outcomes = batch.run_batch(queries, tmp_path / "out", _fake_process(calls), fingerprint="f1")
+    assert calls == ["a.nrrd", "b.nrrd"] and [o.status for o in outcomes] == ["ok", "ok"]
+    notes = tmp_path / "out" / "a" / "my_notes.txt"
+    notes.write_text("mine")
+    calls.clear()
+    outcomes = batch.run_batch(queries[:1], tmp_path / "out", _fake_process(calls), fingerprint="f1", overwrite=True)
+    assert outcomes[0].status == "failed" and "did not write" in outcomes[0].error
+    assert notes.read_text() == "mine"
 
 
 def test_cancel_stops_the_batch_between_cases(tmp_path):
@@ -159,3 +195,16 @@ def test_options_are_the_cli_and_the_cli_xml():
                                                                             overlap_policy="order", axis="coronal"))
     with pytest.raises(SystemExit):
         batch_cli.parse(["--outputFolder", "o", "--mode", "sideways"])
+
+
+def test_demo_never_writes_into_a_folder_of_someone_elses_files(tmp_path, capsys):
+    from MedFoundationSegLib.cli.main import main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "templates.yaml").write_text("my own template set")
+    for extra in ([], ["--overwrite"]):
+        assert main(["demo", "--out", str(folder), *extra]) == 2
+        assert "holds no earlier demo run" in capsys.readouterr().err
+    assert (folder / "templates.yaml").read_text() == "my own template set"
+    assert sorted(p.name for p in folder.iterdir()) == ["templates.yaml"]

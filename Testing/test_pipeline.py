@@ -127,6 +127,16 @@ def test_whole_case_writes_outputs_and_never_overwrites(case, tmp_path):
     assert dice(labels == saved["structures"]["liver"]["label"], liver) >= 0.6
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_case(session, template_set, phantom.image, tmp_path / "case", options=Options(refine="none"))
+    # One label map per template set, written beside the outputs and recorded in the report and the manifest.
+    label_map = json.loads((tmp_path / "case" / "labels.json").read_text())["labels"]
+    assert label_map == saved["label_map"] == {"kidney_left": 1, "liver": 2}
+    from MedFoundationSegLib.io.case_outputs import case_state
+    from MedFoundationSegLib.workflow.case import case_fingerprint
+
+    fingerprint = case_fingerprint(template_set, Options(refine="none"))
+    assert saved["fingerprint"] == fingerprint
+    assert case_state(tmp_path / "case", fingerprint) == "finished"
+    assert case_state(tmp_path / "case", case_fingerprint(template_set, Options(refine="graphcut"))) == "stale"
 
 
 def test_padding_fraction_caps_the_padding_of_a_small_box(case):

@@ -111,7 +111,7 @@ def execute(args, progress=None) -> int:
     import functools
 
     from MedFoundationSegLib.workflow.batch import run_batch
-    from MedFoundationSegLib.workflow.case import run_case
+    from MedFoundationSegLib.workflow.case import case_fingerprint, run_case
     from MedFoundationSegLib.workflow.session import Session
 
     template_set = template_set_from_args(args)
@@ -119,7 +119,8 @@ def execute(args, progress=None) -> int:
     run_options = options.from_arguments(args)
     session = Session()
     process = functools.partial(run_case, session, template_set, options=run_options)
-    outcomes = run_batch(queries, args.outputFolder, process, overwrite=args.overwrite, progress=progress)
+    outcomes = run_batch(queries, args.outputFolder, process, overwrite=args.overwrite,
+                         fingerprint=case_fingerprint(template_set, run_options), progress=progress)
     failed = [o for o in outcomes if o.status in ("failed", "cancelled")]
     done = sum(o.status == "ok" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -19,11 +18,12 @@ from pathlib import Path
 
 from MedFoundationSegLib.core.progress import Cancelled, check, report, scaled
 from MedFoundationSegLib.core.volume_files import case_name
+from MedFoundationSegLib.io import case_outputs
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.csv"
-REPORT_NAME = "report.json"
+REPORT_NAME = case_outputs.REPORT_NAME
 
 
 class BatchError(ValueError):
@@ -41,19 +41,15 @@ class CaseOutcome:
     error: str = ""
 
 
-def finished(case_dir: Path) -> bool:
-    try:
-        return json.loads((case_dir / REPORT_NAME).read_text()).get("status") == "ok"
-    except (OSError, ValueError):
-        return False
-
-
 ProcessCase = Callable[..., dict]  # (query_path, case_dir, progress=, cancelled=) -> report dict
 
 
 def run_batch(queries: list[Path], out_dir: str | os.PathLike, process_case: ProcessCase, *, overwrite: bool = False,
-              progress=None, cancelled=None) -> list[CaseOutcome]:
-    """Run ``process_case`` on every query into ``out_dir/<case>/``; returns one outcome per case (summary CSV too)."""
+              fingerprint: str | None = None, progress=None, cancelled=None) -> list[CaseOutcome]:
+    """Run ``process_case`` on every query into ``out_dir/<case>/``; returns one outcome per case (summary CSV too).
+
+    A case finished with the same ``fingerprint`` (inputs and options) is skipped; one finished with another is
+    redone only with ``overwrite`` (else it fails with a message saying so); an interrupted one is redone."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [case_name(q) for q in queries]
@@ -64,15 +60,19 @@ def run_batch(queries: list[Path], out_dir: str | os.PathLike, process_case: Pro
     for index, (query, name) in enumerate(zip(queries, names)):
         case_dir = out_dir / name
         report(progress, index / len(queries), f"case {index + 1}/{len(queries)}: {name}")
-        if finished(case_dir) and not overwrite:
+        state = case_outputs.case_state(case_dir, fingerprint)
+        if state == "finished" and not overwrite:
             outcomes.append(CaseOutcome(name, str(query), "skipped"))
+            continue
+        if state == "stale" and not overwrite:
+            outcomes.append(CaseOutcome(name, str(query), "failed", error=f"{case_dir} was made from other templates "
+                                        "or options; pass --overwrite to redo it"))
             continue
         start = time.perf_counter()
         try:
             check(cancelled, "batch")
-            case_dir.mkdir(parents=True, exist_ok=True)
-            (case_dir / "error.txt").unlink(missing_ok=True)
-            result = process_case(query, case_dir, overwrite=overwrite,
+            (case_dir / case_outputs.ERROR_NAME).unlink(missing_ok=True)
+            result = process_case(query, case_dir, overwrite=overwrite or state == "incomplete",
                                   progress=scaled(progress, index / len(queries), (index + 1) / len(queries)),
                                   cancelled=cancelled)
             structures = result.get("structures", {})
@@ -84,7 +84,8 @@ def run_batch(queries: list[Path], out_dir: str | os.PathLike, process_case: Pro
             break
         except Exception as error:  # isolate: record and go on with the next case
             log.error("case %s failed: %s", name, error)
-            (case_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            case_dir.mkdir(parents=True, exist_ok=True)
+            (case_dir / case_outputs.ERROR_NAME).write_text(traceback.format_exc(), encoding="utf-8")
             outcomes.append(CaseOutcome(name, str(query), "failed", time.perf_counter() - start,
                                         error=f"{type(error).__name__}: {error}"))
     write_summary(out_dir / SUMMARY_NAME, outcomes)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import platform
 import time
@@ -14,7 +16,7 @@ from MedFoundationSegLib import __version__
 from MedFoundationSegLib.core import weights
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, scaled
 from MedFoundationSegLib.core.volume import Volume, read_volume
-from MedFoundationSegLib.io import segmentation_io
+from MedFoundationSegLib.io import case_outputs, segmentation_io
 from MedFoundationSegLib.localize.engines import choose_localizer, localize
 from MedFoundationSegLib.segment.overlaps import resolve_overlaps
 from MedFoundationSegLib.workflow.options import Options
@@ -49,43 +51,61 @@ def run_case(session: Session, template_set, query, case_dir=None, *, options: O
             volume, box.box_ijk, options, slabs=box.slabs,
             extreme_points_ijk=extreme_ijk if np.all(volume.contains_ijk(extreme_ijk)) else None,
             progress=scaled(progress, 0.3 + share * n, 0.3 + share * (n + 1)), cancelled=cancelled)
-    labels, label_ids, overlaps = combine_structures(results, order=present, policy=options.overlap_policy)
+    label_ids = {name: index + 1 for index, name in enumerate(boxes)}  # one map per template set, absent or not
+    labels, overlaps = combine_structures(results, order=present, label_ids=label_ids, policy=options.overlap_policy)
     if labels is None:
         labels = np.zeros(volume.shape_kji, np.uint8)
     case_report = {"structures": {}}
     for name, box in boxes.items():
-        entry = {"present": bool(box.present), "localization": box.to_dict()}
+        entry = {"present": bool(box.present), "label": label_ids[name], "localization": box.to_dict()}
         if name in results:
-            entry.update(segmentation=results[name].report, label=label_ids[name],
-                         voxels=int((labels == label_ids[name]).sum()))
+            entry.update(segmentation=results[name].report, voxels=int((labels == label_ids[name]).sum()))
         case_report["structures"][name] = entry
     timings["total_s"] = round(time.perf_counter() - start, 3)
     case_report.update(
         status="ok", query=str(query) if not isinstance(query, Volume) else volume.name,
-        localizer={"engine": engine, "reason": reason}, options=dataclasses.asdict(options),
-        overlaps=overlaps, timings=timings, software=software_versions(options.model))
+        localizer={"engine": engine, "reason": reason}, options=dataclasses.asdict(options), label_map=label_ids,
+        overlaps=overlaps, timings=timings, software=software_versions(options.model),
+        fingerprint=case_fingerprint(template_set, options, structures))
     if case_dir is not None:
-        write_case_outputs(Path(case_dir), volume, labels, label_ids, case_report, overwrite=overwrite,
-                           colors=segmentation_io.default_colors(list(label_ids)))
+        case_outputs.write_case(Path(case_dir), volume, labels, label_ids, case_report, overwrite=overwrite,
+                                colors=segmentation_io.default_colors(list(label_ids)))
     case_report["labels_kji"] = labels  # in memory only (not written to JSON)
     report(progress, 1.0, "case done")
     return case_report
 
 
-def combine_structures(results: dict[str, CaseResult], order: list[str], policy: str = "score"
-                       ) -> tuple[np.ndarray | None, dict, dict]:
-    """One label map from per-structure results; overlaps go to the higher model probability (``score``) or the
-    earlier structure (``order``), and every contested voxel is counted in the returned report."""
-    label_ids = {name: index + 1 for index, name in enumerate(order)}
+def combine_structures(results: dict[str, CaseResult], order: list[str], label_ids: dict[str, int],
+                       policy: str = "score") -> tuple[np.ndarray | None, dict]:
+    """One label map from per-structure results (values from ``label_ids``); overlaps go to the higher model
+    probability (``score``) or the earlier structure (``order``), and every contested voxel is counted."""
     if not order:
-        return None, label_ids, {"policy": policy, "voxels": {}}
+        return None, {"policy": policy, "voxels": {}}
     scores = {name: (results[name].probability_kji if results[name].probability_kji is not None
                      else results[name].mask_kji.astype(np.float32)) for name in order}
     merged = resolve_overlaps({name: results[name].mask_kji for name in order}, label_ids, policy=policy,
                               scores=scores)
-    return merged.labels, label_ids, {"policy": policy,
-                                      "voxels": {f"{winner} over {loser}": count
-                                                 for (winner, loser), count in merged.overlaps.items()}}
+    return merged.labels, {"policy": policy, "voxels": {f"{winner} over {loser}": count
+                                                        for (winner, loser), count in merged.overlaps.items()}}
+
+
+def case_fingerprint(template_set, options: Options, structures=None) -> str:
+    """What made a case: the templates (voxels, geometry, points, labels), the structures asked for, the options,
+    the model's weights and this version. A finished case with another fingerprint is stale."""
+    digest = hashlib.blake2b(digest_size=16)
+    for template in template_set.templates:
+        image = template.image
+        digest.update(json.dumps([template.name, list(image.spacing_mm), list(image.origin_lps_mm),
+                                  np.asarray(image.direction).round(6).tolist(), template.label_ids,
+                                  {k: np.asarray(v).round(4).tolist() for k, v in sorted(template.points_lps.items())}
+                                  ], sort_keys=True).encode("utf-8"))
+        digest.update(memoryview(np.ascontiguousarray(image.array)).cast("B"))
+        if template.labels is not None:
+            digest.update(memoryview(np.ascontiguousarray(template.labels.array)).cast("B"))
+    software = software_versions(options.model)
+    digest.update(json.dumps([sorted(structures or []), dataclasses.asdict(options), software.get("model_sha256"),
+                              software["medfoundationseg"]], sort_keys=True, default=str).encode("utf-8"))
+    return digest.hexdigest()
 
 
 def software_versions(model: str) -> dict:
@@ -98,21 +118,3 @@ def software_versions(model: str) -> dict:
     except KeyError:
         pass
     return versions
-
-
-def write_case_outputs(case_dir: Path, volume: Volume, labels: np.ndarray, label_ids: dict, case_report: dict, *,
-                       overwrite: bool, colors: dict) -> dict:
-    """labels.nii.gz, segmentation.seg.nrrd (names and colours for Slicer) and report.json, each written atomically;
-    existing files are kept unless ``overwrite``. The report is written last: its presence marks the case done."""
-    case_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"labels": case_dir / "labels.nii.gz", "segmentation": case_dir / "segmentation.seg.nrrd",
-             "report": case_dir / "report.json"}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"outputs exist ({existing[0]}, ...); pass --overwrite to replace them")
-    segmentation_io.write_label_map(volume.with_array(labels), paths["labels"], overwrite=True)
-    segmentation_io.write_seg_nrrd(volume.with_array(labels), paths["segmentation"],
-                                   {name: (label, colors[name]) for name, label in label_ids.items()}, overwrite=True)
-    case_report["outputs"] = {key: str(path) for key, path in paths.items()}
-    segmentation_io.write_report(case_report, paths["report"], overwrite=True)
-    return paths

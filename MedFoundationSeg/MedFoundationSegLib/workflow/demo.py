@@ -66,11 +66,11 @@ def _template(out: Path, shape) -> Template:
 
 def _annotate(session: Session, template: Template, query, case_dir: Path, options: Options):
     """One query phantom end to end: (Dice per organ, seconds, localizer, overlay tile)."""
-    write_volume(query.image, case_dir / "image.nrrd", overwrite=True)
-    write_volume(query.labels, case_dir / "truth_labels.nii.gz", overwrite=True)
     start = time.perf_counter()
     report = run_case(session, TemplateSet([template]), query.image, case_dir, options=options, overwrite=True)
     seconds = time.perf_counter() - start
+    write_volume(query.image, case_dir / "image.nrrd", overwrite=True)  # after the case folder is in place
+    write_volume(query.labels, case_dir / "truth_labels.nii.gz", overwrite=True)
     predicted = report["labels_kji"]
     scores, truth_ids = {}, np.zeros_like(predicted)
     for structure in DEMO_STRUCTURES:
