@@ -208,3 +208,35 @@ def test_demo_never_writes_into_a_folder_of_someone_elses_files(tmp_path, capsys
         assert "holds no earlier demo run" in capsys.readouterr().err
     assert (folder / "templates.yaml").read_text() == "my own template set"
     assert sorted(p.name for p in folder.iterdir()) == ["templates.yaml"]
+
+
+def test_bad_command_lines_get_one_line_and_change_no_file(tmp_path, capsys):
+    """Foreseeable problems end with one line naming them and exit status 2, before any work; no file changes."""
+    from MedFoundationSegLib.cli.main import main
+
+    inputs = _touch_volumes(tmp_path / "in", ["a.nrrd"])
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_text("::: not a template set :::")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    out = ["--outputFolder", str(tmp_path / "out")]
+    points = [f"--extremePoints={x},{y},{z}" for x, y, z in [(1, 2, 3)] * 5]
+    cases = {
+        "missing template file": ["--templates", str(tmp_path / "nope.yaml"), "--queries", str(inputs), *out],
+        "garbage template file": ["--templates", str(garbage), "--queries", str(inputs), *out],
+        "five points": ["--templateVolume", str(inputs / "a.nrrd"), *points, "--queries", str(inputs), *out],
+        "no template": ["--queries", str(inputs), *out],
+        "empty query folder": ["--templates", str(garbage), "--queries", str(tmp_path / "nothing"), *out],
+        "unknown model": ["--templates", str(garbage), "--queries", str(inputs), "--model", "gpt", *out],
+        "NaN padding": ["--templates", str(garbage), "--queries", str(inputs), "--boxPadding", "nan", *out],
+        "negative padding": ["--templates", str(garbage), "--queries", str(inputs), "--boxPadding=-50", *out],
+        "output is a file": ["--templates", str(garbage), "--queries", str(inputs), "--outputFolder", str(a_file)],
+    }
+    for name, argv in cases.items():
+        status = main(["batch", *argv])
+        err = capsys.readouterr().err.strip()
+        assert status == 2, (name, err)
+        assert err.startswith("medfoundationseg batch: ") and "\n" not in err and "Traceback" not in err, (name, err)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before

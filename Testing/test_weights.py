@@ -214,3 +214,22 @@ def test_stamp_records_first_hash_for_unpublished_checksum(file_server, isolated
     assert weights.cached_status("m")[1] == "ok (unpublished checksum)"
     path.write_bytes(b"tampered")
     assert weights.cached_status("m")[1].startswith("corrupt")
+
+
+def test_weights_verify_rehashes_and_finds_same_size_corruption(file_server, isolated_cache, monkeypatch, capsys):
+    from MedFoundationSegLib.cli.main import main
+
+    file_server.files["/tiny.pth"] = PAYLOAD
+    registry = {"models": {"tiny": {"kind": "box-prompt", "weights": {
+        "file": "tiny.pth", "size": len(PAYLOAD), "sha256": _sha(PAYLOAD), "license": "MIT",
+        "sources": [{"kind": "url", "url": f"{file_server.base_url}/tiny.pth"}]}}}}
+    monkeypatch.setattr(weights, "load_registry", lambda path=None: registry)
+    path = weights.fetch("tiny")
+    stat = path.stat()
+    damaged = bytearray(PAYLOAD)
+    damaged[1000] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same time: the stamp cannot tell
+    assert main(["weights", "verify", "--quick", "tiny"]) == 0
+    assert main(["weights", "verify", "tiny"]) == 1
+    assert "corrupt" in capsys.readouterr().out

@@ -111,12 +111,13 @@ def execute(args, progress=None) -> int:
     import functools
 
     from MedFoundationSegLib.workflow.batch import run_batch
-    from MedFoundationSegLib.workflow.case import case_fingerprint, run_case
+    from MedFoundationSegLib.workflow.case import case_fingerprint, check_prerequisites, run_case
     from MedFoundationSegLib.workflow.session import Session
 
+    run_options = options.from_arguments(args)
+    check_prerequisites(run_options)
     template_set = template_set_from_args(args)
     queries = queries_from_args(args)
-    run_options = options.from_arguments(args)
     session = Session()
     process = functools.partial(run_case, session, template_set, options=run_options)
     outcomes = run_batch(queries, args.outputFolder, process, overwrite=args.overwrite,

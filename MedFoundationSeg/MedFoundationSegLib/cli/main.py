@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+from MedFoundationSegLib.core.errors import WeightsError
+
 SUBCOMMAND_MODULES = (
     "MedFoundationSegLib.cli.weights_cli",
     "MedFoundationSegLib.cli.localize_cli",
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -44,7 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"medfoundationseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError, WeightsError) as error:  # foreseeable: one line naming the problem
+        if args.debug:
+            raise
+        text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        print(f"medfoundationseg {args.command}: {' '.join(text.split()) or type(error).__name__}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

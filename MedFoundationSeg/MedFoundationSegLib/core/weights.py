@@ -110,14 +110,17 @@ def _recorded_sha256(spec: WeightSpec, path: Path) -> str | None:
         return None
 
 
-def cached_status(name: str) -> tuple[Path, str]:
-    """(path, status) with status one of 'ok', 'ok (unpublished checksum)', 'missing', 'corrupt: ...'."""
+def cached_status(name: str, *, rehash: bool = False) -> tuple[Path, str]:
+    """(path, status) with status one of 'ok', 'ok (unpublished checksum)', 'missing', 'corrupt: ...'.
+
+    A file whose size and modification time match its stamp is trusted without reading it, unless ``rehash``
+    (``weights verify`` re-reads every byte: same-size corruption changes no stamp)."""
     spec = weight_spec(name)
     path = weights_dir() / spec.file
     if not path.exists():
         return path, "missing"
     expected = _recorded_sha256(spec, path)
-    if stamp_matches(path, expected):
+    if not rehash and stamp_matches(path, expected):
         return path, "ok" if spec.sha256 else "ok (unpublished checksum)"
     try:
         actual = verify_file(path, size=spec.size, sha256=expected)

@@ -82,6 +82,10 @@ def run_batch(queries: list[Path], out_dir: str | os.PathLike, process_case: Pro
         except Cancelled:
             outcomes.append(CaseOutcome(name, str(query), "cancelled", time.perf_counter() - start))
             break
+        except KeyboardInterrupt:  # Ctrl-C: the summary of what ran is written, then the interrupt goes on
+            outcomes.append(CaseOutcome(name, str(query), "cancelled", time.perf_counter() - start))
+            write_summary(out_dir / SUMMARY_NAME, outcomes)
+            raise
         except Exception as error:  # isolate: record and go on with the next case
             log.error("case %s failed: %s", name, error)
             case_dir.mkdir(parents=True, exist_ok=True)

@@ -75,6 +75,18 @@ def run_case(session: Session, template_set, query, case_dir=None, *, options: O
     return case_report
 
 
+def check_prerequisites(options: Options) -> None:
+    """What a run needs, checked before any work: a known model, its weights in the cache, the device asked for."""
+    models = weights.model_names("box-prompt")
+    if options.model not in models:
+        raise ValueError(f"unknown model {options.model!r}; use one of {', '.join(models)}")
+    weights.weights_path(options.model)  # names the command that fetches missing or damaged weights
+    if options.device != "auto":
+        from MedFoundationSegLib.runtime.encoder_runtime import select_device
+
+        select_device(options.device)
+
+
 def combine_structures(results: dict[str, CaseResult], order: list[str], label_ids: dict[str, int],
                        policy: str = "score") -> tuple[np.ndarray | None, dict]:
     """One label map from per-structure results (values from ``label_ids``); overlaps go to the higher model

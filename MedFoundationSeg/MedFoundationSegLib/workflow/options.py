@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Any
 
 # How a 3D box becomes slice prompts (see segment/propagate.py): box_guided (default: middle slice from the box, then
@@ -62,8 +63,12 @@ class Options:
             value = getattr(self, field.name)
             if choices and value not in choices:
                 raise ValueError(f"unknown {field.name} {value!r}; use one of {', '.join(choices)}")
-        if self.padding_mm < 0 or self.drawn_box_padding_mm < 0:
-            raise ValueError("box padding must be >= 0 mm")
+        for name in ("padding_mm", "drawn_box_padding_mm"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a number of millimetres >= 0; got {value!r}")
+        if self.padding_fraction is not None and not 0 < float(self.padding_fraction) <= 1:
+            raise ValueError(f"padding_fraction must be in (0, 1]; got {self.padding_fraction!r}")
 
     def replace(self, **changes) -> Options:
         return dataclasses.replace(self, **changes)
