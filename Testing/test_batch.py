@@ -120,6 +120,29 @@ def test_cancel_stops_the_batch_between_cases(tmp_path):
     assert calls == ["a.nrrd"] and [o.status for o in outcomes] == ["ok", "cancelled"]
 
 
+def test_degenerate_or_wrong_system_extreme_points_are_refused_with_a_reason(tmp_path):
+    from MedFoundationSegLib.core.volume import write_volume
+    from MedFoundationSegLib.localize.templates import Template, TemplateError
+
+    image = Volume(np.zeros((20, 30, 40), np.int16), (1.0, 1.0, 2.0), (10.0, 20.0, 0.0))
+    write_volume(image, tmp_path / "t.nrrd")
+    corners = np.array([[12, 25, 10], [40, 25, 10], [25, 22, 10], [25, 45, 10], [25, 25, 4], [25, 25, 30]], float)
+    assert Template.from_volumes("t", image, points_lps={"organ": corners}).points_lps["organ"].shape == (6, 3)
+    with pytest.raises(TemplateError, match="span 0.0 mm"):
+        Template.from_volumes("t", image, points_lps={"organ": np.repeat(corners[:1], 6, axis=0)})
+    with pytest.raises(TemplateError, match="RAS vs LPS"):
+        Template.from_volumes("t", image, points_lps={"organ": corners * [-1, -1, 1]})
+
+
+def test_negative_point_coordinates_work_on_the_command_line(tmp_path, capsys):
+    from MedFoundationSegLib.cli.main import main
+
+    status = main(["batch", "--templateVolume", str(tmp_path / "missing.nrrd"), "--extremePoints", "-10,-20,30",
+                   "--outputFolder", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2 and "expected one argument" not in err and "6 --extremePoints" in err
+
+
 def test_negative_point_coordinates_survive_slicer_style_argv():
     argv = ["--templateVolume", "t.nrrd", "--outputFolder", "out"]
     for point in ("-10.5,-20,30", "4,-5,-6", "-1,-2,-3", "7,8,9", "-0,1,2", "3,-4e1,5"):

@@ -41,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from MedFoundationSegLib.cli.batch_cli import join_negative_values
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # "--extremePoints -10,-20,30": a negative coordinate must not read as an option
+    args = parser.parse_args(join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()

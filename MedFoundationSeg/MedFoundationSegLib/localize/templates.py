@@ -145,8 +145,18 @@ class Template:
         extreme = extreme_points_from_cloud(points)
         inside = points_inside(self.image.ijk_to_lps, self.image.shape_kji, extreme, margin_voxels=0.5)
         if not inside.all():
+            flipped = points_inside(self.image.ijk_to_lps, self.image.shape_kji, extreme @ LPS_TO_RAS, 0.5).all()
+            hint = " (read in the other coordinate system, RAS vs LPS, they would lie inside: check it)" if flipped \
+                else ""
             raise TemplateError(f"template {self.name!r} structure {structure!r}: point(s) "
-                                f"{np.round(extreme[~inside], 1).tolist()} (LPS mm) lie outside the template volume")
+                                f"{np.round(extreme[~inside], 1).tolist()} (LPS mm) lie outside the template volume"
+                                + hint)
+        extent_mm = np.ptp(extreme, axis=0)
+        if np.any(extent_mm < 0.5 * min(self.image.spacing_mm)):
+            axis = "xyz"[int(np.argmin(extent_mm))]
+            raise TemplateError(f"template {self.name!r} structure {structure!r}: its extreme points span "
+                                f"{extent_mm.min():.1f} mm along {axis}; place the 6 points on the structure's "
+                                "6 different sides")
         return extreme
 
     def load_points_file(self) -> None:
