@@ -134,6 +134,20 @@ def test_degenerate_or_wrong_system_extreme_points_are_refused_with_a_reason(tmp
         Template.from_volumes("t", image, points_lps={"organ": corners * [-1, -1, 1]})
 
 
+@pytest.mark.parametrize("array, reason", [(np.zeros((20, 30, 40), np.int16), "everywhere"),
+                                           (np.full((20, 30, 40), -1000, np.int16), "everywhere"),
+                                           (np.arange(48, dtype=np.int16).reshape(3, 4, 4), "at least 8 voxels")])
+def test_blank_and_tiny_volumes_are_refused_before_localization(array, reason):
+    from MedFoundationSegLib.core.volume import VolumeError
+    from MedFoundationSegLib.localize.engines import localize
+    from MedFoundationSegLib.localize.templates import TemplateSet
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom, template_from_phantom
+
+    templates = TemplateSet([template_from_phantom("t", make_phantom(1, (20, 48, 48)), ["liver"])])
+    with pytest.raises(VolumeError, match=reason):
+        localize(templates, Volume(array, (1, 1, 1), name="q"), "registration")
+
+
 def test_negative_point_coordinates_work_on_the_command_line(tmp_path, capsys):
     from MedFoundationSegLib.cli.main import main
 

@@ -102,7 +102,7 @@ def test_bad_inputs(case):
     templates, query = case
     with pytest.raises(TemplateError, match="missing structure"):
         _localizer().localize(templates, query.image, ["kidney_left"])
-    with pytest.raises(VolumeError, match="2D image"):
+    with pytest.raises(VolumeError, match="at least 8 voxels"):
         _localizer().localize(templates, Volume(np.zeros((1, 16, 16)), (1, 1, 1)), ["liver"])
     with pytest.raises(ValueError, match="mode"):
         MedLAMConfig(mode="XYZ")

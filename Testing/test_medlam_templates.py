@@ -51,7 +51,7 @@ def test_preprocess_input_already_3mm_and_mr_warning():
 
 def test_2d_image_is_rejected():
     flat = Volume(np.zeros((1, 32, 32), np.int16), (1, 1, 1), name="flat")
-    with pytest.raises(VolumeError, match="2D image"):
+    with pytest.raises(VolumeError, match="at least 8 voxels"):
         preprocess(flat)
 
 

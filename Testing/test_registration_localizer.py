@@ -75,7 +75,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, pair):
         localize_registration([Template.from_volumes("t", template.image, template.labels, {"liver": 1})],
                               query, ["liver", "pancreas"])
     flat = Volume(np.zeros((1, 40, 40), np.int16), (1, 1, 1), name="flat")
-    with pytest.raises(VolumeError, match="2D image"):
+    with pytest.raises(VolumeError, match="at least 8 voxels"):
         localize_registration([template_from_phantom("t0", template, ["liver"])], flat, ["liver"])
 
 

@@ -40,6 +40,11 @@ def localize(template_set, volume: Volume, engine: str, *, structures=None, seed
              ) -> dict[str, StructureBox]:
     """Run ``engine`` (medlam | registration). ``spl``: also localize z-slabs of ``slice_interval`` template slices
     (sub-patch localization); ``recentre_iterations``: MedLAM's extra relative-distance steps."""
+    from MedFoundationSegLib.localize.preprocess import check_volume_3d
+
+    check_volume_3d(volume, "query")
+    for template in getattr(template_set, "templates", []):
+        check_volume_3d(template.image, "template")
     if engine == "registration":
         from MedFoundationSegLib.localize.registration import localize_registration
 

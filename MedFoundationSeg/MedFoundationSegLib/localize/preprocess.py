@@ -128,10 +128,18 @@ def resample_to_las(volume: Volume, spacing_mm: float = WORK_SPACING_MM, interpo
     return Volume.from_sitk(out, name=volume.name)
 
 
+MIN_VOXELS_PER_AXIS = 8  # below this the coarsest registration level has nothing left to match
+
+
 def check_volume_3d(volume: Volume, what: str = "volume") -> None:
-    if min(volume.shape_kji) < 2:
-        raise VolumeError(f"{what} {volume.name!r} has shape {volume.shape_kji} (z,y,x): a 2D image, but MedLAM "
-                          "localization needs a 3D volume with at least 2 voxels along every axis")
+    """Refuse, with the reason, a volume localization cannot work on: 2D or tiny, or one value everywhere."""
+    if min(volume.shape_kji) < MIN_VOXELS_PER_AXIS:
+        raise VolumeError(f"{what} {volume.name!r} has shape {volume.shape_kji} (z,y,x): localization needs a 3D "
+                          f"volume with at least {MIN_VOXELS_PER_AXIS} voxels along every axis")
+    low, high = volume.array.min(), volume.array.max()
+    if low == high:
+        raise VolumeError(f"{what} {volume.name!r} holds the value {low} everywhere: an empty or blank image has "
+                          "nothing to localize")
 
 
 def preprocess(volume: Volume, modality: str = "auto", spacing_mm: float = WORK_SPACING_MM, pad: int = PAD_VOXELS,
