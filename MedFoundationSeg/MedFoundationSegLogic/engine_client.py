@@ -29,15 +29,13 @@ class EngineError(RuntimeError):
 class EngineClient:
     """One engine at ``url`` (http:// or https://), with its token."""
 
-    def __init__(self, url: str, token: str | None = None, *, verify=True, timeout_s: float = 30.0,
-                 on_unreachable=None):
+    def __init__(self, url: str, token: str | None = None, *, verify=True, timeout_s: float = 30.0):
         self.url = url.rstrip("/")
         self._http = requests.Session()
         if token:
             self._http.headers["Authorization"] = f"Bearer {token}"
         self.verify = verify  # given with every request: a session-wide setting loses to $REQUESTS_CA_BUNDLE
         self.timeout_s = timeout_s
-        self.on_unreachable = on_unreachable  # called with the EngineError when the engine stops answering
         self._sent: dict[str, str] = {}  # Volume.key -> the engine's id for it
 
     # --- plain calls -----------------------------------------------------------------------------------------------
@@ -48,11 +46,8 @@ class EngineClient:
         except requests.Timeout:
             raise EngineError("engine_busy", f"the engine at {self.url} did not answer in time") from None
         except requests.RequestException as error:
-            problem = EngineError("engine_unreachable", f"the engine at {self.url} is not answering "
-                                                        f"({type(error).__name__})")
-            if self.on_unreachable is not None:
-                self.on_unreachable(problem)
-            raise problem from None
+            raise EngineError("engine_unreachable", f"the engine at {self.url} is not answering "
+                                                    f"({type(error).__name__})") from None
         if response.status_code >= 400:
             try:
                 detail = response.json()["error"]

@@ -19,12 +19,10 @@ import threading
 import time
 from pathlib import Path
 
+from MedFoundationSegLib.cli.serve_cli import READY_PREFIX, TOKEN_ENV
 from MedFoundationSegLib.workflow.actions import EngineRequest, EngineResult
 
 from .engine_client import EngineClient, EngineError
-
-READY_PREFIX = "MEDFOUNDATIONSEG-ENGINE-READY "  # = MedFoundationSegLib.cli.serve_cli.READY_PREFIX
-TOKEN_ENV = "MEDFOUNDATIONSEG_ENGINE_TOKEN"
 
 
 class LocalEngine:

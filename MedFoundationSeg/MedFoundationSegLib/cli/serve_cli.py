@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import secrets
 import sys
 import threading
 
@@ -72,6 +71,3 @@ def _exit_when_stdin_closes(server) -> None:
     finally:
         server.shutdown()
 
-
-def new_token() -> str:
-    return secrets.token_urlsafe(32)

@@ -8,7 +8,6 @@ for a finished case, and a case made from other inputs is recognised as stale.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from MedFoundationSegLib.core.downloads import sha256_file
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.io import segmentation_io
 
@@ -30,14 +30,6 @@ OUTPUT_NAMES = (LABELS_NAME, SEGMENTATION_NAME, REPORT_NAME, LABEL_MAP_NAME, MAN
 DEMO_INPUT_NAMES = ("image.nrrd", "truth_labels.nii.gz")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def case_state(case_dir: Path, fingerprint: str | None = None) -> str:
     """``absent`` (no outputs), ``finished``, ``stale`` (finished from other inputs or options than
     ``fingerprint``) or ``incomplete`` (outputs without a manifest that matches them)."""
@@ -46,7 +38,7 @@ def case_state(case_dir: Path, fingerprint: str | None = None) -> str:
         return "absent"
     try:
         manifest = json.loads((case_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-        intact = all(_sha256(case_dir / name) == digest for name, digest in manifest["files"].items())
+        intact = all(sha256_file(case_dir / name) == digest for name, digest in manifest["files"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "incomplete"
     if not intact:
@@ -74,7 +66,7 @@ def write_case(case_dir: Path, volume: Volume, labels: np.ndarray, label_ids: di
                                                           "labels": label_ids}, indent=2), encoding="utf-8")
         report["outputs"] = {key: str(path) for key, path in paths.items()}
         segmentation_io.write_report(report, staging / REPORT_NAME)
-        files = {name: _sha256(staging / name) for name in (LABELS_NAME, SEGMENTATION_NAME, LABEL_MAP_NAME,
+        files = {name: sha256_file(staging / name) for name in (LABELS_NAME, SEGMENTATION_NAME, LABEL_MAP_NAME,
                                                              REPORT_NAME)}
         (staging / MANIFEST_NAME).write_text(json.dumps({"files": files, "fingerprint": report.get("fingerprint")},
                                                         indent=2), encoding="utf-8")

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from MedFoundationSegLib import __version__
@@ -55,7 +54,6 @@ class Engine:
         self.worker = Worker("MedFoundationSeg engine")
         self.volumes = VolumeStore(volume_budget_bytes)
         self.jobs = JobTable()
-        self.lock = threading.Lock()
 
     def health(self) -> dict:
         import torch
