@@ -428,7 +428,8 @@ class MedLAMLocalizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, result in results.items():
             if name in created:
                 size = result.box_ras_mm[1] - result.box_ras_mm[0]
-                self._addResultRow(volumeName, name, "found", f"{result.confidence:.2f}",
+                state = f"found, {result.fraction_inside:.0%} inside the volume" if result.partial else "found"
+                self._addResultRow(volumeName, name, state, f"{result.confidence:.2f}",
                                    " x ".join(f"{s:.0f}" for s in size), created[name].roi_node.GetID())
             else:
                 reason = result.details.get("reason", "a predicted extreme point lies outside the volume")

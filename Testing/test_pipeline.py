@@ -151,3 +151,34 @@ def test_padding_fraction_caps_the_padding_of_a_small_box(case):
     assert capped.report["padding_mm"] == pytest.approx(0.1 * side_mm)
     plain = session.segment_box(phantom.image, box, padding_mm=5.0)
     assert plain.report["padding_mm"] == 5.0
+
+
+def test_a_structure_cut_by_the_field_of_view_is_segmented_inside_and_reported_partial(case, tmp_path):
+    """The liver with its top slices cut off: found, segmented inside the volume, reported partial with the share
+    inside; a structure wholly outside stays absent with the reason."""
+    import dataclasses
+
+    from MedFoundationSegLib.localize.templates import TemplateSet
+    from MedFoundationSegLib.sampledata.phantoms import template_from_phantom
+
+    phantom, session = case
+    liver = phantom.labels.array == phantom.label_ids["liver"]
+    k = np.flatnonzero(liver.any(axis=(1, 2)))
+    keep = k[0] + int(round(0.8 * (k[-1] - k[0] + 1)))  # cut off the top ~20 % of the liver's extent
+    cropped = dataclasses.replace(phantom.image, array=phantom.image.array[:keep].copy())
+    truth_inside = liver[:keep]
+    template_set = TemplateSet([template_from_phantom("t", phantom, ["liver"])])
+    report = run_case(session, template_set, cropped, tmp_path / "case", options=Options(refine="none"))
+    entry = report["structures"]["liver"]
+    assert entry["present"] and entry["partial"], entry
+    expected = (keep - k[0]) / (k[-1] - k[0] + 1)
+    assert abs(entry["fraction_inside"] - expected) < 0.1, (entry["fraction_inside"], expected)
+    assert dice(report["labels_kji"] == entry["label"], truth_inside) >= 0.8
+    saved = json.loads((tmp_path / "case" / "report.json").read_text())
+    assert saved["structures"]["liver"]["partial"] and saved["structures"]["liver"]["localization"]["partial"]
+
+    from MedFoundationSegLib.core.boxes import make_structure_box
+
+    points = template_set.templates[0].extreme_points("liver")
+    outside = make_structure_box("liver", points + [0, 0, 1000.0], cropped, "registration", 0.5)
+    assert not outside.present and outside.fraction_inside == 0 and "outside" in outside.details["reason"]

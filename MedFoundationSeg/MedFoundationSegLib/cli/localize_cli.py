@@ -88,7 +88,10 @@ def run_localize(args: argparse.Namespace) -> int:
     tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
     os.replace(tmp, out)
     for box in boxes.values():
-        state = f"box ijk {box.box_ijk.tolist()}" if box.present else "ABSENT (a point lies outside the volume)"
+        state = (f"box ijk {box.box_ijk.tolist()}" if box.present else
+                 f"ABSENT ({box.details.get('reason', 'it lies outside the volume')})")
+        if box.partial:
+            state += f", PARTIAL ({box.fraction_inside:.0%} of it inside the volume)"
         print(f"{box.name}: {state}, confidence {box.confidence:.2f}")
     print(f"wrote {out}")
     return 0

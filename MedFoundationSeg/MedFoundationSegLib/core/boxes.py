@@ -83,6 +83,12 @@ class StructureBox:
     engine: str
     slabs: list[Slab] = dataclasses.field(default_factory=list)
     details: dict = dataclasses.field(default_factory=dict)
+    fraction_inside: float = 1.0  # share of the box (by volume) inside the query's field of view
+
+    @property
+    def partial(self) -> bool:
+        """Present but cut by the field of view: segmented inside it only."""
+        return bool(self.present) and self.fraction_inside < 1.0
 
     @property
     def extreme_points_ras(self) -> np.ndarray:
@@ -105,6 +111,7 @@ class StructureBox:
     def to_dict(self) -> dict:
         return {
             "name": self.name, "engine": self.engine, "present": bool(self.present),
+            "partial": self.partial, "fraction_inside": round(float(self.fraction_inside), 4),
             "confidence": float(self.confidence),
             "point_names": list(POINT_NAMES),
             "extreme_points_lps": np.round(self.extreme_points_lps, 4).tolist(),
@@ -128,7 +135,7 @@ class StructureBox:
             box_lps_mm=None if data.get("box_lps_mm") is None else np.asarray(data["box_lps_mm"], float),
             confidence=float(data.get("confidence", 0.0)), present=bool(data.get("present", True)),
             engine=data.get("engine", ""), slabs=[Slab.from_dict(s) for s in data.get("slabs", [])],
-            details=dict(data.get("details", {})))
+            details=dict(data.get("details", {})), fraction_inside=float(data.get("fraction_inside", 1.0)))
 
 
 def points_inside(volume_ijk_to_lps: np.ndarray, shape_kji, points_lps: np.ndarray,
@@ -140,26 +147,44 @@ def points_inside(volume_ijk_to_lps: np.ndarray, shape_kji, points_lps: np.ndarr
     return np.all((ijk >= -margin_voxels) & (ijk <= upper), axis=1)
 
 
+def fraction_of_box_inside(volume_ijk_to_lps: np.ndarray, shape_kji, box_lps: np.ndarray) -> float:
+    """Share of an LPS box's voxels (on the query grid, so by volume) that lie inside the field of view."""
+    whole = ijk_box_from_lps_box(volume_ijk_to_lps, shape_kji, box_lps, clip=False)
+    clipped = np.clip(whole, 0, np.array(shape_kji[::-1]) - 1)
+    whole_voxels = np.prod(np.maximum(whole[1] - whole[0] + 1, 1))
+    inside = np.maximum(np.minimum(whole[1], clipped[1]) - np.maximum(whole[0], clipped[0]) + 1, 0)
+    return float(np.prod(inside) / whole_voxels)
+
+
 def make_structure_box(name: str, points_lps: np.ndarray, query: Volume, engine: str, confidence: float,
                        slab_points_lps: list[np.ndarray] | None = None, margin_voxels: float = 0.5,
-                       details: dict | None = None) -> StructureBox:
-    """Assemble the common result; a point outside the query volume marks the structure absent (no box)."""
+                       details: dict | None = None, min_fraction_inside: float = 0.0) -> StructureBox:
+    """Assemble the common result. A box cut by the field of view is kept as *partial* (clipped to the volume, with
+    the fraction inside); one with no more than ``min_fraction_inside`` inside is absent (no box)."""
     points_lps = np.asarray(points_lps, float).reshape(6, 3)
     inside = points_inside(query.ijk_to_lps, query.shape_kji, points_lps, margin_voxels)
-    present = bool(inside.all())
+    box_lps = lps_box_from_extreme_points(points_lps)
+    fraction = 1.0 if inside.all() else fraction_of_box_inside(query.ijk_to_lps, query.shape_kji, box_lps)
+    present = fraction > max(min_fraction_inside, 0.0)
     details = dict(details or {})
     details["points_inside"] = inside.tolist()
     slabs = []
     for slab_points in slab_points_lps or []:
         slab_box = lps_box_from_extreme_points(slab_points)
+        slab_inside = fraction_of_box_inside(query.ijk_to_lps, query.shape_kji, slab_box) > 0
         slabs.append(Slab(np.asarray(slab_points, float),
-                          ijk_box_from_lps_box(query.ijk_to_lps, query.shape_kji, slab_box) if present else None,
-                          slab_box))
+                          ijk_box_from_lps_box(query.ijk_to_lps, query.shape_kji, slab_box)
+                          if present and slab_inside else None, slab_box))
     if not present:
-        return StructureBox(name, points_lps, None, None, float(confidence), False, engine, slabs, details)
-    box_lps = lps_box_from_extreme_points(points_lps)
+        details.setdefault("reason", "the structure lies outside the volume")
+        return StructureBox(name, points_lps, None, None, float(confidence), False, engine, slabs, details,
+                            fraction_inside=fraction)
     box_ijk = ijk_box_from_lps_box(query.ijk_to_lps, query.shape_kji, box_lps)
-    return StructureBox(name, points_lps, box_ijk, box_lps, float(confidence), True, engine, slabs, details)
+    if fraction < 1.0:  # the LPS box too is cut to what the volume holds
+        corners_lps = query.lps_from_ijk(box_ijk.astype(float))
+        box_lps = np.stack([corners_lps.min(0), corners_lps.max(0)])
+    return StructureBox(name, points_lps, box_ijk, box_lps, float(confidence), True, engine, slabs, details,
+                        fraction_inside=fraction)
 
 
 def boxes_to_json(boxes: dict[str, StructureBox] | list[StructureBox], query: Volume | None = None,

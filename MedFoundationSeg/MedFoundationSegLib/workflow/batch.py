@@ -38,6 +38,7 @@ class CaseOutcome:
     seconds: float = 0.0
     structures_found: int = 0
     structures_absent: int = 0
+    structures_partial: int = 0  # found but cut by the field of view (segmented inside it)
     error: str = ""
 
 
@@ -78,7 +79,8 @@ def run_batch(queries: list[Path], out_dir: str | os.PathLike, process_case: Pro
             structures = result.get("structures", {})
             outcomes.append(CaseOutcome(name, str(query), "ok", time.perf_counter() - start,
                                         sum(1 for s in structures.values() if s.get("present", True)),
-                                        sum(1 for s in structures.values() if not s.get("present", True))))
+                                        sum(1 for s in structures.values() if not s.get("present", True)),
+                                        sum(1 for s in structures.values() if s.get("partial", False))))
         except Cancelled:
             outcomes.append(CaseOutcome(name, str(query), "cancelled", time.perf_counter() - start))
             break

@@ -57,7 +57,8 @@ def run_case(session: Session, template_set, query, case_dir=None, *, options: O
         labels = np.zeros(volume.shape_kji, np.uint8)
     case_report = {"structures": {}}
     for name, box in boxes.items():
-        entry = {"present": bool(box.present), "label": label_ids[name], "localization": box.to_dict()}
+        entry = {"present": bool(box.present), "partial": box.partial, "fraction_inside": round(box.fraction_inside, 4),
+                 "label": label_ids[name], "localization": box.to_dict()}
         if name in results:
             entry.update(segmentation=results[name].report, voxels=int((labels == label_ids[name]).sum()))
         case_report["structures"][name] = entry

@@ -20,7 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from MedFoundationSegLib.core.boxes import LPS_TO_REF, REF_TO_LPS, StructureBox, make_structure_box
+from MedFoundationSegLib.core.boxes import (
+    LPS_TO_REF,
+    REF_TO_LPS,
+    StructureBox,
+    fraction_of_box_inside,
+    lps_box_from_extreme_points,
+    make_structure_box,
+)
 from MedFoundationSegLib.core.progress import Cancelled
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.localize.extreme_points import split_count
@@ -307,8 +314,8 @@ class MedLAMLocalizer:
         lps_groups = [work.lps_from_zyx(g)[REF_TO_LPS] for g in groups]
         whole = _whole_from_slabs(lps_groups)
         confidence = float(np.clip(np.nanmean(peak) / support.n_support, 0, 1)) if cfg.feature_scales else 0.0
-        # A jump that lands outside the unpadded working volume marks the structure absent, even if the MSS
-        # clip pulled the point back inside.
+        # The MSS clip pulls every point into the volume, so a cut by the field of view shows only in the RDR
+        # jumps: the share of their box inside the volume is the structure's; under half inside reads as absent.
         unpadded = np.all((rdr_points >= work.pad - 1) & (rdr_points <= np.array(work.array.shape) - work.pad), 1)
         box = make_structure_box(s, whole, query, "medlam", confidence,
                                  slab_points_lps=lps_groups if n_groups > 1 else None,
@@ -317,7 +324,12 @@ class MedLAMLocalizer:
                                           "recentre_steps_vox": [np.round(st).astype(int).tolist() for st in steps],
                                           "points_zyx_vox": np.asarray(points, int).tolist()})
         if not unpadded.all() and box.present:
-            box = dataclasses.replace(box, present=False, box_ijk=None, box_lps_mm=None)
+            rdr_lps = _whole_from_slabs([work.lps_from_zyx(rdr_points[6 * g:6 * g + 6])[REF_TO_LPS]
+                                         for g in range(n_groups)])
+            fraction = fraction_of_box_inside(query.ijk_to_lps, query.shape_kji, lps_box_from_extreme_points(rdr_lps))
+            box = (dataclasses.replace(box, fraction_inside=fraction) if fraction >= 0.5 else
+                   dataclasses.replace(box, present=False, box_ijk=None, box_lps_mm=None, fraction_inside=fraction,
+                                       details={**box.details, "reason": "most of it lies outside the volume"}))
         return box
 
 
