@@ -60,4 +60,4 @@ def test_localize_clear_errors(files, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MEDFOUNDATIONSEG_CACHE", str(tmp_path / "empty_cache"))
     code = main(["localize", "--templates", str(root / "T.yaml"), "--query", str(root / "q.nrrd"),
                  "--engine", "medlam", "--out", str(tmp_path / "b.json")])
-    assert code == 3 and "medfoundationseg weights fetch medlam" in capsys.readouterr().err
+    assert code == 2 and "medfoundationseg weights fetch medlam" in capsys.readouterr().err

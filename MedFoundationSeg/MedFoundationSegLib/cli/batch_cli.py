@@ -111,12 +111,18 @@ def execute(args, progress=None) -> int:
     import functools
 
     from MedFoundationSegLib.workflow.batch import run_batch
-    from MedFoundationSegLib.workflow.case import case_fingerprint, check_prerequisites, run_case
+    from MedFoundationSegLib.workflow.case import (
+        case_fingerprint,
+        check_prerequisites,
+        check_template_set,
+        run_case,
+    )
     from MedFoundationSegLib.workflow.session import Session
 
     run_options = options.from_arguments(args)
     check_prerequisites(run_options)
     template_set = template_set_from_args(args)
+    check_template_set(template_set)
     queries = queries_from_args(args)
     session = Session()
     process = functools.partial(run_case, session, template_set, options=run_options)

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -39,54 +38,37 @@ def register(subparsers) -> None:
 
 def run_localize(args: argparse.Namespace) -> int:
     from MedFoundationSegLib.core.boxes import boxes_to_json
-    from MedFoundationSegLib.core.volume import VolumeError, read_volume
-    from MedFoundationSegLib.localize.templates import TemplateError, TemplateSet
+    from MedFoundationSegLib.core.volume import read_volume
+    from MedFoundationSegLib.localize.templates import TemplateSet
 
     out = Path(args.out)
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give the path of the JSON file to write")
     if out.exists() and not args.overwrite:
-        print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise NotADirectoryError(f"--out {out}: {out.parent} is a file, not a folder")
 
     def progress(fraction: float, message: str) -> None:
         log.info("%3d%% %s", round(100 * fraction), message)
 
-    try:
-        start = time.perf_counter()
-        templates = TemplateSet.load(args.templates)
-        query = read_volume(args.query)
-        loaded = time.perf_counter()
-        if args.engine == "registration":
-            from MedFoundationSegLib.localize.registration import RegistrationConfig, localize_registration
-
-            boxes = localize_registration(templates, query, args.structures,
-                                          RegistrationConfig(bspline=args.bspline, seed=args.seed),
-                                          spl=args.mode == "SPL", progress=progress)
-        else:
-            from MedFoundationSegLib.localize.medlam.localizer import MedLAMConfig, MedLAMLocalizer
-            from MedFoundationSegLib.localize.medlam.network import FEATURE_NAMES
-
-            scales = FEATURE_NAMES if args.scales is None else tuple(args.scales)
-            config = MedLAMConfig(mode=args.mode, feature_scales=scales, recentre_iterations=args.recentre,
-                                  seed=args.seed, modality=args.modality)
-            boxes = MedLAMLocalizer(args.weights, None if args.device == "auto" else args.device,
-                                    config).localize(templates, query, args.structures, progress=progress)
-        done = time.perf_counter()
-    except (TemplateError, VolumeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # missing weights etc.: say what, not a traceback
-        if type(error).__name__ in ("MissingWeightsError", "ChecksumError", "WeightsError"):
-            print(f"error: {error}", file=sys.stderr)
-            return 3
-        raise
+    start = time.perf_counter()
+    templates = TemplateSet.load(args.templates)
+    query = read_volume(args.query)
+    loaded = time.perf_counter()
+    boxes = _localize(args, templates, query, progress)
+    done = time.perf_counter()
     data = boxes_to_json(boxes, query, {"engine": args.engine, "mode": args.mode,
                                         "templates": str(Path(args.templates).resolve()),
                                         "timings_s": {"load": round(loaded - start, 3),
                                                       "localize": round(done - loaded, 3)}})
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     for box in boxes.values():
         state = (f"box ijk {box.box_ijk.tolist()}" if box.present else
                  f"ABSENT ({box.details.get('reason', 'it lies outside the volume')})")
@@ -95,3 +77,20 @@ def run_localize(args: argparse.Namespace) -> int:
         print(f"{box.name}: {state}, confidence {box.confidence:.2f}")
     print(f"wrote {out}")
     return 0
+
+
+def _localize(args: argparse.Namespace, templates, query, progress) -> dict:
+    if args.engine == "registration":
+        from MedFoundationSegLib.localize.registration import RegistrationConfig, localize_registration
+
+        return localize_registration(templates, query, args.structures,
+                                     RegistrationConfig(bspline=args.bspline, seed=args.seed),
+                                     spl=args.mode == "SPL", progress=progress)
+    from MedFoundationSegLib.localize.medlam.localizer import MedLAMConfig, MedLAMLocalizer
+    from MedFoundationSegLib.localize.medlam.network import FEATURE_NAMES
+
+    scales = FEATURE_NAMES if args.scales is None else tuple(args.scales)
+    config = MedLAMConfig(mode=args.mode, feature_scales=scales, recentre_iterations=args.recentre,
+                          seed=args.seed, modality=args.modality)
+    return MedLAMLocalizer(args.weights, None if args.device == "auto" else args.device,
+                           config).localize(templates, query, args.structures, progress=progress)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from MedFoundationSegLib.core.nifti_check import NiftiError, check_nifti, is_nifti
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -128,7 +130,11 @@ def read_volume(path: str | os.PathLike, name: str | None = None) -> Volume:
             reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
             image = reader.Execute()
         else:
+            if is_nifti(path):
+                check_nifti(path)
             image = sitk.ReadImage(str(path))
+    except NiftiError as error:
+        raise VolumeError(str(error)) from None
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise VolumeError(f"cannot read {path} as an image: {first_line}") from None

@@ -185,11 +185,26 @@ def fetch(name: str, *, force: bool = False, progress: Progress | None = None, s
         except WeightsError as error:
             errors.append(str(error))
             continue
+        except OSError as error:  # requests' connection errors: no network, proxy, DNS
+            errors.append(f"{kind} source unreachable ({_short_network_error(error)}); check the internet "
+                          "connection, or download by hand and run: medfoundationseg weights add "
+                          f"{name} PATH/TO/{spec.file}")
+            continue
         if not spec.sha256:
             log.warning("%s: no published sha256 for %s; recorded %s on first download (later loads are checked "
                         "against it)", name, spec.file, _recorded_sha256(spec, dest))
         return dest
-    raise DownloadError(f"could not fetch weights for {name!r}:\n  - " + "\n  - ".join(errors))
+    raise DownloadError(f"could not fetch weights for {name!r}: " + "; ".join(errors))
+
+
+def _short_network_error(error: OSError) -> str:
+    """The innermost reason of a requests/urllib3 connection error ("Connection refused", "Name or service not
+    known"), not its 300-character chain."""
+    text = str(error)
+    for marker in ("] ", "Errno"):
+        if marker in text:
+            text = text.rsplit(marker, 1)[-1]
+    return text.strip(" ')\"(") or type(error).__name__
 
 
 def fetch_job(name: str, *, progress=None, cancelled=None) -> Path:
@@ -219,7 +234,12 @@ def add_local_file(name: str, source_path: str | os.PathLike, *, force: bool = F
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     shutil.copyfile(source_path, part)
-    finish_download(part, dest, size=spec.size, sha256=spec.sha256)
+    try:
+        finish_download(part, dest, size=spec.size, sha256=spec.sha256)
+    except ChecksumError as error:
+        part.unlink(missing_ok=True)
+        detail = str(error).split(": ", 1)[-1]
+        raise ChecksumError(f"{source_path} is not the {name} weights file {spec.file} ({detail})") from None
     return dest
 
 

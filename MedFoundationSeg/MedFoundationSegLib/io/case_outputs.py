@@ -52,7 +52,7 @@ def write_case(case_dir: Path, volume: Volume, labels: np.ndarray, label_ids: di
     folder appears in one rename. Existing outputs are replaced only with ``overwrite``; a folder holding anything
     else is never touched."""
     case_dir = Path(case_dir)
-    _check_replaceable(case_dir, overwrite)
+    check_replaceable(case_dir, overwrite)
     staging = case_dir.parent / f".{case_dir.name}.writing-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -76,7 +76,7 @@ def write_case(case_dir: Path, volume: Volume, labels: np.ndarray, label_ids: di
     return paths
 
 
-def _check_replaceable(case_dir: Path, overwrite: bool) -> None:
+def check_replaceable(case_dir: Path, overwrite: bool) -> None:
     if not case_dir.exists():
         return
     if not case_dir.is_dir():

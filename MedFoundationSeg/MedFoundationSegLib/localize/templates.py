@@ -246,7 +246,9 @@ class TemplateSet:
         if not self.templates:
             raise TemplateError("the template set is empty")
         if not structures:
-            raise TemplateError("no structures requested")
+            held = "; ".join(f"{t.name!r} has {t.structures() or 'none'}" for t in self.templates)
+            raise TemplateError(f"the templates share no structure to localize ({held}); every template must hold "
+                                "every structure")
         for template in self.templates:
             missing = [s for s in structures if not template.has(s)]
             if missing:

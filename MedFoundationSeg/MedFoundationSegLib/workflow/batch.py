@@ -90,13 +90,22 @@ def run_batch(queries: list[Path], out_dir: str | os.PathLike, process_case: Pro
             raise
         except Exception as error:  # isolate: record and go on with the next case
             log.error("case %s failed: %s", name, error)
-            case_dir.mkdir(parents=True, exist_ok=True)
-            (case_dir / case_outputs.ERROR_NAME).write_text(traceback.format_exc(), encoding="utf-8")
+            _write_error(case_dir, traceback.format_exc())
             outcomes.append(CaseOutcome(name, str(query), "failed", time.perf_counter() - start,
                                         error=f"{type(error).__name__}: {error}"))
     write_summary(out_dir / SUMMARY_NAME, outcomes)
     report(progress, 1.0, "batch done")
     return outcomes
+
+
+def _write_error(case_dir: Path, text: str) -> None:
+    """The traceback beside a failed case, for whoever debugs it; where the case folder cannot hold it (it is a
+    file, or unwritable), the summary's one line is all there is."""
+    try:
+        case_dir.mkdir(parents=True, exist_ok=True)
+        (case_dir / case_outputs.ERROR_NAME).write_text(text, encoding="utf-8")
+    except OSError as error:
+        log.warning("could not write %s: %s", case_dir / case_outputs.ERROR_NAME, error)
 
 
 def write_summary(path: Path, outcomes: list[CaseOutcome]) -> None:

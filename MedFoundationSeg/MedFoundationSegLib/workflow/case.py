@@ -33,6 +33,8 @@ def run_case(session: Session, template_set, query, case_dir=None, *, options: O
     resolve overlaps, and (with ``case_dir``) write labels, .seg.nrrd and report.json. Returns the report."""
     options = options or Options()
     start = time.perf_counter()
+    if case_dir is not None:  # a folder that cannot take the outputs fails now, not after the work
+        case_outputs.check_replaceable(Path(case_dir), overwrite)
     volume = query if isinstance(query, Volume) else read_volume(query)
     engine, reason = choose_localizer(options.engine)
     report(progress, 0.0, f"localizing with {engine}")
@@ -86,6 +88,19 @@ def check_prerequisites(options: Options) -> None:
         from MedFoundationSegLib.runtime.encoder_runtime import select_device
 
         select_device(options.device)
+
+
+def check_template_set(template_set, structures: list[str] | None = None) -> None:
+    """Every template readable and usable, and every structure held by all of them, before the first case (so a bad
+    template fails once, up front, not in every case)."""
+    from MedFoundationSegLib.localize.preprocess import check_volume_3d
+
+    names = list(structures or template_set.structures())
+    template_set.check(names)
+    for template in template_set.templates:
+        check_volume_3d(template.image, f"template {template.name!r} image")
+        for name in names:
+            template.extreme_points(name)
 
 
 def combine_structures(results: dict[str, CaseResult], order: list[str], label_ids: dict[str, int],
