@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from MedFoundationSegLib.workflow.options import REFINE_METHODS
@@ -26,17 +25,14 @@ def run(args) -> int:
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        print(f"{out} is a file; give --out a folder", file=sys.stderr)
-        return 2
+        raise NotADirectoryError(f"{out} is a file; give --out a folder")
     if out.is_dir() and any(out.iterdir()):
         if not (out / REPORT_NAME).exists():
-            print(f"{out} is not empty and holds no earlier demo run; give --out an empty or new folder",
-                  file=sys.stderr)
-            return 2
+            raise FileExistsError(f"{out} is not empty and holds no earlier demo run; give --out an empty or new "
+                                  "folder")
         if not args.overwrite:
-            print(f"{out} holds an earlier demo run; pass --overwrite to replace it (or --out another folder)",
-                  file=sys.stderr)
-            return 2
+            raise FileExistsError(f"{out} holds an earlier demo run; pass --overwrite to replace it (or --out "
+                                  "another folder)")
     shape = tuple(int(v) for v in args.shape.split(","))
     options = Options(model=args.model, refine=args.refine, device=args.device, padding_mm=3.0)
     print("\n".join(run_demo(out, queries=args.queries, shape=shape, options=options)))

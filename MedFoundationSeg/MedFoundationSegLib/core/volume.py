@@ -113,6 +113,15 @@ class Volume:
         )
 
 
+def check_finite(volume: Volume, what: str = "volume") -> None:
+    """Refuse NaN or infinite voxels (a float image from any source), naming how many there are."""
+    if np.issubdtype(volume.array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(volume.array)))
+        if bad:
+            raise VolumeError(f"{what} {volume.name!r} contains {bad} NaN or infinite voxel values; replace them "
+                              "(for example with the background value) first")
+
+
 def read_volume(path: str | os.PathLike, name: str | None = None) -> Volume:
     """Read any 3D scalar image SimpleITK reads (NIfTI, NRRD, MHA, ...) or a DICOM series folder."""
     import SimpleITK as sitk
@@ -139,8 +148,7 @@ def read_volume(path: str | os.PathLike, name: str | None = None) -> Volume:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise VolumeError(f"cannot read {path} as an image: {first_line}") from None
     volume = Volume.from_sitk(image, name=name)
-    if np.issubdtype(volume.array.dtype, np.floating) and not np.isfinite(volume.array).all():
-        raise VolumeError(f"{path} contains NaN or infinite voxel values")
+    check_finite(volume, str(path))
     return volume
 
 

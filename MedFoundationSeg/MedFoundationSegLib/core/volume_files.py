@@ -35,6 +35,7 @@ def collect_queries(source: str | os.PathLike) -> list[Path]:
     if not source.is_file():
         raise VolumeListError(f"query source not found: {source}")
     text = source.read_text(encoding="utf-8-sig")
+    column = None
     if source.suffix.lower() == ".csv":
         rows = list(csv.reader(io.StringIO(text)))
         if not rows:
@@ -47,7 +48,10 @@ def collect_queries(source: str | os.PathLike) -> list[Path]:
     paths = [Path(e) if Path(e).is_absolute() else source.parent / e for e in entries]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise VolumeListError(f"{len(missing)} listed volume(s) do not exist, e.g. {missing[0]}")
+        hint = " (it has no path, image or volume column, so its first column was read as paths)" \
+            if source.suffix.lower() == ".csv" and column is None else ""
+        raise VolumeListError(f"{len(missing)} listed volume(s) of {source.name} do not exist, e.g. {missing[0]}"
+                              + hint)
     if not paths:
         raise VolumeListError(f"{source} lists no volumes")
     return paths

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from MedFoundationSegLib.core.volume import Volume, VolumeError
+from MedFoundationSegLib.core.volume import Volume, VolumeError, check_finite
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ def check_volume_3d(volume: Volume, what: str = "volume") -> None:
     if min(volume.shape_kji) < MIN_VOXELS_PER_AXIS:
         raise VolumeError(f"{what} {volume.name!r} has shape {volume.shape_kji} (z,y,x): localization needs a 3D "
                           f"volume with at least {MIN_VOXELS_PER_AXIS} voxels along every axis")
+    check_finite(volume, what)
     low, high = volume.array.min(), volume.array.max()
     if low == high:
         raise VolumeError(f"{what} {volume.name!r} holds the value {low} everywhere: an empty or blank image has "

@@ -278,7 +278,10 @@ class TemplateSet:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
         except yaml.YAMLError as error:
-            raise TemplateError(f"{path} is not valid YAML/JSON: {error}") from None
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise TemplateError(f"{path} is not a template set file (invalid YAML/JSON{where}: "
+                                f"{getattr(error, 'problem', None) or 'unreadable'})") from None
         if not isinstance(data, dict) or not isinstance(data.get("templates"), list):
             raise TemplateError(f"{path}: expected a mapping with a 'templates' list")
         base = path.parent

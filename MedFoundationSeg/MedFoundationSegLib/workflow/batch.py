@@ -52,50 +52,58 @@ def run_batch(queries: list[Path], out_dir: str | os.PathLike, process_case: Pro
     A case finished with the same ``fingerprint`` (inputs and options) is skipped; one finished with another is
     redone only with ``overwrite`` (else it fails with a message saying so); an interrupted one is redone."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = [case_name(q) for q in queries]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise BatchError(f"several queries share the case name(s) {sorted(duplicates)}; rename them")
+    out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[CaseOutcome] = []
-    for index, (query, name) in enumerate(zip(queries, names)):
-        case_dir = out_dir / name
-        report(progress, index / len(queries), f"case {index + 1}/{len(queries)}: {name}")
-        state = case_outputs.case_state(case_dir, fingerprint)
-        if state == "finished" and not overwrite:
-            outcomes.append(CaseOutcome(name, str(query), "skipped"))
-            continue
-        if state == "stale" and not overwrite:
-            outcomes.append(CaseOutcome(name, str(query), "failed", error=f"{case_dir} was made from other templates "
-                                        "or options; pass --overwrite to redo it"))
-            continue
-        start = time.perf_counter()
-        try:
-            check(cancelled, "batch")
-            (case_dir / case_outputs.ERROR_NAME).unlink(missing_ok=True)
-            result = process_case(query, case_dir, overwrite=overwrite or state == "incomplete",
-                                  progress=scaled(progress, index / len(queries), (index + 1) / len(queries)),
-                                  cancelled=cancelled)
-            structures = result.get("structures", {})
-            outcomes.append(CaseOutcome(name, str(query), "ok", time.perf_counter() - start,
-                                        sum(1 for s in structures.values() if s.get("present", True)),
-                                        sum(1 for s in structures.values() if not s.get("present", True)),
-                                        sum(1 for s in structures.values() if s.get("partial", False))))
-        except Cancelled:
-            outcomes.append(CaseOutcome(name, str(query), "cancelled", time.perf_counter() - start))
-            break
-        except KeyboardInterrupt:  # Ctrl-C: the summary of what ran is written, then the interrupt goes on
-            outcomes.append(CaseOutcome(name, str(query), "cancelled", time.perf_counter() - start))
-            write_summary(out_dir / SUMMARY_NAME, outcomes)
-            raise
-        except Exception as error:  # isolate: record and go on with the next case
-            log.error("case %s failed: %s", name, error)
-            _write_error(case_dir, traceback.format_exc())
-            outcomes.append(CaseOutcome(name, str(query), "failed", time.perf_counter() - start,
-                                        error=f"{type(error).__name__}: {error}"))
+    try:
+        for index, (query, name) in enumerate(zip(queries, names)):
+            report(progress, index / len(queries), f"case {index + 1}/{len(queries)}: {name}")
+            outcomes.append(CaseOutcome(name, str(query), "cancelled"))  # until the case says otherwise
+            outcomes[-1] = _run_case(query, out_dir / name, process_case, overwrite=overwrite,
+                                     fingerprint=fingerprint, cancelled=cancelled,
+                                     progress=scaled(progress, index / len(queries), (index + 1) / len(queries)))
+            if outcomes[-1].status == "cancelled":
+                break
+    except KeyboardInterrupt:  # Ctrl-C: the summary of what ran is written, then the interrupt goes on
+        write_summary(out_dir / SUMMARY_NAME, outcomes)
+        raise
     write_summary(out_dir / SUMMARY_NAME, outcomes)
     report(progress, 1.0, "batch done")
     return outcomes
+
+
+def _run_case(query: Path, case_dir: Path, process_case: ProcessCase, *, overwrite: bool, fingerprint: str | None,
+              progress, cancelled) -> CaseOutcome:
+    """One case: skipped when finished with the same fingerprint, refused when stale, else run with failures
+    recorded (the traceback beside the case, one line in the outcome)."""
+    name = case_dir.name
+    state = case_outputs.case_state(case_dir, fingerprint)
+    if state == "finished" and not overwrite:
+        return CaseOutcome(name, str(query), "skipped")
+    if state == "stale" and not overwrite:
+        return CaseOutcome(name, str(query), "failed", error=f"{case_dir} was made from other templates or options; "
+                           "pass --overwrite to redo it")
+    start = time.perf_counter()
+    try:
+        check(cancelled, "batch")
+        (case_dir / case_outputs.ERROR_NAME).unlink(missing_ok=True)
+        result = process_case(query, case_dir, overwrite=overwrite or state == "incomplete", progress=progress,
+                              cancelled=cancelled)
+    except Cancelled:
+        return CaseOutcome(name, str(query), "cancelled", time.perf_counter() - start)
+    except Exception as error:  # isolate: record and go on with the next case
+        log.error("case %s failed: %s", name, error)
+        _write_error(case_dir, traceback.format_exc())
+        return CaseOutcome(name, str(query), "failed", time.perf_counter() - start,
+                           error=f"{type(error).__name__}: {error}")
+    structures = result.get("structures", {}).values()
+    return CaseOutcome(name, str(query), "ok", time.perf_counter() - start,
+                       sum(1 for s in structures if s.get("present", True)),
+                       sum(1 for s in structures if not s.get("present", True)),
+                       sum(1 for s in structures if s.get("partial", False)))
 
 
 def _write_error(case_dir: Path, text: str) -> None:

@@ -95,10 +95,11 @@ def check_template_set(template_set, structures: list[str] | None = None) -> Non
     template fails once, up front, not in every case)."""
     from MedFoundationSegLib.localize.preprocess import check_volume_3d
 
+    for template in template_set.templates:
+        check_volume_3d(template.image, f"template {template.name!r} image")
     names = list(structures or template_set.structures())
     template_set.check(names)
     for template in template_set.templates:
-        check_volume_3d(template.image, f"template {template.name!r} image")
         for name in names:
             template.extreme_points(name)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from MedFoundationSegLib.core import geometry
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, scaled
-from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.core.volume import Volume, check_finite
 from MedFoundationSegLib.segment import keyslices, propagate, reference, refine
 from MedFoundationSegLib.segment.interpolation import interpolate_slices
 from MedFoundationSegLib.segment.predictor import SlicePredictor
@@ -56,6 +56,7 @@ class Session:
         if key in self._predictors:
             self._predictors.move_to_end(key)
             return self._predictors[key]
+        check_finite(volume)
         while len(self._predictors) >= self.max_predictors:
             self._predictors.popitem(last=False)
         self._predictors[key] = SlicePredictor(volume, o.model, axis=o.axis, window=o.window, device=o.device,
