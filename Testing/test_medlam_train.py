@@ -166,5 +166,9 @@ def test_cli_trains_resumes_and_reports(tmp_path, capsys):
     assert (out / FINAL_WEIGHTS).is_file() and load_checkpoint(out)["step"] == 2
     assert main(["medlam-train", *common, "--epochs", "2", "--resume", str(out)]) == 0
     assert load_checkpoint(out)["step"] == 4 and "epoch    2" in capsys.readouterr().out
-    assert main(["medlam-train", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    assert main(["medlam-train", *common, "--epochs", "1"]) == 2  # a trained folder is never trained over silently
+    assert "--resume" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    assert main(["medlam-train", str(tmp_path / "empty"), "--out", str(tmp_path / "fresh")]) == 2
     assert "not found" in capsys.readouterr().err

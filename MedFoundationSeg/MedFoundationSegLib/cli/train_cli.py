@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=2023)
     parser.add_argument("--resume", help="a checkpoint .tar, or an output folder holding checkpoint_last.tar")
+    parser.add_argument("--overwrite", action="store_true", help="train afresh into a non-empty --out folder")
     val = parser.add_mutually_exclusive_group()
     val.add_argument("--val-folder", help="folder of held-out validation volumes")
     val.add_argument("--val-fraction", type=float, default=0.1,
@@ -53,6 +54,12 @@ def run_train(args: argparse.Namespace) -> int:
         split_validation,
     )
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.resume and not args.overwrite:
+        raise FileExistsError(f"{out} is not empty; continue its training with --resume {out}, or pass --overwrite "
+                              "to train afresh into it")
     try:
         config = TrainConfig(epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size,
                              patch_size=args.patch_size, lr=args.lr, weight_decay=args.weight_decay,
