@@ -84,12 +84,15 @@ def test_nan_and_non_numeric_images_are_refused():
 
 def test_registry_preprocessing_matches_training_recipes():
     lite = preprocessing_for("litemedsam")
-    assert (lite.input_size, lite.resize, lite.interpolation, lite.normalize) == (256, "longest_side", "area", "minmax")
+    assert (lite.input_size, lite.resize, lite.interpolation, lite.normalize, lite.box_scale) == (
+        256, "longest_side", "opencv_area", "minmax", "floor_longest")
     medsam = preprocessing_for("medsam_vit_b")
-    assert (medsam.input_size, medsam.resize, medsam.normalize, medsam.pad) == (1024, "stretch", "minmax", "none")
+    assert (medsam.input_size, medsam.resize, medsam.normalize, medsam.pad, medsam.interpolation, medsam.postprocess) \
+        == (1024, "stretch", "minmax", "none", "skimage_cubic", "direct_probability")
     for name in SAM_MODELS:
         sam = preprocessing_for(name)
-        assert (sam.input_size, sam.resize, sam.normalize) == (1024, "longest_side", "mean_std")
+        assert (sam.input_size, sam.resize, sam.normalize, sam.interpolation, sam.box_scale) == (
+            1024, "longest_side", "mean_std", "pil_bilinear", "per_axis")
         assert sam.pixel_mean == (123.675, 116.28, 103.53) and sam.pixel_std == (58.395, 57.12, 57.375)
 
 
@@ -137,7 +140,10 @@ def test_sam_input_uses_mean_std_per_channel():
 def test_prompts_in_and_masks_out_round_trip():
     lite = preprocessing_for("litemedsam")
     transform = slice_transform((100, 200), lite)  # resized to 128 x 256: x scale 1.28, y scale 1.28
-    assert np.allclose(transform.boxes_to_input([[10, 20, 110, 70]]), [[12.8, 25.6, 140.8, 89.6]])
+    # LiteMedSAM's official box: int(b * 256 / max(H, W)), rounded down; SAM's: per axis, unrounded.
+    assert np.array_equal(transform.boxes_to_input([[10, 20, 110, 70]]), [[12, 25, 140, 89]])
+    sam = slice_transform((100, 200), preprocessing_for("mobilesam"))
+    assert np.allclose(sam.boxes_to_input([[10, 20, 110, 70]]), [[51.2, 102.4, 563.2, 358.4]])
     assert np.allclose(transform.points_to_input([[50, 50]]), [[64, 64]])
     # A rectangle of positive logits in the low-res frame comes back as the same rectangle on the slice grid.
     low_res = torch.full((1, 1, 256, 256), -10.0)

@@ -208,7 +208,8 @@ class FakeFinder:
         return object() if name in self.present else None
 
 
-ITK_AND_GEODESIC = ("itk", "itk.MorphologicalContourInterpolationPython", "itk.GrowCutPython", "dijkstra3d")
+ITK_AND_GEODESIC = ("itk", "itk.MorphologicalContourInterpolationPython", "itk.GrowCutPython", "dijkstra3d", "cv2",
+                    "PIL")  # with the resize libraries: the packages these tests take as installed
 
 
 def test_requirements_txt_matches_pyproject_dependencies(deps):

@@ -42,6 +42,8 @@ MODULES = {
     "itk.MorphologicalContourInterpolationPython": "itk-morphologicalcontourinterpolation",
     "itk.GrowCutPython": "itk-growcut",
     "dijkstra3d": "dijkstra3d",
+    "cv2": "opencv-python-headless",
+    "PIL": "pillow",
 }
 
 # Used only when setup_env.py is not importable (an installed extension ships without it); same rule as setup_env.

@@ -183,6 +183,10 @@ class SlicePredictor:
         index = self._check_index(index)
         return np.take(self.array, index, axis=SLICE_FRAMES[self.axis].array_axis)
 
+    def windowed_slice(self, index: int) -> np.ndarray:
+        """The uint8 slice the model's preprocessing starts from (the raw slice through the intensity window)."""
+        return apply_window(self.slice_image(index), self.window)
+
     # --- encoding -----------------------------------------------------------------------------------------------
     def set_window(self, window) -> None:
         """Change the intensity window; cached embeddings were computed with the old one and are dropped."""

@@ -2,6 +2,9 @@
 
 Each model was trained with its own resize rule, interpolation and normalisation (see the `preprocessing:` blocks of
 registry.yaml); using another one silently costs accuracy, so the rules are data read from the registry, not code.
+Where an official inference resizes with a library, the same library does it here (OpenCV ``INTER_AREA`` for
+LiteMedSAM, PIL bilinear for SAM and MobileSAM, scikit-image cubic for MedSAM), since their uint8 rounding and
+filters are what the model saw and no torch mode reproduces them.
 Frames: the *slice frame* is the 2D slice's own pixel grid (x = column, y = row); the *input frame* is the model's
 square S x S input; the *low-res frame* is the decoder's 256 x 256 logit grid, which covers the input frame.
 """
@@ -15,9 +18,17 @@ import torch
 import torch.nn.functional as F
 
 RESIZE_RULES = ("longest_side", "stretch")
-INTERPOLATIONS = ("area", "bilinear", "bicubic", "nearest")
+# Library resizes of the uint8 slice (as the official inferences), then torch modes for models without one.
+LIBRARY_INTERPOLATIONS = ("opencv_area", "pil_bilinear", "skimage_cubic")
+INTERPOLATIONS = (*LIBRARY_INTERPOLATIONS, "bilinear", "bicubic", "nearest")
 NORMALIZATIONS = ("minmax", "mean_std", "none")
 PADDINGS = ("bottom_right", "none")
+# per_axis: x and y scaled by the resize of each axis (SAM's ResizeLongestSide); floor_longest: one factor
+# S / max(H, W) for both axes, rounded down to whole pixels (LiteMedSAM's official box scaling).
+BOX_SCALES = ("per_axis", "floor_longest")
+# via_input: low-res logits -> input frame -> crop -> slice (SAM); direct_probability: sigmoid of the low-res logits
+# resized straight to the slice (MedSAM's official inference).
+POSTPROCESSES = ("via_input", "direct_probability")
 
 
 class PreprocessingError(ValueError):
@@ -43,10 +54,12 @@ class Preprocessing:
     pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     pad: str = "bottom_right"
     mask_threshold: float = 0.0
+    box_scale: str = "per_axis"
+    postprocess: str = "via_input"
 
     def __post_init__(self) -> None:
         checks = (("resize", RESIZE_RULES), ("interpolation", INTERPOLATIONS), ("normalize", NORMALIZATIONS),
-                  ("pad", PADDINGS))
+                  ("pad", PADDINGS), ("box_scale", BOX_SCALES), ("postprocess", POSTPROCESSES))
         for field, allowed in checks:
             if getattr(self, field) not in allowed:
                 raise PreprocessingError(f"preprocessing {field}={getattr(self, field)!r}; expected one of {allowed}")
@@ -86,8 +99,9 @@ def resized_shape(slice_hw: tuple[int, int], prep: Preprocessing,
                   pixel_spacing_yx: tuple[float, float] | None = None) -> tuple[int, int]:
     """(h, w) of the slice inside the input frame.
 
-    With pixel spacing, the longest-side rule keeps the *physical* aspect ratio, so coronal/sagittal slices of
-    thick-slice volumes are not squashed (the model saw square pixels).
+    Square pixels follow the official rule exactly (``int(side * S / max(H, W) + 0.5)``). With non-square pixels
+    (coronal/sagittal slices of thick-slice volumes) the longest-side rule keeps the *physical* aspect ratio, so the
+    model sees square pixels as it did in training.
     """
     height, width = (int(v) for v in slice_hw)
     if height < 1 or width < 1:
@@ -98,8 +112,11 @@ def resized_shape(slice_hw: tuple[int, int], prep: Preprocessing,
     spacing_y, spacing_x = (1.0, 1.0) if pixel_spacing_yx is None else (float(s) for s in pixel_spacing_yx)
     if not (spacing_y > 0 and spacing_x > 0):
         raise PreprocessingError(f"pixel spacing must be positive; got {pixel_spacing_yx}")
-    extent_y, extent_x = height * spacing_y, width * spacing_x
-    scale = size / max(extent_y, extent_x)
+    if spacing_y == spacing_x:
+        extent_y, extent_x = float(height), float(width)
+    else:
+        extent_y, extent_x = height * spacing_y, width * spacing_x
+    scale = size * 1.0 / max(extent_y, extent_x)
     return max(1, min(size, int(extent_y * scale + 0.5))), max(1, min(size, int(extent_x * scale + 0.5)))
 
 
@@ -110,6 +127,9 @@ class SliceTransform:
     slice_hw: tuple[int, int]
     resized_hw: tuple[int, int]
     input_size: int
+    box_scale: str = "per_axis"
+    postprocess: str = "via_input"
+    square_pixels: bool = True
 
     @property
     def scale_xy(self) -> np.ndarray:
@@ -123,11 +143,22 @@ class SliceTransform:
     def boxes_to_input(self, boxes_xyxy: np.ndarray) -> np.ndarray:
         """Slice-frame (x0, y0, x1, y1) boxes, shape (N, 4) -> input-frame boxes."""
         boxes_xyxy = np.asarray(boxes_xyxy, dtype=np.float64)
+        if self.box_scale == "floor_longest":
+            if self.square_pixels:
+                return np.floor(boxes_xyxy * (self.input_size / max(self.slice_hw)))
+            return np.floor(boxes_xyxy * np.tile(self.scale_xy, 2))
         return boxes_xyxy * np.tile(self.scale_xy, 2)
 
     def logits_to_slice(self, low_res_logits: torch.Tensor) -> torch.Tensor:
-        """(N, C, L, L) decoder logits -> (N, C, H, W) logits on the slice grid (crop the padding, resize bilinear)."""
+        """(N, C, L, L) decoder logits -> (N, C, H, W) logits on the slice grid (crop the padding, resize bilinear).
+
+        ``direct_probability`` resizes the sigmoid instead and returns its logit, so ``> 0`` still means
+        foreground exactly where the official ``> 0.5`` does."""
         logits = low_res_logits.float()
+        if self.postprocess == "direct_probability":
+            probability = F.interpolate(torch.sigmoid(logits), size=tuple(self.slice_hw), mode="bilinear",
+                                        align_corners=False)
+            return torch.logit(probability, eps=1e-7)
         size = self.input_size
         if logits.shape[-1] != size or logits.shape[-2] != size:
             logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
@@ -151,20 +182,43 @@ class SliceTransform:
 
 def slice_transform(slice_hw: tuple[int, int], prep: Preprocessing,
                     pixel_spacing_yx: tuple[float, float] | None = None) -> SliceTransform:
+    square = pixel_spacing_yx is None or float(pixel_spacing_yx[0]) == float(pixel_spacing_yx[1])
     return SliceTransform(tuple(int(v) for v in slice_hw), resized_shape(slice_hw, prep, pixel_spacing_yx),
-                          int(prep.input_size))
+                          int(prep.input_size), prep.box_scale, prep.postprocess, square)
 
 
-def _resize(images: torch.Tensor, size_hw: tuple[int, int], interpolation: str) -> torch.Tensor:
+def resize_uint8(slice_uint8: np.ndarray, size_hw: tuple[int, int], interpolation: str) -> np.ndarray:
+    """One (H, W) uint8 slice resized by the library the model's official inference uses; uint8 out, as there."""
+    height, width = (int(v) for v in size_hw)
+    if interpolation == "opencv_area":
+        import cv2
+
+        return cv2.resize(slice_uint8, (width, height), interpolation=cv2.INTER_AREA)
+    if interpolation == "pil_bilinear":
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(slice_uint8).resize((width, height), Image.BILINEAR))
+    if interpolation == "skimage_cubic":
+        from skimage.transform import resize
+
+        return resize(slice_uint8, (height, width), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+    raise PreprocessingError(f"{interpolation!r} is not a library resize; use one of {LIBRARY_INTERPOLATIONS}")
+
+
+def _resize(slices_uint8: np.ndarray, size_hw: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """(B, H, W) uint8 -> (B, 1, h, w) float32 holding whole grey levels."""
+    if interpolation in LIBRARY_INTERPOLATIONS:
+        resized = np.stack([resize_uint8(np.ascontiguousarray(s), size_hw, interpolation) for s in slices_uint8])
+        return torch.from_numpy(resized).to(torch.float32)[:, None]
+    images = torch.from_numpy(np.ascontiguousarray(slices_uint8)).to(torch.float32)[:, None]
     if tuple(images.shape[-2:]) == tuple(size_hw):
         return images
     shrinking = size_hw[0] <= images.shape[-2] and size_hw[1] <= images.shape[-1]
-    if interpolation == "area" and shrinking:
-        return F.interpolate(images, size=size_hw, mode="area")
     if interpolation == "nearest":
         return F.interpolate(images, size=size_hw, mode="nearest-exact")
-    mode = "bicubic" if interpolation == "bicubic" else "bilinear"  # area upsampling behaves like bilinear
-    return F.interpolate(images, size=size_hw, mode=mode, align_corners=False, antialias=shrinking)
+    mode = "bicubic" if interpolation == "bicubic" else "bilinear"
+    images = F.interpolate(images, size=size_hw, mode=mode, align_corners=False, antialias=shrinking)
+    return images.round_().clamp_(0.0, 255.0)
 
 
 def slices_to_input(slices_uint8: np.ndarray, transform: SliceTransform, prep: Preprocessing) -> torch.Tensor:
@@ -178,13 +232,12 @@ def slices_to_input(slices_uint8: np.ndarray, transform: SliceTransform, prep: P
     if slices_uint8.ndim != 3 or tuple(slices_uint8.shape[1:]) != tuple(transform.slice_hw):
         raise PreprocessingError(f"slices must have shape (B, {transform.slice_hw[0]}, {transform.slice_hw[1]}); "
                                  f"got {slices_uint8.shape}")
-    images = torch.from_numpy(np.ascontiguousarray(slices_uint8)).to(torch.float32)[:, None]
-    images = _resize(images, transform.resized_hw, prep.interpolation)
-    images = images.round_().clamp_(0.0, 255.0)  # the references resize uint8 images, so values stay integers
-    if prep.normalize == "minmax":
-        low = images.amin(dim=(-2, -1), keepdim=True)
-        high = images.amax(dim=(-2, -1), keepdim=True)
-        images = (images - low) / (high - low).clamp_min(1e-8)
+    images = _resize(slices_uint8, transform.resized_hw, prep.interpolation)
+    if prep.normalize == "minmax":  # in float64 then float32, as the references compute it in numpy
+        wide = images.double()
+        low = wide.amin(dim=(-2, -1), keepdim=True)
+        high = wide.amax(dim=(-2, -1), keepdim=True)
+        images = ((wide - low) / (high - low).clamp_min(1e-8)).float()
         images = images.expand(-1, 3, -1, -1)
     elif prep.normalize == "mean_std":
         mean = torch.tensor(prep.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
