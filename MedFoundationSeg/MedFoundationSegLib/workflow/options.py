@@ -47,6 +47,11 @@ class Options:
     padding_mm: float = _option(5.0, "boxPadding", kind=float, help="padding of localized boxes in mm")
     padding_fraction: float | None = _option(None, None)  # cap padding at this fraction of the smaller box side
     drawn_box_padding_mm: float = _option(0.0, None)
+    # A box covering at least this share of the slice (a body outline, a whole head) is segmented with
+    # large_box_model when its weights are cached (LiteMedSAM, trained on organ crops, segments what is inside such
+    # a box), unpadded, and cleared of the exterior background; "" turns the routing off.
+    large_box_model: str = _option("mobilesam", None)
+    large_box_fraction: float = _option(0.45, None)
     every_k: int | None = _option(None, None)  # every_k step in slices; None = about 7.5 mm apart
     refine: str = _option("graphcut", "refine", choices=REFINE_METHODS, help="refinement after the model")
     overlap_policy: str = _option("score", "overlapPolicy", choices=OVERLAP_POLICIES,

@@ -15,10 +15,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-from MedFoundationSegLib.core import geometry
+from MedFoundationSegLib.core import geometry, weights
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, scaled
 from MedFoundationSegLib.core.volume import Volume, check_finite
 from MedFoundationSegLib.segment import keyslices, propagate, reference, refine
+from MedFoundationSegLib.segment.exterior import drop_exterior_background
 from MedFoundationSegLib.segment.interpolation import interpolate_slices
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
@@ -40,6 +41,25 @@ def volume_identity(volume: Volume) -> str:
 
 def _resolve(options: Options | None, changes: dict) -> Options:
     return (options or SESSION_DEFAULTS).replace(**changes) if changes else (options or SESSION_DEFAULTS)
+
+
+def large_box_route(volume: Volume, box_ijk: np.ndarray, o: Options) -> tuple[Options, dict | None]:
+    """Options for a box covering at least ``o.large_box_fraction`` of its slices: ``o.large_box_model`` when its
+    weights are cached, no padding; with what was decided (None for an ordinary box)."""
+    frame = geometry.slice_frame(o.axis)
+    shape_ijk = np.array(volume.shape_kji[::-1])
+    extent = np.asarray(box_ijk[1]) - np.asarray(box_ijk[0]) + 1
+    fraction = float(extent[frame.x_ijk] * extent[frame.y_ijk] / (shape_ijk[frame.x_ijk] * shape_ijk[frame.y_ijk]))
+    if not o.large_box_model or fraction < o.large_box_fraction:
+        return o, None
+    decision = {"box_fraction": round(fraction, 3), "model": o.model}
+    if o.large_box_model != o.model:
+        if weights.cached_status(o.large_box_model)[1].startswith("ok"):
+            o = o.replace(model=o.large_box_model)
+            decision["model"] = o.model
+        else:
+            decision["note"] = f"{o.large_box_model} weights are not cached; {o.model} used"
+    return o, decision
 
 
 class Session:
@@ -82,12 +102,18 @@ class Session:
         if o.mode not in SEGMENTATION_MODES:
             raise ValueError(f"unknown segmentation mode {o.mode!r}; use {', '.join(SEGMENTATION_MODES)}")
         box_ijk = geometry.check_box_ijk(volume, box_ijk)
+        o, large_box = large_box_route(volume, box_ijk, o)
         segmenter = self.segmenter(volume, o)
         box = geometry.slice_box(box_ijk, o.axis)
-        padding_mm = self._padding_mm(volume, box, o)
+        padding_mm = 0.0 if large_box else self._padding_mm(volume, box, o)
         result = self._run_box_mode(volume, segmenter, box, o, padding_mm, self._slab_boxes(slabs, o.axis),
                                     progress, cancelled)
         outcome = self._box_outcome(volume, segmenter, result, box, o, padding_mm)
+        if large_box is not None:
+            window = segmenter.predictor.window
+            outcome.mask_kji, large_box["exterior_voxels_removed"] = drop_exterior_background(
+                volume.array, outcome.mask_kji, box_ijk, window.low + 0.02 * window.width)
+            outcome.report["large_box"] = large_box
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.95, f"refining ({o.refine})")
