@@ -23,6 +23,7 @@ ENGINES = ("auto", "medlam", "registration")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 REFINE_METHODS = ("graphcut", "geodesic", "growcut", "none")
 AXES = ("axial", "coronal", "sagittal")
+FUSIONS = ("none", "planes")  # planes: the box segmented along all three axes, probabilities averaged
 OVERLAP_POLICIES = ("score", "order")
 
 
@@ -52,6 +53,7 @@ class Options:
     # a box), unpadded, and cleared of the exterior background; "" turns the routing off.
     large_box_model: str = _option("mobilesam", None)
     large_box_fraction: float = _option(0.45, None)
+    fusion: str = _option("none", None, choices=FUSIONS)
     every_k: int | None = _option(None, None)  # every_k step in slices; None = about 7.5 mm apart
     refine: str = _option("graphcut", "refine", choices=REFINE_METHODS, help="refinement after the model")
     overlap_policy: str = _option("score", "overlapPolicy", choices=OVERLAP_POLICIES,

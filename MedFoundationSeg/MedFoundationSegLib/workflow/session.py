@@ -62,6 +62,16 @@ def large_box_route(volume: Volume, box_ijk: np.ndarray, o: Options) -> tuple[Op
     return o, decision
 
 
+def fuse_planes(parts: list[CaseResult]) -> CaseResult:
+    """Axial, coronal and sagittal results of one box as one: the mean of their probabilities, foreground above 0.5."""
+    probability = np.mean([part.probability_kji for part in parts], axis=0).astype(np.float32)
+    first = parts[0].report
+    return CaseResult(probability > 0.5, probability, {
+        "mode": first["mode"], "model": first["model"], "axis": "fused", "fusion": "planes",
+        "planes": {part.report["axis"]: {k: part.report[k] for k in ("slices", "padding_mm", "slices_encoded")}
+                   for part in parts}})
+
+
 class Session:
     """Keeps the last ``max_predictors`` SlicePredictors, one per (volume identity, model, device, window, axis)."""
 
@@ -102,6 +112,26 @@ class Session:
         if o.mode not in SEGMENTATION_MODES:
             raise ValueError(f"unknown segmentation mode {o.mode!r}; use {', '.join(SEGMENTATION_MODES)}")
         box_ijk = geometry.check_box_ijk(volume, box_ijk)
+        if o.fusion == "planes":
+            parts = [self._segment_along(volume, box_ijk, o.replace(axis=axis), slabs,
+                                         scaled(progress, n / 3, (n + 1) / 3), cancelled)
+                     for n, axis in enumerate(("axial", "coronal", "sagittal"))]
+            outcome = fuse_planes(parts)
+        else:
+            outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled)
+        if o.refine != "none":
+            check(cancelled, "refinement")
+            report(progress, 0.95, f"refining ({o.refine})")
+            outcome = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
+                                         extreme_points_ijk=extreme_points_ijk)
+        outcome.report["seconds"] = round(time.perf_counter() - start, 3)
+        outcome.report["voxels"] = int(outcome.mask_kji.sum())
+        report(progress, 1.0, "done")
+        return outcome
+
+    def _segment_along(self, volume: Volume, box_ijk: np.ndarray, o: Options, slabs, progress,
+                       cancelled) -> CaseResult:
+        """The model's masks along ``o.axis`` (large boxes routed, see large_box_route), before refinement."""
         o, large_box = large_box_route(volume, box_ijk, o)
         segmenter = self.segmenter(volume, o)
         box = geometry.slice_box(box_ijk, o.axis)
@@ -111,17 +141,11 @@ class Session:
         outcome = self._box_outcome(volume, segmenter, result, box, o, padding_mm)
         if large_box is not None:
             window = segmenter.predictor.window
-            outcome.mask_kji, large_box["exterior_voxels_removed"] = drop_exterior_background(
+            kept, large_box["exterior_voxels_removed"] = drop_exterior_background(
                 volume.array, outcome.mask_kji, box_ijk, window.low + 0.02 * window.width)
+            outcome.probability_kji[outcome.mask_kji & ~kept] = 0.0
+            outcome.mask_kji = kept
             outcome.report["large_box"] = large_box
-        if o.refine != "none":
-            check(cancelled, "refinement")
-            report(progress, 0.95, f"refining ({o.refine})")
-            outcome = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
-                                         extreme_points_ijk=extreme_points_ijk)
-        outcome.report["seconds"] = round(time.perf_counter() - start, 3)
-        outcome.report["voxels"] = int(outcome.mask_kji.sum())
-        report(progress, 1.0, "done")
         return outcome
 
     @staticmethod
