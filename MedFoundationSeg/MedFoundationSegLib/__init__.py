@@ -3,4 +3,4 @@
 Plain Python (numpy/torch/SimpleITK); never imports Slicer, so it runs in any interpreter and in tests.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
