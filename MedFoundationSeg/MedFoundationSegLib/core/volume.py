@@ -123,32 +123,39 @@ def check_finite(volume: Volume, what: str = "volume") -> None:
 
 
 def read_volume(path: str | os.PathLike, name: str | None = None) -> Volume:
-    """Read any 3D scalar image SimpleITK reads (NIfTI, NRRD, MHA, ...) or a DICOM series folder."""
+    """Read any 3D scalar image SimpleITK reads (NIfTI, NRRD, MHA, ...), a DICOM series (a DicomSeries from
+    ``find_series``), or a folder holding one DICOM image series."""
     import SimpleITK as sitk
 
+    from MedFoundationSegLib.core.dicom_series import DicomError, DicomSeries, find_series, read_series_image
+
+    series = path if isinstance(path, DicomSeries) else None
     path = Path(path)
-    name = name or path.name.split(".")[0]
+    name = name or (series.name if series is not None else path.name.split(".")[0])
     if not path.exists():
         raise VolumeError(f"volume file not found: {path}")
     try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise VolumeError(f"{path} is a folder without a DICOM series")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-            image = reader.Execute()
+        if series is None and path.is_dir():
+            found, _ = find_series(path)
+            if not found:
+                raise VolumeError(f"{path} is a folder without a DICOM image series")
+            if len(found) > 1:
+                raise VolumeError(f"{path} holds {len(found)} DICOM image series; give one series' folder, or the "
+                                  "folder to --queries to run each")
+            series = found[0]
+        if series is not None:
+            image = read_series_image(series)
         else:
             if is_nifti(path):
                 check_nifti(path)
             image = sitk.ReadImage(str(path))
-    except NiftiError as error:
+    except (NiftiError, DicomError) as error:
         raise VolumeError(str(error)) from None
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-        raise VolumeError(f"cannot read {path} as an image: {first_line}") from None
+        raise VolumeError(f"cannot read {series or path} as an image: {first_line}") from None
     volume = Volume.from_sitk(image, name=name)
-    check_finite(volume, str(path))
+    check_finite(volume, str(series or path))
     return volume
 
 

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from pathlib import Path
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = ("", ".dcm", ".ima")
+log = logging.getLogger(__name__)
+
+
 class VolumeListError(ValueError):
     """A folder, list or CSV of volumes is unusable (names the source and the problem)."""
 
 
-def case_name(path: Path) -> str:
-    """File name without its volume suffix (``case01.nii.gz`` -> ``case01``); DICOM folders keep their name."""
+def case_name(path) -> str:
+    """File name without its volume suffix (``case01.nii.gz`` -> ``case01``); a DICOM series is named by patient,
+    study and series without identifying text (DicomSeries.name)."""
     name = path.name
     for suffix in VOLUME_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -26,11 +32,11 @@ def collect_queries(source: str | os.PathLike) -> list[Path]:
     (a ``path``/``image``/``volume`` column, else the first column). Relative paths are taken from the list's folder."""
     source = Path(source)
     if source.is_dir():
-        found = sorted(p for p in source.iterdir()
-                       if (p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
-                       or (p.is_dir() and any(f.suffix.lower() == ".dcm" for f in p.iterdir())))
+        found: list = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
+        found += _dicom_series_under(source)
         if not found:
-            raise VolumeListError(f"{source} holds no volume files ({', '.join(VOLUME_SUFFIXES)}) or DICOM folders")
+            raise VolumeListError(f"{source} holds no volume files ({', '.join(VOLUME_SUFFIXES)}) or DICOM image "
+                                  "series")
         return found
     if not source.is_file():
         raise VolumeListError(f"query source not found: {source}")
@@ -55,3 +61,15 @@ def collect_queries(source: str | os.PathLike) -> list[Path]:
     if not paths:
         raise VolumeListError(f"{source} lists no volumes")
     return paths
+
+
+def _dicom_series_under(folder: Path) -> list:
+    """The DICOM image series anywhere under ``folder`` (each one query); non-image series are skipped with a note."""
+    if not any(p.is_file() and p.suffix.lower() in DICOM_SUFFIXES for p in folder.rglob("*")):
+        return []
+    from MedFoundationSegLib.core.dicom_series import find_series
+
+    series, notes = find_series(folder)
+    for note in notes:
+        log.warning("%s", note)
+    return series
