@@ -38,7 +38,8 @@ def write_series(volume: Volume, folder: Path, *, patient: str, study: str, seri
         position = "\\".join(f"{v:.4f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k)))
         tags = {"0008|0060": modality, "0010|0020": patient, "0010|0010": "Doe^Jane", "0020|000d": study,
                 "0020|000e": series, "0020|0011": str(number), "0020|0013": str(k + 1), "0020|0032": position,
-                "0020|0037": orientation, "0008|0018": f"{series}.{k + 1}", **(extra or {})}
+                "0020|0037": orientation, "0008|0018": f"{series}.{k + 1}", "0020|0052": f"{study}.0",
+                "0018|0050": f"{volume.spacing_mm[2]:.4f}", **(extra or {})}
         for key, value in tags.items():
             plane.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
@@ -103,15 +104,56 @@ def test_the_batch_runs_on_a_dicom_dataset_folder(phantom, tmp_path, capsys):
     write_volume(template.image, tmp_path / "t.nii.gz")
     write_volume(template.labels, tmp_path / "t_labels.nii.gz")
     TemplateSet([Template("t", image_path=tmp_path / "t.nii.gz", labels_path=tmp_path / "t_labels.nii.gz",
-                          label_ids={"liver": template.label_ids["liver"]})]).save(tmp_path / "T.yaml")
+                          label_ids={"liver": template.label_ids["liver"],
+                                     "kidney_left": template.label_ids["kidney_left"]})]).save(tmp_path / "T.yaml")
     write_series(phantom.image, tmp_path / "export" / "ct", patient="PAT001", study=f"{UID}.5", series=f"{UID}.5.1",
                  number=7)
     out = tmp_path / "out"
     assert main(["batch", f"--templates={tmp_path / 'T.yaml'}", f"--queries={tmp_path / 'export'}",
-                 f"--outputFolder={out}", "--refine=none", "--engine=registration"]) == 0, capsys.readouterr().err
+                 f"--outputFolder={out}", "--refine=none", "--engine=registration",
+                 "--outputFormat=seg.nrrd,nifti,dicomseg"]) == 0, capsys.readouterr().err
     (case,) = [p for p in out.iterdir() if p.is_dir()]
     report = json.loads((case / "report.json").read_text())
     assert report["status"] == "ok" and "PAT001" not in json.dumps(report) and "Doe" not in json.dumps(report)
     assert f"{UID}.5.1" in report["query"]
     labels = read_volume(case / "labels.nii.gz")
     assert labels.array.shape == SHAPE and (labels.array == report["structures"]["liver"]["label"]).sum() > 100
+
+    # The DICOM SEG, read back two ways, equals the NIfTI output voxel for voxel and references the source series.
+    seg_path = case / "segmentation.dcm"
+    assert report["outputs"]["dicom_seg"] == str(seg_path) and report["dicom_seg_encoding"] in ("binary", "labelmap")
+    assert len(np.unique(labels.array)) == 3  # both structures found
+    by_pydicom = _decode_with_pydicom(seg_path, UID + ".5.1")
+    assert np.array_equal(by_pydicom, labels.array)
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(seg_path))
+    sources = [f"{UID}.5.1.{k + 1}" for k in range(SHAPE[0])]
+    by_highdicom = seg.get_pixels_by_source_instance(source_sop_instance_uids=sources, combine_segments=True,
+                                                     relabel=False)
+    assert np.array_equal(by_highdicom, labels.array)
+    description = seg.get_segment_description(report["structures"]["liver"]["label"])
+    assert description.segment_label == "liver" and description.segmented_property_type.value == "10200004"
+    algorithm = description.algorithm_identification[0]
+    assert algorithm.AlgorithmName == "MedFoundationSeg litemedsam"
+    assert report["software"]["model_sha256"] in str(algorithm.AlgorithmParameters)
+
+
+def _decode_with_pydicom(path: Path, series_uid: str) -> np.ndarray:
+    """Label volume from a DICOM SEG with pydicom alone: each frame placed by the source instance it derives from."""
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    assert ds.Modality == "SEG" and ds.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+    frames = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
+    out = np.zeros((SHAPE[0], ds.Rows, ds.Columns), np.uint8)
+    for frame, group in zip(frames, ds.PerFrameFunctionalGroupsSequence):
+        source = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        k = int(source.rsplit(".", 1)[-1]) - 1
+        if ds.SegmentationType == "LABELMAP":
+            out[k] = frame
+        else:
+            identification = group.get("SegmentIdentificationSequence") or \
+                ds.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence  # shared when one segment
+            out[k][frame > 0] = identification[0].ReferencedSegmentNumber
+    return out

@@ -209,7 +209,7 @@ class FakeFinder:
 
 
 ITK_AND_GEODESIC = ("itk", "itk.MorphologicalContourInterpolationPython", "itk.GrowCutPython", "dijkstra3d", "cv2",
-                    "PIL")  # with the resize libraries: the packages these tests take as installed
+                    "PIL", "highdicom")  # with the resize libraries: the packages these tests take as installed
 
 
 def test_requirements_txt_matches_pyproject_dependencies(deps):

@@ -44,6 +44,7 @@ MODULES = {
     "dijkstra3d": "dijkstra3d",
     "cv2": "opencv-python-headless",
     "PIL": "pillow",
+    "highdicom": "highdicom",
 }
 
 # Used only when setup_env.py is not importable (an installed extension ships without it); same rule as setup_env.

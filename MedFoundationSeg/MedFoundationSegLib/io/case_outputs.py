@@ -24,8 +24,11 @@ LABELS_NAME = "labels.nii.gz"
 SEGMENTATION_NAME = "segmentation.seg.nrrd"
 REPORT_NAME = "report.json"
 LABEL_MAP_NAME = "labels.json"
+DICOM_SEG_NAME = "segmentation.dcm"
 ERROR_NAME = "error.txt"
-OUTPUT_NAMES = (LABELS_NAME, SEGMENTATION_NAME, REPORT_NAME, LABEL_MAP_NAME, MANIFEST_NAME, ERROR_NAME)
+OUTPUT_NAMES = (LABELS_NAME, SEGMENTATION_NAME, DICOM_SEG_NAME, REPORT_NAME, LABEL_MAP_NAME, MANIFEST_NAME,
+                ERROR_NAME)
+OUTPUT_FORMATS = ("seg.nrrd", "nifti", "dicomseg")
 # The demo adds each phantom's image and truth beside its outputs; they may be replaced with the demo's outputs.
 DEMO_INPUT_NAMES = ("image.nrrd", "truth_labels.nii.gz")
 
@@ -47,27 +50,36 @@ def case_state(case_dir: Path, fingerprint: str | None = None) -> str:
 
 
 def write_case(case_dir: Path, volume: Volume, labels: np.ndarray, label_ids: dict[str, int], report: dict, *,
-               colors: dict, overwrite: bool) -> dict[str, Path]:
-    """labels.nii.gz, segmentation.seg.nrrd, labels.json (the label map) and report.json, then the manifest; the
-    folder appears in one rename. Existing outputs are replaced only with ``overwrite``; a folder holding anything
-    else is never touched."""
+               colors: dict, overwrite: bool, formats: tuple[str, ...] = ("seg.nrrd", "nifti"),
+               dicom_series=None) -> dict[str, Path]:
+    """The label map in ``formats`` (labels.nii.gz, segmentation.seg.nrrd, and segmentation.dcm when the query was
+    a DICOM series), labels.json and report.json, then the manifest; the folder appears in one rename. Existing
+    outputs are replaced only with ``overwrite``; a folder holding anything else is never touched."""
     case_dir = Path(case_dir)
     check_replaceable(case_dir, overwrite)
     staging = case_dir.parent / f".{case_dir.name}.writing-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    paths = {"labels": case_dir / LABELS_NAME, "segmentation": case_dir / SEGMENTATION_NAME,
-             "label_map": case_dir / LABEL_MAP_NAME, "report": case_dir / REPORT_NAME}
+    paths = {"label_map": case_dir / LABEL_MAP_NAME, "report": case_dir / REPORT_NAME}
     try:
-        segmentation_io.write_label_map(volume.with_array(labels), staging / LABELS_NAME)
-        segmentation_io.write_seg_nrrd(volume.with_array(labels), staging / SEGMENTATION_NAME,
-                                       {name: (label, colors[name]) for name, label in label_ids.items()})
+        if "nifti" in formats:
+            segmentation_io.write_label_map(volume.with_array(labels), staging / LABELS_NAME)
+            paths["labels"] = case_dir / LABELS_NAME
+        if "seg.nrrd" in formats:
+            segmentation_io.write_seg_nrrd(volume.with_array(labels), staging / SEGMENTATION_NAME,
+                                           {name: (label, colors[name]) for name, label in label_ids.items()})
+            paths["segmentation"] = case_dir / SEGMENTATION_NAME
+        if "dicomseg" in formats and dicom_series is not None:
+            from MedFoundationSegLib.io.dicom_seg import write_dicom_seg
+
+            report["dicom_seg_encoding"] = write_dicom_seg(dicom_series, labels, label_ids, staging / DICOM_SEG_NAME,
+                                                           software=report.get("software", {}))
+            paths["dicom_seg"] = case_dir / DICOM_SEG_NAME
         (staging / LABEL_MAP_NAME).write_text(json.dumps({"format": "medfoundationseg-labels", "version": 1,
                                                           "labels": label_ids}, indent=2), encoding="utf-8")
         report["outputs"] = {key: str(path) for key, path in paths.items()}
         segmentation_io.write_report(report, staging / REPORT_NAME)
-        files = {name: sha256_file(staging / name) for name in (LABELS_NAME, SEGMENTATION_NAME, LABEL_MAP_NAME,
-                                                             REPORT_NAME)}
+        files = {path.name: sha256_file(staging / path.name) for path in paths.values()}
         (staging / MANIFEST_NAME).write_text(json.dumps({"files": files, "fingerprint": report.get("fingerprint")},
                                                         indent=2), encoding="utf-8")
         _swap_in(staging, case_dir)

@@ -14,6 +14,7 @@ import numpy as np
 
 from MedFoundationSegLib import __version__
 from MedFoundationSegLib.core import weights
+from MedFoundationSegLib.core.dicom_series import DicomSeries
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, scaled
 from MedFoundationSegLib.core.volume import Volume, read_volume
 from MedFoundationSegLib.io import case_outputs, segmentation_io
@@ -72,7 +73,9 @@ def run_case(session: Session, template_set, query, case_dir=None, *, options: O
         fingerprint=case_fingerprint(template_set, options, structures))
     if case_dir is not None:
         case_outputs.write_case(Path(case_dir), volume, labels, label_ids, case_report, overwrite=overwrite,
-                                colors=segmentation_io.default_colors(list(label_ids)))
+                                colors=segmentation_io.default_colors(list(label_ids)),
+                                formats=options.output_formats,
+                                dicom_series=query if isinstance(query, DicomSeries) else None)
     case_report["labels_kji"] = labels  # in memory only (not written to JSON)
     report(progress, 1.0, "case done")
     return case_report

@@ -25,6 +25,7 @@ REFINE_METHODS = ("graphcut", "geodesic", "growcut", "none")
 AXES = ("axial", "coronal", "sagittal")
 FUSIONS = ("none", "planes")  # planes: the box segmented along all three axes, probabilities averaged
 OVERLAP_POLICIES = ("score", "order")
+OUTPUT_FORMATS = ("seg.nrrd", "nifti", "dicomseg")
 
 
 def _option(default, flag: str | None = None, *, choices=None, help: str = "", kind=None):
@@ -59,6 +60,8 @@ class Options:
     overlap_policy: str = _option("score", "overlapPolicy", choices=OVERLAP_POLICIES,
                                   help="who wins a voxel two structures claim (model score or template order)")
     seed: int = _option(0, "seed", kind=int, help="random seed (deterministic results)")
+    output_format: str = _option("seg.nrrd,nifti", "outputFormat",
+                                 help="comma-separated output formats: seg.nrrd, nifti, dicomseg (DICOM inputs)")
     cache_mb: int = _option(2048, None)  # slice-embedding memory budget
     spl: bool = _option(False, None)  # localize sub-boxes (z-slabs) of long structures
     slice_interval: int = _option(2, None)  # SPL slab thickness in the template's slices
@@ -74,8 +77,17 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a number of millimetres >= 0; got {value!r}")
+        formats = self.output_formats
+        unknown = [f for f in formats if f not in OUTPUT_FORMATS]
+        if unknown or not formats:
+            raise ValueError(f"output format {self.output_format!r}: use a comma-separated list of "
+                             f"{', '.join(OUTPUT_FORMATS)}")
         if self.padding_fraction is not None and not 0 < float(self.padding_fraction) <= 1:
             raise ValueError(f"padding_fraction must be in (0, 1]; got {self.padding_fraction!r}")
+
+    @property
+    def output_formats(self) -> tuple[str, ...]:
+        return tuple(part.strip().lower() for part in str(self.output_format).split(",") if part.strip())
 
     def replace(self, **changes) -> Options:
         return dataclasses.replace(self, **changes)
