@@ -139,3 +139,32 @@ def real_slice_cases(per_volume: int = 8) -> list[tuple[str, object, int, tuple[
             mask[:, mask.shape[1] // 2:] = False
         cases.append((f"ct_head z={k} {'left brain' if n % 2 else 'brain'}", ct, int(k), _bbox_xyxy(mask)))
     return [case for case in cases if case[3] is not None]
+
+
+@torch.no_grad()
+def litemedsam_official_3d(model, slices_uint8: np.ndarray, box_xyzxyz) -> np.ndarray:
+    """The CVPR24 LiteMedSAM 3D procedure on (D, H, W) uint8 slices: the middle slice from the box, then up and down,
+    each slice boxed from the previous mask resized with INTER_AREA in the 256 frame, grown by 3 and clipped. The z
+    range is taken inclusive at both ends (the product's reading of a 3D box; the script stops one short of each)."""
+    x0, y0, z0, x1, y1, z1 = (int(v) for v in box_xyzxyz)
+    depth, height, width = slices_uint8.shape
+    new_h, new_w = _longest_side_shape(height, width, 256)
+    ratio = 256 / max(height, width)
+    rect = np.array([int(b * ratio) for b in (x0, y0, x1, y1)])
+    out = np.zeros(slices_uint8.shape, bool)
+    middle = (z0 + z1) // 2
+    for k in [*range(middle, z1 + 1), *range(middle - 1, z0 - 1, -1)]:
+        box = rect
+        if k != middle:
+            previous = out[k - 1] if k > middle else out[k + 1]
+            small = cv2.resize(previous.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_AREA)
+            if small.max() > 0:
+                small = np.pad(small, ((0, 256 - new_h), (0, 256 - new_w)))
+                rows, cols = np.nonzero(small > 0)
+                box = np.array([max(0, cols.min() - 3), max(0, rows.min() - 3), min(256, cols.max() + 3),
+                                min(256, rows.max() + 3)])
+        embedding = model.image_encoder(litemedsam_input(slices_uint8[k]))
+        low_res = _decode(model, embedding, box)[..., :new_h, :new_w]
+        logits = F.interpolate(low_res, size=(height, width), mode="bilinear", align_corners=False)
+        out[k] = (torch.sigmoid(logits) > 0.5)[0, 0].numpy()
+    return out

@@ -53,3 +53,25 @@ def test_the_model_input_equals_the_official_tensor_on_real_slices(cases, model_
         official = OFFICIAL_INPUT[model_name](plane)
         assert ours.shape == official.shape, label
         assert float((ours - official).abs().max()) < 1e-5, (label, float((ours - official).abs().max()))
+
+
+def test_the_reference_mode_is_the_official_litemedsam_3d_procedure():
+    """The reference procedure (Session mode "reference") against the independent CVPR24 3D procedure, fp32, on 8
+    slices of the real MNI152 T1."""
+    from MedFoundationSegLib.core.volume import read_volume
+    from MedFoundationSegLib.sampledata.public_volumes import public_volume_path
+    from MedFoundationSegLib.segment.reference import reference_litemedsam
+    from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
+    from official_inference import litemedsam_official_3d
+
+    t1 = read_volume(public_volume_path("mni152_t1"))
+    wm = read_volume(public_volume_path("mni152_wm")).array[80:88] > 128
+    wm[:, :, wm.shape[2] // 2:] = False  # the left hemisphere's white matter
+    k, j, i = np.nonzero(wm)
+    box = (int(i.min()), int(j.min()), 80 + int(k.min()), int(i.max()), int(j.max()), 80 + int(k.max()))
+    predictor = SlicePredictor(t1, "litemedsam", device="cpu", precision="fp32")
+    ours = reference_litemedsam(PredictorSegmenter(predictor), t1.array.shape, box).mask
+    official = litemedsam_official_3d(load_model("litemedsam", device="cpu"), apply_window(t1.array, predictor.window),
+                                      box)
+    assert official.sum() > 1000
+    assert dice(ours, official) >= 0.99, dice(ours, official)

@@ -339,17 +339,29 @@ class SlicePredictor:
         return torch.from_numpy(mask)
 
     def predict(self, index: int, boxes=None, points=None, point_labels=None, mask_input=None, *,
-                multimask: bool = False, with_probability: bool = False) -> SlicePrediction:
+                multimask: bool = False, with_probability: bool = False, box_frame: str = "slice") -> SlicePrediction:
         """Masks for one or many prompts on slice ``index``.
 
         boxes: (x0, y0, x1, y1) or (N, 4) in the slice's pixel frame. points: (P, 2) shared by all prompts or
         (N, P, 2), with point_labels 1 (foreground) / 0 (background). mask_input: a previous low_res_logits
-        (256, 256) or (N, 1, 256, 256). multimask: three candidates per prompt instead of one.
+        (256, 256) or (N, 1, 256, 256). multimask: three candidates per prompt instead of one. box_frame "input":
+        the boxes are already in the model's input frame (a procedure that computes them there, as the official
+        LiteMedSAM 3D inference does).
         """
         index = self._check_index(index)
         if boxes is None and points is None:
             raise PredictorError("give at least a box or points to predict a mask")
-        box_array = self._check_boxes(boxes) if boxes is not None else None
+        if box_frame not in ("slice", "input"):
+            raise PredictorError(f"box_frame must be 'slice' or 'input'; got {box_frame!r}")
+        if boxes is None:
+            box_array = None
+        elif box_frame == "input":
+            box_array = _as_float_array(boxes, "boxes").reshape(-1, 4)
+            if np.any(box_array < 0) or np.any(box_array > self.transform.input_size):
+                raise PredictorError(f"input-frame boxes must lie in 0..{self.transform.input_size}; got "
+                                     f"{box_array.tolist()}")
+        else:
+            box_array = self._check_boxes(boxes)
         count = None if box_array is None else len(box_array)
         point_arrays = self._check_points(points, point_labels, count) if points is not None else None
         if count is None:
@@ -357,7 +369,7 @@ class SlicePredictor:
         masks_in = self._check_mask_input(mask_input, count) if mask_input is not None else None
 
         embedding = self.embedding(index)
-        prompts = (box_array, point_arrays, masks_in, multimask)
+        prompts = (box_array, point_arrays, masks_in, multimask, box_frame)
         low_res, iou, logits = self._decode(embedding, *prompts)
         if self._needs_escalation(index, logits):
             with self._lock:
@@ -368,14 +380,15 @@ class SlicePredictor:
         return SlicePrediction(masks=masks, iou=iou.float().cpu().numpy(), low_res_logits=low_res.cpu().numpy(),
                                probability=probability)
 
-    def _decode(self, embedding, box_array, point_arrays, masks_in, multimask):
+    def _decode(self, embedding, box_array, point_arrays, masks_in, multimask, box_frame="slice"):
         """Prompt encoder + mask decoder on one embedding: (low-res logits, predicted IoU, slice-grid logits)."""
         decoder_device = next(self.model.mask_decoder.parameters()).device
         transform = self.transform
         with torch.inference_mode():
             box_tensor = point_tuple = None
             if box_array is not None:
-                box_tensor = torch.as_tensor(transform.boxes_to_input(box_array), dtype=torch.float32,
+                in_frame = box_array if box_frame == "input" else transform.boxes_to_input(box_array)
+                box_tensor = torch.as_tensor(in_frame, dtype=torch.float32,
                                              device=decoder_device)
             if point_arrays is not None:
                 coords = torch.as_tensor(transform.points_to_input(point_arrays[0]), dtype=torch.float32,

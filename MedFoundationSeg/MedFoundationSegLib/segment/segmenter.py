@@ -37,19 +37,20 @@ class PredictorSegmenter:
         return self.predictor.slice_hw
 
     def segment_slice(self, slice_index: int, box_xyxy=None, points_xy=None, point_labels=None,
-                      mask_prompt=None) -> SliceResult:
+                      mask_prompt=None, box_frame: str = "slice") -> SliceResult:
         mask_input = None
         if mask_prompt is not None:
             mask_prompt = np.asarray(mask_prompt)
             mask_input = mask_prompt if mask_prompt.shape == (256, 256) else self.predictor.mask_to_prompt(mask_prompt)
         prediction = self.predictor.predict(slice_index, boxes=box_xyxy, points=points_xy, point_labels=point_labels,
-                                            mask_input=mask_input, with_probability=True)
+                                            mask_input=mask_input, with_probability=True, box_frame=box_frame)
         return SliceResult(prediction.masks[0, 0], prediction.probability[0, 0], float(prediction.iou[0, 0]),
                            prediction.low_res_logits[0, 0])
 
-    def segment(self, slice_index: int, box_xyxy=None, points_xy=None, point_labels=None, mask_prompt=None):
+    def segment(self, slice_index: int, box_xyxy=None, points_xy=None, point_labels=None, mask_prompt=None,
+                box_frame: str = "slice"):
         """The propagation protocol: (mask, predicted IoU)."""
-        result = self.segment_slice(slice_index, box_xyxy, points_xy, point_labels, mask_prompt)
+        result = self.segment_slice(slice_index, box_xyxy, points_xy, point_labels, mask_prompt, box_frame)
         self.probabilities[int(slice_index)] = result.probability
         return result.mask, result.predicted_iou
 
@@ -60,3 +61,18 @@ class PredictorSegmenter:
             if slices is None or index in slices:
                 volume[index] = probability
         return volume
+
+    def official_box_from_mask(self, mask_hw: np.ndarray, grow_px: int = 3) -> np.ndarray | None:
+        """LiteMedSAM's official 3D inference box from the previous slice's mask, in the input frame: the mask
+        resized as the image is (OpenCV INTER_AREA), its bounding box grown by ``grow_px`` and clipped to the frame
+        (the right/bottom edge clips at the frame size, as there); None for an empty resized mask."""
+        from MedFoundationSegLib.segment.preprocessing import resize_uint8
+
+        transform = self.predictor.transform
+        small = resize_uint8(np.asarray(mask_hw, np.uint8), transform.resized_hw, "opencv_area")
+        rows, cols = np.nonzero(small > 0)
+        if rows.size == 0:
+            return None
+        size = transform.input_size
+        return np.array([max(0, cols.min() - grow_px), max(0, rows.min() - grow_px),
+                         min(size, cols.max() + grow_px), min(size, rows.max() + grow_px)], float)
