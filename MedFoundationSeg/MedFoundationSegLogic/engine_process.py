@@ -108,13 +108,27 @@ class LocalEngine:
 
     # --- what the Logic calls ------------------------------------------------------------------------------------
     def submit(self, request: EngineRequest, name: str | None = None):
-        return self.client().submit(request, name, on_stuck=self.kill)
+        return self._with_client(lambda client: client.submit(request, name, on_stuck=self.kill))
 
     def run(self, request: EngineRequest, progress=None, cancelled=None) -> EngineResult:
-        return self.client().run(request, progress, cancelled)
+        return self._with_client(lambda client: client.run(request, progress, cancelled))
 
     def health(self) -> dict:
-        return self.client().health()
+        return self._with_client(lambda client: client.health())
+
+    def _with_client(self, call):
+        """``call(client)``; when the engine does not answer because its process is dying (killed, crashed, not yet
+        reaped), wait for it to end and call once more on a fresh engine."""
+        try:
+            return call(self.client())
+        except EngineError as error:
+            if error.code != "engine_unreachable" or self.process is None:
+                raise
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                raise error from None
+            return call(self.client())
 
 
 class RemoteEngine:
