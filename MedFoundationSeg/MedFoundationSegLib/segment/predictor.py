@@ -36,19 +36,22 @@ from MedFoundationSegLib.segment.preprocessing import (
     slice_transform,
     slices_to_input,
 )
+from MedFoundationSegLib.segment.prompt_checks import (  # noqa: F401 - PredictorError is part of this module's API
+    LOW_RES_SIZE,
+    PredictorError,
+    as_float_array,
+    check_boxes,
+    check_mask_input,
+    check_points,
+)
 
 DEFAULT_CACHE_BYTES = 512 * 1024**2
-LOW_RES_SIZE = 256
 # Half precision keeps 11 significant bits; embeddings are O(1), far from fp16's 65504 limit (checked per slice).
 FP16_SAFE_ABS = 6.0e4
 
 
 Progress = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
-
-
-class PredictorError(ValueError):
-    """The predictor was given an unusable volume, axis, slice index or prompt."""
 
 
 @dataclasses.dataclass
@@ -67,19 +70,9 @@ class SlicePrediction:
         return self.masks[rows, pick], self.iou[rows, pick]
 
 
-def _as_float_array(value, name: str) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise PredictorError(f"{name} must be numeric; got {value!r}") from error
-    if not np.isfinite(array).all():
-        raise PredictorError(f"{name} contains NaN or infinite coordinates: {array.tolist()}")
-    return array
-
-
 def clip_box_to_slice(box_xyxy, slice_hw: tuple[int, int]) -> np.ndarray:
     """Clip a (grown) box to the slice; for callers that enlarge boxes and accept losing what falls outside."""
-    box = _as_float_array(box_xyxy, "box").reshape(4)
+    box = as_float_array(box_xyxy, "box").reshape(4)
     height, width = slice_hw
     return np.array([np.clip(box[0], 0, width - 1), np.clip(box[1], 0, height - 1),
                      np.clip(box[2], 0, width - 1), np.clip(box[3], 0, height - 1)])
@@ -123,7 +116,7 @@ class SlicePredictor:
             raise PredictorError(str(error)) from error
         if array.ndim != 3 or min(array.shape) < 1:
             raise PredictorError(f"volume must be a non-empty 3D (z, y, x) array; got shape {array.shape}")
-        spacing = _as_float_array(spacing_mm, "spacing_mm").reshape(-1)
+        spacing = as_float_array(spacing_mm, "spacing_mm").reshape(-1)
         if spacing.size != 3 or (spacing <= 0).any():
             raise PredictorError(f"spacing_mm must be 3 positive values along (x, y, z); got {spacing_mm}")
         if axis not in SLICE_FRAMES:
@@ -279,65 +272,6 @@ class SlicePredictor:
             return len(todo)
 
     # --- prompts ------------------------------------------------------------------------------------------------
-    def _check_boxes(self, boxes) -> np.ndarray:
-        boxes = _as_float_array(boxes, "boxes")
-        if boxes.ndim == 1:
-            boxes = boxes[None]
-        if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] == 0:
-            raise PredictorError(f"boxes must be (x0, y0, x1, y1) or an (N, 4) array; got shape {boxes.shape}")
-        height, width = self.slice_hw
-        for box in boxes:
-            x0, y0, x1, y1 = box
-            if not (x1 > x0 and y1 > y0):
-                raise PredictorError(f"empty box {box.tolist()}: need x1 > x0 and y1 > y0 (x = column, y = row)")
-            if x0 < 0 or y0 < 0 or x1 > width - 1 or y1 > height - 1:
-                raise PredictorError(f"box {box.tolist()} lies outside the {self.axis} slice of {width} columns x "
-                                     f"{height} rows (valid x 0..{width - 1}, y 0..{height - 1}); "
-                                     f"clip it with clip_box_to_slice if that is intended")
-        return boxes
-
-    def _check_points(self, points, labels, count: int | None) -> tuple[np.ndarray, np.ndarray]:
-        points = _as_float_array(points, "points")
-        if points.ndim == 2:
-            points = points[None]
-        if points.ndim != 3 or points.shape[-1] != 2 or points.shape[1] == 0:
-            raise PredictorError(f"points must be (P, 2) or (N, P, 2) (x, y) arrays; got shape {points.shape}")
-        if labels is None:
-            raise PredictorError("points need point_labels (1 = foreground, 0 = background)")
-        labels = np.asarray(labels)
-        if labels.ndim == 1:
-            labels = labels[None]
-        if labels.shape != points.shape[:2]:
-            raise PredictorError(f"point_labels shape {labels.shape} does not match points {points.shape[:2]}")
-        if not np.isin(labels, (0, 1)).all():
-            raise PredictorError(f"point_labels must be 1 (foreground) or 0 (background); got {np.unique(labels)}")
-        height, width = self.slice_hw
-        x, y = points[..., 0], points[..., 1]
-        outside = (x < 0) | (x > width - 1) | (y < 0) | (y > height - 1)
-        if outside.any():
-            raise PredictorError(f"point(s) {points[outside].tolist()} lie outside the {self.axis} slice of {width} "
-                                 f"columns x {height} rows")
-        if count is not None and points.shape[0] not in (1, count):
-            raise PredictorError(f"{points.shape[0]} point sets for {count} boxes; give one set per box or one shared")
-        if count is not None and points.shape[0] == 1 and count > 1:
-            points, labels = np.repeat(points, count, axis=0), np.repeat(labels, count, axis=0)
-        return points, labels.astype(np.int64)
-
-    def _check_mask_input(self, mask_input, count: int) -> torch.Tensor:
-        mask = _as_float_array(mask_input, "mask_input").astype(np.float32)
-        if mask.ndim == 2:
-            mask = mask[None, None]
-        elif mask.ndim == 3:
-            mask = mask[:, None]
-        if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (LOW_RES_SIZE, LOW_RES_SIZE):
-            raise PredictorError(f"mask_input must be low-res logits of shape (256, 256) or (N, 1, 256, 256) "
-                                 f"(a previous prediction's low_res_logits); got {mask.shape}")
-        if mask.shape[0] not in (1, count):
-            raise PredictorError(f"{mask.shape[0]} mask inputs for {count} prompts")
-        if mask.shape[0] == 1 and count > 1:
-            mask = np.repeat(mask, count, axis=0)
-        return torch.from_numpy(mask)
-
     def predict(self, index: int, boxes=None, points=None, point_labels=None, mask_input=None, *,
                 multimask: bool = False, with_probability: bool = False, box_frame: str = "slice") -> SlicePrediction:
         """Masks for one or many prompts on slice ``index``.
@@ -356,17 +290,17 @@ class SlicePredictor:
         if boxes is None:
             box_array = None
         elif box_frame == "input":
-            box_array = _as_float_array(boxes, "boxes").reshape(-1, 4)
+            box_array = as_float_array(boxes, "boxes").reshape(-1, 4)
             if np.any(box_array < 0) or np.any(box_array > self.transform.input_size):
                 raise PredictorError(f"input-frame boxes must lie in 0..{self.transform.input_size}; got "
                                      f"{box_array.tolist()}")
         else:
-            box_array = self._check_boxes(boxes)
+            box_array = check_boxes(boxes, self.slice_hw, self.axis)
         count = None if box_array is None else len(box_array)
-        point_arrays = self._check_points(points, point_labels, count) if points is not None else None
+        point_arrays = check_points(points, point_labels, count, self.slice_hw, self.axis) if points is not None else None
         if count is None:
             count = point_arrays[0].shape[0]
-        masks_in = self._check_mask_input(mask_input, count) if mask_input is not None else None
+        masks_in = check_mask_input(mask_input, count) if mask_input is not None else None
 
         embedding = self.embedding(index)
         prompts = (box_array, point_arrays, masks_in, multimask, box_frame)

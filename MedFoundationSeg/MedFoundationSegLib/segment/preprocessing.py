@@ -193,6 +193,7 @@ def resize_uint8(slice_uint8: np.ndarray, size_hw: tuple[int, int], interpolatio
     if interpolation == "opencv_area":
         import cv2
 
+        cv2.setNumThreads(0)  # one slice at a time: no OpenCV thread pool beside torch's
         return cv2.resize(slice_uint8, (width, height), interpolation=cv2.INTER_AREA)
     if interpolation == "pil_bilinear":
         from PIL import Image
