@@ -158,14 +158,14 @@ def fraction_of_box_inside(volume_ijk_to_lps: np.ndarray, shape_kji, box_lps: np
 
 def make_structure_box(name: str, points_lps: np.ndarray, query: Volume, engine: str, confidence: float,
                        slab_points_lps: list[np.ndarray] | None = None, margin_voxels: float = 0.5,
-                       details: dict | None = None, min_fraction_inside: float = 0.0) -> StructureBox:
+                       details: dict | None = None) -> StructureBox:
     """Assemble the common result. A box cut by the field of view is kept as *partial* (clipped to the volume, with
-    the fraction inside); one with no more than ``min_fraction_inside`` inside is absent (no box)."""
+    the fraction inside); one wholly outside is absent (no box)."""
     points_lps = np.asarray(points_lps, float).reshape(6, 3)
     inside = points_inside(query.ijk_to_lps, query.shape_kji, points_lps, margin_voxels)
     box_lps = lps_box_from_extreme_points(points_lps)
     fraction = 1.0 if inside.all() else fraction_of_box_inside(query.ijk_to_lps, query.shape_kji, box_lps)
-    present = fraction > max(min_fraction_inside, 0.0)
+    present = fraction > 0.0
     details = dict(details or {})
     details["points_inside"] = inside.tolist()
     slabs = []

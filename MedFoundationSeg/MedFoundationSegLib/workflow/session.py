@@ -23,7 +23,7 @@ from MedFoundationSegLib.segment.exterior import drop_exterior_background
 from MedFoundationSegLib.segment.interpolation import interpolate_slices
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
-from MedFoundationSegLib.workflow.options import SEGMENTATION_MODES, Options
+from MedFoundationSegLib.workflow.options import AXES, SEGMENTATION_MODES, Options
 from MedFoundationSegLib.workflow.results import CaseResult
 
 # Session calls without options return the model's own masks; refinement runs only when asked for.
@@ -115,7 +115,7 @@ class Session:
         if o.fusion == "planes":
             parts = [self._segment_along(volume, box_ijk, o.replace(axis=axis), slabs,
                                          scaled(progress, n / 3, (n + 1) / 3), cancelled)
-                     for n, axis in enumerate(("axial", "coronal", "sagittal"))]
+                     for n, axis in enumerate(AXES)]
             outcome = fuse_planes(parts)
         else:
             outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled)
