@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         python = ensure_interpreter(args)
         variant = choose_torch_variant(args.device, system=platform.system(), has_nvidia_gpu=has_nvidia_gpu())
         ensure_torch(python, variant)
-        extras = ("test",) if args.test else ()
+        extras = ("test", "ray") if args.test else ()
         ensure_project(python, extras, site_stamp_dir(python))
         wanted = TEST_WEIGHTS if args.test else DEFAULT_WEIGHTS
         say(f"weights: {', '.join(wanted)} (cache: $MEDFOUNDATIONSEG_CACHE or the user cache folder)")

@@ -133,3 +133,24 @@ def test_old_slicer_gets_a_clear_message_and_the_check_parses_on_old_python():
     assert slicer_version_problem(5, 10, (3, 12)) is None and slicer_version_problem(6, 0, (3, 12)) is None
     message = slicer_version_problem(5, 8, (3, 9))
     assert "5.10 or newer" in message and "Slicer 5.8" in message and "\n" not in message
+
+
+def test_ray_is_imported_only_by_the_ray_batch_and_only_when_a_run_asks():
+    """Ray is an optional extra: one module imports it, inside a function; a serial batch never loads it."""
+    import subprocess
+    import sys
+
+    importers = []
+    for path in sorted(ENGINE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "ray" for name in names):
+                importers.append(path.relative_to(ENGINE).as_posix())
+                assert node.col_offset > 0, f"{path}: Ray imported at module level"
+    assert importers == ["workflow/ray_batch.py"], importers
+    probe = ("import sys; from MedFoundationSegLib.cli import batch_cli, main; from MedFoundationSegLib.workflow import "
+             "batch, ray_batch, case; main.build_parser(); print('ray' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]

@@ -137,6 +137,7 @@ CLI_CASES = [
     ("negative padding", ["batch", T, Q, OUT, "--boxPadding=-50"], 2, "padding", {}),
     ("output is a file", ["batch", T, Q, "--outputFolder={root}/a_file"], 2, "a_file", {}),
     ("output under a file", ["batch", T, Q, "--outputFolder={root}/a_file/out"], 2, "a_file", {}),
+    ("Ray cluster not answering", ["batch", T, Q, OUT, "--ray=127.0.0.1:1"], 2, "cannot reach the ray cluster", {}),
     ("weights missing", ["batch", T, Q, OUT], 2, "weights fetch", {"MEDFOUNDATIONSEG_CACHE": "{root}/no_cache"}),
     # The run starts and the case fails with its reason (exit 1); the other cases would go on.
     ("truncated gzip NIfTI query", ["batch", T, "--queryVolume={root}/bad/trunc.nii.gz", OUT], 1, "truncated", {}),

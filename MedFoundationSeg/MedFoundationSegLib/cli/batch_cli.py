@@ -54,6 +54,16 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     queries.add_argument("--outputFolder", "--output-folder", required=True, help="one sub-folder per case")
     queries.add_argument("--overwrite", action="store_true", help="redo finished cases and replace their outputs")
     options.add_arguments(parser.add_argument_group("method"))
+    cluster = parser.add_argument_group("scale-out on Ray (optional: pip install 'medfoundationseg[ray]')")
+    cluster.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                         help="run the cases on Ray: alone or 'local' starts a private cluster on this machine, "
+                              "'auto' joins the one started here with `ray start`, HOST:PORT joins that one")
+    cluster.add_argument("--rayWorkers", "--ray-workers", type=int, default=None, metavar="N",
+                         help="workers (default: one per GPU, else one per --rayCpusPerWorker CPU cores)")
+    cluster.add_argument("--rayCpusPerWorker", "--ray-cpus-per-worker", type=int, default=2, metavar="N",
+                         help="CPU cores per worker when the cluster has no GPU (default 2)")
+    cluster.add_argument("--rayRetries", "--ray-retries", type=int, default=2, metavar="N",
+                         help="times a case whose worker died is run again before it is recorded as failed")
 
 
 def build_parser(prog: str = "medfoundationseg batch") -> argparse.ArgumentParser:
@@ -124,10 +134,18 @@ def execute(args, progress=None) -> int:
     template_set = template_set_from_args(args)
     check_template_set(template_set)
     queries = queries_from_args(args)
-    session = Session()
-    process = functools.partial(run_case, session, template_set, options=run_options)
-    outcomes = run_batch(queries, args.outputFolder, process, overwrite=args.overwrite,
-                         fingerprint=case_fingerprint(template_set, run_options), progress=progress)
+    fingerprint = case_fingerprint(template_set, run_options)
+    if args.ray:
+        from MedFoundationSegLib.workflow.ray_batch import ClusterOptions, run_batch_ray
+
+        cluster = ClusterOptions(address=args.ray, workers=args.rayWorkers, cpus_per_worker=args.rayCpusPerWorker,
+                                 retries=args.rayRetries)
+        outcomes = run_batch_ray(queries, args.outputFolder, template_set, run_options, cluster=cluster,
+                                 overwrite=args.overwrite, fingerprint=fingerprint, progress=progress)
+    else:
+        process = functools.partial(run_case, Session(), template_set, options=run_options)
+        outcomes = run_batch(queries, args.outputFolder, process, overwrite=args.overwrite, fingerprint=fingerprint,
+                             progress=progress)
     failed = [o for o in outcomes if o.status in ("failed", "cancelled")]
     done = sum(o.status == "ok" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)

@@ -27,6 +27,23 @@ def case_name(path) -> str:
     return name
 
 
+def voxel_count(query) -> int:
+    """Voxels of a query from its header alone (a DICOM series: one header times its files); 0 when unreadable, so
+    a bad file sorts last and fails in its own case."""
+    import SimpleITK as sitk
+
+    files = getattr(query, "files", None)
+    reader = sitk.ImageFileReader()
+    try:
+        reader.SetFileName(str(files[0] if files else query))
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return 0
+    size = reader.GetSize()
+    count = int(size[0]) * int(size[1]) * (int(size[2]) if len(size) > 2 else 1)
+    return count * len(files) if files else count
+
+
 def collect_queries(source: str | os.PathLike) -> list[Path]:
     """Query volumes from a folder (volume files and DICOM sub-folders), a text list (one path per line) or a CSV
     (a ``path``/``image``/``volume`` column, else the first column). Relative paths are taken from the list's folder."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,8 @@ def write_case(case_dir: Path, volume: Volume, labels: np.ndarray, label_ids: di
     outputs are replaced only with ``overwrite``; a folder holding anything else is never touched."""
     case_dir = Path(case_dir)
     check_replaceable(case_dir, overwrite)
-    staging = case_dir.parent / f".{case_dir.name}.writing-{os.getpid()}"
+    # host and process in the name: workers on several machines may share the output folder
+    staging = case_dir.parent / f".{case_dir.name}.writing-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     paths = {"label_map": case_dir / LABEL_MAP_NAME, "report": case_dir / REPORT_NAME}

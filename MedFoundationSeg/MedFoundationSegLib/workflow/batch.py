@@ -52,10 +52,7 @@ def run_batch(queries: list[Path], out_dir: str | os.PathLike, process_case: Pro
     A case finished with the same ``fingerprint`` (inputs and options) is skipped; one finished with another is
     redone only with ``overwrite`` (else it fails with a message saying so); an interrupted one is redone."""
     out_dir = Path(out_dir)
-    names = [case_name(q) for q in queries]
-    duplicates = {n for n in names if names.count(n) > 1}
-    if duplicates:
-        raise BatchError(f"several queries share the case name(s) {sorted(duplicates)}; rename them")
+    names = case_names(queries)
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[CaseOutcome] = []
     try:
@@ -73,6 +70,15 @@ def run_batch(queries: list[Path], out_dir: str | os.PathLike, process_case: Pro
     write_summary(out_dir / SUMMARY_NAME, outcomes)
     report(progress, 1.0, "batch done")
     return outcomes
+
+
+def case_names(queries: list) -> list[str]:
+    """One output folder name per query; refused before anything is written when two queries would share one."""
+    names = [case_name(q) for q in queries]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise BatchError(f"several queries share the case name(s) {sorted(duplicates)}; rename them")
+    return names
 
 
 def _run_case(query: Path, case_dir: Path, process_case: ProcessCase, *, overwrite: bool, fingerprint: str | None,
