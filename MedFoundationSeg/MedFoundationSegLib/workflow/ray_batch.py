@@ -17,7 +17,9 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +95,7 @@ def run_batch_ray(queries: list, out_dir: str | os.PathLike, template_set, optio
     ray, started_here = _connect(cluster.address)
     out_dir.mkdir(parents=True, exist_ok=True)
     scheduler = _Scheduler(ray, out_dir, pending, outcomes, records, cluster, progress, started)
+    previous_handler = _catch_ctrl_c(scheduler)
     try:
         if pending:
             scheduler.start_workers(template_set, options, fingerprint, overwrite)
@@ -104,12 +107,26 @@ def run_batch_ray(queries: list, out_dir: str | os.PathLike, template_set, optio
         _finish(out_dir, queries, names, outcomes, records, cluster, started)
         raise
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
         scheduler.stop_workers()
         if started_here:
             ray.shutdown()
     ordered = _finish(out_dir, queries, names, outcomes, records, cluster, started)
     report(progress, 1.0, "batch done")
     return ordered
+
+
+def _catch_ctrl_c(scheduler: _Scheduler):
+    """Ctrl-C sets a flag the scheduling loop reads every second, so it stops the run wherever it lands (Ray's own
+    calls may absorb the interrupt); returns the handler to restore, None off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        scheduler.interrupted = True
+
+    return signal.signal(signal.SIGINT, stop)
 
 
 def _connect(address: str):
@@ -163,6 +180,7 @@ class _Scheduler:
         self.setup_arguments: tuple = ()
         self.last_error = ""
         self.total = len(pending) + len(outcomes)
+        self.interrupted = False  # set by Ctrl-C
 
     def start_workers(self, template_set, options, fingerprint, overwrite) -> None:
         ray = self.ray
@@ -183,6 +201,8 @@ class _Scheduler:
     def run(self) -> None:
         ray = self.ray
         while self.pending or self.in_flight:
+            if self.interrupted:
+                raise KeyboardInterrupt
             while self.idle and self.pending:
                 index, attempt = self.idle.pop(0), self.pending.pop(0)
                 attempt.attempts += 1
