@@ -12,6 +12,7 @@ from handing a case to a worker until its result is back, minus the time the wor
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -55,8 +56,8 @@ def run(root: Path, out: Path, *extra: str) -> float:
 
 
 def case_seconds(out: Path) -> list[float]:
-    lines = (out / "summary.csv").read_text().splitlines()[1:]
-    return [float(line.split(",")[3]) for line in lines]
+    with open(out / "summary.csv", newline="") as stream:
+        return [float(row["seconds"]) for row in csv.DictReader(stream)]
 
 
 def main() -> None:

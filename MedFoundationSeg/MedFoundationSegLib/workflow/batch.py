@@ -59,7 +59,7 @@ def run_batch(queries: list[Path], out_dir: str | os.PathLike, process_case: Pro
         for index, (query, name) in enumerate(zip(queries, names)):
             report(progress, index / len(queries), f"case {index + 1}/{len(queries)}: {name}")
             outcomes.append(CaseOutcome(name, str(query), "cancelled"))  # until the case says otherwise
-            outcomes[-1] = _run_case(query, out_dir / name, process_case, overwrite=overwrite,
+            outcomes[-1] = run_one_case(query, out_dir / name, process_case, overwrite=overwrite,
                                      fingerprint=fingerprint, cancelled=cancelled,
                                      progress=scaled(progress, index / len(queries), (index + 1) / len(queries)))
             if outcomes[-1].status == "cancelled":
@@ -81,7 +81,7 @@ def case_names(queries: list) -> list[str]:
     return names
 
 
-def _run_case(query: Path, case_dir: Path, process_case: ProcessCase, *, overwrite: bool, fingerprint: str | None,
+def run_one_case(query: Path, case_dir: Path, process_case: ProcessCase, *, overwrite: bool, fingerprint: str | None,
               progress, cancelled) -> CaseOutcome:
     """One case: skipped when finished with the same fingerprint, refused when stale, else run with failures
     recorded (the traceback beside the case, one line in the outcome)."""

@@ -26,7 +26,14 @@ from pathlib import Path
 from MedFoundationSegLib.core.progress import report
 from MedFoundationSegLib.core.volume_files import voxel_count
 from MedFoundationSegLib.io import case_outputs
-from MedFoundationSegLib.workflow.batch import SUMMARY_NAME, BatchError, CaseOutcome, case_names, write_summary
+from MedFoundationSegLib.workflow.batch import (
+    SUMMARY_NAME,
+    BatchError,
+    CaseOutcome,
+    case_names,
+    run_one_case,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,7 @@ class _Attempt:
     name: str
     attempts: int = 0
     started: float = 0.0
-    worker: str = ""
+    worker: int = -1  # index of the worker it was handed to
 
 
 class CaseWorker:
@@ -70,9 +77,7 @@ class CaseWorker:
         return self.name
 
     def run(self, query, case_dir: str) -> dict:
-        from MedFoundationSegLib.workflow.batch import _run_case
-
-        outcome = _run_case(query, Path(case_dir), self.process, overwrite=self.overwrite,
+        outcome = run_one_case(query, Path(case_dir), self.process, overwrite=self.overwrite,
                             fingerprint=self.fingerprint, progress=None, cancelled=None)
         return {"outcome": dataclasses.asdict(outcome), "worker": self.name}
 
@@ -102,8 +107,8 @@ def run_batch_ray(queries: list, out_dir: str | os.PathLike, template_set, optio
             scheduler.run()
     except KeyboardInterrupt:  # Ctrl-C: what ran is recorded, cases in flight are cancelled, then the interrupt goes on
         for attempt in scheduler.in_flight.values():
-            outcomes[attempt.name] = CaseOutcome(attempt.name, str(attempt.query), "cancelled",
-                                                 time.perf_counter() - attempt.started)
+            scheduler.record(attempt, CaseOutcome(attempt.name, str(attempt.query), "cancelled",
+                                                  time.perf_counter() - attempt.started))
         _finish(out_dir, queries, names, outcomes, records, cluster, started)
         raise
     finally:
@@ -210,7 +215,7 @@ class _Scheduler:
                 self.in_flight[self.workers[index].run.remote(attempt.query, str(self.out_dir / attempt.name))] = attempt
             if not self.workers:
                 for attempt in self.pending:
-                    self._record(attempt, CaseOutcome(attempt.name, str(attempt.query), "failed",
+                    self.record(attempt, CaseOutcome(attempt.name, str(attempt.query), "failed",
                                                       error=f"no Ray worker left: {self.last_error}"), "")
                 self.pending.clear()
                 break
@@ -248,25 +253,27 @@ class _Scheduler:
                             attempt.attempts, self.cluster.retries + 1)
                 self.pending.insert(0, attempt)
             else:
-                self._record(attempt, CaseOutcome(
+                self.record(attempt, CaseOutcome(
                     attempt.name, str(attempt.query), "failed", time.perf_counter() - attempt.started,
                     error=f"its worker died {attempt.attempts} times; last: {self.last_error}"), worker)
             self._wake(index)  # Ray restarts it; it takes cases again once set up
             return
         except self.ray.exceptions.RayError as error:  # the case could not be handed over or back: record it
             self.idle.append(index)
-            self._record(attempt, CaseOutcome(attempt.name, str(attempt.query), "failed",
+            self.record(attempt, CaseOutcome(attempt.name, str(attempt.query), "failed",
                                               time.perf_counter() - attempt.started, error=_one_line(error)), "")
             return
         outcome = CaseOutcome(**result["outcome"])
         self.names[index] = result["worker"]
         self.idle.append(index)
-        self._record(attempt, outcome, result["worker"])
+        self.record(attempt, outcome, result["worker"])
         log.info("case %s: %s on %s (attempt %d, %.1f s)", attempt.name, outcome.status, result["worker"],
                  attempt.attempts, outcome.seconds)
 
-    def _record(self, attempt: _Attempt, outcome: CaseOutcome, worker: str) -> None:
+    def record(self, attempt: _Attempt, outcome: CaseOutcome, worker: str | None = None) -> None:
+        """The case's outcome, and for run_report.json its worker (by default the one it was handed to) and attempts."""
         self.outcomes[attempt.name] = outcome
+        worker = self.names.get(attempt.worker, "") if worker is None else worker
         self.records[attempt.name] = {"worker": worker, "attempts": attempt.attempts,
                                       "wall_s": round(time.perf_counter() - attempt.started, 2)}
 
