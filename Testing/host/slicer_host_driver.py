@@ -2,7 +2,9 @@
 
 ``prepare(mode)`` builds a slicer-core scene with three phantom volumes and warms the engine up (the model loaded
 on a third volume); then it times the same action on volume B driven from plain Python (the reference). The host then
-calls ``start()`` (volume A), ``poll()`` on every timer tick, and ``report(finished)``, which prints one JSON line.
+calls ``start()`` (volume A), holds the GIL without running any Python for ``HOLD_FACTOR`` times the reference's
+time, then calls ``poll()`` on every timer tick, and ``report(finished)``, which prints one JSON line. Whether the job
+was done at the first poll after that hold tells whether the work needs the host's Python at all.
 mode: ``engine`` (the local engine process, the default in Slicer) or ``inprocess`` (torch on a worker thread
 inside the host, the old way; a 4-slice box keeps it bounded).
 """
@@ -22,6 +24,7 @@ for folder in (REPO / "Testing", REPO / "MedFoundationSeg", REPO / "MedLAMLocali
 import numpy as np  # noqa: E402
 
 STATE: dict = {}
+HOLD_FACTOR = 3.0
 
 
 def _roi(scene, image, liver, slices: int | None):
@@ -78,15 +81,20 @@ def prepare(mode: str) -> None:
                  slices=int(reference.prompts["box_ijk"][1][2] - reference.prompts["box_ijk"][0][2] + 1))
 
 
-def start() -> None:
+def start() -> int:
     prepared = STATE["action"]()
-    STATE.update(prepared=prepared, job=prepared.start(), started=time.perf_counter(), ticks=0)
+    hold_s = HOLD_FACTOR * STATE["reference_s"]
+    STATE.update(prepared=prepared, job=prepared.start(), started=time.perf_counter(), ticks=0, hold_s=hold_s)
+    return round(hold_s * 1000)
 
 
 def poll() -> bool:
     STATE["ticks"] += 1
     job = STATE["job"]
-    if not job.done:
+    done = job.done
+    if STATE["ticks"] == 1:
+        STATE.update(done_after_hold=done, fraction_after_hold=float(job.fraction))
+    if not done:
         return False
     if job.error is not None:
         raise job.error
@@ -98,8 +106,10 @@ def poll() -> bool:
 def report(finished: int) -> None:
     elapsed = STATE.get("host_s", time.perf_counter() - STATE["started"])
     print("HOST-RESULT " + json.dumps({"mode": STATE["mode"], "slices": STATE["slices"], "finished": bool(finished),
-                                       "reference_s": round(STATE["reference_s"], 3), "host_s": round(elapsed, 3),
-                                       "ticks": STATE["ticks"]}), flush=True)
+                                       "reference_s": round(STATE["reference_s"], 3), "hold_s": round(STATE["hold_s"], 3),
+                                       "done_after_hold": STATE.get("done_after_hold", False),
+                                       "fraction_after_hold": STATE.get("fraction_after_hold", 0.0),
+                                       "host_s": round(elapsed, 3), "ticks": STATE["ticks"]}), flush=True)
     if not finished:  # let the worker thread see the cancel before the host shuts Python down
         STATE["job"].cancel()
         STATE["job"].wait(60)

@@ -5,19 +5,25 @@
  *   PYTHON      the interpreter whose environment (venv) the embedded Python uses
  *   DRIVER_DIR  folder holding slicer_host_driver.py
  *   MODE        passed to driver.prepare(MODE)
- * The driver's prepare(mode) runs first, then start(); then, until poll() returns True or TIMEOUT_S passes, the host
- * sleeps IDLE_MS holding the GIL and calls poll(). Finally report(finished) prints the figures. */
+ * The driver's prepare(mode) runs first, then start(), which returns a hold in milliseconds: the host first sleeps that
+ * long holding the GIL without calling Python at all. Then, until poll() returns True or TIMEOUT_S passes, it sleeps
+ * IDLE_MS holding the GIL and calls poll(). Finally report(finished) prints the figures. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-#include <unistd.h>
 
 static double now_s(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static void sleep_ms(long ms) {
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&t, &t) != 0) {
+    }
 }
 
 static PyObject *call(PyObject *module, const char *name, PyObject *args) {
@@ -54,12 +60,15 @@ int main(int argc, char **argv) {
         return 3;
     }
     Py_DECREF(call(driver, "prepare", Py_BuildValue("(s)", argv[3])));
-    Py_DECREF(call(driver, "start", NULL));
-    useconds_t idle_us = (useconds_t)(atoi(argv[4]) * 1000);
     double end = now_s() + atof(argv[5]);
+    PyObject *hold = call(driver, "start", NULL);
+    long hold_ms = PyLong_AsLong(hold);
+    Py_DECREF(hold);
+    sleep_ms(hold_ms); /* a long stretch in C (a modal dialog, a render): no Python runs in this process */
+    long idle_ms = atol(argv[4]);
     int finished = 0;
     while (!finished && now_s() < end) {
-        usleep(idle_us); /* the event loop idles: the GIL stays with this thread */
+        sleep_ms(idle_ms); /* the event loop idles: the GIL stays with this thread */
         PyObject *done = call(driver, "poll", NULL);
         finished = PyObject_IsTrue(done);
         Py_DECREF(done);
