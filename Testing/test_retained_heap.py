@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 import resource
+import statistics
+import subprocess
 import sys
 
 import torch
@@ -13,20 +15,22 @@ BLOCK_BYTES = 64 * 2**20  # above glibc's 32 MB ceiling for serving a block from
 
 
 def page_faults_per_call(calls: int = 6) -> int:
-    """Minor page faults of the last of ``calls`` identical "network calls" (64 MB tensors made and freed; torch,
-    not numpy, which asks for huge pages and hides the effect). The heap settles after a few calls: the aligned
-    blocks fragment it until the free space fits the pattern."""
+    """Median minor page faults per identical "network call" (64 MB tensors made and freed; torch, not numpy, which
+    asks for huge pages and hides the effect) over the calls after the first two. The heap settles after a few calls
+    (the aligned blocks fragment it until the free space fits the pattern), and now and then one call still faults a
+    block in again; the median is what a long run of calls costs."""
     def call():
         x = torch.ones(BLOCK_BYTES // 4)
         y = x * 2
         z = torch.relu(y + x)
         del x, y, z
 
-    for _ in range(calls - 1):
+    counts = []
+    for _ in range(calls):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         call()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    call()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return int(statistics.median(counts[2:]))
 
 
 def resident_mib() -> float:
@@ -35,6 +39,14 @@ def resident_mib() -> float:
 
 
 def test_large_blocks_are_reused_inside_and_mapped_afresh_outside():
+    """Run in a fresh interpreter: glibc's malloc settings are process-wide, and what earlier tests allocated and
+    tuned in this process would decide the page-fault counts instead of the context under test."""
+    run = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert "large blocks: ok" in run.stdout
+
+
+def check_large_blocks() -> None:
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert heap.available() == on_glibc
     if not on_glibc:  # other C libraries manage this themselves: the context must be a harmless no-op
@@ -45,12 +57,13 @@ def test_large_blocks_are_reused_inside_and_mapped_afresh_outside():
     assert page_faults_per_call() > 2 * pages  # glibc default: unmapped on free, faulted in again on every call
     with heap.retained_heap():
         with heap.retained_heap():  # reentrant: the inner exit keeps the outer block's setting
-            page_faults_per_call(2)
+            page_faults_per_call(3)
         assert page_faults_per_call(10) < pages // 10
         assert resident_mib() > resident_before + 3 * BLOCK_BYTES / 2**20  # kept...
     assert heap._depth == 0
     assert resident_mib() < resident_before + BLOCK_BYTES / 2**20  # ...and given back at the end
     assert page_faults_per_call() > pages // 2  # large blocks mapped afresh again
+    print("large blocks: ok")
 
 
 def test_environment_switch_turns_it_off(monkeypatch):
@@ -63,3 +76,7 @@ def test_environment_switch_turns_it_off(monkeypatch):
     finally:
         monkeypatch.delenv("MEDFOUNDATIONSEG_RETAIN_HEAP")
         heap._glibc.cache_clear()
+
+
+if __name__ == "__main__":
+    check_large_blocks()
