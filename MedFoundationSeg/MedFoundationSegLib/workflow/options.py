@@ -23,7 +23,9 @@ ENGINES = ("auto", "medlam", "registration")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 REFINE_METHODS = ("graphcut", "geodesic", "growcut", "none")
 AXES = ("axial", "coronal", "sagittal")
-FUSIONS = ("none", "planes")  # planes: the box segmented along all three axes, probabilities averaged
+# planes: the box segmented along all three axes, probabilities averaged; models: the box segmented by ``model`` and
+# ``fusion_model``, kept where they agree and decided by a graph cut where they do not (segment/model_fusion.py)
+FUSIONS = ("none", "planes", "models")
 OVERLAP_POLICIES = ("score", "order")
 OUTPUT_FORMATS = ("seg.nrrd", "nifti", "dicomseg")
 
@@ -54,7 +56,9 @@ class Options:
     # a box), unpadded, and cleared of the exterior background; "" turns the routing off.
     large_box_model: str = _option("mobilesam", None)
     large_box_fraction: float = _option(0.45, None)
-    fusion: str = _option("none", None, choices=FUSIONS)
+    fusion: str = _option("none", "fusion", choices=FUSIONS,
+                          help="combine answers: none, planes (axial+coronal+sagittal), models (model+fusionModel)")
+    fusion_model: str = _option("mobilesam", "fusionModel", help="second model of fusion=models")
     every_k: int | None = _option(None, None)  # every_k step in slices; None = about 7.5 mm apart
     refine: str = _option("graphcut", "refine", choices=REFINE_METHODS, help="refinement after the model")
     overlap_policy: str = _option("score", "overlapPolicy", choices=OVERLAP_POLICIES,

@@ -21,6 +21,7 @@ from MedFoundationSegLib.core.volume import Volume, check_finite
 from MedFoundationSegLib.segment import keyslices, propagate, reference, refine
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
 from MedFoundationSegLib.segment.interpolation import interpolate_slices
+from MedFoundationSegLib.segment.model_fusion import fuse_by_agreement
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow.options import AXES, SEGMENTATION_MODES, Options
@@ -72,6 +73,19 @@ def fuse_planes(parts: list[CaseResult]) -> CaseResult:
                    for part in parts}})
 
 
+def fuse_models(volume: Volume, parts: list[CaseResult], box_ijk) -> CaseResult:
+    """Two models' results of one box as one: kept where they agree, a graph cut decides where they disagree."""
+    mask, probability = fuse_by_agreement(volume.array, [part.probability_kji for part in parts],
+                                          geometry.box_kji(box_ijk), spacing_mm=volume.spacing_mm)
+    first = parts[0].report
+    disagree = parts[0].mask_kji ^ parts[1].mask_kji
+    union = parts[0].mask_kji | parts[1].mask_kji
+    return CaseResult(mask, probability, dict(first, model="+".join(part.report["model"] for part in parts),
+                                              fusion="models",
+                                              disagreement=round(float(disagree.sum()) / max(int(union.sum()), 1), 3),
+                                              models={part.report["model"]: part.report for part in parts}))
+
+
 class Session:
     """Keeps the last ``max_predictors`` SlicePredictors, one per (volume identity, model, device, window, axis)."""
 
@@ -117,6 +131,12 @@ class Session:
                                          scaled(progress, n / 3, (n + 1) / 3), cancelled)
                      for n, axis in enumerate(AXES)]
             outcome = fuse_planes(parts)
+        elif o.fusion == "models" and o.fusion_model != o.model:
+            parts = [self._segment_along(volume, box_ijk, o.replace(model=model), slabs,
+                                         scaled(progress, n / 2, (n + 1) / 2 * 0.9), cancelled)
+                     for n, model in enumerate((o.model, o.fusion_model))]
+            same = parts[0].report["model"] == parts[1].report["model"]  # a large box routes both to one model
+            outcome = parts[0] if same else fuse_models(volume, parts, box_ijk)
         else:
             outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled)
         if o.refine != "none":
