@@ -18,6 +18,7 @@ import numpy as np
 from MedFoundationSegLib.core import geometry, weights
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, scaled
 from MedFoundationSegLib.core.volume import Volume, check_finite
+from MedFoundationSegLib.segment import clicks as click_correction
 from MedFoundationSegLib.segment import keyslices, propagate, reference, refine
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
 from MedFoundationSegLib.segment.interpolation import interpolate_slices
@@ -273,6 +274,55 @@ class Session:
             "seeds": result.seeds, "segmented": result.segmented, "stop_reasons": result.stop_reasons,
             "predicted_iou": {int(k): round(v, 4) for k, v in result.iou.items()},
             "seconds": round(time.perf_counter() - start, 3), "voxels": int(mask.sum())})
+
+    def correct(self, volume: Volume, shown: CaseResult, box_ijk, clicks_kji: list[tuple[tuple[int, int, int], bool]],
+                options: Options | None = None, *, new_clicks: int = 1, progress: ProgressCallback | None = None,
+                cancelled: CancelCheck | None = None, **changes) -> CaseResult:
+        """Corrective clicks on a structure the user sees (``shown``: its mask and the model probability behind it).
+
+        The slices of the last ``new_clicks`` clicks are re-prompted with the box, all their clicks and the shown mask,
+        each correction spreads outwards until it agrees with the shown masks (segment/clicks.py), and then, unless
+        ``options.refine`` is "none", a 3D graph cut holds every click as a hard constraint. Clicks are ((k, j, i),
+        positive) in voxels; a click may come from any view, it corrects the slice of the model's axis it lies on."""
+        o = _resolve(options, changes)
+        start = time.perf_counter()
+        if not clicks_kji:
+            raise ValueError("no clicks to correct with")
+        box_ijk = geometry.check_box_ijk(volume, box_ijk)
+        upper = np.array(volume.shape_kji) - 1
+        for point, _ in clicks_kji:
+            if np.any(np.asarray(point) < 0) or np.any(np.asarray(point) > upper):
+                raise ValueError(f"the click {tuple(int(v) for v in point)} (k, j, i) lies outside the volume "
+                                 f"(0..{upper.tolist()})")
+        frame = geometry.slice_frame(o.axis)
+        box = geometry.slice_box(box_ijk, o.axis)
+        others = [axis for axis in range(3) if axis != frame.array_axis]
+        clicks = [click_correction.Click((int(p[frame.array_axis]), int(p[others[0]]), int(p[others[1]])), bool(pos))
+                  for p, pos in clicks_kji]
+        probability = shown.probability_kji if shown.probability_kji is not None else \
+            shown.mask_kji.astype(np.float32)
+        segmenter = self.segmenter(volume, o)
+        report(progress, 0.1, "re-prompting the clicked slice")
+        corrected = click_correction.correct_with_clicks(
+            segmenter, geometry.to_slices(shown.mask_kji, o.axis), geometry.to_slices(probability, o.axis), box.xyxy,
+            (box.first, box.last), clicks, sorted({c.srk[0] for c in clicks[-max(int(new_clicks), 1):]}),
+            cancelled=cancelled)
+        outcome = CaseResult(geometry.from_slices(corrected.mask, o.axis),
+                             geometry.from_slices(corrected.probability, o.axis),
+                             dict(shown.report, correction={"clicks": len(clicks), "changed": corrected.changed,
+                                                            "stop_reasons": corrected.stop_reasons}))
+        if o.refine != "none":
+            check(cancelled, "refinement")
+            report(progress, 0.7, f"refining ({o.refine}) with {len(clicks)} clicks")
+            positive = [p[::-1] for p, pos in clicks_kji if pos]
+            negative = [p[::-1] for p, pos in clicks_kji if not pos]
+            refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
+                                         positive_ijk=np.array(positive, float) if positive else None,
+                                         negative_ijk=np.array(negative, float) if negative else None)
+            outcome = CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report)
+        outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
+        report(progress, 1.0, "correction done")
+        return outcome
 
     def refine(self, volume: Volume, mask_kji: np.ndarray, options: Options | None = None, *, positive_ijk=None,
                negative_ijk=None, scribble_kji=None, progress: ProgressCallback | None = None,

@@ -1,0 +1,173 @@
+"""Corrective clicks: the model re-prompted on the clicked slice, the correction spread as far as it changes things.
+
+Why: a click is the SAM family's own prompt type. Given with the structure's box, every earlier click on the same slice
+and the mask the user sees there as the mask prompt, it moves the boundary on the whole slice, not only in a disk
+around the click (what a graph cut with hard seeds does). The corrected slice then prompts its neighbours outwards,
+both ways, and each walk stops at the first slice where the new mask agrees with the old one (the error was local) or
+where the stop rules of propagation say the structure ended; every slice beyond keeps its mask.
+
+Arrays are slice views (slice, row, column) along the model's axis; a click is (slice, row, column) there; boxes are
+(x0, y0, x1, y1) inclusive pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from MedFoundationSegLib.core.progress import CancelCheck, check
+from MedFoundationSegLib.segment.propagate import (
+    StopRules,
+    _grow_box,
+    _intersect_boxes,
+    _stop_reason,
+    mask_box_xyxy,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Click:
+    """One corrective click: a voxel in (slice, row, column) of the slice view, foreground or background."""
+
+    srk: tuple[int, int, int]
+    positive: bool
+
+
+@dataclasses.dataclass
+class CorrectionResult:
+    mask: np.ndarray  # bool (slices, rows, columns): the whole structure after the correction
+    probability: np.ndarray  # float32, the model's probability where it was re-run, the old one elsewhere
+    changed: list[int]  # slices the model re-ran and whose mask changed
+    stop_reasons: dict[str, str]  # per clicked slice and direction, why the spread stopped
+
+
+def slice_dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
+def reprompt_slice(segmenter, index: int, box_xyxy, clicks: list[Click], shown_hw: np.ndarray | None,
+                   *, use_mask_prompt: bool = True):
+    """(mask, probability, predicted IoU) of slice ``index`` prompted with the box, its clicks and the shown mask."""
+    points_xy = np.array([[c.srk[2], c.srk[1]] for c in clicks], float).reshape(-1, 2)
+    labels = np.array([1 if c.positive else 0 for c in clicks], int)
+    mask_prompt = shown_hw if use_mask_prompt and shown_hw is not None and shown_hw.any() else None
+    result = segmenter.segment_slice(index, box_xyxy, points_xy if len(clicks) else None,
+                                     labels if len(clicks) else None, mask_prompt)
+    return np.asarray(result.mask, bool), np.asarray(result.probability, np.float32), float(result.predicted_iou)
+
+
+def _clicks_hold(mask_hw: np.ndarray, clicks: list[Click]) -> bool:
+    return all(bool(mask_hw[c.srk[1], c.srk[2]]) == c.positive for c in clicks)
+
+
+def slice_prompt_box(mask: np.ndarray, index: int, clicks: list[Click], cap, margin_px: float,
+                     margin_fraction: float) -> tuple[int, int, int, int]:
+    """The box prompt of a clicked slice: the shown mask's box there (else the nearest non-empty slice's), grown to
+    hold every positive click, plus a margin, never beyond ``cap`` (the structure's box). Why not the whole box: near a
+    structure's ends it covers a sliver of the rectangle and a rectangle prompt makes the model fill it."""
+    filled = np.flatnonzero(mask.any(axis=(1, 2)))
+    box = None
+    if len(filled):
+        nearest = int(filled[np.argmin(np.abs(filled - index))])
+        box = mask_box_xyxy(mask[nearest])
+    for click in clicks:
+        if click.positive:
+            x, y = int(click.srk[2]), int(click.srk[1])
+            box = (x, y, x, y) if box is None else (min(box[0], x), min(box[1], y), max(box[2], x), max(box[3], y))
+    if box is None:
+        return cap
+    side = max(box[2] - box[0], box[3] - box[1]) + 1
+    return _intersect_boxes(_grow_box(box, max(margin_px, margin_fraction * side), mask.shape[1:]), cap) or cap
+
+
+def _clear_beyond(mask: np.ndarray, probability: np.ndarray, index: int, changed: list[int]) -> str:
+    """Slice ``index`` was corrected to empty: the structure ends before it, so the old masks beyond it on the side
+    holding less of the structure (a run that overshot its end) are removed."""
+    above, below = int(mask[index + 1:].sum()), int(mask[:index].sum())
+    step = +1 if above < below else -1
+    k = index + step
+    while 0 <= k < mask.shape[0] and mask[k].any():
+        mask[k] = False
+        probability[k] = np.minimum(probability[k], 0.1)
+        changed.append(k)
+        k += step
+    return f"slice {index} corrected to empty: cleared {abs(k - index) - 1} slices {'up' if step > 0 else 'down'}"
+
+
+def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, box_xyxy, slice_range: tuple[int, int],
+                        clicks: list[Click], new_slices: list[int] | None = None, *, agree_dice: float = 0.95,
+                        margin_px: float = 5.0, margin_fraction: float = 0.1, use_mask_prompt: bool = True,
+                        rules: StopRules | None = None, cancelled: CancelCheck | None = None) -> CorrectionResult:
+    """Re-prompt the slices in ``new_slices`` (default: every clicked slice) with all their clicks, then spread each
+    correction outwards within ``slice_range`` until the new masks agree with the old ones (Dice >= ``agree_dice``).
+
+    ``mask``/``probability`` are what the user sees now; they are not modified. A walk never enters another clicked
+    slice (it holds its own correction) and never ends a structure the old mask continued: when the model's answer
+    fails the stop rules the old masks beyond are kept."""
+    rules = rules or StopRules.preset("box_guided")
+    mask, probability = np.array(mask, bool), np.array(probability, np.float32)
+    by_slice: dict[int, list[Click]] = {}
+    for click in clicks:
+        by_slice.setdefault(int(click.srk[0]), []).append(click)
+    redo = sorted(by_slice if new_slices is None else {int(k) for k in new_slices} & set(by_slice))
+    first, last = slice_range
+    cap = tuple(int(v) for v in box_xyxy)
+    changed, reasons = [], {}
+    for k in redo:
+        check(cancelled, "correction")
+        prompt = slice_prompt_box(mask, k, by_slice[k], cap, margin_px, margin_fraction)
+        m, p, _ = reprompt_slice(segmenter, k, prompt, by_slice[k], mask[k], use_mask_prompt=use_mask_prompt)
+        if not _clicks_hold(m, by_slice[k]):  # the model ignored a click: the graph cut's hard seeds will hold it
+            for click in by_slice[k]:
+                p[click.srk[1], click.srk[2]] = 1.0 if click.positive else 0.0
+        if not np.array_equal(m, mask[k]):
+            changed.append(k)
+        mask[k], probability[k] = m, p
+        if not m.any():
+            reasons[f"{k}"] = _clear_beyond(mask, probability, k, changed)
+            continue
+        for side, step, limit in (("up", +1, last), ("down", -1, first)):
+            reasons[f"{k} {side}"] = _spread(segmenter, mask, probability, k, step, limit, set(by_slice), changed,
+                                             cap, agree_dice, margin_px, margin_fraction, rules, cancelled,
+                                             by_slice[k][-1].positive)
+    return CorrectionResult(mask, probability, sorted(set(changed)), reasons)
+
+
+def _spread(segmenter, mask, probability, start: int, step: int, limit: int, clicked: set[int], changed: list[int],
+            cap, agree_dice: float, margin_px: float, margin_fraction: float, rules: StopRules, cancelled,
+            adds: bool) -> str:
+    """Walk from the corrected slice ``start``; beyond it a correction only goes the way its click went: after a
+    positive click the model's answer may only add to the shown mask, after a negative one only take away. Why: the
+    neighbours were not looked at; what the click did not ask for there stays as the user saw it."""
+    prev = mask[start]
+    max_area = int(prev.sum())
+    k = start + step
+    while 0 <= k < mask.shape[0] and (k <= limit if step > 0 else k >= limit):
+        check(cancelled, "correction")
+        if k in clicked:
+            return f"met the clicked slice {k}"
+        # adding: what is beyond the corrected mask, prompted by it; taking away: which part of the shown mask is
+        # right, prompted by the shown mask's box
+        box = mask_box_xyxy(prev if adds else mask[k])
+        if box is None:
+            return f"nothing {'to follow' if adds else 'left to take away'} at slice {k}"
+        side = max(box[2] - box[0], box[3] - box[1]) + 1
+        prompt = _intersect_boxes(_grow_box(box, max(margin_px, margin_fraction * side), mask.shape[1:]), cap) or box
+        result = segmenter.segment_slice(k, prompt)
+        answer = np.asarray(result.mask, bool)
+        if adds:  # a leak must not be added
+            reason = _stop_reason(answer, float(result.predicted_iou), prev, max_area, rules, None, None)
+            if reason is not None:
+                return f"{reason} at slice {k}; the old masks beyond are kept"
+        m = (mask[k] | answer) if adds else (mask[k] & answer)
+        if slice_dice(m, mask[k]) >= agree_dice:
+            return f"agrees with the old mask at slice {k}"
+        p = np.asarray(result.probability, np.float32)
+        mask[k], probability[k] = m, np.maximum(probability[k], p) if adds else np.minimum(probability[k], p)
+        changed.append(k)
+        max_area = max(max_area, int(m.sum()))
+        prev = m
+        k += step
+    return f"reached the end of the box at slice {k - step}"

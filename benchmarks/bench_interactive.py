@@ -1,0 +1,154 @@
+"""Interactive correction in the protocol of the CVPR 2025 interactive 3D segmentation challenge.
+
+Per structure: the initial prompt is the ground truth's 2D box on its middle slice plus its slice range (z-range);
+then corrective clicks, each at the centre of the largest remaining 3D error component (positive where the structure
+is missed, negative where the mask is wrong; benchmarks/click_sim.py), with Dice after every step. Up to 10 clicks
+are simulated so NoC@85/NoC@90 can be counted; the protocol's figures are those after 5.
+
+Procedures (``--procedures``):
+- ``correct``: Session.correct, the engine's click action: the clicked slice re-prompted with the box, its clicks
+  and the shown mask, the correction spread outwards while it changes something, then a 3D graph cut holding every
+  click (segment/clicks.py).
+- ``graphcut``: the graph cut alone with every click as a hard seed (the Refine action before clicks re-prompted).
+
+Prints per structure the Dice after each step, seconds per interaction, and the summary per dataset, model and
+procedure: mean Dice per step, final Dice (5 clicks), area under the Dice-vs-click curve (mean of the 6 values, 0-5
+clicks), NoC@85 and NoC@90 (10 clicks; not reached = 10), share of structures with NoC@85 <= 5, and how often one
+click lowered Dice by more than 0.01.
+
+    python benchmarks/bench_interactive.py [--colin-structures 12] [--colin-queries 2] [--phantoms 10]
+        [--models litemedsam mobilesam] [--procedures correct graphcut] [--json rows.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from click_sim import next_click, noc  # noqa: E402
+from MedFoundationSegLib.runtime.encoder_runtime import resolve_precision  # noqa: E402
+from MedFoundationSegLib.workflow.session import Session  # noqa: E402
+from run_benchmarks import AAL_FULL, PHANTOM_FULL, colin_cases, phantom_cases  # noqa: E402
+from seg_metrics import dice  # noqa: E402
+
+PROTOCOL_CLICKS = 5
+
+
+def protocol_box_ijk(truth_kji: np.ndarray) -> np.ndarray:
+    """The challenge's initial prompt as a 3D box: the 2D box of the middle slice of the z-range, over the z-range."""
+    slices = np.flatnonzero(truth_kji.any(axis=(1, 2)))
+    k0, k1 = int(slices[0]), int(slices[-1])
+    middle = truth_kji[(k0 + k1) // 2]
+    if not middle.any():  # a structure in two parts along z: the nearest filled slice to the middle
+        middle = truth_kji[int(slices[np.argmin(np.abs(slices - (k0 + k1) // 2))])]
+    rows, cols = np.flatnonzero(middle.any(axis=1)), np.flatnonzero(middle.any(axis=0))
+    return np.array([[cols[0], rows[0], k0], [cols[-1], rows[-1], k1]])
+
+
+def run_structure(session: Session, image, truth: np.ndarray, model: str, procedure: str, budget: int) -> dict:
+    box_ijk = protocol_box_ijk(truth)
+    start = time.perf_counter()
+    first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, mode="guided")
+    shown = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk)
+    initial_s = time.perf_counter() - start
+    spacing_kji = tuple(image.spacing_mm[::-1])
+    dices, seconds, clicks = [dice(shown.mask_kji, truth)], [], []
+    for _ in range(budget):
+        click = next_click(shown.mask_kji, truth, spacing_kji)
+        if click is None:
+            dices.append(dices[-1])
+            continue
+        clicks.append(click)
+        t0 = time.perf_counter()
+        if procedure == "correct":
+            shown = session.correct(image, shown, box_ijk, clicks, model=model, refine="graphcut")
+        else:
+            positive = [c[::-1] for c, p in clicks if p]
+            negative = [c[::-1] for c, p in clicks if not p]
+            refined = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk,
+                                            positive_ijk=np.array(positive, float) if positive else None,
+                                            negative_ijk=np.array(negative, float) if negative else None)
+            shown = type(first)(refined.mask_kji, first.probability_kji, refined.report)
+        seconds.append(time.perf_counter() - t0)
+        dices.append(dice(shown.mask_kji, truth))
+    return dict(dices=dices, seconds=seconds, initial_s=initial_s, clicks=[[list(c), p] for c, p in clicks],
+                slices=int(box_ijk[1][2] - box_ijk[0][2] + 1))
+
+
+def summary(rows: list[dict]) -> str:
+    dices = np.array([row["dices"] for row in rows])
+    steps = dices[:, :PROTOCOL_CLICKS + 1]
+    drops = np.diff(dices, axis=1)
+    noc85 = [noc(list(d), 0.85, dices.shape[1] - 1) for d in dices]
+    noc90 = [noc(list(d), 0.90, dices.shape[1] - 1) for d in dices]
+    per_click = [s for row in rows for s in row["seconds"]]
+    return (f"n={len(rows)}  Dice by click {' '.join(f'{v:.3f}' for v in steps.mean(axis=0))}  "
+            f"final(5) {steps[:, -1].mean():.3f}  AUC {steps.mean():.3f}  NoC@85 {np.mean(noc85):.1f}  "
+            f"NoC@90 {np.mean(noc90):.1f}  NoC@85<=5 {np.mean(np.array(noc85) <= 5):.0%}  "
+            f"clicks that lowered Dice >0.01: {int((drops < -0.01).sum())}/{drops.size}  "
+            f"s/click mean {np.mean(per_click):.2f} max {np.max(per_click):.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--colin-structures", type=int, default=12)
+    parser.add_argument("--colin-queries", type=int, default=2)
+    parser.add_argument("--phantoms", type=int, default=10)
+    parser.add_argument("--phantom-shape", type=int, nargs=3, default=[48, 128, 128])
+    parser.add_argument("--models", nargs="+", default=["litemedsam", "mobilesam"])
+    parser.add_argument("--procedures", nargs="+", default=["correct", "graphcut"])
+    parser.add_argument("--clicks", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="also write every row here (and resume from it)")
+    args = parser.parse_args()
+    print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads, encoder precision {resolve_precision('auto', torch.device('cpu'))}", flush=True)
+    rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
+    done = {(r["case"], r["structure"], r["model"], r["procedure"]) for r in rows}
+    datasets = []
+    if args.colin_structures and args.colin_queries:
+        datasets.append(("colin27", colin_cases(AAL_FULL[:args.colin_structures], args.colin_queries)[1]))
+    if args.phantoms:
+        datasets.append(("phantom", phantom_cases(PHANTOM_FULL, args.phantoms, tuple(args.phantom_shape))[1]))
+    for dataset, cases in datasets:
+        for case, make in cases:
+            image = labels = ids = None
+            session = Session(max_predictors=2)
+            for model in args.models:
+                for procedure in args.procedures:
+                    if image is None:
+                        image, labels, ids = make()
+                    for name, label in ids.items():
+                        if (case, name, model, procedure) in done:
+                            continue
+                        truth = labels.array == label
+                        if not truth.any():
+                            continue
+                        row = dict(run_structure(session, image, truth, model, procedure, args.clicks),
+                                   dataset=dataset, case=case, structure=name, model=model, procedure=procedure)
+                        rows.append(row)
+                        print(f"{case:<12}{name:<16}{model:<11}{procedure:<9} " +
+                              " ".join(f"{d:.3f}" for d in row["dices"]) +
+                              f"  s/click {np.mean(row['seconds']):.2f} (max {np.max(row['seconds']):.2f}, "
+                              f"{row['slices']} slices)", flush=True)
+                        if args.json:
+                            args.json.write_text(json.dumps(rows))
+    print()
+    for dataset in ("colin27", "phantom"):
+        for model in args.models:
+            for procedure in args.procedures:
+                chosen = [r for r in rows if (r["dataset"], r["model"], r["procedure"]) == (dataset, model, procedure)]
+                if chosen:
+                    print(f"{dataset:<8}{model:<11}{procedure:<9} {summary(chosen)}")
+
+
+if __name__ == "__main__":
+    main()
