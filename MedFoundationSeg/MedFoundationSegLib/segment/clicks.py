@@ -25,6 +25,8 @@ from MedFoundationSegLib.segment.propagate import (
     mask_box_xyxy,
 )
 
+MIN_CHANGE_PX = 4  # a walk stops where the model changes fewer pixels than this (or the share of the clicked change)
+
 
 @dataclasses.dataclass(frozen=True)
 class Click:
@@ -40,11 +42,6 @@ class CorrectionResult:
     probability: np.ndarray  # float32, the model's probability where it was re-run, the old one elsewhere
     changed: list[int]  # slices the model re-ran and whose mask changed
     stop_reasons: dict[str, str]  # per clicked slice and direction, why the spread stopped
-
-
-def slice_dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
 def reprompt_slice(segmenter, index: int, box_xyxy, clicks: list[Click], shown_hw: np.ndarray | None,
@@ -97,11 +94,13 @@ def _clear_beyond(mask: np.ndarray, probability: np.ndarray, index: int, changed
 
 
 def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, box_xyxy, slice_range: tuple[int, int],
-                        clicks: list[Click], new_slices: list[int] | None = None, *, agree_dice: float = 0.95,
+                        clicks: list[Click], new_slices: list[int] | None = None, *, agree_fraction: float = 0.2,
                         margin_px: float = 5.0, margin_fraction: float = 0.1, use_mask_prompt: bool = True,
                         rules: StopRules | None = None, cancelled: CancelCheck | None = None) -> CorrectionResult:
     """Re-prompt the slices in ``new_slices`` (default: every clicked slice) with all their clicks, then spread each
-    correction outwards within ``slice_range`` until the new masks agree with the old ones (Dice >= ``agree_dice``).
+    correction outwards within ``slice_range`` until the new masks agree with the old ones: the walk stops at the first
+    slice where the model changes fewer pixels than ``agree_fraction`` of the change on the clicked slice (and at
+    least a few pixels), so a small error the click pointed at spreads as far as it reaches, whatever the slice's size.
 
     ``mask``/``probability`` are what the user sees now; they are not modified. A walk never enters another clicked
     slice (it holds its own correction) and never ends a structure the old mask continued: when the model's answer
@@ -122,7 +121,8 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
         if not _clicks_hold(m, by_slice[k]):  # the model ignored a click: the graph cut's hard seeds will hold it
             for click in by_slice[k]:
                 p[click.srk[1], click.srk[2]] = 1.0 if click.positive else 0.0
-        if not np.array_equal(m, mask[k]):
+        change = int((m ^ mask[k]).sum())
+        if change:
             changed.append(k)
         mask[k], probability[k] = m, p
         if not m.any():
@@ -130,13 +130,13 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
             continue
         for side, step, limit in (("up", +1, last), ("down", -1, first)):
             reasons[f"{k} {side}"] = _spread(segmenter, mask, probability, k, step, limit, set(by_slice), changed,
-                                             cap, agree_dice, margin_px, margin_fraction, rules, cancelled,
-                                             by_slice[k][-1].positive)
+                                             cap, max(MIN_CHANGE_PX, agree_fraction * change), margin_px,
+                                             margin_fraction, rules, cancelled, by_slice[k][-1].positive)
     return CorrectionResult(mask, probability, sorted(set(changed)), reasons)
 
 
 def _spread(segmenter, mask, probability, start: int, step: int, limit: int, clicked: set[int], changed: list[int],
-            cap, agree_dice: float, margin_px: float, margin_fraction: float, rules: StopRules, cancelled,
+            cap, agree_px: float, margin_px: float, margin_fraction: float, rules: StopRules, cancelled,
             adds: bool) -> str:
     """Walk from the corrected slice ``start``; beyond it a correction only goes the way its click went: after a
     positive click the model's answer may only add to the shown mask, after a negative one only take away. Why: the
@@ -162,7 +162,7 @@ def _spread(segmenter, mask, probability, start: int, step: int, limit: int, cli
             if reason is not None:
                 return f"{reason} at slice {k}; the old masks beyond are kept"
         m = (mask[k] | answer) if adds else (mask[k] & answer)
-        if slice_dice(m, mask[k]) >= agree_dice:
+        if int((m ^ mask[k]).sum()) < agree_px:
             return f"agrees with the old mask at slice {k}"
         p = np.asarray(result.probability, np.float32)
         mask[k], probability[k] = m, np.maximum(probability[k], p) if adds else np.minimum(probability[k], p)

@@ -1,0 +1,94 @@
+"""Corrective clicks (segment/clicks.py) with a stand-in model, and Session.correct's refusals."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.segment.clicks import Click, correct_with_clicks
+from MedFoundationSegLib.workflow.results import CaseResult
+from MedFoundationSegLib.workflow.session import Session
+
+SHAPE = (30, 48, 48)
+
+
+def cylinder() -> np.ndarray:
+    k, j, i = np.mgrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
+    return ((j - 24) ** 2 + (i - 24) ** 2 <= 100) & (k >= 5) & (k <= 20)
+
+
+class TruthModel:
+    """Answers every prompt with the truth inside the box (a perfect model); logs what it was asked."""
+
+    def __init__(self, truth: np.ndarray, shrink_on: set[int] = frozenset()):
+        self.truth, self.shrink_on, self.calls = truth, shrink_on, []
+
+    def segment_slice(self, index, box_xyxy, points_xy=None, point_labels=None, mask_prompt=None):
+        self.calls.append((index, None if points_xy is None else len(points_xy), mask_prompt is not None))
+        x0, y0, x1, y1 = box_xyxy
+        answer = np.zeros(SHAPE[1:], bool)
+        answer[y0:y1 + 1, x0:x1 + 1] = self.truth[index, y0:y1 + 1, x0:x1 + 1]
+        if index in self.shrink_on:  # a model that answers less than the truth there
+            answer[:, :24] = False
+        return types.SimpleNamespace(mask=answer, probability=answer.astype(np.float32),
+                                     predicted_iou=0.9 if answer.any() else 0.1)
+
+
+def run(shown, truth, clicks, **kwargs):
+    model = TruthModel(truth, kwargs.pop("shrink_on", set()))
+    result = correct_with_clicks(model, shown, shown.astype(np.float32), (10, 10, 38, 38), (5, 20), clicks, **kwargs)
+    return result, model
+
+
+def test_a_positive_click_fills_the_miss_and_spreads_until_the_shown_mask_is_right():
+    truth = cylinder()
+    shown = truth.copy()
+    shown[10:15, :, 24:] = False  # the right half missing on slices 10-14
+    result, model = run(shown, truth, [Click((12, 24, 30), True)])
+    assert np.array_equal(result.mask, truth)
+    assert result.changed == [10, 11, 12, 13, 14]
+    assert model.calls[0] == (12, 1, True)  # the clicked slice: its click and the shown mask as prompts
+    assert "agrees with the old mask at slice 15" in result.stop_reasons["12 up"]
+    assert "agrees with the old mask at slice 9" in result.stop_reasons["12 down"]
+    assert np.array_equal(shown, np.where(np.arange(SHAPE[0])[:, None, None] < 10, truth, shown))  # input kept
+
+
+def test_a_negative_click_takes_away_and_never_adds_beyond_the_clicked_slice():
+    truth = cylinder()
+    shown = truth.copy()
+    shown[10:15, 11:16, 11:16] = True  # a false blob on slices 10-14
+    shown[16, 30:34, 30:34] = False  # a small miss elsewhere that nobody clicked on
+    result, _ = run(shown, truth, [Click((12, 12, 12), False)])
+    assert not (result.mask[10:15] & ~truth[10:15]).any()  # the blob is gone on every slice it was on
+    assert not (result.mask & ~shown).any()  # a negative click's spread only takes away
+    assert np.array_equal(result.mask[16], shown[16])
+
+
+def test_a_positive_clicks_spread_only_adds():
+    truth = cylinder()
+    shown = truth.copy()
+    shown[10:15, :, 24:] = False
+    result, _ = run(shown, truth, [Click((12, 24, 30), True)], shrink_on={11, 13})
+    beyond = [k for k in range(SHAPE[0]) if k != 12]
+    assert not (shown[beyond] & ~result.mask[beyond]).any()
+
+
+def test_a_slice_corrected_to_empty_clears_the_overshoot_beyond_it():
+    truth = cylinder()
+    shown = truth.copy()
+    shown[21:25] = shown[20]  # the mask runs 4 slices past the structure's end
+    result, _ = run(shown, truth, [Click((21, 24, 24), False)])
+    assert not result.mask[21:].any()
+    assert np.array_equal(result.mask[:21], truth[:21])
+
+
+def test_session_correct_refuses_no_clicks_and_clicks_outside():
+    volume = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 1.0))
+    shown = CaseResult(cylinder(), cylinder().astype(np.float32), {})
+    box = [[10, 10, 5], [38, 38, 20]]
+    with pytest.raises(ValueError, match="no clicks"):
+        Session().correct(volume, shown, box, [])
+    with pytest.raises(ValueError, match=r"click \(40, 3, 3\) .* lies outside the volume"):
+        Session().correct(volume, shown, box, [((40, 3, 3), True)])
