@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from click_sim import next_click, noc  # noqa: E402
 from MedFoundationSegLib.runtime.encoder_runtime import resolve_precision  # noqa: E402
 from MedFoundationSegLib.workflow.session import Session  # noqa: E402
-from run_benchmarks import AAL_FULL, PHANTOM_FULL, colin_cases, phantom_cases  # noqa: E402
+from run_benchmarks import AAL_FULL, PHANTOM_FULL, colin_cases, machine_description, phantom_cases  # noqa: E402
 from seg_metrics import dice  # noqa: E402
 
 PROTOCOL_CLICKS = 5
@@ -109,8 +108,8 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--json", type=Path, help="also write every row here (and resume from it)")
     args = parser.parse_args()
-    print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, encoder precision {resolve_precision('auto', torch.device('cpu'))}", flush=True)
+    print(f"{machine_description()}; {torch.get_num_threads()} torch threads, encoder precision "
+          f"{resolve_precision('auto', torch.device('cpu'))}", flush=True)
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
     done = {(r["case"], r["structure"], r["model"], r["procedure"]) for r in rows}
     datasets = []

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from MedFoundationSegLib.runtime.encoder_runtime import resolve_precision  # noqa: E402
 from MedFoundationSegLib.workflow.session import Session, fuse_models  # noqa: E402
-from run_benchmarks import AAL_FULL, PHANTOM_FULL, box_ijk_of, colin_cases, phantom_cases  # noqa: E402
+from run_benchmarks import (  # noqa: E402
+    AAL_FULL,
+    PHANTOM_FULL,
+    box_ijk_of,
+    colin_cases,
+    machine_description,
+    phantom_cases,
+)
 from seg_metrics import dice  # noqa: E402
 
 VARIANTS = ("litemedsam", "mobilesam", "mean", "agree_cut", "litemedsam+gc", "mobilesam+gc", "mean+gc")
@@ -67,8 +73,8 @@ def main() -> None:
     parser.add_argument("--phantom-shape", type=int, nargs=3, default=[48, 128, 128])
     parser.add_argument("--json", type=Path, help="also write every row here")
     args = parser.parse_args()
-    print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, encoder precision {resolve_precision('auto', torch.device('cpu'))}; GT boxes, unpadded",
+    print(f"{machine_description()}; {torch.get_num_threads()} torch threads, encoder precision "
+          f"{resolve_precision('auto', torch.device('cpu'))}; GT boxes, unpadded",
           flush=True)
     datasets = []
     if args.colin_structures and args.colin_queries:
