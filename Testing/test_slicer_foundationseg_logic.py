@@ -70,7 +70,9 @@ def test_roi_to_segment_matches_engine_mask_voxel_for_voxel(mrml, phantom, logic
     kk, jj, ii = np.argwhere(written)[len(np.argwhere(written)) // 2]
     mrml_bridge.set_control_points_ras(negative, mrml_bridge.ras_from_lps(image.lps_from_ijk([[ii, jj, kk]])))
     refine = logic.prepare_refine(volume_node, segmentation, edit.segment_id, negative_node=negative)
-    logic.apply(refine, refine.compute(progress=None, cancelled=None))
+    corrected = refine.compute(progress=None, cancelled=None)
+    assert corrected.report["correction"]["clicks"] == 1  # the model was re-prompted on the clicked slice
+    logic.apply(refine, corrected)
     refined = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, edit.segment_id, volume_node) > 0
     assert not refined[kk, jj, ii]
     assert logic.undo() == "refine"

@@ -61,6 +61,9 @@ class Options:
     fusion_model: str = _option("mobilesam", "fusionModel", help="second model of fusion=models")
     every_k: int | None = _option(None, None)  # every_k step in slices; None = about 7.5 mm apart
     refine: str = _option("graphcut", "refine", choices=REFINE_METHODS, help="refinement after the model")
+    # Include/exclude clicks on a segment re-prompt the model on the clicked slices and spread the correction before
+    # the refinement (Session.correct); False: the refinement alone, with the clicks as hard seeds.
+    reprompt_clicks: bool = _option(True, None)
     overlap_policy: str = _option("score", "overlapPolicy", choices=OVERLAP_POLICIES,
                                   help="who wins a voxel two structures claim (model score or template order)")
     seed: int = _option(0, "seed", kind=int, help="random seed (deterministic results)")

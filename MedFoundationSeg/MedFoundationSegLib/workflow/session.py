@@ -87,6 +87,19 @@ def fuse_models(volume: Volume, parts: list[CaseResult], box_ijk) -> CaseResult:
                                               models={part.report["model"]: part.report for part in parts}))
 
 
+def segment_box_ijk(volume: Volume, mask_kji: np.ndarray, clicks_kji, margin_fraction: float = 0.1,
+                    margin_vox: int = 3) -> np.ndarray:
+    """The box a segment's clicks are corrected in: the mask's bounding box grown to hold its include clicks, plus
+    ``margin_fraction`` of each side (at least ``margin_vox``), clipped to the volume; inclusive ijk."""
+    points = [np.argwhere(mask_kji).min(0), np.argwhere(mask_kji).max(0)]
+    points += [np.asarray(point) for point, positive in clicks_kji if positive]
+    lo_kji, hi_kji = np.min(points, axis=0), np.max(points, axis=0)
+    margin = np.maximum(np.round((hi_kji - lo_kji + 1) * margin_fraction), margin_vox).astype(int)
+    upper = np.array(volume.shape_kji) - 1
+    lo_kji, hi_kji = np.clip(lo_kji - margin, 0, upper), np.clip(hi_kji + margin, 0, upper)
+    return np.array([lo_kji[::-1], hi_kji[::-1]])
+
+
 class Session:
     """Keeps the last ``max_predictors`` SlicePredictors, one per (volume identity, model, device, window, axis)."""
 
@@ -327,12 +340,24 @@ class Session:
     def refine(self, volume: Volume, mask_kji: np.ndarray, options: Options | None = None, *, positive_ijk=None,
                negative_ijk=None, scribble_kji=None, progress: ProgressCallback | None = None,
                cancelled: CancelCheck | None = None, **changes) -> CaseResult:
-        """Refine an existing segment with clicks/scribbles; the segment itself is the soft evidence."""
+        """Refine an existing segment with clicks/scribbles; the segment itself is the soft evidence.
+
+        With clicks and ``options.reprompt_clicks`` (and no scribble) the model is re-prompted on the clicked slices
+        first (``correct``), inside the segment's box grown to hold the include clicks."""
         o = _resolve(options, changes)
         start = time.perf_counter()
         check(cancelled, "refinement")
         mask_kji = np.asarray(mask_kji, bool)
         base = CaseResult(mask_kji, np.where(mask_kji, 0.9, 0.1).astype(np.float32), {"mode": "refine"})
+        clicks = [(tuple(int(round(v)) for v in np.asarray(point)[::-1]), positive)
+                  for points, positive in ((positive_ijk, True), (negative_ijk, False))
+                  for point in (np.zeros((0, 3)) if points is None else np.atleast_2d(points))]
+        if clicks and o.reprompt_clicks and scribble_kji is None and mask_kji.any():
+            outcome = self.correct(volume, base, segment_box_ijk(volume, mask_kji, clicks), clicks, o,
+                                   new_clicks=len(clicks), progress=progress, cancelled=cancelled,
+                                   refine=o.refine if o.refine != "none" else "graphcut")
+            outcome.report.update(mode="refine", seconds=round(time.perf_counter() - start, 3))
+            return outcome
         outcome = self.refine_result(volume, base, method=o.refine if o.refine != "none" else "graphcut",
                                      positive_ijk=positive_ijk, negative_ijk=negative_ijk, scribble_kji=scribble_kji,
                                      progress=progress, cancelled=cancelled)
