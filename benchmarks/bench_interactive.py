@@ -3,7 +3,8 @@
 Per structure: the initial prompt is the ground truth's 2D box on its middle slice plus its slice range (z-range);
 then corrective clicks, each at the centre of the largest remaining 3D error component (positive where the structure
 is missed, negative where the mask is wrong; benchmarks/click_sim.py), with Dice after every step. Up to 10 clicks
-are simulated so NoC@85/NoC@90 can be counted; the protocol's figures are those after 5.
+are simulated so NoC@85/NoC@90 can be counted (after the 5th, a structure at Dice >= 0.90 gets no more clicks);
+the protocol's figures are those after 5.
 
 Procedures (``--procedures``):
 - ``correct``: Session.correct, the engine's click action: the clicked slice re-prompted with the box, its clicks
@@ -61,9 +62,9 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
     initial_s = time.perf_counter() - start
     spacing_kji = tuple(image.spacing_mm[::-1])
     dices, seconds, clicks = [dice(shown.mask_kji, truth)], [], []
-    for _ in range(budget):
+    for step in range(budget):
         click = next_click(shown.mask_kji, truth, spacing_kji)
-        if click is None:
+        if click is None or (step >= PROTOCOL_CLICKS and dices[-1] >= 0.90):  # nothing left that NoC could count
             dices.append(dices[-1])
             continue
         clicks.append(click)
