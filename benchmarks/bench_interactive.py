@@ -10,6 +10,8 @@ Procedures (``--procedures``):
 - ``correct``: Session.correct, the engine's click action: the clicked slice re-prompted with the box, its clicks
   and the shown mask, the correction spread outwards while it changes something, then a 3D graph cut holding every
   click (segment/clicks.py).
+- ``monotone``: ``correct`` whose clicked slice, too, only gains (include click) or loses (exclude click) voxels;
+  ``no_mask_prompt``: ``correct`` without the shown mask as the mask prompt.
 - ``graphcut``: the graph cut alone with every click as a hard seed (the Refine action before clicks re-prompted).
 
 Prints per structure the Dice after each step, seconds per interaction, and the summary per dataset, model and
@@ -41,6 +43,8 @@ from run_benchmarks import AAL_FULL, PHANTOM_FULL, colin_cases, machine_descript
 from seg_metrics import dice  # noqa: E402
 
 PROTOCOL_CLICKS = 5
+# Session.correct variants (keyword arguments of segment.clicks.correct_with_clicks)
+TUNINGS = {"correct": {}, "monotone": {"monotone_clicked_slice": True}, "no_mask_prompt": {"use_mask_prompt": False}}
 
 
 def protocol_box_ijk(truth_kji: np.ndarray) -> np.ndarray:
@@ -69,8 +73,9 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
             continue
         clicks.append(click)
         t0 = time.perf_counter()
-        if procedure == "correct":
-            shown = session.correct(image, shown, box_ijk, clicks, model=model, refine="graphcut")
+        if procedure in TUNINGS:
+            shown = session.correct(image, shown, box_ijk, clicks, model=model, refine="graphcut",
+                                    tuning=TUNINGS[procedure])
         else:
             positive = [c[::-1] for c, p in clicks if p]
             negative = [c[::-1] for c, p in clicks if not p]

@@ -96,13 +96,15 @@ def _clear_beyond(mask: np.ndarray, probability: np.ndarray, index: int, changed
 def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, box_xyxy, slice_range: tuple[int, int],
                         clicks: list[Click], new_slices: list[int] | None = None, *, agree_fraction: float = 0.2,
                         margin_px: float = 5.0, margin_fraction: float = 0.1, use_mask_prompt: bool = True,
-                        rules: StopRules | None = None, cancelled: CancelCheck | None = None) -> CorrectionResult:
+                        monotone_clicked_slice: bool = False, rules: StopRules | None = None,
+                        cancelled: CancelCheck | None = None) -> CorrectionResult:
     """Re-prompt the slices in ``new_slices`` (default: every clicked slice) with all their clicks, then spread each
     correction outwards within ``slice_range`` until the new masks agree with the old ones: the walk stops at the first
     slice where the model changes fewer pixels than ``agree_fraction`` of the change on the clicked slice (and at
     least a few pixels), so a small error the click pointed at spreads as far as it reaches, whatever the slice's size.
 
-    ``mask``/``probability`` are what the user sees now; they are not modified. A walk never enters another clicked
+    ``monotone_clicked_slice``: the clicked slice, too, only gains (after an include click) or loses (after an
+    exclude click) voxels. ``mask``/``probability`` are what the user sees now; they are not modified. A walk never enters another clicked
     slice (it holds its own correction) and never ends a structure the old mask continued: when the model's answer
     fails the stop rules the old masks beyond are kept."""
     rules = rules or StopRules.preset("box_guided")
@@ -118,6 +120,8 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
         check(cancelled, "correction")
         prompt = slice_prompt_box(mask, k, by_slice[k], cap, margin_px, margin_fraction)
         m, p, _ = reprompt_slice(segmenter, k, prompt, by_slice[k], mask[k], use_mask_prompt=use_mask_prompt)
+        if monotone_clicked_slice:  # the clicked slice too only changes the way its last click asks
+            m = (m | mask[k]) if by_slice[k][-1].positive else (m & mask[k])
         if not _clicks_hold(m, by_slice[k]):  # the model ignored a click: the graph cut's hard seeds will hold it
             for click in by_slice[k]:
                 p[click.srk[1], click.srk[2]] = 1.0 if click.positive else 0.0

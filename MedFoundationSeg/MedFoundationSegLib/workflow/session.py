@@ -289,14 +289,16 @@ class Session:
             "seconds": round(time.perf_counter() - start, 3), "voxels": int(mask.sum())})
 
     def correct(self, volume: Volume, shown: CaseResult, box_ijk, clicks_kji: list[tuple[tuple[int, int, int], bool]],
-                options: Options | None = None, *, new_clicks: int = 1, progress: ProgressCallback | None = None,
-                cancelled: CancelCheck | None = None, **changes) -> CaseResult:
+                options: Options | None = None, *, new_clicks: int = 1, tuning: dict | None = None,
+                progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
+                **changes) -> CaseResult:
         """Corrective clicks on a structure the user sees (``shown``: its mask and the model probability behind it).
 
         The slices of the last ``new_clicks`` clicks are re-prompted with the box, all their clicks and the shown mask,
         each correction spreads outwards until it agrees with the shown masks (segment/clicks.py), and then, unless
         ``options.refine`` is "none", a 3D graph cut holds every click as a hard constraint. Clicks are ((k, j, i),
-        positive) in voxels; a click may come from any view, it corrects the slice of the model's axis it lies on."""
+        positive) in voxels; a click may come from any view, it corrects the slice of the model's axis it lies on.
+        ``tuning``: keyword arguments of ``segment.clicks.correct_with_clicks`` (benchmarks compare them)."""
         o = _resolve(options, changes)
         start = time.perf_counter()
         if not clicks_kji:
@@ -319,7 +321,7 @@ class Session:
         corrected = click_correction.correct_with_clicks(
             segmenter, geometry.to_slices(shown.mask_kji, o.axis), geometry.to_slices(probability, o.axis), box.xyxy,
             (box.first, box.last), clicks, sorted({c.srk[0] for c in clicks[-max(int(new_clicks), 1):]}),
-            cancelled=cancelled)
+            cancelled=cancelled, **(tuning or {}))
         outcome = CaseResult(geometry.from_slices(corrected.mask, o.axis),
                              geometry.from_slices(corrected.probability, o.axis),
                              dict(shown.report, correction={"clicks": len(clicks), "changed": corrected.changed,
