@@ -92,3 +92,17 @@ def test_session_correct_refuses_no_clicks_and_clicks_outside():
         Session().correct(volume, shown, box, [])
     with pytest.raises(ValueError, match=r"click \(40, 3, 3\) .* lies outside the volume"):
         Session().correct(volume, shown, box, [((40, 3, 3), True)])
+
+
+def test_the_box_a_segment_is_corrected_in_holds_its_include_clicks():
+    from MedFoundationSegLib.workflow.session import segment_box_ijk
+
+    volume = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 1.0))
+    mask = np.zeros(SHAPE, bool)
+    mask[10:20, 20:30, 5:15] = True
+    box = segment_box_ijk(volume, mask, [((25, 40, 14), True), ((2, 2, 2), False)])
+    # kji 10..25 x 20..40 x 5..14 (the include click grows it, the exclude click does not), 3 voxels more each way
+    assert box.tolist() == [[2, 17, 7], [17, 43, 28]]
+    edge = np.zeros(SHAPE, bool)
+    edge[0:2, 0:4, 44:48] = True
+    assert segment_box_ijk(volume, edge, []).tolist() == [[41, 0, 0], [47, 6, 4]]  # clipped to the volume
