@@ -113,7 +113,11 @@ def main() -> None:
     parser.add_argument("--procedures", nargs="+", default=["correct", "graphcut"])
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--json", type=Path, help="also write every row here (and resume from it)")
+    parser.add_argument("--summary-only", action="store_true", help="print the summary of the rows in --json")
     args = parser.parse_args()
+    if args.summary_only:
+        print_summaries(json.loads(args.json.read_text()), args.models, args.procedures)
+        return
     print(f"{machine_description()}; {torch.get_num_threads()} torch threads, encoder precision "
           f"{resolve_precision('auto', torch.device('cpu'))}", flush=True)
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
@@ -147,9 +151,13 @@ def main() -> None:
                         if args.json:
                             args.json.write_text(json.dumps(rows))
     print()
+    print_summaries(rows, args.models, args.procedures)
+
+
+def print_summaries(rows: list[dict], models, procedures) -> None:
     for dataset in ("colin27", "phantom"):
-        for model in args.models:
-            for procedure in args.procedures:
+        for model in models:
+            for procedure in procedures:
                 chosen = [r for r in rows if (r["dataset"], r["model"], r["procedure"]) == (dataset, model, procedure)]
                 if chosen:
                     print(f"{dataset:<8}{model:<11}{procedure:<9} {summary(chosen)}")
