@@ -95,7 +95,7 @@ def test_session_correct_refuses_no_clicks_and_clicks_outside():
 
 
 def test_the_box_a_segment_is_corrected_in_holds_its_include_clicks():
-    from MedFoundationSegLib.workflow.session import segment_box_ijk
+    from MedFoundationSegLib.workflow.fusion import segment_box_ijk
 
     volume = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 1.0))
     mask = np.zeros(SHAPE, bool)

@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from MedFoundationSegLib.runtime.encoder_runtime import resolve_precision  # noqa: E402
-from MedFoundationSegLib.workflow.session import Session, fuse_models  # noqa: E402
+from MedFoundationSegLib.workflow.fusion import fuse_models  # noqa: E402
+from MedFoundationSegLib.workflow.session import Session  # noqa: E402
 from run_benchmarks import (  # noqa: E402
     AAL_FULL,
     PHANTOM_FULL,
