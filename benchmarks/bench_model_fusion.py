@@ -60,9 +60,7 @@ def structure_rows(session: Session, image, truth: np.ndarray) -> dict:
         masks[f"{name}+gc"] = session.refine_result(image, result, method="graphcut", box_ijk=box_ijk).mask_kji
     mean_result = type(lite)(mean_probability > 0.5, mean_probability.astype(np.float32), dict(lite.report))
     masks["mean+gc"] = session.refine_result(image, mean_result, method="graphcut", box_ijk=box_ijk).mask_kji
-    union = lite.mask_kji | mobile.mask_kji
-    disagree = float((lite.mask_kji ^ mobile.mask_kji).sum()) / max(float(union.sum()), 1.0)
-    return dict(dice={name: dice(masks[name], truth) for name in VARIANTS}, disagree=disagree,
+    return dict(dice={name: dice(masks[name], truth) for name in VARIANTS}, disagree=fused.report["disagreement"],
                 seconds={k: round(v, 2) for k, v in seconds.items()})
 
 

@@ -40,19 +40,26 @@ class Click:
 class CorrectionResult:
     mask: np.ndarray  # bool (slices, rows, columns): the whole structure after the correction
     probability: np.ndarray  # float32, the model's probability where it was re-run, the old one elsewhere
-    changed: list[int]  # slices the model re-ran and whose mask changed
+    changed: list[int]  # slices whose mask changed (re-prompted, reached by a spread, or cleared beyond an end)
     stop_reasons: dict[str, str]  # per clicked slice and direction, why the spread stopped
 
 
 def reprompt_slice(segmenter, index: int, box_xyxy, clicks: list[Click], shown_hw: np.ndarray | None,
-                   *, use_mask_prompt: bool = True):
-    """(mask, probability, predicted IoU) of slice ``index`` prompted with the box, its clicks and the shown mask."""
+                   *, use_mask_prompt: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, probability) of slice ``index`` prompted with the box, its clicks and the shown mask."""
     points_xy = np.array([[c.srk[2], c.srk[1]] for c in clicks], float).reshape(-1, 2)
     labels = np.array([1 if c.positive else 0 for c in clicks], int)
     mask_prompt = shown_hw if use_mask_prompt and shown_hw is not None and shown_hw.any() else None
     result = segmenter.segment_slice(index, box_xyxy, points_xy if len(clicks) else None,
                                      labels if len(clicks) else None, mask_prompt)
-    return np.asarray(result.mask, bool), np.asarray(result.probability, np.float32), float(result.predicted_iou)
+    return np.asarray(result.mask, bool), np.asarray(result.probability, np.float32)
+
+
+def _grown_within(box, shape_hw, cap, margin_px: float, margin_fraction: float):
+    """``box`` plus a margin of max(``margin_px``, ``margin_fraction`` of its larger side), within ``cap``; None when
+    that leaves less than 2 px."""
+    side = max(box[2] - box[0], box[3] - box[1]) + 1
+    return _intersect_boxes(_grow_box(box, max(margin_px, margin_fraction * side), shape_hw), cap)
 
 
 def _clicks_hold(mask_hw: np.ndarray, clicks: list[Click]) -> bool:
@@ -75,8 +82,7 @@ def slice_prompt_box(mask: np.ndarray, index: int, clicks: list[Click], cap, mar
             box = (x, y, x, y) if box is None else (min(box[0], x), min(box[1], y), max(box[2], x), max(box[3], y))
     if box is None:
         return cap
-    side = max(box[2] - box[0], box[3] - box[1]) + 1
-    return _intersect_boxes(_grow_box(box, max(margin_px, margin_fraction * side), mask.shape[1:]), cap) or cap
+    return _grown_within(box, mask.shape[1:], cap, margin_px, margin_fraction) or cap
 
 
 def _clear_beyond(mask: np.ndarray, probability: np.ndarray, index: int, changed: list[int]) -> str:
@@ -119,7 +125,7 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
     for k in redo:
         check(cancelled, "correction")
         prompt = slice_prompt_box(mask, k, by_slice[k], cap, margin_px, margin_fraction)
-        m, p, _ = reprompt_slice(segmenter, k, prompt, by_slice[k], mask[k], use_mask_prompt=use_mask_prompt)
+        m, p = reprompt_slice(segmenter, k, prompt, by_slice[k], mask[k], use_mask_prompt=use_mask_prompt)
         if monotone_clicked_slice:  # the clicked slice too only changes the way its last click asks
             m = (m | mask[k]) if by_slice[k][-1].positive else (m & mask[k])
         if not _clicks_hold(m, by_slice[k]):  # the model ignored a click: the graph cut's hard seeds will hold it
@@ -157,8 +163,7 @@ def _spread(segmenter, mask, probability, start: int, step: int, limit: int, cli
         box = mask_box_xyxy(prev if adds else mask[k])
         if box is None:
             return f"nothing {'to follow' if adds else 'left to take away'} at slice {k}"
-        side = max(box[2] - box[0], box[3] - box[1]) + 1
-        prompt = _intersect_boxes(_grow_box(box, max(margin_px, margin_fraction * side), mask.shape[1:]), cap) or box
+        prompt = _grown_within(box, mask.shape[1:], cap, margin_px, margin_fraction) or box
         result = segmenter.segment_slice(k, prompt)
         answer = np.asarray(result.mask, bool)
         if adds:  # a leak must not be added
