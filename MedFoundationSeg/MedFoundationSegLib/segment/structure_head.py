@@ -1,0 +1,147 @@
+"""A structure head: logistic regression on the cached slice embeddings, learned from the masks a user signed.
+
+Why: the SAM family sees one slice and one prompt at a time and forgets. The slice embeddings it already computed say,
+cell by cell, what the tissue looks like; a linear read-out of them, fitted on the slices the user drew or corrected,
+recognises the same structure on the other slices of the volume, and, kept per structure, in the next volume of the
+dataset. It costs one matrix product per slice, so it can run after every click.
+
+The head works on the embedding grid (``cells`` x ``cells``, spanning the model's padded input frame); masks go to it
+as the share of each cell they cover and come back through the model's own logits-to-slice geometry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from MedFoundationSegLib.segment.preprocessing import SliceTransform
+
+HEAD_FORMAT = "medfoundationseg-structure-head"
+BOX_CONTEXT = 0.5  # cells are learned and predicted within the box grown by this share of its size per side
+
+
+class HeadError(ValueError):
+    """A head that cannot be used here (another model, embedding size or an unreadable file)."""
+
+
+@dataclasses.dataclass
+class StructureHead:
+    """p(structure | embedding cell) = sigmoid(w . (e - mean) / scale + b), for one model's embeddings."""
+
+    model: str
+    weights: np.ndarray  # (C,) float32
+    bias: float
+    mean: np.ndarray  # (C,) the feature standardisation fixed by the first fit
+    scale: np.ndarray  # (C,)
+    volumes: int = 0  # how many volumes' masks it has learned from
+    cells: int = 0  # how many labelled cells
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """(N, C) embedding cells -> (N,) logits."""
+        return ((np.asarray(features, np.float32) - self.mean) / self.scale) @ self.weights + np.float32(self.bias)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for an ``.npz`` (no pickled objects)."""
+        return {"format": np.array(HEAD_FORMAT), "model": np.array(self.model), "weights": self.weights,
+                "bias": np.array(self.bias, np.float32), "mean": self.mean, "scale": self.scale,
+                "volumes": np.array(self.volumes), "cells": np.array(self.cells)}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "StructureHead":
+        if str(arrays.get("format", "")) != HEAD_FORMAT:
+            raise HeadError("not a structure head file")
+        weights = np.asarray(arrays["weights"], np.float32).reshape(-1)
+        mean = np.asarray(arrays["mean"], np.float32).reshape(-1)
+        scale = np.asarray(arrays["scale"], np.float32).reshape(-1)
+        if not (len(weights) == len(mean) == len(scale)) or not np.all(np.isfinite(weights)) or np.any(scale <= 0):
+            raise HeadError("the structure head's arrays are inconsistent or not finite")
+        return cls(str(arrays["model"]), weights, float(arrays["bias"]), mean, scale, int(arrays["volumes"]),
+                   int(arrays["cells"]))
+
+
+# --- geometry between a slice and its embedding grid ---------------------------------------------------------------
+def _grid_hw(transform: SliceTransform, cells: int) -> tuple[int, int]:
+    """Cells of the embedding grid covered by the slice (the rest is the model's padding)."""
+    return (max(1, round(transform.resized_hw[0] * cells / transform.input_size)),
+            max(1, round(transform.resized_hw[1] * cells / transform.input_size)))
+
+
+def mask_to_cells(mask_hw: np.ndarray, transform: SliceTransform, cells: int) -> np.ndarray:
+    """The share of each embedding cell a slice mask covers, (cells, cells) float32; NaN on the padding."""
+    h, w = _grid_hw(transform, cells)
+    share = F.interpolate(torch.from_numpy(np.asarray(mask_hw, np.float32))[None, None], size=(h, w), mode="area")
+    out = np.full((cells, cells), np.nan, np.float32)
+    out[:h, :w] = share[0, 0].numpy()
+    return out
+
+
+def box_cells(box_xyxy, transform: SliceTransform, cells: int, context: float = BOX_CONTEXT) -> tuple[slice, slice]:
+    """Rows and columns of the embedding grid under a slice box grown by ``context`` of its size on each side."""
+    h, w = _grid_hw(transform, cells)
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    grow_x, grow_y = context * (x1 - x0 + 1), context * (y1 - y0 + 1)
+    per_x, per_y = w / transform.slice_hw[1], h / transform.slice_hw[0]
+    cols = slice(max(0, int(np.floor((x0 - grow_x) * per_x))), min(w, int(np.ceil((x1 + 1 + grow_x) * per_x))))
+    rows = slice(max(0, int(np.floor((y0 - grow_y) * per_y))), min(h, int(np.ceil((y1 + 1 + grow_y) * per_y))))
+    return rows, cols
+
+
+def embedding_cells(embedding: torch.Tensor) -> np.ndarray:
+    """(1, C, L, L) embedding -> (L, L, C) float32."""
+    return embedding[0].float().permute(1, 2, 0).numpy()
+
+
+def cell_logits_to_slice(logits_cells: np.ndarray, transform: SliceTransform) -> np.ndarray:
+    """(L, L) cell logits -> (H, W) slice logits, through the same geometry as the model's own masks."""
+    return transform.logits_to_slice(torch.from_numpy(np.asarray(logits_cells, np.float32))[None, None])[0, 0].numpy()
+
+
+# --- fitting -------------------------------------------------------------------------------------------------------
+def fit_head(features: np.ndarray, targets: np.ndarray, model: str, *, prior: StructureHead | None = None,
+             l2: float = 1e-2, prior_weight: float = 1.0, iterations: int = 60) -> StructureHead:
+    """Weighted logistic regression of soft ``targets`` (N,) in [0, 1] on ``features`` (N, C).
+
+    Foreground and background weigh the same in total, whatever their counts. With a ``prior`` (a head learned from
+    earlier volumes) the weights are pulled towards it, the harder the more volumes it saw: what one volume shows
+    adjusts the head, it does not replace it."""
+    features = np.asarray(features, np.float32)
+    targets = np.clip(np.asarray(targets, np.float32), 0.0, 1.0)
+    if features.ndim != 2 or len(features) != len(targets) or len(targets) == 0:
+        raise HeadError(f"features {features.shape} and targets {targets.shape} do not match")
+    if prior is not None and len(prior.weights) != features.shape[1]:
+        raise HeadError(f"the stored head has {len(prior.weights)} features; the model gives {features.shape[1]}")
+    if prior is not None:
+        mean, scale = prior.mean, prior.scale
+    else:
+        mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-3
+    x = torch.from_numpy((features - mean) / scale)
+    y = torch.from_numpy(targets)
+    fg = float(y.sum())
+    bg = float(len(y) - fg)
+    sample_weight = torch.where(y > 0.5, 0.5 / max(fg, 1.0), 0.5 / max(bg, 1.0))
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    w_prior, b_prior = torch.zeros(x.shape[1]), torch.zeros(())
+    pull, bias_pull = l2, 0.0
+    if prior is not None:
+        with torch.no_grad():
+            w.copy_(torch.from_numpy(prior.weights))
+            b.fill_(prior.bias)
+        w_prior, b_prior = torch.from_numpy(prior.weights), torch.tensor(float(prior.bias))
+        pull = bias_pull = l2 + prior_weight * l2 * prior.volumes
+    optimizer = torch.optim.LBFGS([w, b], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (F.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none") * sample_weight).sum()
+        loss = loss + 0.5 * pull * ((w - w_prior) ** 2).sum() + 0.5 * bias_pull * (b - b_prior) ** 2
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return StructureHead(model, w.detach().numpy().astype(np.float32), float(b.detach()), mean.astype(np.float32),
+                         scale.astype(np.float32), (prior.volumes if prior else 0), len(targets))
