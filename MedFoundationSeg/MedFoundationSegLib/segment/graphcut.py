@@ -110,7 +110,8 @@ def _disk_mask(shape, points: np.ndarray, radius: int) -> np.ndarray:
     return mask
 
 
-def _bbox(mask: np.ndarray) -> BoxKJI | None:
+def mask_box_kji(mask: np.ndarray) -> BoxKJI | None:
+    """Inclusive (first, last) per axis of the true voxels; None for an empty mask."""
     if not mask.any():
         return None
     out = []
@@ -170,9 +171,9 @@ def _prepare(image, prob, annotations: Annotations | None, params: GraphCutParam
         scribbles.append(None if s is None else s.astype(bool))
     fg_scribble, bg_scribble = scribbles
 
-    boxes = [_bbox(prob3 > 0.5), box]
+    boxes = [mask_box_kji(prob3 > 0.5), box]
     boxes += [((int(p[0]),) * 2, (int(p[1]),) * 2, (int(p[2]),) * 2) for p in np.concatenate([extreme, clicks])]
-    boxes += [_bbox(s) for s in (fg_scribble,) if s is not None]
+    boxes += [mask_box_kji(s) for s in (fg_scribble,) if s is not None]
     if box is not None:  # the box is a hard limit: never crop far beyond it
         boxes = [box] + [b for b in boxes[2:]]
     margin = np.array(params.crop_margin_vox)

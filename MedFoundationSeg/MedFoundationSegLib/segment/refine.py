@@ -26,7 +26,6 @@ from MedFoundationSegLib.segment.graphcut import (
     RefineError,
     RefineResult,
     _as_3d,
-    _bbox,
     _crop_region,
     _disk_mask,
     _finish,
@@ -36,6 +35,7 @@ from MedFoundationSegLib.segment.graphcut import (
     _postprocess,
     _prepare,
     click_influence,
+    mask_box_kji,
 )
 
 
@@ -175,7 +175,7 @@ def recut_at_click(image: np.ndarray, mask: np.ndarray, click_kji, positive: boo
     k, j, i = click[0]
     region_mask = np.zeros(mask3.shape, bool)
     region_mask[max(k - slices_each_side, 0):k + slices_each_side + 1] = True
-    near = _bbox(mask3 & region_mask)
+    near = mask_box_kji(mask3 & region_mask)
     boxes = [((k, k), (j, j), (i, i))] + ([near] if near else [])
     crop = _crop_region(mask3.shape, boxes, (0, margin_vox, margin_vox))
     crop = (slice(max(k - slices_each_side, 0), min(k + slices_each_side + 1, mask3.shape[0])),) + crop[1:]

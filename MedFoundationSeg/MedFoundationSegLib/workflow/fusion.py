@@ -6,6 +6,7 @@ import numpy as np
 
 from MedFoundationSegLib.core import geometry
 from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.segment.graphcut import mask_box_kji
 from MedFoundationSegLib.segment.model_fusion import fuse_by_agreement
 from MedFoundationSegLib.workflow.results import CaseResult
 
@@ -37,7 +38,7 @@ def segment_box_ijk(volume: Volume, mask_kji: np.ndarray, clicks_kji, margin_fra
                     margin_vox: int = 3) -> np.ndarray:
     """The box a segment's clicks are corrected in: the mask's bounding box grown to hold its include clicks, plus
     ``margin_fraction`` of each side (at least ``margin_vox``), clipped to the volume; inclusive ijk."""
-    points = [np.argwhere(mask_kji).min(0), np.argwhere(mask_kji).max(0)]
+    points = [np.array(ends) for ends in zip(*mask_box_kji(mask_kji))]
     points += [np.asarray(point) for point, positive in clicks_kji if positive]
     lo_kji, hi_kji = np.min(points, axis=0), np.max(points, axis=0)
     margin = np.maximum(np.round((hi_kji - lo_kji + 1) * margin_fraction), margin_vox).astype(int)
