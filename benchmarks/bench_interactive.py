@@ -8,8 +8,10 @@ the protocol's figures are those after 5.
 
 Procedures (``--procedures``):
 - ``correct``: Session.correct, the engine's click action: the clicked slice re-prompted with the box, its clicks
-  and the shown mask, the correction spread outwards while it changes something, then a 3D graph cut holding every
-  click (segment/clicks.py).
+  and the shown mask, the correction spread outwards while it changes something (segment/clicks.py), a structure
+  head learned from the shown mask and the clicks predicting the box's slices (segment/head_learning.py), then a 3D
+  graph cut holding every click.
+- ``no_learn``: ``correct`` without the structure head (the click action before it learned).
 - ``monotone``: ``correct`` whose clicked slice, too, only gains (include click) or loses (exclude click) voxels;
   ``no_mask_prompt``: ``correct`` without the shown mask as the mask prompt.
 - ``graphcut``: the graph cut alone with every click as a hard seed (the Refine action before clicks re-prompted).
@@ -44,7 +46,9 @@ from seg_metrics import dice  # noqa: E402
 
 PROTOCOL_CLICKS = 5
 # Session.correct variants (keyword arguments of segment.clicks.correct_with_clicks)
-TUNINGS = {"correct": {}, "monotone": {"monotone_clicked_slice": True}, "no_mask_prompt": {"use_mask_prompt": False}}
+TUNINGS = {"correct": {}, "no_learn": {}, "monotone": {"monotone_clicked_slice": True},
+           "no_mask_prompt": {"use_mask_prompt": False}}
+LEARN = {"no_learn": False}  # Options.learn per procedure (default: on)
 
 
 def protocol_box_ijk(truth_kji: np.ndarray) -> np.ndarray:
@@ -75,7 +79,7 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
         t0 = time.perf_counter()
         if procedure in TUNINGS:
             shown = session.correct(image, shown, box_ijk, clicks, model=model, refine="graphcut",
-                                    tuning=TUNINGS[procedure])
+                                    learn=LEARN.get(procedure, True), tuning=TUNINGS[procedure])
         else:
             positive = [c[::-1] for c, p in clicks if p]
             negative = [c[::-1] for c, p in clicks if not p]

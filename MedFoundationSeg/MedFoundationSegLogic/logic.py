@@ -16,12 +16,13 @@ import dataclasses
 import numpy as np
 from MedFoundationSegLib.core import terminology
 from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.io.head_store import HeadStore, HeadStoreError, head_to_json
 from MedFoundationSegLib.workflow.actions import EngineRequest, EngineResult
 from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLib.workflow.results import CaseResult
 
 from . import mrml_bridge
-from .node_attributes import ENGINE_ATTRIBUTE, TERMINOLOGY_ATTRIBUTE
+from .node_attributes import ENGINE_ATTRIBUTE, STRUCTURE_ATTRIBUTE, TERMINOLOGY_ATTRIBUTE
 from .segment_edits import EditResult, SegmentEditHistory
 
 
@@ -39,6 +40,7 @@ class PreparedAction:
     engine: object = dataclasses.field(repr=False, default=None)
     scratch_segment_ids: tuple = ()  # segments the result may overlap (the scribbles that guided it)
     terminology_tag: str | None = None  # Slicer TerminologyEntry for a segment the action creates (e.g. from MedLAM)
+    structure: str | None = None  # the structure's name, under which its learned head is stored
 
     def compute(self, progress=None, cancelled=None) -> CaseResult:
         """Run the request on the engine to the end (scripts, tests); the widget uses ``start`` and polls instead."""
@@ -53,13 +55,20 @@ class PreparedAction:
 class MedFoundationSegLogic:
     """The panel's actions on a scene. ``options`` holds the panel's choices (the widget writes them before each
     action). ``engine`` runs them: the shared local engine process by default (models and slice embeddings stay warm
-    there across actions and modules), a remote one, or ``InProcessEngine`` for scripts."""
+    there across actions and modules), a remote one, or ``InProcessEngine`` for scripts.
 
-    def __init__(self, scene, options: Options | None = None, engine=None):
+    ``heads_folder``: where structure heads are kept (``<folder>/heads``, beside a template set): a segment-in-box or
+    refine action on a named structure starts from its stored head, and applying the result stores the head the
+    engine learned from it (segment/head_learning.py). None: nothing is stored."""
+
+    def __init__(self, scene, options: Options | None = None, engine=None, heads_folder=None):
         self.scene = scene
         self.options = options or Options()
         self.history = SegmentEditHistory(scene)
         self._engine = engine
+        self.head_store = HeadStore(heads_folder) if heads_folder else None
+        self._prior_heads = {}  # (volume node, structure, model) -> the stored head when work on that volume began
+        self.head_warning = None  # why the last learned head was not stored
 
     @property
     def engine(self):
@@ -74,6 +83,33 @@ class MedFoundationSegLogic:
         return PreparedAction(action, volume_node.GetID(), segmentation_node.GetID(), segment_id, volume, request,
                               prompts, self.engine, **extra)
 
+    # --- structure heads --------------------------------------------------------------------------------------------
+    def _prior_key(self, volume_node, structure: str | None):
+        return (volume_node.GetID(), structure, self.options.model)
+
+    def _attach_prior_head(self, request: EngineRequest, volume_node, structure: str | None) -> None:
+        """Send the structure's stored head with the request. The head read when work on this volume began stays the
+        prior for every later action on it, so one volume counts once however many corrections it takes."""
+        if self.head_store is None or not structure or not self.options.learn:
+            return
+        key = self._prior_key(volume_node, structure)
+        if key not in self._prior_heads:
+            self._prior_heads[key] = self.head_store.load(structure, self.options.model)
+        if self._prior_heads[key] is not None:
+            request.params["prior_head"] = head_to_json(self._prior_heads[key])
+
+    def _store_head(self, prepared: PreparedAction, result: CaseResult) -> None:
+        """Store the head the engine learned from this result: one volume more than its prior."""
+        self.head_warning = None
+        if self.head_store is None or not prepared.structure or result.head is None:
+            return
+        prior = self._prior_heads.get((prepared.volume_node_id, prepared.structure, prepared.request.options.model))
+        learned = dict(result.head, volumes=np.array((int(prior["volumes"]) if prior is not None else 0) + 1))
+        try:
+            self.head_store.save(prepared.structure, prepared.request.options.model, learned)
+        except (OSError, HeadStoreError) as error:  # the segment is written all the same
+            self.head_warning = f"the learned head of {prepared.structure} was not stored: {error}"
+
     # --- prepare (GUI thread) ---------------------------------------------------------------------------------------
     def _base(self, volume_node, segmentation_node):
         if volume_node is None:
@@ -86,12 +122,13 @@ class MedFoundationSegLogic:
     def prepare_segment_in_roi(self, volume_node, roi_node, segmentation_node, segment_id=None) -> PreparedAction:
         if roi_node is None:
             raise ValueError("place or select a box (ROI) around the structure")
+        structure = roi_node.GetAttribute(STRUCTURE_ATTRIBUTE) or _segment_name(segmentation_node, segment_id)
         return self._prepare_box(volume_node, mrml_bridge.roi_bounds_ras(roi_node), segmentation_node, segment_id,
                                  roi_node.GetID(), roi_node.GetAttribute(TERMINOLOGY_ATTRIBUTE),
-                                 localized_by=roi_node.GetAttribute(ENGINE_ATTRIBUTE))
+                                 localized_by=roi_node.GetAttribute(ENGINE_ATTRIBUTE), structure=structure)
 
     def _prepare_box(self, volume_node, bounds_ras, segmentation_node, segment_id, roi_node_id, terminology_tag=None,
-                     localized_by: str | None = None) -> PreparedAction:
+                     localized_by: str | None = None, structure: str | None = None) -> PreparedAction:
         """``localized_by``: the engine that placed the box (padded by ``options.padding_mm``); None for a box the
         user drew (padded by ``options.drawn_box_padding_mm``, 0 by default: taken as drawn)."""
         volume = self._base(volume_node, segmentation_node)
@@ -101,12 +138,13 @@ class MedFoundationSegLogic:
         if not localized_by:
             s = s.replace(padding_mm=s.drawn_box_padding_mm, padding_fraction=None)
         request = EngineRequest("segment_box", volume, s, {"box_ijk": box_ijk.tolist()})
+        self._attach_prior_head(request, volume_node, structure)
         prompts = {"model": s.model, "axis": s.axis, "box_ijk": box_ijk.tolist(),
                    "box_ras_mm": bounds_ras.round(3).tolist(), "roi_node": roi_node_id,
                    "localized_by": localized_by or None,  # None: a drawn box, used as drawn
                    "padding_mm": s.padding_mm, "mode": s.mode}
         return self._prepared("segment in box", volume_node, segmentation_node, segment_id, volume, request, prompts,
-                              terminology_tag=terminology_tag)
+                              terminology_tag=terminology_tag, structure=structure)
 
     def prepare_propagation(self, volume_node, segmentation_node, segment_id: str, slice_index: int | None = None,
                             *, outward_only: bool = False) -> PreparedAction:
@@ -159,13 +197,16 @@ class MedFoundationSegLogic:
         arrays = {"mask_kji": mask_kji} if scribble is None else {"mask_kji": mask_kji, "scribble_kji": scribble}
         request = EngineRequest("refine", volume, s, {"positive_ijk": np.asarray(clicks["positive"]).tolist(),
                                                       "negative_ijk": np.asarray(clicks["negative"]).tolist()}, arrays)
+        structure = _segment_name(segmentation_node, segment_id)
+        self._attach_prior_head(request, volume_node, structure)
         prompts = {"method": s.refine,
                    "positive_ras": np.asarray(positive_ras, float).reshape(-1, 3).round(3).tolist(),
                    "negative_ras": np.asarray(negative_ras, float).reshape(-1, 3).round(3).tolist(),
                    "positive_node": click_node_ids[0], "negative_node": click_node_ids[1],
                    "scribble_segment": scribble_segment_id}
         return self._prepared("refine", volume_node, segmentation_node, segment_id, volume, request, prompts,
-                              scratch_segment_ids=(scribble_segment_id,) if scribble_segment_id else ())
+                              scratch_segment_ids=(scribble_segment_id,) if scribble_segment_id else (),
+                              structure=structure)
 
     def prepare_rerun(self, volume_node, segmentation_node, segment_id: str) -> PreparedAction:
         """The action that made this segment, rebuilt from its stored prompts (segment tag) so it can be re-run after
@@ -217,10 +258,12 @@ class MedFoundationSegLogic:
             result = result.case_result()
         prompts = dict(prepared.prompts, report=result.report_summary())
         tag = prepared.terminology_tag or terminology.tag_for_structure(segment_name)
-        return self.history.apply(volume_node, segmentation_node, result.mask_kji, segment_id=prepared.segment_id,
+        edit = self.history.apply(volume_node, segmentation_node, result.mask_kji, segment_id=prepared.segment_id,
                                   segment_name=segment_name, color_rgb=color_rgb, prompts=prompts,
                                   action=prepared.action, scratch_segment_ids=prepared.scratch_segment_ids,
                                   terminology_tag=tag)
+        self._store_head(prepared, result)  # after the segment is written: a store that fails loses nothing
+        return edit
 
     def undo(self) -> str | None:
         return self.history.undo()
@@ -229,3 +272,8 @@ class MedFoundationSegLogic:
     def run(self, prepared: PreparedAction, *, progress=None, cancelled=None, **apply_options) -> EditResult:
         result = prepared.compute(progress=progress, cancelled=cancelled)
         return self.apply(prepared, result, **apply_options)
+
+
+def _segment_name(segmentation_node, segment_id: str | None) -> str | None:
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id) if segment_id else None
+    return segment.GetName() if segment is not None else None

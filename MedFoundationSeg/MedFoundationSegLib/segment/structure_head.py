@@ -63,7 +63,7 @@ class StructureHead:
 
 
 # --- geometry between a slice and its embedding grid ---------------------------------------------------------------
-def _grid_hw(transform: SliceTransform, cells: int) -> tuple[int, int]:
+def grid_hw(transform: SliceTransform, cells: int) -> tuple[int, int]:
     """Cells of the embedding grid covered by the slice (the rest is the model's padding)."""
     return (max(1, round(transform.resized_hw[0] * cells / transform.input_size)),
             max(1, round(transform.resized_hw[1] * cells / transform.input_size)))
@@ -71,7 +71,7 @@ def _grid_hw(transform: SliceTransform, cells: int) -> tuple[int, int]:
 
 def mask_to_cells(mask_hw: np.ndarray, transform: SliceTransform, cells: int) -> np.ndarray:
     """The share of each embedding cell a slice mask covers, (cells, cells) float32; NaN on the padding."""
-    h, w = _grid_hw(transform, cells)
+    h, w = grid_hw(transform, cells)
     share = F.interpolate(torch.from_numpy(np.asarray(mask_hw, np.float32))[None, None], size=(h, w), mode="area")
     out = np.full((cells, cells), np.nan, np.float32)
     out[:h, :w] = share[0, 0].numpy()
@@ -80,7 +80,7 @@ def mask_to_cells(mask_hw: np.ndarray, transform: SliceTransform, cells: int) ->
 
 def box_cells(box_xyxy, transform: SliceTransform, cells: int, context: float = BOX_CONTEXT) -> tuple[slice, slice]:
     """Rows and columns of the embedding grid under a slice box grown by ``context`` of its size on each side."""
-    h, w = _grid_hw(transform, cells)
+    h, w = grid_hw(transform, cells)
     x0, y0, x1, y1 = (float(v) for v in box_xyxy)
     grow_x, grow_y = context * (x1 - x0 + 1), context * (y1 - y0 + 1)
     per_x, per_y = w / transform.slice_hw[1], h / transform.slice_hw[0]
@@ -100,11 +100,13 @@ def cell_logits_to_slice(logits_cells: np.ndarray, transform: SliceTransform) ->
 
 
 # --- fitting -------------------------------------------------------------------------------------------------------
-def fit_head(features: np.ndarray, targets: np.ndarray, model: str, *, prior: StructureHead | None = None,
-             l2: float = 1e-2, prior_weight: float = 1.0, iterations: int = 60) -> StructureHead:
+def fit_head(features: np.ndarray, targets: np.ndarray, model: str, *, weights: np.ndarray | None = None,
+             prior: StructureHead | None = None, l2: float = 1e-2, prior_weight: float = 1.0,
+             iterations: int = 60) -> StructureHead:
     """Weighted logistic regression of soft ``targets`` (N,) in [0, 1] on ``features`` (N, C).
 
-    Foreground and background weigh the same in total, whatever their counts. With a ``prior`` (a head learned from
+    Foreground and background weigh the same in total, whatever their counts; ``weights`` (N,) say how much each
+    sample counts within its class. With a ``prior`` (a head learned from
     earlier volumes) the weights are pulled towards it, the harder the more volumes it saw: what one volume shows
     adjusts the head, it does not replace it."""
     features = np.asarray(features, np.float32)
@@ -119,9 +121,12 @@ def fit_head(features: np.ndarray, targets: np.ndarray, model: str, *, prior: St
         mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-3
     x = torch.from_numpy((features - mean) / scale)
     y = torch.from_numpy(targets)
-    fg = float(y.sum())
-    bg = float(len(y) - fg)
-    sample_weight = torch.where(y > 0.5, 0.5 / max(fg, 1.0), 0.5 / max(bg, 1.0))
+    relative = torch.ones(len(y)) if weights is None else torch.from_numpy(np.asarray(weights, np.float32))
+    if relative.shape != y.shape or not bool(torch.all(relative >= 0)):
+        raise HeadError(f"weights {tuple(relative.shape)} must be (N,) and not negative")
+    fg = float(relative[y > 0.5].sum())
+    bg = float(relative[y <= 0.5].sum())
+    sample_weight = relative * torch.where(y > 0.5, 0.5 / max(fg, 1e-6), 0.5 / max(bg, 1e-6))
     w = torch.zeros(x.shape[1], requires_grad=True)
     b = torch.zeros((), requires_grad=True)
     w_prior, b_prior = torch.zeros(x.shape[1]), torch.zeros(())

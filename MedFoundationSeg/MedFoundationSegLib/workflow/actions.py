@@ -52,10 +52,13 @@ class EngineResult:
     arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def case_result(self) -> CaseResult:
+        from MedFoundationSegLib.io.head_store import json_to_head_arrays
+
         probability = self.arrays.get("probability_kji")
+        head = self.meta.get("head")
         return CaseResult(np.asarray(self.arrays["mask_kji"], bool),
                           None if probability is None else np.asarray(probability, np.float32),
-                          dict(self.meta.get("report", {})))
+                          dict(self.meta.get("report", {})), head=None if head is None else json_to_head_arrays(head))
 
     def boxes(self) -> dict[str, StructureBox]:
         return {item["name"]: StructureBox.from_dict(item) for item in self.meta.get("boxes", [])}
@@ -91,11 +94,31 @@ def run_request(session, request: EngineRequest, progress: ProgressCallback | No
 
 
 def _case(result: CaseResult, request: EngineRequest) -> EngineResult:
-    """The mask (and the model's probability only when ``params["probability"]`` asks: it is the bulk of a result)."""
+    """The mask (and the model's probability only when ``params["probability"]`` asks: it is the bulk of a result),
+    with the structure head the action learned, as JSON (``meta["head"]``), for the caller's head store."""
     arrays = {"mask_kji": np.asarray(result.mask_kji, bool)}
     if result.probability_kji is not None and request.params.get("probability"):
         arrays["probability_kji"] = np.asarray(result.probability_kji, np.float16)
-    return EngineResult({"report": _jsonable(result.report)}, arrays)
+    meta = {"report": _jsonable(result.report)}
+    if result.head is not None:
+        from MedFoundationSegLib.io.head_store import head_to_json
+
+        meta["head"] = head_to_json(result.head)
+    return EngineResult(meta, arrays)
+
+
+def _prior_head(request: EngineRequest):
+    """The head from earlier volumes the caller sent (``params["prior_head"]``, JSON), or None."""
+    value = request.params.get("prior_head")
+    if value is None:
+        return None
+    from MedFoundationSegLib.workflow.learning import head_from_json
+
+    head = head_from_json(value)
+    if head.model != request.options.model:
+        raise ValueError(f"the structure head was learned with {head.model}; this action uses "
+                         f"{request.options.model}")
+    return head
 
 
 def _mask(request: EngineRequest, name: str) -> np.ndarray:
@@ -112,7 +135,8 @@ def _segment_box(session, request, progress, cancelled) -> EngineResult:
     extreme = params.get("extreme_points_ijk")
     return _case(session.segment_box(request.volume, params["box_ijk"], request.options,
                                      extreme_points_ijk=None if extreme is None else np.asarray(extreme, float),
-                                     progress=progress, cancelled=cancelled), request)
+                                     prior_head=_prior_head(request), progress=progress, cancelled=cancelled),
+                 request)
 
 
 def _propagate(session, request, progress, cancelled) -> EngineResult:
@@ -130,7 +154,8 @@ def _refine(session, request, progress, cancelled) -> EngineResult:
               for key in ("positive_ijk", "negative_ijk")}
     return _case(session.refine(request.volume, _mask(request, "mask_kji"), request.options,
                                 positive_ijk=points["positive_ijk"], negative_ijk=points["negative_ijk"],
-                                scribble_kji=scribble, progress=progress, cancelled=cancelled), request)
+                                scribble_kji=scribble, prior_head=_prior_head(request), progress=progress,
+                                cancelled=cancelled), request)
 
 
 def _fill_between(session, request, progress, cancelled) -> EngineResult:

@@ -64,6 +64,9 @@ class Options:
     # Include/exclude clicks on a segment re-prompt the model on the clicked slices and spread the correction before
     # the refinement (Session.correct); False: the refinement alone, with the clicks as hard seeds.
     reprompt_clicks: bool = _option(True, None)
+    # After the re-prompt, a structure head learned from the shown mask and the clicks predicts the box's slices, so
+    # a correction reaches the slices where the same error recurs (segment/head_learning.py).
+    learn: bool = _option(True, None)
     overlap_policy: str = _option("score", "overlapPolicy", choices=OVERLAP_POLICIES,
                                   help="who wins a voxel two structures claim (model score or template order)")
     seed: int = _option(0, "seed", kind=int, help="random seed (deterministic results)")

@@ -14,6 +14,7 @@ class CaseResult:
     mask_kji: np.ndarray
     probability_kji: np.ndarray | None = None
     report: dict = dataclasses.field(default_factory=dict)
+    head: dict | None = None  # the structure head learned from this result, as plain arrays (StructureHead.to_arrays)
 
     def report_summary(self) -> dict:
         """The part of the report worth storing in a segment tag (no per-voxel data)."""

@@ -24,6 +24,7 @@ from MedFoundationSegLib.segment.exterior import drop_exterior_background
 from MedFoundationSegLib.segment.interpolation import interpolate_slices
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
+from MedFoundationSegLib.workflow import learning
 from MedFoundationSegLib.workflow.fusion import fuse_models, fuse_planes, segment_box_ijk
 from MedFoundationSegLib.workflow.options import AXES, SEGMENTATION_MODES, Options
 from MedFoundationSegLib.workflow.results import CaseResult
@@ -94,11 +95,13 @@ class Session:
 
     # --- one structure ------------------------------------------------------------------------------------------
     def segment_box(self, volume: Volume, box_ijk, options: Options | None = None, *, slabs=None,
-                    extreme_points_ijk=None, progress: ProgressCallback | None = None,
+                    extreme_points_ijk=None, prior_head=None, progress: ProgressCallback | None = None,
                     cancelled: CancelCheck | None = None, **changes) -> CaseResult:
         """Segment a structure from its 3D box, slice by slice as ``options.mode`` says (SEGMENTATION_MODES), then
         refine it when ``options.refine`` asks. ``options.padding_fraction`` caps the padding at that fraction of
-        the box's smaller in-plane side (a small structure's localized box is padded less)."""
+        the box's smaller in-plane side (a small structure's localized box is padded less). With ``prior_head`` (a
+        ``StructureHead`` learned from earlier volumes) and ``options.learn``, the head, adjusted to this volume's
+        masks, predicts the box's slices before the refinement."""
         o = _resolve(options, changes)
         start = time.perf_counter()
         if o.mode not in SEGMENTATION_MODES:
@@ -117,6 +120,11 @@ class Session:
             outcome = parts[0] if same else fuse_models(volume, parts, box_ijk)
         else:
             outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled)
+        if prior_head is not None and o.learn:
+            report(progress, 0.9, "adding what earlier volumes taught about the structure")
+            model = outcome.report.get("model", o.model)
+            outcome = learning.apply_head(self.segmenter(volume, o.replace(model=model)), outcome,
+                                          geometry.slice_box(box_ijk, o.axis), o.axis, model, prior=prior_head)
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.95, f"refining ({o.refine})")
@@ -254,7 +262,7 @@ class Session:
 
     def correct(self, volume: Volume, shown: CaseResult, box_ijk, clicks_kji: list[tuple[tuple[int, int, int], bool]],
                 options: Options | None = None, *, new_clicks: int = 1, tuning: dict | None = None,
-                progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
+                prior_head=None, progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
                 **changes) -> CaseResult:
         """Corrective clicks on a structure the user sees (``shown``: its mask and the model probability behind it).
 
@@ -262,6 +270,9 @@ class Session:
         each correction spreads outwards until it agrees with the shown masks (segment/clicks.py), and then, unless
         ``options.refine`` is "none", a 3D graph cut holds every click as a hard constraint. Clicks are ((k, j, i),
         positive) in voxels; a click may come from any view, it corrects the slice of the model's axis it lies on.
+        With ``options.learn`` a structure head is then fitted on the corrected mask and the clicks (warm-started from
+        ``prior_head``, a ``StructureHead`` from earlier volumes) and predicts the box's slices before the graph cut
+        (segment/head_learning.py); the result carries it in ``head``.
         ``tuning``: keyword arguments of ``segment.clicks.correct_with_clicks`` (benchmarks compare them)."""
         o = _resolve(options, changes)
         start = time.perf_counter()
@@ -290,6 +301,10 @@ class Session:
                              geometry.from_slices(corrected.probability, o.axis),
                              dict(shown.report, correction={"clicks": len(clicks), "changed": corrected.changed,
                                                             "stop_reasons": corrected.stop_reasons}))
+        if o.learn:
+            report(progress, 0.5, "learning the structure from the shown mask and the clicks")
+            outcome = learning.apply_head(segmenter, outcome, box, o.axis, o.model, clicks, prior=prior_head,
+                                          shown_view=corrected.mask)
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.7, f"refining ({o.refine}) with {len(clicks)} clicks")
@@ -298,13 +313,24 @@ class Session:
             refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                          positive_ijk=np.array(positive, float) if positive else None,
                                          negative_ijk=np.array(negative, float) if negative else None)
-            outcome = CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report)
+            outcome = CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
         outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
         report(progress, 1.0, "correction done")
         return outcome
 
+    def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
+                     prior_head=None, **changes):
+        """The structure head of a mask the user signed in its box, warm-started from ``prior_head``: store it per
+        structure (io/head_store.py) so the next volume starts from it."""
+        o = _resolve(options, changes)
+        if not np.asarray(mask_kji, bool).any():
+            raise ValueError("nothing to learn from: the segment is empty")
+        box_ijk = geometry.check_box_ijk(volume, box_ijk)
+        return learning.learn_signed(self.segmenter(volume, o), mask_kji, geometry.slice_box(box_ijk, o.axis),
+                                     o.axis, o.model, prior=prior_head)
+
     def refine(self, volume: Volume, mask_kji: np.ndarray, options: Options | None = None, *, positive_ijk=None,
-               negative_ijk=None, scribble_kji=None, progress: ProgressCallback | None = None,
+               negative_ijk=None, scribble_kji=None, prior_head=None, progress: ProgressCallback | None = None,
                cancelled: CancelCheck | None = None, **changes) -> CaseResult:
         """Refine an existing segment with clicks/scribbles; the segment itself is the soft evidence.
 
@@ -320,7 +346,8 @@ class Session:
                   for point in (np.zeros((0, 3)) if points is None else np.atleast_2d(points))]
         if clicks and o.reprompt_clicks and scribble_kji is None and mask_kji.any():
             outcome = self.correct(volume, base, segment_box_ijk(volume, mask_kji, clicks), clicks, o,
-                                   new_clicks=len(clicks), progress=progress, cancelled=cancelled,
+                                   new_clicks=len(clicks), prior_head=prior_head, progress=progress,
+                                   cancelled=cancelled,
                                    refine=o.refine if o.refine != "none" else "graphcut")
             outcome.report.update(mode="refine", seconds=round(time.perf_counter() - start, 3))
             return outcome

@@ -1,0 +1,89 @@
+"""Structure heads kept per structure and model beside a template set: ``<folder>/heads/<structure>.<model>.npz``.
+
+Why: what the user taught the tool about a structure in one volume (segment/structure_head.py) warm-starts the same
+structure in the next one, in the Slicer panel and in the batch alike. A head is a handful of plain arrays; they are
+stored with ``numpy.savez`` and read with ``allow_pickle=False``, written to a temporary file first and renamed, so a
+crash never leaves half a head. No torch here: the Slicer side stores heads too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+_NUMBERS = ("weights", "mean", "scale")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,99}$")
+
+
+class HeadStoreError(ValueError):
+    """A head file that cannot be read, or a structure or model name that cannot be a file name."""
+
+
+class HeadStore:
+    """The ``heads`` folder of a template set (or any folder the user chose)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder) / "heads"
+
+    def path(self, structure: str, model: str) -> Path:
+        for what, name in (("structure", structure), ("model", model)):
+            if not _NAME.match(str(name)) or ".." in str(name):
+                raise HeadStoreError(f"the {what} name {name!r} cannot name a head file (letters, digits, spaces "
+                                     "and _ . ( ) + - only)")
+        return self.folder / f"{structure}.{model}.npz"
+
+    def load(self, structure: str, model: str) -> dict[str, np.ndarray] | None:
+        """The stored head's arrays, or None when this structure has none for ``model`` yet."""
+        path = self.path(structure, model)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {key: np.array(data[key]) for key in data.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+            raise HeadStoreError(f"the stored head {path} cannot be read ({error}); delete it to start afresh") \
+                from error
+
+    def save(self, structure: str, model: str, arrays: dict[str, np.ndarray]) -> Path:
+        path = self.path(structure, model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.part")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                np.savez(stream, **arrays)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path
+
+    def structures(self, model: str) -> list[str]:
+        suffix = f".{model}.npz"
+        return sorted(p.name[:-len(suffix)] for p in self.folder.glob(f"*{suffix}")) if self.folder.is_dir() else []
+
+
+def head_to_json(arrays: dict) -> dict:
+    """A head's arrays (``StructureHead.to_arrays`` or a stored file) as JSON, the form heads travel in."""
+    out = {key: np.asarray(arrays[key], np.float32).reshape(-1).tolist() for key in _NUMBERS}
+    out.update(format=str(arrays["format"]), model=str(arrays["model"]), bias=float(arrays["bias"]),
+               volumes=int(arrays["volumes"]), cells=int(arrays["cells"]))
+    return out
+
+
+def json_to_head_arrays(value) -> dict[str, np.ndarray]:
+    """The arrays of a head in JSON form; ``StructureHead.from_arrays`` checks that they fit together."""
+    if not isinstance(value, dict) or any(key not in value for key in (*_NUMBERS, "format", "model", "bias")):
+        raise HeadStoreError("the structure head is incomplete")
+    try:
+        arrays = {key: np.asarray(value[key], np.float32).reshape(-1) for key in _NUMBERS}
+        arrays.update(format=np.array(str(value["format"])), model=np.array(str(value["model"])),
+                      bias=np.array(float(value["bias"]), np.float32), volumes=np.array(int(value.get("volumes", 0))),
+                      cells=np.array(int(value.get("cells", 0))))
+    except (TypeError, ValueError) as error:
+        raise HeadStoreError(f"the structure head is not numeric ({error})") from None
+    return arrays

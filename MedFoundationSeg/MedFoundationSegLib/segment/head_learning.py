@@ -1,0 +1,103 @@
+"""Learning from the user within a volume: the structure head refitted after every correction.
+
+Why: a click corrects one slice, but the error it points at (vessels the model leaves out of an organ, a neighbour it
+leaks into) recurs on the slices nobody clicked. The head (segment/structure_head.py) is fitted on the mask the user
+sees in the box, the clicked slices weighing more, and on every click's embedding cell as a labelled sample; it then
+predicts every slice of the box, so tissue the user included (or excluded) once is included (excluded) wherever it
+looks the same. With a head from earlier volumes as prior, the fit starts from what the dataset taught.
+
+Arrays are slice views (slice, row, column) along the model's axis; boxes are (x0, y0, x1, y1) inclusive pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from MedFoundationSegLib.segment import structure_head as sh
+
+CLICKED_SLICE_WEIGHT = 3.0  # a slice the user clicked on counts this many times an unvisited one
+CLICK_SHARE = 0.05  # each click's cell weighs this share of its class's total weight
+OUTSIDE_LOGIT = -10.0  # the head says "background" beyond the cells it predicts
+
+
+@dataclasses.dataclass
+class LearnedHead:
+    head: sh.StructureHead
+    probability: np.ndarray  # float32 slice view: the head's probability on ``slices``, 0 elsewhere
+    slices: tuple[int, int]  # first, last slice predicted
+
+
+def _cells_of(predictor, k: int, box_xyxy, context: float):
+    """(cells, rows, cols): the (L, L, C) embedding cells of slice ``k`` and the grid window around the box."""
+    cells = sh.embedding_cells(predictor.embedding(k))
+    rows, cols = sh.box_cells(box_xyxy, predictor.transform, cells.shape[0], context)
+    return cells, rows, cols
+
+
+def click_cell(srk, transform, cells: int) -> tuple[int, int]:
+    """The embedding cell (row, column) under the centre of a clicked voxel (slice, row, column)."""
+    h, w = sh.grid_hw(transform, cells)
+    return (min(int((srk[1] + 0.5) * h / transform.slice_hw[0]), h - 1),
+            min(int((srk[2] + 0.5) * w / transform.slice_hw[1]), w - 1))
+
+
+def box_samples(predictor, mask_view: np.ndarray, box_xyxy, slices: range, clicks=(), *,
+                context: float = sh.BOX_CONTEXT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, targets, weights) of the cells around the box on ``slices`` (targets: the share of each cell the
+    mask covers; clicked slices weigh ``CLICKED_SLICE_WEIGHT``) and of every click's cell (weights: ``CLICK_SHARE``
+    of its class's total)."""
+    clicked = {int(c.srk[0]) for c in clicks}
+    features, targets, weights = [], [], []
+    for k in slices:
+        cells, rows, cols = _cells_of(predictor, k, box_xyxy, context)
+        share = sh.mask_to_cells(mask_view[k], predictor.transform, cells.shape[0])[rows, cols].reshape(-1)
+        features.append(cells[rows, cols].reshape(-1, cells.shape[-1]))
+        targets.append(share)
+        weights.append(np.full(len(share), CLICKED_SLICE_WEIGHT if k in clicked else 1.0, np.float32))
+    targets_all, weights_all = np.concatenate(targets), np.concatenate(weights)
+    totals = {True: float(weights_all[targets_all > 0.5].sum()), False: float(weights_all[targets_all <= 0.5].sum())}
+    for click in clicks:
+        cells = sh.embedding_cells(predictor.embedding(int(click.srk[0])))
+        row, col = click_cell(click.srk, predictor.transform, cells.shape[0])
+        features.append(cells[row, col][None])
+        targets.append(np.array([1.0 if click.positive else 0.0], np.float32))
+        weights.append(np.array([CLICK_SHARE * max(totals[bool(click.positive)], 1.0)], np.float32))
+    return np.concatenate(features), np.concatenate(targets), np.concatenate(weights)
+
+
+def head_probability(predictor, head: sh.StructureHead, box_xyxy, slices: range, shape_view, *,
+                     context: float = sh.BOX_CONTEXT) -> np.ndarray:
+    """The head's probability on ``slices`` within the box grown by ``context`` (0 elsewhere), as a slice view."""
+    out = np.zeros(shape_view, np.float32)
+    for k in slices:
+        cells, rows, cols = _cells_of(predictor, k, box_xyxy, context)
+        logits = np.full(cells.shape[:2], OUTSIDE_LOGIT, np.float32)
+        window = cells[rows, cols]
+        logits[rows, cols] = head.logits(window.reshape(-1, window.shape[-1])).reshape(window.shape[:2])
+        out[k] = 1.0 / (1.0 + np.exp(-sh.cell_logits_to_slice(logits, predictor.transform)))
+    return out
+
+
+def learn_in_box(predictor, mask_view: np.ndarray, box_xyxy, slice_range: tuple[int, int], clicks, model: str, *,
+                 prior: sh.StructureHead | None = None) -> LearnedHead:
+    """Fit the head on what the user sees in the box (and the clicks), then predict the box's slices and every
+    clicked slice beyond them."""
+    ks = [int(c.srk[0]) for c in clicks]
+    first, last = min([slice_range[0], *ks]), max([slice_range[1], *ks])
+    slices = range(first, last + 1)
+    features, targets, weights = box_samples(predictor, mask_view, box_xyxy, slices, clicks)
+    head = sh.fit_head(features, targets, model, weights=weights, prior=prior)
+    return LearnedHead(head, head_probability(predictor, head, box_xyxy, slices, mask_view.shape), (first, last))
+
+
+def blend(probability_view: np.ndarray, learned: LearnedHead, clicks=()) -> np.ndarray:
+    """The head's probability on the slices it predicted, the given one elsewhere; every click's voxel holds its
+    label (1 or 0), so a mask taken at 0.5 keeps the clicks."""
+    out = np.array(probability_view, np.float32)
+    first, last = learned.slices
+    out[first:last + 1] = learned.probability[first:last + 1]
+    for click in clicks:
+        out[tuple(int(v) for v in click.srk)] = 1.0 if click.positive else 0.0
+    return out

@@ -1,0 +1,52 @@
+"""The structure head in the Session's actions: after corrective clicks (learning within a volume), on a first
+segmentation when a head from earlier volumes exists, and from a mask the user signed (learning across a dataset).
+
+Heads travel between the Slicer side, the engine and the store as plain arrays (``StructureHead.to_arrays``) or as
+their JSON form here, never as a path or a pickle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from MedFoundationSegLib.core import geometry
+from MedFoundationSegLib.io.head_store import HeadStoreError, json_to_head_arrays
+from MedFoundationSegLib.segment import head_learning
+from MedFoundationSegLib.segment.structure_head import HeadError, StructureHead, fit_head
+from MedFoundationSegLib.workflow.results import CaseResult
+
+
+def apply_head(segmenter, outcome: CaseResult, box: geometry.SliceBox, axis: str, model: str, clicks=(), *,
+               prior: StructureHead | None = None, shown_view: np.ndarray | None = None) -> CaseResult:
+    """``outcome`` with the head's probability on the box's slices: the head fitted on what the user sees
+    (``shown_view``, else the outcome's mask) and the clicks (``segment.clicks.Click`` in the slice view), warm-started
+    from ``prior``. The mask is the probability above 0.5 (the clicks hold); the head's arrays come back in ``head``."""
+    mask_view = geometry.to_slices(outcome.mask_kji, axis) if shown_view is None else shown_view
+    probability = outcome.probability_kji if outcome.probability_kji is not None else \
+        outcome.mask_kji.astype(np.float32)
+    learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), clicks,
+                                         model, prior=prior)
+    blended = head_learning.blend(geometry.to_slices(probability, axis), learned, clicks)
+    report = dict(outcome.report, head={"slices": list(learned.slices), "cells": learned.head.cells,
+                                        "prior_volumes": prior.volumes if prior else 0})
+    return CaseResult(geometry.from_slices(blended > 0.5, axis), geometry.from_slices(blended, axis), report,
+                      head=learned.head.to_arrays())
+
+
+def learn_signed(segmenter, mask_kji: np.ndarray, box: geometry.SliceBox, axis: str, model: str, *,
+                 prior: StructureHead | None = None) -> StructureHead:
+    """The head of a mask the user signed, warm-started from ``prior``: it has learned from one volume more."""
+    mask_view = geometry.to_slices(np.asarray(mask_kji, bool), axis)
+    features, targets, weights = head_learning.box_samples(segmenter.predictor, mask_view, box.xyxy,
+                                                           range(box.first, box.last + 1))
+    head = fit_head(features, targets, model, weights=weights, prior=prior)
+    head.volumes = (prior.volumes if prior else 0) + 1
+    return head
+
+
+def head_from_json(value: dict) -> StructureHead:
+    """A head sent with a request as JSON (``io.head_store.head_to_json``); a ``HeadError`` says what is wrong."""
+    try:
+        return StructureHead.from_arrays(json_to_head_arrays(value))
+    except HeadStoreError as error:
+        raise HeadError(str(error)) from None

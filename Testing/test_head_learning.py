@@ -1,0 +1,98 @@
+"""Learning from the user within a volume (segment/head_learning.py) and the per-structure head store (io/head_store.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from MedFoundationSegLib.io.head_store import HeadStore, HeadStoreError
+from MedFoundationSegLib.segment import head_learning as hl
+from MedFoundationSegLib.segment import structure_head as sh
+from MedFoundationSegLib.segment.clicks import Click
+from MedFoundationSegLib.segment.preprocessing import preprocessing_for, slice_transform
+
+SHAPE = (24, 48, 48)
+CELLS = 64
+
+
+def disks() -> np.ndarray:
+    k, j, i = np.mgrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
+    return ((j - 24) ** 2 + (i - 22) ** 2 <= 120) & (k >= 4) & (k <= 19)
+
+
+class EmbeddingPredictor:
+    """Slice embeddings in which one channel tells the structure from its surroundings (noisily); the rest is noise."""
+
+    def __init__(self, truth: np.ndarray, seed: int = 0):
+        self.transform = slice_transform(SHAPE[1:], preprocessing_for("litemedsam"))
+        rng = np.random.default_rng(seed)
+        self.embeddings = []
+        for k in range(SHAPE[0]):
+            share = np.nan_to_num(sh.mask_to_cells(truth[k], self.transform, CELLS))
+            channels = rng.normal(0, 1, (8, CELLS, CELLS)).astype(np.float32)
+            channels[0] = 3 * share - 1.5 + rng.normal(0, 0.5, (CELLS, CELLS))
+            self.embeddings.append(torch.from_numpy(channels)[None])
+
+    def embedding(self, k: int) -> torch.Tensor:
+        return self.embeddings[k]
+
+
+def dice(a, b) -> float:
+    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def test_errors_on_single_slices_are_fixed_where_nobody_clicked():
+    truth = disks()
+    shown = truth.copy()
+    for k in (8, 12, 16):  # the model missed half the structure on these slices
+        shown[k, :, 22:] = False
+    predictor = EmbeddingPredictor(truth)
+    learned = hl.learn_in_box(predictor, shown, (10, 12, 34, 36), (4, 19), [Click((10, 24, 22), True)], "litemedsam")
+    assert learned.slices == (4, 19)
+    for k in (8, 12, 16):
+        assert dice(shown[k], truth[k]) < 0.7
+        assert dice(learned.probability[k] > 0.5, truth[k]) > 0.9
+    assert not (learned.probability[:4] > 0).any() and not (learned.probability[20:] > 0).any()
+    blended = hl.blend(np.zeros(SHAPE, np.float32), learned, [Click((2, 5, 5), True), Click((12, 24, 22), False)])
+    assert blended[2, 5, 5] == 1.0 and blended[12, 24, 22] == 0.0  # the clicks hold in a mask taken at 0.5
+
+
+def test_samples_weigh_clicked_slices_and_clicks():
+    truth = disks()
+    predictor = EmbeddingPredictor(truth)
+    clicks = [Click((10, 24, 22), True), Click((11, 2, 2), False)]
+    features, targets, weights = hl.box_samples(predictor, truth, (10, 12, 34, 36), range(9, 13), clicks)
+    assert features.shape[1] == 8 and len(features) == len(targets) == len(weights)
+    per_slice = (len(targets) - 2) // 4
+    assert np.all(weights[per_slice:2 * per_slice] == hl.CLICKED_SLICE_WEIGHT)  # slice 10 was clicked
+    assert np.all(weights[2 * per_slice:3 * per_slice] == hl.CLICKED_SLICE_WEIGHT)  # slice 11 too
+    assert np.all(weights[:per_slice] == 1.0)
+    assert list(targets[-2:]) == [1.0, 0.0]
+    fg_total = weights[:-2][targets[:-2] > 0.5].sum()
+    assert weights[-2] == pytest.approx(hl.CLICK_SHARE * fg_total, rel=1e-5)
+    assert hl.click_cell((10, 47, 0), predictor.transform, CELLS) == (63, 0)
+
+
+def test_the_store_keeps_heads_per_structure_and_model_and_refuses_bad_names(tmp_path):
+    rng = np.random.default_rng(0)
+    head = sh.fit_head(rng.normal(0, 1, (50, 8)).astype(np.float32), (rng.random(50) > 0.5).astype(np.float32),
+                       "litemedsam")
+    head.volumes = 3
+    store = HeadStore(tmp_path / "templates")
+    assert store.load("liver", "litemedsam") is None
+    path = store.save("liver", "litemedsam", head.to_arrays())
+    assert path == tmp_path / "templates" / "heads" / "liver.litemedsam.npz"
+    again = sh.StructureHead.from_arrays(store.load("liver", "litemedsam"))
+    assert again.volumes == 3 and np.allclose(again.weights, head.weights)
+    assert store.load("liver", "mobilesam") is None and store.structures("litemedsam") == ["liver"]
+    for bad in ("../liver", "a/b", ""):
+        with pytest.raises(HeadStoreError):
+            store.path(bad, "litemedsam")
+    path.write_bytes(b"not a zip")
+    with pytest.raises(HeadStoreError, match="cannot be read"):
+        store.load("liver", "litemedsam")
+
+
+def test_fit_weights_must_match_the_samples():
+    with pytest.raises(sh.HeadError):
+        sh.fit_head(np.zeros((4, 2), np.float32), np.zeros(4, np.float32), "m", weights=np.ones(3))
