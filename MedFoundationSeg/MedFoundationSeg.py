@@ -82,6 +82,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for placeWidget in (self.ui.positiveClicksPlaceWidget, self.ui.negativeClicksPlaceWidget):
             placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         self.ui.cacheDirEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.headsFolderEdit.filters = ctk.ctkPathLineEdit.Dirs
 
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
@@ -149,6 +150,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cacheDirEdit.currentPath = os.environ.get(CACHE_ENV, "")
         self.ui.engineUrlEdit.text = str(settings.value(self._settingsKey("EngineUrl"), "") or "")
         self.ui.enginePythonEdit.currentPath = str(settings.value(self._settingsKey("EnginePython"), "") or "")
+        self.ui.headsFolderEdit.currentPath = str(settings.value(self._settingsKey("HeadsFolder"), "") or "")
         budget = settings.value(self._settingsKey("EmbeddingBudgetMB"), "")
         if str(budget).isdigit():
             self.ui.embeddingBudgetSpinBox.value = int(budget)
@@ -275,7 +277,9 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             padding_mm=float(self.ui.boxPaddingSpinBox.value),
             mode=PROPAGATION_MODES[max(self.ui.propagationModeComboBox.currentIndex, 0)],
             refine=REFINE_METHODS[max(self.ui.refineMethodComboBox.currentIndex, 0)],
-            cache_mb=int(self.ui.embeddingBudgetSpinBox.value))
+            cache_mb=int(self.ui.embeddingBudgetSpinBox.value), learn=bool(self.ui.learnCheckBox.checked))
+        self.logic.set_heads_folder(self.ui.headsFolderEdit.currentPath or None)
+        qt.QSettings().setValue(self._settingsKey("HeadsFolder"), self.ui.headsFolderEdit.currentPath)
 
     # --- inputs -------------------------------------------------------------------------------------------------------
     def setInputs(self, volumeNode=None, roiNode=None, segmentName=None):
@@ -363,7 +367,8 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             edit = logic.apply(prepared, job.result, segment_name=segmentName, color_rgb=color)
             self.ui.segmentSelector.setCurrentSegmentID(edit.segment_id)
             protected = (f"; {edit.voxels_protected} voxels left to other segments" if edit.voxels_protected else "")
-            self._setStatus(f"{prepared.action}: {edit.voxels_written} voxels written{protected}.")
+            warning = f" Note: {logic.head_warning}." if logic.head_warning else ""
+            self._setStatus(f"{prepared.action}: {edit.voxels_written} voxels written{protected}.{warning}")
             self._showReport(job.result.meta.get("report", {}))
 
         try:

@@ -12,6 +12,7 @@ Nothing here imports torch: the engine does the computing in its own process.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 from MedFoundationSegLib.core import terminology
@@ -66,9 +67,10 @@ class MedFoundationSegLogic:
         self.options = options or Options()
         self.history = SegmentEditHistory(scene)
         self._engine = engine
-        self.head_store = HeadStore(heads_folder) if heads_folder else None
+        self.head_store = None
         self._prior_heads = {}  # (volume node, structure, model) -> the stored head when work on that volume began
         self.head_warning = None  # why the last learned head was not stored
+        self.set_heads_folder(heads_folder)
 
     @property
     def engine(self):
@@ -84,6 +86,13 @@ class MedFoundationSegLogic:
                               prompts, self.engine, **extra)
 
     # --- structure heads --------------------------------------------------------------------------------------------
+    def set_heads_folder(self, folder) -> None:
+        """Keep learned heads in ``folder``/heads (None: keep nothing). Another folder starts afresh."""
+        current = None if self.head_store is None else self.head_store.folder.parent
+        if (Path(folder) if folder else None) != current:
+            self.head_store = HeadStore(folder) if folder else None
+            self._prior_heads.clear()
+
     def _prior_key(self, volume_node, structure: str | None):
         return (volume_node.GetID(), structure, self.options.model)
 

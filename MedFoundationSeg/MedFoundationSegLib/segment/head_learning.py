@@ -20,6 +20,8 @@ from MedFoundationSegLib.segment import structure_head as sh
 CLICKED_SLICE_WEIGHT = 3.0  # a slice the user clicked on counts this many times an unvisited one
 CLICK_SHARE = 0.05  # each click's cell weighs this share of its class's total weight
 OUTSIDE_LOGIT = -10.0  # the head says "background" beyond the cells it predicts
+MIN_AGREEMENT = 0.8  # a head whose mask agrees less (Dice) with the mask it learned from cannot resolve the structure
+PRIOR_WEIGHT = 10.0  # how hard a head from earlier volumes holds, per volume it learned from (fit_head's prior_weight)
 
 
 @dataclasses.dataclass
@@ -27,6 +29,16 @@ class LearnedHead:
     head: sh.StructureHead
     probability: np.ndarray  # float32 slice view: the head's probability on ``slices``, 0 elsewhere
     slices: tuple[int, int]  # first, last slice predicted
+    agreement: float  # Dice between the head's mask and the mask it learned from, on ``slices``
+    from_prior: bool = False  # warm-started from a head that earlier volumes' signed masks taught
+
+    @property
+    def usable(self) -> bool:
+        """A head learned from this volume alone must reproduce the mask it was shown: where the embedding grid is
+        coarse for the structure (small, thin, low-contrast ones) it cannot, and its prediction would replace a fair
+        mask with a blur. A head from earlier volumes is used as it is: it disagrees with the model exactly where the
+        model is wrong (and only heads that passed this test on their signed masks are stored)."""
+        return self.from_prior or self.agreement >= MIN_AGREEMENT
 
 
 def _cells_of(predictor, k: int, box_xyxy, context: float):
@@ -83,13 +95,17 @@ def head_probability(predictor, head: sh.StructureHead, box_xyxy, slices: range,
 def learn_in_box(predictor, mask_view: np.ndarray, box_xyxy, slice_range: tuple[int, int], clicks, model: str, *,
                  prior: sh.StructureHead | None = None) -> LearnedHead:
     """Fit the head on what the user sees in the box (and the clicks), then predict the box's slices and every
-    clicked slice beyond them."""
+    clicked slice beyond them. Without clicks this learns from the model's own masks: useful with a ``prior``, whose
+    pull keeps the head to what earlier volumes taught where this volume's masks are wrong."""
     ks = [int(c.srk[0]) for c in clicks]
     first, last = min([slice_range[0], *ks]), max([slice_range[1], *ks])
     slices = range(first, last + 1)
     features, targets, weights = box_samples(predictor, mask_view, box_xyxy, slices, clicks)
-    head = sh.fit_head(features, targets, model, weights=weights, prior=prior)
-    return LearnedHead(head, head_probability(predictor, head, box_xyxy, slices, mask_view.shape), (first, last))
+    head = sh.fit_head(features, targets, model, weights=weights, prior=prior, prior_weight=PRIOR_WEIGHT)
+    probability = head_probability(predictor, head, box_xyxy, slices, mask_view.shape)
+    shown, predicted = np.asarray(mask_view[first:last + 1], bool), probability[first:last + 1] > 0.5
+    agreement = 2.0 * float((shown & predicted).sum()) / max(float(shown.sum() + predicted.sum()), 1.0)
+    return LearnedHead(head, probability, (first, last), agreement, prior is not None)
 
 
 def blend(probability_view: np.ndarray, learned: LearnedHead, clicks=()) -> np.ndarray:

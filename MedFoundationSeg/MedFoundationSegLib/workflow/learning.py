@@ -12,7 +12,7 @@ import numpy as np
 from MedFoundationSegLib.core import geometry
 from MedFoundationSegLib.io.head_store import HeadStoreError, json_to_head_arrays
 from MedFoundationSegLib.segment import head_learning
-from MedFoundationSegLib.segment.structure_head import HeadError, StructureHead, fit_head
+from MedFoundationSegLib.segment.structure_head import HeadError, StructureHead
 from MedFoundationSegLib.workflow.results import CaseResult
 
 
@@ -20,28 +20,34 @@ def apply_head(segmenter, outcome: CaseResult, box: geometry.SliceBox, axis: str
                prior: StructureHead | None = None, shown_view: np.ndarray | None = None) -> CaseResult:
     """``outcome`` with the head's probability on the box's slices: the head fitted on what the user sees
     (``shown_view``, else the outcome's mask) and the clicks (``segment.clicks.Click`` in the slice view), warm-started
-    from ``prior``. The mask is the probability above 0.5 (the clicks hold); the head's arrays come back in ``head``."""
+    from ``prior``. The mask is the probability above 0.5 (the clicks hold); the head's arrays come back in ``head``.
+    A head that cannot reproduce the mask it learned from (``LearnedHead.usable``) changes nothing."""
     mask_view = geometry.to_slices(outcome.mask_kji, axis) if shown_view is None else shown_view
     probability = outcome.probability_kji if outcome.probability_kji is not None else \
         outcome.mask_kji.astype(np.float32)
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), clicks,
                                          model, prior=prior)
-    blended = head_learning.blend(geometry.to_slices(probability, axis), learned, clicks)
     report = dict(outcome.report, head={"slices": list(learned.slices), "cells": learned.head.cells,
-                                        "prior_volumes": prior.volumes if prior else 0})
+                                        "prior_volumes": prior.volumes if prior else 0,
+                                        "agreement": round(learned.agreement, 4), "used": learned.usable})
+    if not learned.usable:  # the model's masks stand; nothing worth storing was learned
+        return CaseResult(outcome.mask_kji, outcome.probability_kji, report)
+    blended = head_learning.blend(geometry.to_slices(probability, axis), learned, clicks)
     return CaseResult(geometry.from_slices(blended > 0.5, axis), geometry.from_slices(blended, axis), report,
                       head=learned.head.to_arrays())
 
 
 def learn_signed(segmenter, mask_kji: np.ndarray, box: geometry.SliceBox, axis: str, model: str, *,
-                 prior: StructureHead | None = None) -> StructureHead:
-    """The head of a mask the user signed, warm-started from ``prior``: it has learned from one volume more."""
+                 prior: StructureHead | None = None) -> StructureHead | None:
+    """The head of a mask the user signed, warm-started from ``prior``: it has learned from one volume more. None when
+    the head cannot reproduce the mask (``head_learning.MIN_AGREEMENT``): such a head is not worth keeping."""
     mask_view = geometry.to_slices(np.asarray(mask_kji, bool), axis)
-    features, targets, weights = head_learning.box_samples(segmenter.predictor, mask_view, box.xyxy,
-                                                           range(box.first, box.last + 1))
-    head = fit_head(features, targets, model, weights=weights, prior=prior)
-    head.volumes = (prior.volumes if prior else 0) + 1
-    return head
+    learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), (), model,
+                                         prior=prior)
+    if learned.agreement < head_learning.MIN_AGREEMENT:
+        return None
+    learned.head.volumes = (prior.volumes if prior else 0) + 1
+    return learned.head
 
 
 def head_from_json(value: dict) -> StructureHead:

@@ -320,8 +320,8 @@ class Session:
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
                      prior_head=None, **changes):
-        """The structure head of a mask the user signed in its box, warm-started from ``prior_head``: store it per
-        structure (io/head_store.py) so the next volume starts from it."""
+        """The structure head of a mask the user signed in its box, warm-started from ``prior_head``, to store per
+        structure (io/head_store.py) so the next volume starts from it; None when the head cannot reproduce the mask."""
         o = _resolve(options, changes)
         if not np.asarray(mask_kji, bool).any():
             raise ValueError("nothing to learn from: the segment is empty")
@@ -379,7 +379,7 @@ class Session:
         refined = refine.refine(volume.array.astype(np.float32), probability, annotations, method=method,
                                 spacing_mm=volume.spacing_mm, progress=progress, cancelled=cancelled)
         report_ = dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum()))
-        return CaseResult(np.asarray(refined.mask, bool), probability, report_)
+        return CaseResult(np.asarray(refined.mask, bool), probability, report_, head=result.head)
 
 
 def fill_between_slices(mask_kji: np.ndarray, *, axis: str = "axial", progress: ProgressCallback | None = None,

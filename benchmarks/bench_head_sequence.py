@@ -1,0 +1,109 @@
+"""Learning across a dataset: clicks to reach Dice 0.85 on the 1st vs the last volume of a sequence, per structure.
+
+Per structure, the CT phantoms 101, 102, ... are annotated in order, as a user would work through a dataset: the
+CVPR 2025 protocol box (middle-slice 2D box + z-range); the first segmentation starts from the head stored by the
+earlier volumes (none on the 1st); simulated clicks (click_sim.py) until Dice >= 0.85 or 10 clicks, each corrected
+by Session.correct with the same prior; the mask reached then (what the user signs) teaches the head that the next
+volume starts from (Session.learn_signed, kept in a HeadStore in a temporary folder, as the panel keeps it beside the
+template set; a head that cannot reproduce the signed mask is not stored). Arm ``fresh`` runs the same volumes
+without any stored head (learning within each volume only).
+
+Prints per structure and volume the Dice of the first segmentation, the clicks to 0.85 and the final Dice, then per
+arm the mean clicks and first Dice on each volume of the sequence.
+
+    python benchmarks/bench_head_sequence.py [--model litemedsam] [--volumes 6] [--json rows.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_interactive import protocol_box_ijk  # noqa: E402
+from click_sim import next_click  # noqa: E402
+from MedFoundationSegLib.io.head_store import HeadStore  # noqa: E402
+from MedFoundationSegLib.runtime.encoder_runtime import resolve_precision  # noqa: E402
+from MedFoundationSegLib.segment.structure_head import StructureHead  # noqa: E402
+from MedFoundationSegLib.workflow.session import Session  # noqa: E402
+from run_benchmarks import PHANTOM_FULL, machine_description, phantom_cases  # noqa: E402
+from seg_metrics import dice  # noqa: E402
+
+TARGET = 0.85
+BUDGET = 10
+
+
+def annotate(session: Session, image, truth, model: str, prior: StructureHead | None) -> dict:
+    """One structure in one volume: first segmentation, then clicks until Dice >= TARGET; the signed mask."""
+    box_ijk = protocol_box_ijk(truth)
+    first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, mode="guided", prior_head=prior)
+    shown = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk)
+    dices, clicks = [dice(shown.mask_kji, truth)], []
+    while dices[-1] < TARGET and len(clicks) < BUDGET:
+        click = next_click(shown.mask_kji, truth, tuple(image.spacing_mm[::-1]))
+        if click is None:
+            break
+        clicks.append(click)
+        shown = session.correct(image, shown, box_ijk, clicks, model=model, refine="graphcut", prior_head=prior)
+        dices.append(dice(shown.mask_kji, truth))
+    reached = len(clicks) if dices[-1] >= TARGET else BUDGET
+    return dict(dices=dices, clicks_to_target=reached, signed=shown.mask_kji, box_ijk=box_ijk)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="litemedsam")
+    parser.add_argument("--volumes", type=int, default=6)
+    parser.add_argument("--structures", nargs="+", default=list(PHANTOM_FULL))
+    parser.add_argument("--arms", nargs="+", default=["stored", "fresh"])
+    parser.add_argument("--json", type=Path, help="also write every row here")
+    args = parser.parse_args()
+    print(f"{machine_description()}; {torch.get_num_threads()} torch threads, encoder precision "
+          f"{resolve_precision('auto', torch.device('cpu'))}; model {args.model}", flush=True)
+    cases = phantom_cases(tuple(args.structures), args.volumes, (48, 128, 128))[1]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        store = HeadStore(folder)
+        for position, (case, make) in enumerate(cases, start=1):
+            image, labels, ids = make()
+            session = Session(max_predictors=1)
+            for name in args.structures:
+                truth = labels.array == ids[name]
+                if not truth.any():
+                    continue
+                for arm in args.arms:
+                    stored = store.load(name, args.model) if arm == "stored" else None
+                    prior = StructureHead.from_arrays(stored) if stored is not None else None
+                    run = annotate(session, image, truth, args.model, prior)
+                    if arm == "stored":
+                        head = session.learn_signed(image, run["signed"], run["box_ijk"], model=args.model,
+                                                    prior_head=prior)
+                        if head is not None:  # else the structure is too fine for the head: the old one stays
+                            store.save(name, args.model, head.to_arrays())
+                    row = dict(case=case, position=position, structure=name, arm=arm, dices=run["dices"],
+                               clicks_to_target=run["clicks_to_target"], prior_volumes=prior.volumes if prior else 0)
+                    rows.append(row)
+                    print(f"{case:<12}{name:<14}{arm:<7} volume {position} (prior of {row['prior_volumes']}) first "
+                          f"{run['dices'][0]:.3f} clicks to {TARGET} {run['clicks_to_target']:>2} final "
+                          f"{run['dices'][-1]:.3f}", flush=True)
+                    if args.json:
+                        args.json.write_text(json.dumps(rows))
+    print()
+    for arm in args.arms:
+        chosen = [r for r in rows if r["arm"] == arm]
+        per_volume = [[r for r in chosen if r["position"] == p] for p in range(1, args.volumes + 1)]
+        print(f"{arm:<7} mean clicks to {TARGET} by volume: " +
+              " ".join(f"{np.mean([r['clicks_to_target'] for r in v]):.1f}" for v in per_volume if v) +
+              "  first Dice by volume: " +
+              " ".join(f"{np.mean([r['dices'][0] for r in v]):.3f}" for v in per_volume if v))
+
+
+if __name__ == "__main__":
+    main()
