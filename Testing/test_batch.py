@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -277,3 +278,24 @@ def test_bad_command_lines_get_one_line_and_change_no_file(tmp_path, capsys):
         assert err.startswith("medfoundationseg batch: ") and "\n" not in err and "Traceback" not in err, (name, err)
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_stored_heads_are_read_once_for_the_template_structures_and_change_the_fingerprint(tmp_path, capsys):
+    from MedFoundationSegLib.io.head_store import HeadStore
+    from MedFoundationSegLib.segment.structure_head import fit_head
+    from MedFoundationSegLib.workflow.case import case_fingerprint
+    from MedFoundationSegLib.workflow.options import Options
+
+    rng = np.random.default_rng(0)
+    head = fit_head(rng.normal(0, 1, (40, 8)).astype(np.float32), (rng.random(40) > 0.5).astype(np.float32),
+                    "litemedsam")
+    HeadStore(tmp_path).save("liver", "litemedsam", head.to_arrays())
+    HeadStore(tmp_path).save("liver", "mobilesam", head.to_arrays())
+    templates = types.SimpleNamespace(structures=lambda: ["liver", "spleen"], templates=[])
+    heads = batch_cli.stored_heads(str(tmp_path), templates, "litemedsam")
+    assert list(heads) == ["liver"] and "1 of 2 structures" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="--heads"):
+        batch_cli.stored_heads(str(tmp_path / "missing"), templates, "litemedsam")
+    options = Options()
+    assert case_fingerprint(templates, options, heads=heads) != case_fingerprint(templates, options)
+    assert batch_cli.parse(["--outputFolder", str(tmp_path), "--heads", str(tmp_path)]).heads == str(tmp_path)

@@ -53,6 +53,9 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
                          help="a single query volume (repeatable)")
     queries.add_argument("--outputFolder", "--output-folder", required=True, help="one sub-folder per case")
     queries.add_argument("--overwrite", action="store_true", help="redo finished cases and replace their outputs")
+    queries.add_argument("--heads", metavar="FOLDER", help="structure heads folder (its heads/ sub-folder, e.g. the "
+                         "template set's folder, where the Slicer panel keeps them): a structure with a stored head "
+                         "for the model starts from what earlier volumes taught")
     options.add_arguments(parser.add_argument_group("method"))
     cluster = parser.add_argument_group("scale-out on Ray (optional: pip install 'medfoundationseg[ray]')")
     cluster.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
@@ -134,16 +137,17 @@ def execute(args, progress=None) -> int:
     template_set = template_set_from_args(args)
     check_template_set(template_set)
     queries = queries_from_args(args)
-    fingerprint = case_fingerprint(template_set, run_options)
+    heads = stored_heads(args.heads, template_set, run_options.model) if args.heads else None
+    fingerprint = case_fingerprint(template_set, run_options, heads=heads)
     if args.ray:
         from MedFoundationSegLib.workflow.ray_batch import ClusterOptions, run_batch_ray
 
         cluster = ClusterOptions(address=args.ray, workers=args.rayWorkers, cpus_per_worker=args.rayCpusPerWorker,
                                  retries=args.rayRetries)
         outcomes = run_batch_ray(queries, args.outputFolder, template_set, run_options, cluster=cluster,
-                                 overwrite=args.overwrite, fingerprint=fingerprint, progress=progress)
+                                 overwrite=args.overwrite, fingerprint=fingerprint, heads=heads, progress=progress)
     else:
-        process = functools.partial(run_case, Session(), template_set, options=run_options)
+        process = functools.partial(run_case, Session(), template_set, options=run_options, heads=heads)
         outcomes = run_batch(queries, args.outputFolder, process, overwrite=args.overwrite, fingerprint=fingerprint,
                              progress=progress)
     failed = [o for o in outcomes if o.status in ("failed", "cancelled")]
@@ -154,6 +158,20 @@ def execute(args, progress=None) -> int:
     for outcome in failed:
         print(f"  FAILED {outcome.case}: {outcome.error or outcome.status}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def stored_heads(folder: str, template_set, model: str) -> dict:
+    """The stored heads of the template set's structures for ``model`` (read once, before the first case)."""
+    from MedFoundationSegLib.io.head_store import HeadStore
+
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"--heads: no folder {folder}")
+    store = HeadStore(folder)
+    heads = {name: store.load(name, model) for name in template_set.structures()}
+    found = {name: arrays for name, arrays in heads.items() if arrays is not None}
+    print(f"heads: {len(found)} of {len(heads)} structures have a stored head for {model}"
+          + (f" ({', '.join(sorted(found))})" if found else ""))
+    return found
 
 
 def _terminal_progress():

@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def run_case(session: Session, template_set, query, case_dir=None, *, options: Options | None = None,
-             structures=None, overwrite: bool = False, progress: ProgressCallback | None = None,
-             cancelled: CancelCheck | None = None) -> dict:
+             structures=None, overwrite: bool = False, heads: dict | None = None,
+             progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> dict:
     """Localize every structure of ``template_set`` in ``query`` (a Volume or a path), segment and refine each,
-    resolve overlaps, and (with ``case_dir``) write labels, .seg.nrrd and report.json. Returns the report."""
+    resolve overlaps, and (with ``case_dir``) write labels, .seg.nrrd and report.json. Returns the report.
+    ``heads``: structure name -> stored head arrays (io/head_store.py); a structure with one starts from it."""
     options = options or Options()
     start = time.perf_counter()
     if case_dir is not None:  # a folder that cannot take the outputs fails now, not after the work
@@ -51,7 +52,7 @@ def run_case(session: Session, template_set, query, case_dir=None, *, options: O
         extreme_ijk = volume.ijk_from_lps(box.extreme_points_lps)
         share = 0.6 / max(len(present), 1)
         results[name] = session.segment_box(
-            volume, box.box_ijk, options, slabs=box.slabs,
+            volume, box.box_ijk, options, slabs=box.slabs, prior_head=_prior(heads, name),
             extreme_points_ijk=extreme_ijk if np.all(volume.contains_ijk(extreme_ijk)) else None,
             progress=scaled(progress, 0.3 + share * n, 0.3 + share * (n + 1)), cancelled=cancelled)
     label_ids = {name: index + 1 for index, name in enumerate(boxes)}  # one map per template set, absent or not
@@ -70,7 +71,7 @@ def run_case(session: Session, template_set, query, case_dir=None, *, options: O
         status="ok", query=str(query) if not isinstance(query, Volume) else volume.name,
         localizer={"engine": engine, "reason": reason}, options=dataclasses.asdict(options), label_map=label_ids,
         overlaps=overlaps, timings=timings, software=software_versions(options.model),
-        fingerprint=case_fingerprint(template_set, options, structures))
+        fingerprint=case_fingerprint(template_set, options, structures, heads))
     if case_dir is not None:
         case_outputs.write_case(Path(case_dir), volume, labels, label_ids, case_report, overwrite=overwrite,
                                 colors=segmentation_io.default_colors(list(label_ids)),
@@ -121,10 +122,23 @@ def combine_structures(results: dict[str, CaseResult], order: list[str], label_i
                                                         for (winner, loser), count in merged.overlaps.items()}}
 
 
-def case_fingerprint(template_set, options: Options, structures=None) -> str:
+def _prior(heads: dict | None, name: str):
+    if not heads or name not in heads:
+        return None
+    from MedFoundationSegLib.segment.structure_head import StructureHead
+
+    return StructureHead.from_arrays(heads[name])
+
+
+def case_fingerprint(template_set, options: Options, structures=None, heads: dict | None = None) -> str:
     """What made a case: the templates (voxels, geometry, points, labels), the structures asked for, the options,
-    the model's weights and this version. A finished case with another fingerprint is stale."""
+    the stored heads it started from, the model's weights and this version. A finished case with another fingerprint
+    is stale."""
     digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(heads or {}):
+        digest.update(name.encode("utf-8"))
+        for key in ("weights", "bias", "mean", "scale"):
+            digest.update(memoryview(np.ascontiguousarray(np.asarray(heads[name][key], np.float32))).cast("B"))
     for template in template_set.templates:
         image = template.image
         digest.update(json.dumps([template.name, list(image.spacing_mm), list(image.origin_lps_mm),

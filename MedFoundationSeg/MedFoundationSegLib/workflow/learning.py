@@ -37,6 +37,18 @@ def apply_head(segmenter, outcome: CaseResult, box: geometry.SliceBox, axis: str
                       head=learned.head.to_arrays())
 
 
+def start_from_prior(segmenter_for, outcome: CaseResult, box: geometry.SliceBox, axis: str,
+                     prior: StructureHead) -> CaseResult:
+    """A first segmentation adjusted by a head from earlier volumes (``apply_head`` without clicks); unchanged when the
+    head was learned with another model than the one that segmented (a large box may route to another model)."""
+    model = outcome.report.get("model")
+    if prior.model != model:
+        return CaseResult(outcome.mask_kji, outcome.probability_kji,
+                          dict(outcome.report, head={"skipped": f"the stored head is for {prior.model}, not {model}"}),
+                          head=outcome.head)
+    return apply_head(segmenter_for(model), outcome, box, axis, model, prior=prior)
+
+
 def learn_signed(segmenter, mask_kji: np.ndarray, box: geometry.SliceBox, axis: str, model: str, *,
                  prior: StructureHead | None = None) -> StructureHead | None:
     """The head of a mask the user signed, warm-started from ``prior``: it has learned from one volume more. None when

@@ -65,13 +65,13 @@ class CaseWorker:
     The driver calls ``setup`` after every (re)start of the actor, so a restarted worker gets its templates again
     without Ray keeping constructor arguments alive."""
 
-    def setup(self, template_set, options, fingerprint, overwrite) -> str:
+    def setup(self, template_set, options, fingerprint, overwrite, heads=None) -> str:
         import functools
 
         from MedFoundationSegLib.workflow.case import run_case
         from MedFoundationSegLib.workflow.session import Session
 
-        self.process = functools.partial(run_case, Session(), template_set, options=options)
+        self.process = functools.partial(run_case, Session(), template_set, options=options, heads=heads)
         self.fingerprint, self.overwrite = fingerprint, overwrite
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         return self.name
@@ -83,7 +83,8 @@ class CaseWorker:
 
 
 def run_batch_ray(queries: list, out_dir: str | os.PathLike, template_set, options, *, cluster: ClusterOptions,
-                  overwrite: bool = False, fingerprint: str | None = None, progress=None) -> list[CaseOutcome]:
+                  overwrite: bool = False, fingerprint: str | None = None, heads: dict | None = None,
+                  progress=None) -> list[CaseOutcome]:
     """Run every query on the cluster into ``out_dir/<case>/``; one outcome per case, as ``run_batch`` returns."""
     out_dir = Path(out_dir)
     names = case_names(queries)
@@ -103,7 +104,7 @@ def run_batch_ray(queries: list, out_dir: str | os.PathLike, template_set, optio
     previous_handler = _catch_ctrl_c(scheduler)
     try:
         if pending:
-            scheduler.start_workers(template_set, options, fingerprint, overwrite)
+            scheduler.start_workers(template_set, options, fingerprint, overwrite, heads)
             scheduler.run()
     except KeyboardInterrupt:  # Ctrl-C: what ran is recorded, cases in flight are cancelled, then the interrupt goes on
         for attempt in scheduler.in_flight.values():
@@ -187,7 +188,7 @@ class _Scheduler:
         self.total = len(pending) + len(outcomes)
         self.interrupted = False  # set by Ctrl-C
 
-    def start_workers(self, template_set, options, fingerprint, overwrite) -> None:
+    def start_workers(self, template_set, options, fingerprint, overwrite, heads=None) -> None:
         ray = self.ray
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
@@ -196,7 +197,7 @@ class _Scheduler:
         count = max(1, min(count, len(self.pending)))
         actor = ray.remote(CaseWorker).options(num_cpus=per_worker if not gpus else 1, num_gpus=1 if gpus else 0,
                                                max_restarts=max(self.cluster.retries, 1))
-        self.setup_arguments = (ray.put(template_set), options, fingerprint, overwrite)
+        self.setup_arguments = (ray.put(template_set), options, fingerprint, overwrite, heads)
         for index in range(count):
             self.workers[index] = actor.remote()
             self._wake(index)

@@ -122,9 +122,8 @@ class Session:
             outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled)
         if prior_head is not None and o.learn:
             report(progress, 0.9, "adding what earlier volumes taught about the structure")
-            model = outcome.report.get("model", o.model)
-            outcome = learning.apply_head(self.segmenter(volume, o.replace(model=model)), outcome,
-                                          geometry.slice_box(box_ijk, o.axis), o.axis, model, prior=prior_head)
+            outcome = learning.start_from_prior(lambda model: self.segmenter(volume, o.replace(model=model)), outcome,
+                                                geometry.slice_box(box_ijk, o.axis), o.axis, prior_head)
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.95, f"refining ({o.refine})")
