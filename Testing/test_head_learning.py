@@ -96,3 +96,25 @@ def test_the_store_keeps_heads_per_structure_and_model_and_refuses_bad_names(tmp
 def test_fit_weights_must_match_the_samples():
     with pytest.raises(sh.HeadError):
         sh.fit_head(np.zeros((4, 2), np.float32), np.zeros(4, np.float32), "m", weights=np.ones(3))
+
+
+def test_learn_heads_command_teaches_heads_from_template_labels_and_adds_to_stored_ones(tmp_path, capsys):
+    from MedFoundationSegLib.cli.main import main
+    from MedFoundationSegLib.core.volume import write_volume
+    from MedFoundationSegLib.localize.templates import Template, TemplateSet
+    from MedFoundationSegLib.sampledata.phantoms import make_phantom
+
+    phantom = make_phantom(5, (24, 96, 96))
+    write_volume(phantom.image, tmp_path / "t0.nii.gz")
+    write_volume(phantom.labels, tmp_path / "t0_labels.nii.gz")
+    TemplateSet([Template("t0", image_path=tmp_path / "t0.nii.gz", labels_path=tmp_path / "t0_labels.nii.gz",
+                          label_ids={"liver": phantom.label_ids["liver"]}),
+                 Template("unlabelled", image_path=tmp_path / "t0.nii.gz")]).save(tmp_path / "T.yaml")
+    assert main(["learn-heads", "--templates", str(tmp_path / "T.yaml"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "unlabelled: no label volume, skipped" in out and "1 head(s) stored" in out
+    store = HeadStore(tmp_path)
+    first = sh.StructureHead.from_arrays(store.load("liver", "litemedsam"))
+    assert first.volumes == 1 and first.model == "litemedsam"
+    assert main(["learn-heads", "--templates", str(tmp_path / "T.yaml"), "--device", "cpu"]) == 0
+    assert int(store.load("liver", "litemedsam")["volumes"]) == 2  # the stored head was the prior

@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "MedFoundationSegLib.cli.batch_cli",
     "MedFoundationSegLib.cli.train_cli",
     "MedFoundationSegLib.cli.serve_cli",
+    "MedFoundationSegLib.cli.heads_cli",
 )
 
 

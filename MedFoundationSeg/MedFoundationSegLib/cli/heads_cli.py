@@ -1,0 +1,61 @@
+"""``medfoundationseg learn-heads``: structure heads from the label volumes of a template set.
+
+Why: the templates' labels are masks someone signed. Learning each structure's head from them (segment/head_learning.py)
+means the first query volume of a dataset already starts from what the templates show, in the batch (``--heads``) and
+in the Slicer panel (its "Heads folder"). Heads already in the folder are the prior: templates add to what corrected
+volumes taught, they do not replace it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "learn-heads", help="learn structure heads from the label volumes of a template set",
+        description="For every structure of the template set, fit its structure head on each template's label mask "
+                    "(within the mask's box) and store it in FOLDER/heads/<structure>.<model>.npz, starting from the "
+                    "head already there. Templates without a label volume are skipped with a note.")
+    parser.add_argument("--templates", required=True, help="template set file (.yaml/.json)")
+    parser.add_argument("--heads", help="heads folder (default: the template set file's folder)")
+    parser.add_argument("--model", default="litemedsam", help="box-prompt model whose embeddings the heads read")
+    parser.add_argument("--structures", nargs="+", help="structure names (default: every labelled structure)")
+    parser.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
+    parser.set_defaults(func=run_learn_heads)
+
+
+def run_learn_heads(args: argparse.Namespace) -> int:
+    from MedFoundationSegLib.io.head_store import HeadStore
+    from MedFoundationSegLib.localize.templates import TemplateSet
+    from MedFoundationSegLib.segment.structure_head import StructureHead
+    from MedFoundationSegLib.workflow.session import Session
+
+    templates = TemplateSet.load(args.templates)
+    store = HeadStore(args.heads or Path(args.templates).resolve().parent)
+    session = Session(max_predictors=1)
+    learned = 0
+    for template in templates.templates:
+        if template.labels is None:
+            print(f"{template.name}: no label volume, skipped")
+            continue
+        for name in args.structures or sorted(template.label_ids):
+            if name not in template.label_ids:
+                print(f"{template.name}: no label for {name}, skipped")
+                continue
+            mask = template.mask(name)
+            k, j, i = mask.nonzero()
+            box_ijk = [[int(i.min()), int(j.min()), int(k.min())], [int(i.max()), int(j.max()), int(k.max())]]
+            stored = store.load(name, args.model)
+            prior = StructureHead.from_arrays(stored) if stored is not None else None
+            head = session.learn_signed(template.image, mask, box_ijk, model=args.model, device=args.device,
+                                        prior_head=prior)
+            if head is None:
+                print(f"{template.name}: {name} is too fine for a head on {args.model}'s embedding grid; not stored")
+                continue
+            path = store.save(name, args.model, head.to_arrays())
+            learned += 1
+            print(f"{template.name}: {name} -> {path} (learned from {head.volumes} volume(s))")
+    print(f"learn-heads: {learned} head(s) stored in {store.folder}")
+    return 0
