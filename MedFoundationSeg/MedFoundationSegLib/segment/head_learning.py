@@ -21,7 +21,11 @@ CLICKED_SLICE_WEIGHT = 3.0  # a slice the user clicked on counts this many times
 CLICK_SHARE = 0.05  # each click's cell weighs this share of its class's total weight
 OUTSIDE_LOGIT = -10.0  # the head says "background" beyond the cells it predicts
 MIN_AGREEMENT = 0.8  # a head whose mask agrees less (Dice) with the mask it learned from cannot resolve the structure
-PRIOR_WEIGHT = 10.0  # how hard a head from earlier volumes holds, per volume it learned from (fit_head's prior_weight)
+# How hard a head from earlier volumes holds, per volume it learned from (fit_head's prior_weight): firmly on a first
+# segmentation (it overrules the model's masks where they are wrong), lightly once the user clicked (the clicks and the
+# corrected slices are this volume's own evidence and must move it).
+PRIOR_WEIGHT = 10.0
+PRIOR_WEIGHT_AFTER_CLICKS = 1.0
 
 
 @dataclasses.dataclass
@@ -101,7 +105,8 @@ def learn_in_box(predictor, mask_view: np.ndarray, box_xyxy, slice_range: tuple[
     first, last = min([slice_range[0], *ks]), max([slice_range[1], *ks])
     slices = range(first, last + 1)
     features, targets, weights = box_samples(predictor, mask_view, box_xyxy, slices, clicks)
-    head = sh.fit_head(features, targets, model, weights=weights, prior=prior, prior_weight=PRIOR_WEIGHT)
+    head = sh.fit_head(features, targets, model, weights=weights, prior=prior,
+                       prior_weight=PRIOR_WEIGHT_AFTER_CLICKS if clicks else PRIOR_WEIGHT)
     probability = head_probability(predictor, head, box_xyxy, slices, mask_view.shape)
     shown, predicted = np.asarray(mask_view[first:last + 1], bool), probability[first:last + 1] > 0.5
     agreement = 2.0 * float((shown & predicted).sum()) / max(float(shown.sum() + predicted.sum()), 1.0)
