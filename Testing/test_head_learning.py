@@ -57,6 +57,23 @@ def test_errors_on_single_slices_are_fixed_where_nobody_clicked():
     assert blended[2, 5, 5] == 1.0 and blended[12, 24, 22] == 0.0  # the clicks hold in a mask taken at 0.5
 
 
+def test_a_head_from_earlier_volumes_overrules_an_error_this_volumes_masks_repeat():
+    truth = disks()
+    earlier, this = EmbeddingPredictor(truth, seed=1), EmbeddingPredictor(truth, seed=2)
+    for predictor in (earlier, this):  # the structure's right part is a tissue of its own (as vessels in a liver)
+        for embedding in predictor.embeddings:
+            embedding[0, 1] = 0.0
+            embedding[0, 1, :, 30:] = 3.0
+    prior = hl.learn_in_box(earlier, truth, (10, 12, 34, 36), (4, 19), [], "litemedsam").head
+    prior.volumes = 1
+    shown = truth.copy()
+    shown[:, :, 22:] = False  # the model leaves that tissue out on every slice of this volume
+    fresh = hl.learn_in_box(this, shown, (10, 12, 34, 36), (4, 19), [], "litemedsam")
+    warm = hl.learn_in_box(this, shown, (10, 12, 34, 36), (4, 19), [], "litemedsam", prior=prior)
+    assert dice(fresh.probability > 0.5, truth) < 0.8  # learned from this volume alone, the error is learned too
+    assert dice(warm.probability > 0.5, truth) > 0.95 and warm.usable
+
+
 def test_samples_weigh_clicked_slices_and_clicks():
     truth = disks()
     predictor = EmbeddingPredictor(truth)
