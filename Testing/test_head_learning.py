@@ -135,3 +135,30 @@ def test_learn_heads_command_teaches_heads_from_template_labels_and_adds_to_stor
     assert first.volumes == 1 and first.model == "litemedsam"
     assert main(["learn-heads", "--templates", str(tmp_path / "T.yaml"), "--device", "cpu"]) == 0
     assert int(store.load("liver", "litemedsam")["volumes"]) == 2  # the stored head was the prior
+
+
+def test_a_bad_prior_head_in_a_request_is_refused_before_any_work():
+    from MedFoundationSegLib.core.volume import Volume
+    from MedFoundationSegLib.io.head_store import head_to_json
+    from MedFoundationSegLib.workflow.actions import EngineRequest, error_code, run_request
+    from MedFoundationSegLib.workflow.options import Options
+
+    class NoSession:  # any call into the session would be work done on a bad request
+        def __getattr__(self, name):
+            def used(*args, **kwargs):
+                raise AssertionError(f"the session was used ({name})")
+            return used
+
+    rng = np.random.default_rng(0)
+    good = head_to_json(sh.fit_head(rng.normal(0, 1, (30, 4)).astype(np.float32),
+                                    (rng.random(30) > 0.5).astype(np.float32), "litemedsam").to_arrays())
+    volume = Volume(np.zeros((4, 8, 8), np.int16), spacing_mm=(1.0, 1.0, 1.0))
+    mask = np.zeros((4, 8, 8), bool)
+    bad_heads = {"incomplete": {"model": "litemedsam"}, "not numeric": dict(good, weights=["a"] * 4),
+                 "NaN": dict(good, bias=float("nan")), "other model": dict(good, model="mobilesam")}
+    for what, head in bad_heads.items():
+        request = EngineRequest("refine", volume, Options(), {"prior_head": head, "positive_ijk": [[1, 1, 1]]},
+                                {"mask_kji": mask})
+        with pytest.raises(ValueError) as error:
+            run_request(NoSession(), request)
+        assert error_code(error.value) == "bad_input", what

@@ -56,7 +56,8 @@ class StructureHead:
         weights = np.asarray(arrays["weights"], np.float32).reshape(-1)
         mean = np.asarray(arrays["mean"], np.float32).reshape(-1)
         scale = np.asarray(arrays["scale"], np.float32).reshape(-1)
-        if not (len(weights) == len(mean) == len(scale)) or not np.all(np.isfinite(weights)) or np.any(scale <= 0):
+        finite = all(np.all(np.isfinite(a)) for a in (weights, mean, scale, np.asarray(arrays["bias"], np.float32)))
+        if not (len(weights) == len(mean) == len(scale)) or not finite or np.any(scale <= 0):
             raise HeadError("the structure head's arrays are inconsistent or not finite")
         return cls(str(arrays["model"]), weights, float(arrays["bias"]), mean, scale, int(arrays["volumes"]),
                    int(arrays["cells"]))
