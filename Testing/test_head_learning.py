@@ -53,6 +53,12 @@ def test_errors_on_single_slices_are_fixed_where_nobody_clicked():
         assert dice(shown[k], truth[k]) < 0.7
         assert dice(learned.probability[k] > 0.5, truth[k]) > 0.9
     assert not (learned.probability[:4] > 0).any() and not (learned.probability[20:] > 0).any()
+    shown_probability = shown.astype(np.float32)
+    kept = hl.blend(shown_probability, learned) > 0.5
+    for k in (8, 12, 16):  # the missed half is a wide disagreement: the head fills it
+        assert dice(kept[k], truth[k]) > 0.9
+    for k in (6, 10, 14):  # where the shown mask was right, its boundary stands
+        assert (kept[k] != shown[k]).mean() < 0.01
     blended = hl.blend(np.zeros(SHAPE, np.float32), learned, [Click((2, 5, 5), True), Click((12, 24, 22), False)])
     assert blended[2, 5, 5] == 1.0 and blended[12, 24, 22] == 0.0  # the clicks hold in a mask taken at 0.5
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy import ndimage
+from skimage.morphology import disk
 
 from MedFoundationSegLib.segment import structure_head as sh
 
@@ -26,6 +28,7 @@ MIN_AGREEMENT = 0.8  # a head whose mask agrees less (Dice) with the mask it lea
 # corrected slices are this volume's own evidence and must move it).
 PRIOR_WEIGHT = 10.0
 PRIOR_WEIGHT_AFTER_CLICKS = 1.0
+BOUNDARY_CELLS = 1.0  # disagreements narrower than this many embedding cells keep the model's boundary (see blend)
 
 
 @dataclasses.dataclass
@@ -35,6 +38,7 @@ class LearnedHead:
     slices: tuple[int, int]  # first, last slice predicted
     agreement: float  # Dice between the head's mask and the mask it learned from, on ``slices``
     from_prior: bool = False  # warm-started from a head that earlier volumes' signed masks taught
+    cell_px: float = 1.0  # slice pixels per embedding cell
 
     @property
     def usable(self) -> bool:
@@ -110,15 +114,22 @@ def learn_in_box(predictor, mask_view: np.ndarray, box_xyxy, slice_range: tuple[
     probability = head_probability(predictor, head, box_xyxy, slices, mask_view.shape)
     shown, predicted = np.asarray(mask_view[first:last + 1], bool), probability[first:last + 1] > 0.5
     agreement = 2.0 * float((shown & predicted).sum()) / max(float(shown.sum() + predicted.sum()), 1.0)
-    return LearnedHead(head, probability, (first, last), agreement, prior is not None)
+    cells = predictor.embedding(first).shape[-1]
+    cell_px = predictor.transform.slice_hw[0] / sh.grid_hw(predictor.transform, cells)[0]
+    return LearnedHead(head, probability, (first, last), agreement, prior is not None, cell_px)
 
 
 def blend(probability_view: np.ndarray, learned: LearnedHead, clicks=()) -> np.ndarray:
-    """The head's probability on the slices it predicted, the given one elsewhere; every click's voxel holds its
+    """The head's probability where it disagrees with the given one over a region at least ``BOUNDARY_CELLS``
+    embedding cells wide (a part the model missed, a neighbour it leaked into), the given probability elsewhere: the
+    model draws a boundary on the slice's pixels, the head only on its coarser grid. Every click's voxel holds its
     label (1 or 0), so a mask taken at 0.5 keeps the clicks."""
     out = np.array(probability_view, np.float32)
     first, last = learned.slices
-    out[first:last + 1] = learned.probability[first:last + 1]
+    given, head = out[first:last + 1], learned.probability[first:last + 1]
+    radius = max(1, int(round(BOUNDARY_CELLS * learned.cell_px)))
+    wide = ndimage.binary_opening((given > 0.5) ^ (head > 0.5), structure=disk(radius)[None].astype(bool))
+    out[first:last + 1] = np.where(wide, head, given)
     for click in clicks:
         out[tuple(int(v) for v in click.srk)] = 1.0 if click.positive else 0.0
     return out
