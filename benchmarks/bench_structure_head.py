@@ -19,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_interactive import protocol_box_ijk  # noqa: E402
+from MedFoundationSegLib.segment import head_learning as hl  # noqa: E402
 from MedFoundationSegLib.segment import structure_head as sh  # noqa: E402
 from MedFoundationSegLib.workflow.results import CaseResult  # noqa: E402
 from MedFoundationSegLib.workflow.session import Session  # noqa: E402
@@ -27,28 +28,13 @@ from seg_metrics import dice  # noqa: E402
 
 
 def cells_data(predictor, truth, box, slices):
-    """(features, targets) of the embedding cells around ``box`` on ``slices``."""
-    size = predictor.embedding(slices[0]).shape[-1]
-    rows, cols = sh.box_cells(box, predictor.transform, size)
-    features, targets = [], []
-    for k in slices:
-        cells = sh.embedding_cells(predictor.embedding(k))[rows, cols]
-        features.append(cells.reshape(-1, cells.shape[-1]))
-        targets.append(sh.mask_to_cells(truth[k], predictor.transform, size)[rows, cols].reshape(-1))
-    return np.concatenate(features), np.concatenate(targets)
+    """(features, targets) of the embedding cells around ``box`` on ``slices``, as the engine samples them."""
+    return hl.box_samples(predictor, truth, box, slices)[:2]
 
 
 def head_probability(predictor, head, box, k0, k1, shape):
     """The head's probability on slices k0..k1 around ``box`` (0 elsewhere)."""
-    size = predictor.embedding(k0).shape[-1]
-    rows, cols = sh.box_cells(box, predictor.transform, size)
-    out = np.zeros(shape, np.float32)
-    for k in range(k0, k1 + 1):
-        cells = sh.embedding_cells(predictor.embedding(k))[rows, cols]
-        logits = np.full((size, size), -10.0, np.float32)
-        logits[rows, cols] = head.logits(cells.reshape(-1, cells.shape[-1])).reshape(cells.shape[:2])
-        out[k] = 1 / (1 + np.exp(-sh.cell_logits_to_slice(logits, predictor.transform)))
-    return out
+    return hl.head_probability(predictor, head, box, range(k0, k1 + 1), shape)
 
 
 def graph_cut(image, probability, box_ijk):

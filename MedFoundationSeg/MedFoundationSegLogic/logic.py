@@ -93,15 +93,16 @@ class MedFoundationSegLogic:
             self.head_store = HeadStore(folder) if folder else None
             self._prior_heads.clear()
 
-    def _prior_key(self, volume_node, structure: str | None):
-        return (volume_node.GetID(), structure, self.options.model)
+    @staticmethod
+    def _prior_key(volume_node_id: str, structure: str, model: str) -> tuple[str, str, str]:
+        return (volume_node_id, structure, model)
 
     def _attach_prior_head(self, request: EngineRequest, volume_node, structure: str | None) -> None:
         """Send the structure's stored head with the request. The head read when work on this volume began stays the
         prior for every later action on it, so one volume counts once however many corrections it takes."""
         if self.head_store is None or not structure or not self.options.learn:
             return
-        key = self._prior_key(volume_node, structure)
+        key = self._prior_key(volume_node.GetID(), structure, self.options.model)
         if key not in self._prior_heads:
             self._prior_heads[key] = self.head_store.load(structure, self.options.model)
         if self._prior_heads[key] is not None:
@@ -112,10 +113,11 @@ class MedFoundationSegLogic:
         self.head_warning = None
         if self.head_store is None or not prepared.structure or result.head is None:
             return
-        prior = self._prior_heads.get((prepared.volume_node_id, prepared.structure, prepared.request.options.model))
+        model = prepared.request.options.model
+        prior = self._prior_heads.get(self._prior_key(prepared.volume_node_id, prepared.structure, model))
         learned = dict(result.head, volumes=np.array((int(prior["volumes"]) if prior is not None else 0) + 1))
         try:
-            self.head_store.save(prepared.structure, prepared.request.options.model, learned)
+            self.head_store.save(prepared.structure, model, learned)
         except (OSError, HeadStoreError) as error:  # the segment is written all the same
             self.head_warning = f"the learned head of {prepared.structure} was not stored: {error}"
 

@@ -29,6 +29,7 @@ def register(subparsers) -> None:
 def run_learn_heads(args: argparse.Namespace) -> int:
     from MedFoundationSegLib.io.head_store import HeadStore
     from MedFoundationSegLib.localize.templates import TemplateSet
+    from MedFoundationSegLib.segment.graphcut import mask_box_kji
     from MedFoundationSegLib.segment.structure_head import StructureHead
     from MedFoundationSegLib.workflow.session import Session
 
@@ -45,8 +46,8 @@ def run_learn_heads(args: argparse.Namespace) -> int:
                 print(f"{template.name}: no label for {name}, skipped")
                 continue
             mask = template.mask(name)
-            k, j, i = mask.nonzero()
-            box_ijk = [[int(i.min()), int(j.min()), int(k.min())], [int(i.max()), int(j.max()), int(k.max())]]
+            (k0, k1), (j0, j1), (i0, i1) = mask_box_kji(mask)  # template.mask refuses an empty structure
+            box_ijk = [[i0, j0, k0], [i1, j1, k1]]
             stored = store.load(name, args.model)
             prior = StructureHead.from_arrays(stored) if stored is not None else None
             head = session.learn_signed(template.image, mask, box_ijk, model=args.model, device=args.device,
