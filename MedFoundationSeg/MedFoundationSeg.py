@@ -60,6 +60,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._job = None
         self._onJobDone = None
+        self._jobAction = None  # the PreparedAction of the running job (its slices are drawn as they come)
         self._timer = None
         self.lastError = None  # message of the last failed action (read by the self-test)
         self._segmentNameHint = None
@@ -126,6 +127,8 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
         if self._job is not None:
             self._job.cancel()
+        if self.logic is not None:
+            self.logic.clear_preview()
         self.removeObservers()
 
     def onSceneStartClose(self, caller=None, event=None):
@@ -135,6 +138,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is not None:
             from MedFoundationSegLogic.segment_edits import SegmentEditHistory
 
+            self.logic.clear_preview()
             self.logic.history = SegmentEditHistory(slicer.mrmlScene)
         self._updateButtons()
 
@@ -377,7 +381,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.lastError = f"{prepared.action}: {error}"
             self._setStatus(self.lastError)
             return
-        self._watch(job, done)
+        self._watch(job, done, prepared)
 
     def onSegmentInRoi(self):
         roiNode = self.ui.roiSelector.currentNode()
@@ -500,10 +504,12 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus(f"Cancelling {self._job.name} at the next step...")
 
     # --- job polling (GUI thread) -----------------------------------------------------------------------------------
-    def _watch(self, job, onDone):
-        """Poll ``job`` (an engine job) with the QTimer; ``onDone(job)`` runs on the GUI thread when it ends."""
+    def _watch(self, job, onDone, prepared=None):
+        """Poll ``job`` (an engine job) with the QTimer; ``onDone(job)`` runs on the GUI thread when it ends. With
+        ``prepared`` (a segmentation action) the slices the job finishes are drawn as they come."""
         self._job = job
         self._onJobDone = onDone
+        self._jobAction = prepared
         name = job.name
         self.ui.progressBar.value = 0
         self.ui.stopReasonsText.plainText = ""
@@ -522,9 +528,12 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = int(round(100 * job.fraction))
         self.ui.statusLabel.text = f"{job.name}: {job.message}"
         if not job.done:
+            self._showPreview(job)
             return
         self._timer.stop()
-        onDone, self._job, self._onJobDone = self._onJobDone, None, None
+        onDone, self._job, self._onJobDone, self._jobAction = self._onJobDone, None, None, None
+        if self.logic is not None:
+            self.logic.clear_preview()  # before the result is written: the scratch node never lingers
         try:
             if job.cancelled:
                 self._setStatus(f"{job.name}: cancelled; nothing was written.")
@@ -545,6 +554,17 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self.ui.progressBar.value = 100 if job.error is None else 0
             self._updateButtons()
+
+    def _showPreview(self, job):
+        if self._jobAction is None or self.logic is None:
+            return
+        try:
+            shown = self.logic.show_preview(self._jobAction, job)
+        except Exception as error:  # a preview is never worth stopping the job for
+            logging.warning(f"MedFoundationSeg: slice preview failed: {error}")
+            return
+        if shown:
+            self.ui.statusLabel.text = f"{job.name}: {job.message} ({shown} slices shown)"
 
     # --- display ------------------------------------------------------------------------------------------------------
     def _setStatus(self, text):

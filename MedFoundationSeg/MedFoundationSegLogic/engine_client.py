@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import requests
+from MedFoundationSegLib.core import wire
 from MedFoundationSegLib.core.progress import Cancelled
 from MedFoundationSegLib.workflow import transport
 from MedFoundationSegLib.workflow.actions import EngineRequest, EngineResult
@@ -157,6 +158,17 @@ class RemoteJob:
                          EngineError(detail.get("code", "internal"), message))
         elif self.cancel_requested and time.monotonic() - self.cancel_requested > HARD_STOP_AFTER_S:
             self._hard_stop()
+
+    def preview_since(self, version: int) -> tuple[int, str | None, list[int], object]:
+        """(version, axis, slice indices, their masks (n, h, w)) finished on the engine after ``version``
+        (workflow/preview.py). A preview is never worth an error: an engine that cannot give one shows nothing."""
+        try:
+            data = self.client._call("GET", f"/jobs/{self.job_id}/preview?since={int(version)}", timeout_s=10.0)
+            meta, arrays = wire.unpack(data.content)
+        except (EngineError, wire.WireError):
+            return int(version), None, [], None
+        return int(meta.get("version", version)), meta.get("axis"), list(meta.get("indices") or []), \
+            arrays.get("masks")
 
     def _hard_stop(self) -> None:
         if self._on_stuck is not None:

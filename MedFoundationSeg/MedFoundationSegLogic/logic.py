@@ -25,6 +25,7 @@ from MedFoundationSegLib.workflow.results import CaseResult
 from . import mrml_bridge
 from .node_attributes import ENGINE_ATTRIBUTE, STRUCTURE_ATTRIBUTE, TERMINOLOGY_ATTRIBUTE
 from .segment_edits import EditResult, SegmentEditHistory
+from .slice_preview import SlicePreviewDisplay
 
 
 @dataclasses.dataclass
@@ -71,6 +72,7 @@ class MedFoundationSegLogic:
         self._prior_heads = {}  # (volume node, structure, model) -> the stored head when work on that volume began
         self.head_warning = None  # why the last learned head was not stored
         self.set_heads_folder(heads_folder)
+        self.preview = SlicePreviewDisplay(scene)
 
     @property
     def engine(self):
@@ -255,6 +257,14 @@ class MedFoundationSegLogic:
             return self._prepare_refine(volume_node, segmentation_node, segment_id, positive_ras, negative_ras,
                                         scribble, (prompts.get("positive_node"), prompts.get("negative_node")))
         raise ValueError(f"cannot re-run the stored action {action!r}")
+
+    # --- while a job runs (GUI thread) ------------------------------------------------------------------------------
+    def show_preview(self, prepared: PreparedAction, job, *, force: bool = False) -> int:
+        """Draw the slices ``job`` has finished so far (slice_preview.py); returns how many are shown."""
+        return self.preview.show(job, self.scene.GetNodeByID(prepared.volume_node_id), force=force)
+
+    def clear_preview(self) -> None:
+        self.preview.clear()
 
     # --- apply (GUI thread) -----------------------------------------------------------------------------------------
     def apply(self, prepared: PreparedAction, result: CaseResult | EngineResult, *, segment_name: str = "AI segment",

@@ -10,3 +10,6 @@ VOLUME_REFERENCE = "MedLAMLocalize.Volume"  # node reference: the volume the box
 
 # Segment tag holding the prompts of the AI action that made a segment (one JSON object).
 PROMPTS_TAG = "MedFoundationSeg.Prompts"
+
+# Marks the scratch segmentation that shows a running job's slices (never saved, never edited, removed at the end).
+PREVIEW_ATTRIBUTE = "MedFoundationSeg.Preview"

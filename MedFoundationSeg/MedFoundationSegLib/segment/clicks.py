@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from MedFoundationSegLib.core.progress import CancelCheck, check
+from MedFoundationSegLib.core.progress import CancelCheck, check, show_slice
 from MedFoundationSegLib.segment.propagate import (
     StopRules,
     _grow_box,
@@ -93,6 +93,7 @@ def _clear_beyond(mask: np.ndarray, probability: np.ndarray, index: int, changed
     k = index + step
     while 0 <= k < mask.shape[0] and mask[k].any():
         mask[k] = False
+        show_slice(k, mask[k])
         probability[k] = np.minimum(probability[k], 0.1)
         changed.append(k)
         k += step
@@ -135,6 +136,7 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
         if change:
             changed.append(k)
         mask[k], probability[k] = m, p
+        show_slice(k, m)
         if not m.any():
             reasons[f"{k}"] = _clear_beyond(mask, probability, k, changed)
             continue
@@ -175,6 +177,7 @@ def _spread(segmenter, mask, probability, start: int, step: int, limit: int, cli
             return f"agrees with the old mask at slice {k}"
         p = np.asarray(result.probability, np.float32)
         mask[k], probability[k] = m, np.maximum(probability[k], p) if adds else np.minimum(probability[k], p)
+        show_slice(k, m)
         changed.append(k)
         max_area = max(max_area, int(m.sum()))
         prev = m

@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 from scipy import ndimage
 
-from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report
+from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, show_slice
 
 
 class PropagationError(ValueError):
@@ -141,6 +141,7 @@ def box_per_slice(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(
         box = _grow_box(rect[k], pad_px, shape[1:])
         m, iou = segmenter.segment(k, box)
         mask[k] = np.asarray(m, bool)
+        show_slice(k, mask[k])
         ious[k] = float(iou)
         report(progress, (n + 1) / len(rect), f"slice {k}")
     return PropagationResult(mask=mask, iou=ious, segmented=sorted(rect),
@@ -184,6 +185,7 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
         return result
     mask = np.zeros(shape, bool)
     mask[middle] = m
+    show_slice(middle, m)
     ious, segmented = {middle: float(iou)}, [middle]
     reasons = {}
     for side, step, limit in (("up", +1, k1), ("down", -1, k0)):
@@ -264,6 +266,7 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
         if reason is not None:
             return f"{reason} at slice {k}"
         mask[k] = m
+        show_slice(k, m)
         ious[k] = float(iou)
         walk_ious.append(float(iou))
         segmented.append(k)
@@ -313,6 +316,7 @@ def propagate_from_seeds(segmenter: SliceSegmenter, shape_kji, seeds: dict, *, l
     mask = np.zeros(shape, bool)
     for k, m in seed_masks.items():
         mask[k] = m
+        show_slice(k, m)
     stats = None
     if image is not None:
         if np.shape(image) != shape:
@@ -361,6 +365,7 @@ def repropagate_from_edit(segmenter: SliceSegmenter, result: PropagationResult, 
     ious = dict(result.iou)
     segmented = [s for s in result.segmented]
     mask[k] = edited_mask
+    show_slice(k, edited_mask)
     ious[k] = 1.0
     rules = kwargs.pop("rules", None) or StopRules.preset("seeds")
     image = kwargs.pop("image", None)

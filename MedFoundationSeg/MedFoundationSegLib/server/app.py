@@ -7,6 +7,7 @@ Routes (every one needs ``Authorization: Bearer <token>`` when the engine has a 
   POST /jobs                   a wire message: action, volume ids, options, params (+ arrays) -> {"job_id"}
   GET  /jobs/<id>              state, fraction, message, jobs ahead, typed error
   GET  /jobs/<id>/result       the result as a wire message
+  GET  /jobs/<id>/preview?since=<version>   the slices finished since that version, as a wire message
   POST /jobs/<id>/cancel       ask the job to stop at its next step
 
 Why the standard library's threaded HTTP server: the traffic is a handful of requests per action from one or two
@@ -31,7 +32,7 @@ from MedFoundationSegLib.workflow.transport import decode_job, encode_result, jo
 
 log = logging.getLogger(__name__)
 
-JOB_PATH = re.compile(r"^/jobs/([0-9a-f]{32})(/result|/cancel)?$")
+JOB_PATH = re.compile(r"^/jobs/([0-9a-f]{32})(/result|/cancel|/preview)?$")
 VOLUME_PATH = re.compile(r"^/volumes/([0-9a-f]{32})$")
 
 
@@ -95,7 +96,8 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         try:
             self._authorise()
-            status, body, kind = self._route(method, self.path.split("?", 1)[0])
+            path, _, query = self.path.partition("?")
+            status, body, kind = self._route(method, path, query)
         except HTTPError as error:
             status, body, kind = error.status, _error_body(error.code, str(error)), "application/json"
         except (wire.WireError, ValueError, KeyError, TypeError) as error:
@@ -125,7 +127,7 @@ class Handler(BaseHTTPRequestHandler):
             raise HTTPError(400, "bad_request", "the request body ended early")
         return data
 
-    def _route(self, method: str, path: str):
+    def _route(self, method: str, path: str, query: str = ""):
         engine = self.engine
         if method == "GET" and path == "/health":
             return 200, _json(engine.health()), "application/json"
@@ -142,16 +144,19 @@ class Handler(BaseHTTPRequestHandler):
             return 200, _json(self._submit(request)), "application/json"
         match = JOB_PATH.match(path)
         if match:
-            return self._job_route(method, match.group(1), match.group(2))
+            return self._job_route(method, match.group(1), match.group(2), query)
         raise HTTPError(404 if method in ("GET", "POST") else 405, "not_found", f"no route {method} {path}")
 
     def _submit(self, request) -> dict:
         from MedFoundationSegLib.workflow.actions import run_request
+        from MedFoundationSegLib.workflow.preview import SlicePreview
 
-        job = self.engine.worker.submit(request.action, run_request, self.engine.session, request)
+        preview = SlicePreview(request.options.axis)
+        job = self.engine.worker.submit(request.action, run_request, self.engine.session, request, preview=preview)
+        job.preview = preview
         return {"job_id": self.engine.jobs.add(job), "jobs_ahead": self.engine.worker.jobs_ahead(job)}
 
-    def _job_route(self, method: str, job_id: str, tail: str | None):
+    def _job_route(self, method: str, job_id: str, tail: str | None, query: str = ""):
         try:
             job = self.engine.jobs.get(job_id)
         except KeyError as error:
@@ -165,6 +170,8 @@ class Handler(BaseHTTPRequestHandler):
             if job.error is not None:
                 raise HTTPError(409, "failed", f"the job ended without a result: {_one_line(job.error)}")
             return 200, encode_result(job.result), "application/octet-stream"
+        if tail == "/preview" and method == "GET":
+            return 200, _preview_message(job, query), "application/octet-stream"
         if tail is None and method == "GET":
             return 200, _json(job_status(job, self.engine.worker)), "application/json"
         raise HTTPError(405, "method_not_allowed", f"{method} is not allowed on /jobs/<id>{tail or ''}")
@@ -175,6 +182,20 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def _preview_message(job, query: str) -> bytes:
+    """The job's slices finished after version ``since`` (a query parameter, default 0)."""
+    from urllib.parse import parse_qs
+
+    from MedFoundationSegLib.workflow.preview import slices_of
+
+    values = parse_qs(query).get("since", ["0"])
+    if len(values) != 1 or not values[0].isdigit():
+        raise HTTPError(400, "bad_request", "since must be one whole number >= 0")
+    version, axis, indices, masks = slices_of(job, int(values[0]))
+    return wire.pack({"version": version, "axis": axis, "indices": indices},
+                     {} if masks is None else {"masks": masks})
 
 
 def _json(value) -> bytes:

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from MedFoundationSegLib.core.boxes import StructureBox
-from MedFoundationSegLib.core.progress import CancelCheck, Cancelled, ProgressCallback
+from MedFoundationSegLib.core.progress import CancelCheck, Cancelled, ProgressCallback, slices_to
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLib.workflow.results import CaseResult
@@ -84,13 +84,16 @@ def error_code(error: BaseException) -> str:
 
 
 def run_request(session, request: EngineRequest, progress: ProgressCallback | None = None,
-                cancelled: CancelCheck | None = None) -> EngineResult:
-    """Run one request on ``session`` (a ``workflow.session.Session``)."""
+                cancelled: CancelCheck | None = None, preview=None) -> EngineResult:
+    """Run one request on ``session`` (a ``workflow.session.Session``). ``preview``: a ``workflow.preview.SlicePreview``
+    that receives each slice as the action finishes it."""
     run = {"segment_box": _segment_box, "propagate": _propagate, "refine": _refine, "fill_between": _fill_between,
            "localize": _localize, "fetch_weights": _fetch_weights}[request.action]
     if request.action != "fetch_weights" and request.volume is None:
         raise ValueError(f"{request.action} needs a volume")
-    return run(session, request, progress, cancelled)
+    one_axis = request.options.fusion != "planes"  # fused planes finish slices of three axes: nothing to show
+    with slices_to(preview.publish if preview is not None and one_axis else None):
+        return run(session, request, progress, cancelled)
 
 
 def _case(result: CaseResult, request: EngineRequest) -> EngineResult:

@@ -24,11 +24,16 @@ class InProcessEngine:
         return run_request(self.session, _own_copy(request), progress, cancelled)
 
     def submit(self, request: EngineRequest, name: str | None = None):
-        """A job with ``done``, ``fraction``, ``message``, ``result`` (an EngineResult), ``error`` and ``cancel()``."""
+        """A job with ``done``, ``fraction``, ``message``, ``result`` (an EngineResult), ``error``, ``cancel()`` and
+        ``preview`` (its slices so far)."""
+        from MedFoundationSegLib.workflow.preview import SlicePreview
         from MedFoundationSegLib.workflow.worker import shared_worker
 
         worker = self._worker or shared_worker()
-        return worker.submit(name or request.action, run_request, self.session, _own_copy(request))
+        preview = SlicePreview(request.options.axis)
+        job = worker.submit(name or request.action, run_request, self.session, _own_copy(request), preview=preview)
+        job.preview = preview  # what the job has finished so far (workflow/preview.py)
+        return job
 
 
 def _own_copy(request: EngineRequest) -> EngineRequest:

@@ -32,6 +32,7 @@ class Job:
         self.result: Any = None
         self.error: BaseException | None = None
         self.error_traceback = ""
+        self.preview = None  # a workflow.preview.SlicePreview when the submitter wants slices shown as they come
 
     # called by the worker thread
     def _run(self) -> None:
@@ -72,6 +73,12 @@ class Job:
 
     def wait(self, timeout_s: float | None = None) -> bool:
         return self._done.wait(timeout_s)
+
+    def preview_since(self, version: int):
+        """The slices the job finished after ``version`` (workflow/preview.py), read like an engine job's."""
+        from MedFoundationSegLib.workflow.preview import slices_of
+
+        return slices_of(self, version)
 
 
 class Worker:
