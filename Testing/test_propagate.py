@@ -401,3 +401,33 @@ def test_stop_rule_presets_come_from_yaml():
     assert guided == StopRules()  # the dataclass defaults are the box_guided preset
     with pytest.raises(PropagationError, match="unknown stop-rule preset 'nope'"):
         StopRules.preset("nope")
+
+
+def test_exact_limits_ask_again_where_a_stop_rule_fires_and_never_leave_the_range():
+    """Inside a z-range known to hold the structure (a drawn box), a leak or a low IoU makes the walk try again,
+    and a slice whose answers all fail keeps the part near the previous mask; outside it nothing is segmented."""
+    gt = np.zeros((30, 64, 64), bool)
+    gt[8:22, 20:40, 20:40] = True
+
+    class Troubled(Oracle):
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            self.calls.append((k, tuple(box), points))
+            m = gt[k].copy()
+            if k == 16 and points is None:  # a leak unless the deepest point of the previous mask is given
+                m[5:60, 5:60] = True
+            if k == 12:  # low confidence and a leak whatever the prompt
+                m[5:60, 5:60] = True
+                return m, 0.3
+            return m, 0.95
+
+    loose = propagate_from_seeds(Troubled(gt), gt.shape, {15: gt[15]}, limits=(8, 21))
+    assert "area jumped" in loose.stop_reasons["up"] and "low predicted IoU" in loose.stop_reasons["down"]
+    segmenter = Troubled(gt)
+    exact = propagate_from_seeds(segmenter, gt.shape, {15: gt[15]}, limits=(8, 21), exact_limits=True)
+    assert _range(exact.mask) == (8, 21) and dice(exact.mask, gt) > 0.97
+    assert [c[2] is not None for c in segmenter.calls if c[0] == 16] == [False, False, True]  # asked again twice
+    assert exact.mask[12].sum() <= gt[12].sum() + 4 * 20 * 2 + 4  # the leak was cut near the previous mask
+    assert {"up", "down"} == set(exact.stop_reasons) and all("left the localized range" in reason
+                                                              for reason in exact.stop_reasons.values())
+    guided = box_guided(Troubled(gt), gt.shape, ((8, 21), (20, 39), (20, 39)), exact_limits=True)
+    assert _range(guided.mask) == (8, 21) and dice(guided.mask, gt) > 0.97

@@ -147,6 +147,8 @@ def test_drawn_box_is_used_as_drawn_and_a_localized_box_is_padded(mrml, phantom)
     assert padded.request.options.padding_mm == 5.0 and padded.request.options.padding_fraction == 0.1
     assert as_drawn.request.options.padding_fraction is None
     assert padded.prompts["localized_by"] == "registration"
+    # A drawn box's first and last slices are the structure's: propagation neither stops inside them nor leaves them.
+    assert as_drawn.request.options.exact_range and not padded.request.options.exact_range
 
 
 def test_heads_learned_from_corrections_are_stored_per_structure_and_start_the_next_volume(mrml, phantom, tmp_path):

@@ -1,7 +1,8 @@
 """Learning across a dataset: clicks to reach Dice 0.85 on the 1st vs the last volume of a sequence, per structure.
 
 Per structure, the CT phantoms 101, 102, ... are annotated in order, as a user would work through a dataset: the
-CVPR 2025 protocol box (middle-slice 2D box + z-range); the first segmentation starts from the head stored by the
+CVPR 2025 protocol box (middle-slice 2D box + z-range), segmented as the panel segments a drawn box
+(bench_interactive.INITIALS); the first segmentation starts from the head stored by the
 earlier volumes (none on the 1st); simulated clicks (click_sim.py) until Dice >= 0.85 or 10 clicks, each corrected
 by Session.correct with the same prior; the mask reached then (what the user signs) teaches the head that the next
 volume starts from (Session.learn_signed, kept in a HeadStore in a temporary folder, as the panel keeps it beside the
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_interactive import protocol_box_ijk  # noqa: E402
+from bench_interactive import INITIALS, protocol_box_ijk  # noqa: E402
 from click_sim import next_click  # noqa: E402
 from MedFoundationSegLib.io.head_store import HeadStore  # noqa: E402
 from MedFoundationSegLib.runtime.encoder_runtime import resolve_precision  # noqa: E402
@@ -43,7 +44,7 @@ BUDGET = 10
 def annotate(session: Session, image, truth, model: str, prior: StructureHead | None) -> dict:
     """One structure in one volume: first segmentation, then clicks until Dice >= TARGET; the signed mask."""
     box_ijk = protocol_box_ijk(truth)
-    first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, mode="guided", prior_head=prior)
+    first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, prior_head=prior, **INITIALS["panel"])
     shown = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk)
     dices, clicks = [dice(shown.mask_kji, truth)], []
     while dices[-1] < TARGET and len(clicks) < BUDGET:

@@ -16,10 +16,15 @@ Procedures (``--procedures``):
   ``no_mask_prompt``: ``correct`` without the shown mask as the mask prompt.
 - ``graphcut``: the graph cut alone with every click as a hard seed (the Refine action before clicks re-prompted).
 
+The initial segmentation is the panel's for a box the user drew (``INITIALS["panel"]``: box-guided propagation
+whose z-range is taken as the structure's, ``Options.exact_range``); ``--initial guided`` gives the one the figures
+before it used (propagation from the middle slice with the seed stop rules, which may stop inside the z-range).
+
 Prints per structure the Dice after each step, seconds per interaction, and the summary per dataset, model and
 procedure: mean Dice per step, final Dice (5 clicks), area under the Dice-vs-click curve (mean of the 6 values, 0-5
-clicks), NoC@85 and NoC@90 (10 clicks; not reached = 10), share of structures with NoC@85 <= 5, and how often one
-click lowered Dice by more than 0.01.
+clicks), NoC@85 and NoC@90 (10 clicks; not reached = 10), share of structures with NoC@85 <= 5, how often one
+click lowered Dice by more than 0.01, and seconds per click: all clicks, and those that encoded no new slice (the
+issue's "once the slices are encoded").
 
     python benchmarks/bench_interactive.py [--colin-structures 12] [--colin-queries 2] [--phantoms 10]
         [--models litemedsam mobilesam] [--procedures correct graphcut] [--json rows.json]
@@ -49,6 +54,7 @@ PROTOCOL_CLICKS = 5
 TUNINGS = {"correct": {}, "no_learn": {}, "monotone": {"monotone_clicked_slice": True},
            "no_mask_prompt": {"use_mask_prompt": False}}
 LEARN = {"no_learn": False}  # Options.learn per procedure (default: on)
+INITIALS = {"panel": {"mode": "box_guided", "exact_range": True}, "guided": {"mode": "guided"}}
 
 
 def protocol_box_ijk(truth_kji: np.ndarray) -> np.ndarray:
@@ -62,20 +68,22 @@ def protocol_box_ijk(truth_kji: np.ndarray) -> np.ndarray:
     return np.array([[cols[0], rows[0], k0], [cols[-1], rows[-1], k1]])
 
 
-def run_structure(session: Session, image, truth: np.ndarray, model: str, procedure: str, budget: int) -> dict:
+def run_structure(session: Session, image, truth: np.ndarray, model: str, procedure: str, budget: int,
+                  initial: str = "panel") -> dict:
     box_ijk = protocol_box_ijk(truth)
     start = time.perf_counter()
-    first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, mode="guided")
+    first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, **INITIALS[initial])
     shown = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk)
     initial_s = time.perf_counter() - start
     spacing_kji = tuple(image.spacing_mm[::-1])
-    dices, seconds, clicks = [dice(shown.mask_kji, truth)], [], []
+    dices, seconds, encoded, clicks = [dice(shown.mask_kji, truth)], [], [], []
     for step in range(budget):
         click = next_click(shown.mask_kji, truth, spacing_kji)
         if click is None or (step >= PROTOCOL_CLICKS and dices[-1] >= 0.90):  # nothing left that NoC could count
             dices.append(dices[-1])
             continue
         clicks.append(click)
+        encoded_before = session.slices_encoded()
         t0 = time.perf_counter()
         if procedure in TUNINGS:
             shown = session.correct(image, shown, box_ijk, clicks, model=model, refine="graphcut",
@@ -88,9 +96,10 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
                                             negative_ijk=np.array(negative, float) if negative else None)
             shown = type(first)(refined.mask_kji, first.probability_kji, refined.report)
         seconds.append(time.perf_counter() - t0)
+        encoded.append(session.slices_encoded() - encoded_before)
         dices.append(dice(shown.mask_kji, truth))
-    return dict(dices=dices, seconds=seconds, initial_s=initial_s, clicks=[[list(c), p] for c, p in clicks],
-                slices=int(box_ijk[1][2] - box_ijk[0][2] + 1))
+    return dict(dices=dices, seconds=seconds, encoded=encoded, initial_s=initial_s, initial=initial,
+                clicks=[[list(c), p] for c, p in clicks], slices=int(box_ijk[1][2] - box_ijk[0][2] + 1))
 
 
 def summary(rows: list[dict]) -> str:
@@ -100,11 +109,15 @@ def summary(rows: list[dict]) -> str:
     noc85 = [noc(list(d), 0.85, dices.shape[1] - 1) for d in dices]
     noc90 = [noc(list(d), 0.90, dices.shape[1] - 1) for d in dices]
     per_click = [s for row in rows for s in row["seconds"]]
+    encoded = [(s, n) for row in rows if "encoded" in row for s, n in zip(row["seconds"], row["encoded"])]
+    warm = [s for s, n in encoded if n == 0]
+    warm_text = (f"; once encoded ({len(warm)}/{len(encoded)} clicks) mean {np.mean(warm):.2f} max {np.max(warm):.2f}"
+                 if warm else "")
     return (f"n={len(rows)}  Dice by click {' '.join(f'{v:.3f}' for v in steps.mean(axis=0))}  "
             f"final(5) {steps[:, -1].mean():.3f}  AUC {steps.mean():.3f}  NoC@85 {np.mean(noc85):.1f}  "
             f"NoC@90 {np.mean(noc90):.1f}  NoC@85<=5 {np.mean(np.array(noc85) <= 5):.0%}  "
             f"clicks that lowered Dice >0.01: {int((drops < -0.01).sum())}/{drops.size}  "
-            f"s/click mean {np.mean(per_click):.2f} max {np.max(per_click):.2f}")
+            f"s/click mean {np.mean(per_click):.2f} max {np.max(per_click):.2f}{warm_text}")
 
 
 def main() -> None:
@@ -116,6 +129,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["litemedsam", "mobilesam"])
     parser.add_argument("--procedures", nargs="+", default=["correct", "graphcut"])
     parser.add_argument("--clicks", type=int, default=10)
+    parser.add_argument("--initial", choices=sorted(INITIALS), default="panel",
+                        help="the initial segmentation: the panel's for a drawn box, or the earlier 'guided'")
     parser.add_argument("--json", type=Path, help="also write every row here (and resume from it)")
     parser.add_argument("--summary-only", action="store_true", help="print the summary of the rows in --json")
     args = parser.parse_args()
@@ -145,7 +160,8 @@ def main() -> None:
                         truth = labels.array == label
                         if not truth.any():
                             continue
-                        row = dict(run_structure(session, image, truth, model, procedure, args.clicks),
+                        row = dict(run_structure(session, image, truth, model, procedure, args.clicks,
+                                                 args.initial),
                                    dataset=dataset, case=case, structure=name, model=model, procedure=procedure)
                         rows.append(row)
                         print(f"{case:<12}{name:<16}{model:<11}{procedure:<9} " +

@@ -143,13 +143,14 @@ class MedFoundationSegLogic:
     def _prepare_box(self, volume_node, bounds_ras, segmentation_node, segment_id, roi_node_id, terminology_tag=None,
                      localized_by: str | None = None, structure: str | None = None) -> PreparedAction:
         """``localized_by``: the engine that placed the box (padded by ``options.padding_mm``); None for a box the
-        user drew (padded by ``options.drawn_box_padding_mm``, 0 by default: taken as drawn)."""
+        user drew (padded by ``options.drawn_box_padding_mm``, 0 by default: taken as drawn, and its first and last
+        slices taken as the structure's, ``Options.exact_range``)."""
         volume = self._base(volume_node, segmentation_node)
         bounds_ras = np.asarray(bounds_ras, float)
         box_ijk = mrml_bridge.ijk_box_from_ras_bounds(volume, bounds_ras)
         s = self.options
         if not localized_by:
-            s = s.replace(padding_mm=s.drawn_box_padding_mm, padding_fraction=None)
+            s = s.replace(padding_mm=s.drawn_box_padding_mm, padding_fraction=None, exact_range=True)
         request = EngineRequest("segment_box", volume, s, {"box_ijk": box_ijk.tolist()})
         self._attach_prior_head(request, volume_node, structure)
         prompts = {"model": s.model, "axis": s.axis, "box_ijk": box_ijk.tolist(),

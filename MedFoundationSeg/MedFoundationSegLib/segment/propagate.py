@@ -151,7 +151,8 @@ def box_per_slice(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(
 def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0, 1.0), pad_mm: float = 4.0,
                slabs: list[tuple[int, int, tuple[int, int, int, int]]] | None = None, rules: StopRules | None = None,
                margin_px: float = 5.0, margin_fraction: float = 0.1, use_point: bool = False,
-               progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> PropagationResult:
+               exact_limits: bool = False, progress: ProgressCallback | None = None,
+               cancelled: CancelCheck | None = None) -> PropagationResult:
     """The 3D box as prior and hard limit rather than every slice's prompt.
 
     Why: near its ends an organ covers a sliver of the box's rectangle and a box prompt makes SAM fill it (a "shelf"
@@ -161,6 +162,8 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
     the box's end slice or earlier by the stop rules (an organ that ended inside a loose box). The margin is
     ``max(margin_px, margin_fraction * the previous box's larger side)``. No positive point by default: on the
     phantoms the deepest-point click made LiteMedSAM alternate between the whole liver and a part of it.
+    ``exact_limits``: the box's first and last slices are the structure's (a box the user drew): no walk stops
+    before them.
     """
     shape = _check_volume_shape(shape_kji)
     rules = rules or StopRules.preset("box_guided")
@@ -190,7 +193,8 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
     reasons = {}
     for side, step, limit in (("up", +1, k1), ("down", -1, k0)):
         reasons[side] = _walk(segmenter, mask, ious, segmented, middle, step, limit, rules, margin_px, use_point,
-                              None, None, set(), cancelled, cap_box=rect, margin_fraction=margin_fraction)
+                              None, None, set(), cancelled, cap_box=rect, margin_fraction=margin_fraction,
+                              present=(k0, k1) if exact_limits else None)
         report(progress, len(segmented) / (k1 - k0 + 1), f"{side} side: {reasons[side]}")
     return PropagationResult(mask=mask, iou=ious, segmented=sorted(segmented), stop_reasons=reasons, seeds=[middle])
 
@@ -232,12 +236,38 @@ def _stop_reason(m: np.ndarray, iou: float, prev: np.ndarray, max_area: int, rul
     return None
 
 
+NEAR_PREVIOUS_PX = 2  # how far beyond the previous slice's mask a last-resort answer may reach
+
+
+def _answer_inside(segmenter, k: int, prev: np.ndarray, answer: np.ndarray, prompt, check_answer,
+                   min_area_px: int) -> tuple[np.ndarray, float]:
+    """Slice ``k`` lies where the structure is known to be, but the model's ``answer`` failed the stop rules: ask
+    again with the previous mask's own box, then with its deepest point as an include click. When every answer still
+    fails, the first answer is kept where it lies near the previous mask (a leak is cut off, a tapering end keeps
+    its size); when too little of it is left, the previous mask carries over (a thin structure moves little from one
+    slice to the next)."""
+    for box, points in ((mask_box_xyxy(prev), None), (prompt, [_deepest_point_xy(prev)])):
+        m, iou = segmenter.segment(k, box, points, None if points is None else [1], None)
+        m = np.asarray(m, bool)
+        if check_answer(m, float(iou)) is None:
+            return m, float(iou)
+    kept = answer & ndimage.binary_dilation(prev, iterations=NEAR_PREVIOUS_PX)
+    if int(kept.sum()) < min_area_px:
+        kept = prev.copy()
+    probabilities = getattr(segmenter, "probabilities", None)
+    if probabilities is not None:  # the refinement's evidence there: the kept mask, held moderately
+        probabilities[k] = np.where(kept, 0.7, 0.3).astype(np.float32)
+    return kept, 0.0
+
+
 def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, rules: StopRules, margin_px,
           use_point: bool, stats, image, blocked: set[int], cancelled, cap_box=None,
-          margin_fraction: float = 0.1) -> str:
+          margin_fraction: float = 0.1, present: tuple[int, int] | None = None) -> str:
     """Propagate from slice ``start`` (already filled in ``mask``) in direction ``step``; returns why it stopped.
 
-    ``cap_box``: (x0, y0, x1, y1) no prompt may exceed (the 3D box's rectangle when there is one)."""
+    ``cap_box``: (x0, y0, x1, y1) no prompt may exceed (the 3D box's rectangle when there is one). ``present``: the
+    slices (first, last) the structure is known to cross (the z-range of a box the user drew): there a stop rule
+    does not end the walk, it makes the model try again (``_answer_inside``)."""
     prev = mask[start]
     max_area = int(prev.sum())
     walk_ious: list[float] = []  # the model's IoUs on this walk (not the start: it may be a user's mask)
@@ -261,10 +291,15 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
         m, iou = segmenter.segment(k, prompt, points, labels, None)
         m = np.asarray(m, bool)
         typical = float(np.median(walk_ious)) if len(walk_ious) >= 3 else None
-        reason = _stop_reason(m, float(iou), prev, max_area, rules, stats, None if image is None else image[k],
-                              typical)
+        def check_answer(answer, answer_iou, prev=prev, k=k, typical=typical):
+            return _stop_reason(answer, answer_iou, prev, max_area, rules, stats,
+                                None if image is None else image[k], typical)
+
+        reason = check_answer(m, float(iou))
         if reason is not None:
-            return f"{reason} at slice {k}"
+            if present is None or not present[0] <= k <= present[1]:
+                return f"{reason} at slice {k}"
+            m, iou = _answer_inside(segmenter, k, prev, m, prompt, check_answer, rules.min_area_px)
         mask[k] = m
         show_slice(k, m)
         ious[k] = float(iou)
@@ -297,16 +332,18 @@ def _seed_masks(segmenter, shape, seeds) -> tuple[dict[int, np.ndarray], dict[in
 
 
 def propagate_from_seeds(segmenter: SliceSegmenter, shape_kji, seeds: dict, *, limits: tuple[int, int] | None = None,
-                         rules: StopRules | None = None, margin_px: float = 5.0, use_point: bool = False,
-                         image: np.ndarray | None = None, progress: ProgressCallback | None = None,
-                         cancelled: CancelCheck | None = None) -> PropagationResult:
+                         exact_limits: bool = False, rules: StopRules | None = None, margin_px: float = 5.0,
+                         use_point: bool = False, image: np.ndarray | None = None,
+                         progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None
+                         ) -> PropagationResult:
     """Propagate from user seeds (slice -> mask or box) both ways, with stop rules (the ``seeds`` preset by default).
 
     No positive point by default: with the deepest-point click LiteMedSAM tends to follow a part of the organ, or to
     jump to a neighbour (bench_pipeline.py measures both).
 
     ``limits``: the localized slice range (e.g. MedLAM's z-range); propagation may exceed it by
-    ``rules.range_tolerance_slices``. ``image``: enables the appearance stop rule.
+    ``rules.range_tolerance_slices``. ``exact_limits``: ``limits`` are the structure's first and last slices (a box
+    the user drew): the walks neither leave them nor stop inside them. ``image``: enables the appearance stop rule.
     """
     shape = _check_volume_shape(shape_kji)
     rules = rules or StopRules.preset("seeds")
@@ -323,8 +360,9 @@ def propagate_from_seeds(segmenter: SliceSegmenter, shape_kji, seeds: dict, *, l
             raise PropagationError(f"image shape {np.shape(image)} does not match {shape}")
         values = np.concatenate([image[k][m] for k, m in seed_masks.items()]).astype(float)
         stats = (float(values.mean()), max(float(values.std()), 1.0))
-    low, high = (0, shape[0] - 1) if limits is None else (limits[0] - rules.range_tolerance_slices,
-                                                          limits[1] + rules.range_tolerance_slices)
+    tolerance = 0 if exact_limits else rules.range_tolerance_slices
+    low, high = (0, shape[0] - 1) if limits is None else (limits[0] - tolerance, limits[1] + tolerance)
+    present = tuple(limits) if exact_limits and limits is not None else None
     order = sorted(seed_masks)
     segmented = list(order)
     reasons = {}
@@ -333,9 +371,9 @@ def propagate_from_seeds(segmenter: SliceSegmenter, shape_kji, seeds: dict, *, l
         blocked = (set(order) | set(segmented)) - {k}  # never overwrite another seed's walk
         report(progress, n / (2 * len(order)), f"propagating from slice {k}")
         up = _walk(segmenter, mask, ious, segmented, k, +1, high, rules, margin_px, use_point, stats, image,
-                   blocked, cancelled)
+                   blocked, cancelled, present=present)
         down = _walk(segmenter, mask, ious, segmented, k, -1, low, rules, margin_px, use_point, stats, image,
-                     blocked, cancelled)
+                     blocked, cancelled, present=present)
         if k == order[-1]:
             reasons["up"] = up
         if k == order[0]:

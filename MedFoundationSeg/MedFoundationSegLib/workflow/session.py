@@ -189,18 +189,21 @@ class Session:
                                            pad_mm=padding_mm, slabs=slab_boxes, progress=rest, cancelled=cancelled)
         report(progress, 0.0, f"encoding {box.last - box.first + 1} slices")
         segmenter.predictor.encode_range(box.first, box.last, progress=encode, cancelled=cancelled)
-        if o.mode in ("box", "box_guided"):
-            method = propagate.box_per_slice if o.mode == "box" else propagate.box_guided
-            return method(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
-                          slabs=slab_boxes, progress=rest, cancelled=cancelled)
+        if o.mode == "box":
+            return propagate.box_per_slice(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
+                                           slabs=slab_boxes, progress=rest, cancelled=cancelled)
+        if o.mode == "box_guided":
+            return propagate.box_guided(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
+                                        slabs=slab_boxes, exact_limits=o.exact_range, progress=rest,
+                                        cancelled=cancelled)
         if o.mode == "reference":
             x0, y0, x1, y1 = box.xyxy
             return reference.reference_litemedsam(segmenter, shape, (x0, y0, box.first, x1, y1, box.last),
                                                   progress=rest, cancelled=cancelled)
         seeds = {(box.first + box.last) // 2: np.array(box.xyxy)}  # guided: stop rules may leave the box
         return propagate.propagate_from_seeds(segmenter, shape, seeds, limits=(box.first, box.last),
-                                              image=geometry.to_slices(volume.array, o.axis), progress=rest,
-                                              cancelled=cancelled)
+                                              exact_limits=o.exact_range, image=geometry.to_slices(volume.array, o.axis),
+                                              progress=rest, cancelled=cancelled)
 
     @staticmethod
     def _box_outcome(volume, segmenter, result, box: geometry.SliceBox, o: Options, padding_mm) -> CaseResult:
