@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from MedFoundationSegLib.sampledata.phantoms import make_phantom
 from MedFoundationSegLib.workflow.case import run_case
+from MedFoundationSegLib.workflow.fill_between import fill_between_slices
 from MedFoundationSegLib.workflow.options import Options
-from MedFoundationSegLib.workflow.session import Session, fill_between_slices
+from MedFoundationSegLib.workflow.session import Session
 
 SHAPE = (28, 128, 128)
 

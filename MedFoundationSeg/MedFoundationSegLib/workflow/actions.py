@@ -162,7 +162,7 @@ def _refine(session, request, progress, cancelled) -> EngineResult:
 
 
 def _fill_between(session, request, progress, cancelled) -> EngineResult:
-    from MedFoundationSegLib.workflow.session import fill_between_slices
+    from MedFoundationSegLib.workflow.fill_between import fill_between_slices
 
     return _case(fill_between_slices(_mask(request, "mask_kji"), axis=request.options.axis, progress=progress,
                                      cancelled=cancelled), request)

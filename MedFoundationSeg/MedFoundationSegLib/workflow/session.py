@@ -21,7 +21,6 @@ from MedFoundationSegLib.core.volume import Volume, check_finite
 from MedFoundationSegLib.segment import clicks as click_correction
 from MedFoundationSegLib.segment import keyslices, propagate, reference, refine
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
-from MedFoundationSegLib.segment.interpolation import interpolate_slices
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow import learning
@@ -315,7 +314,11 @@ class Session:
             refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                          positive_ijk=np.array(positive, float) if positive else None,
                                          negative_ijk=np.array(negative, float) if negative else None)
-            outcome = CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
+            kept, restored = click_correction.restore_emptied_slices(
+                geometry.to_slices(refined.mask_kji, o.axis), geometry.to_slices(outcome.mask_kji, o.axis), clicks)
+            outcome.report["correction"]["restored_slices"] = restored
+            outcome = CaseResult(geometry.from_slices(kept, o.axis), outcome.probability_kji, outcome.report,
+                                 head=outcome.head)
         outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
         report(progress, 1.0, "correction done")
         return outcome
@@ -382,18 +385,3 @@ class Session:
                                 spacing_mm=volume.spacing_mm, progress=progress, cancelled=cancelled)
         report_ = dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum()))
         return CaseResult(np.asarray(refined.mask, bool), probability, report_, head=result.head)
-
-
-def fill_between_slices(mask_kji: np.ndarray, *, axis: str = "axial", progress: ProgressCallback | None = None,
-                        cancelled: CancelCheck | None = None) -> CaseResult:
-    """Slicer-style "fill between slices": morphological contour interpolation between the annotated slices."""
-    check(cancelled, "interpolation")
-    mask_kji = np.asarray(mask_kji, bool)
-    array_axis = geometry.slice_frame(axis).array_axis
-    annotated = np.flatnonzero(geometry.to_slices(mask_kji, axis).any(axis=(1, 2)))
-    if len(annotated) < 2:
-        raise ValueError("fill between slices needs the structure drawn on at least two slices")
-    filled = interpolate_slices(mask_kji, [int(k) for k in annotated], axis=array_axis)
-    report(progress, 1.0, "interpolation done")
-    return CaseResult(filled, None, {"mode": "fill between slices", "annotated": annotated.tolist(),
-                                     "voxels": int(filled.sum())})
