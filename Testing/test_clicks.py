@@ -108,14 +108,18 @@ def test_an_exclude_click_at_the_edge_never_empties_its_slice():
     assert not deep.mask[12].any()  # a click in the middle: the structure is not on this slice
 
 
-def test_the_refinement_may_not_empty_slices_no_click_said_were_empty():
+def test_the_refinement_may_not_empty_slices_the_model_kept():
     corrected = cylinder()
+    shown = corrected.copy()
+    shown[20] = False  # the user did not see slice 20 filled
     refined = corrected.copy()
     refined[17:21] = False  # the cut took the structure's last slices
     refined[8] = False
-    kept, restored = restore_emptied_slices(refined, corrected, [Click((17, 24, 33), False), Click((8, 24, 24), False)])
-    assert restored == [17, 18, 19, 20]  # slice 8's exclude click lies deep inside: the user emptied it
-    assert not kept[8].any() and np.array_equal(kept[18:21], corrected[18:21])
+    corrected[8, :26] = False  # the model, asked again with the click on slice 8, kept less than half of it
+    kept, restored = restore_emptied_slices(refined, corrected, shown, [Click((17, 24, 33), False),
+                                                                        Click((8, 24, 24), False)])
+    assert restored == [17, 18, 19]  # slice 8's model answer halved it; slice 20 was not shown filled
+    assert not kept[8].any() and not kept[20].any() and np.array_equal(kept[18:20], corrected[18:20])
     assert not kept[17, 24, 33] and kept[17].sum() == corrected[17].sum() - 1  # the click on it still holds
 
 

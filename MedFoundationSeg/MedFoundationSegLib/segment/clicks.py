@@ -108,29 +108,32 @@ def _keep_slice(segmenter, index: int, prompt, clicks: list[Click], shown_hw: np
 
 
 EMPTIED_FRACTION = 0.25  # a refinement leaving less than this share of a slice's corrected mask emptied it
+SIZE_KEPT = (0.5, 1.25)  # a clicked slice's re-prompted mask within these shares of the shown one kept its size
 
 
-def restore_emptied_slices(refined: np.ndarray, corrected: np.ndarray, clicks: list[Click]) -> tuple[np.ndarray,
-                                                                                                       list[int]]:
-    """A refinement (the 3D graph cut) may not empty a slice the corrected masks hold unless the clicks on that slice
-    say the structure ends there (``_ends_here``): such a slice gets its corrected mask back, with every click on it
-    holding. Why: near a structure's thin ends one exclude click's pull on the probability, or the cut's
-    largest-component rule, can take whole slices a click never pointed at. Returns (mask, restored slices)."""
+def restore_emptied_slices(refined: np.ndarray, corrected: np.ndarray, shown: np.ndarray,
+                           clicks: list[Click]) -> tuple[np.ndarray, list[int]]:
+    """A refinement (the 3D graph cut) may not empty a slice that the shown and the corrected masks both hold: such
+    a slice gets its corrected mask back, with every click on it holding. On a clicked slice only when the model,
+    re-prompted with those clicks, kept a mask of about the shown size (``SIZE_KEPT``): then it did not read them as
+    "the structure ends here", and a cut that empties the slice follows the clicks' pull, not the image. Why: near a
+    structure's thin ends one exclude click's pull on the probability, or the cut's largest-component rule, can take
+    whole slices the clicks did not ask for. Returns (mask, restored slices)."""
     refined = np.array(refined, bool)
     by_slice: dict[int, list[Click]] = {}
     for click in clicks:
         by_slice.setdefault(int(click.srk[0]), []).append(click)
     restored = []
-    for k in np.flatnonzero(corrected.any(axis=(1, 2))):
+    for k in (int(k) for k in np.flatnonzero(corrected.any(axis=(1, 2)) & shown.any(axis=(1, 2)))):
         area = int(corrected[k].sum())
-        if area < MIN_CHANGE_PX or refined[k].sum() >= EMPTIED_FRACTION * area:
+        if min(area, int(shown[k].sum())) < MIN_CHANGE_PX or refined[k].sum() >= EMPTIED_FRACTION * area:
             continue
-        if by_slice.get(int(k)) and _ends_here(corrected[k], by_slice[int(k)]):
+        if k in by_slice and not SIZE_KEPT[0] * shown[k].sum() <= area <= SIZE_KEPT[1] * shown[k].sum():
             continue
         refined[k] = corrected[k]
-        for click in by_slice.get(int(k), []):
+        for click in by_slice.get(k, []):
             refined[k, click.srk[1], click.srk[2]] = click.positive
-        restored.append(int(k))
+        restored.append(k)
     return refined, restored
 
 

@@ -315,7 +315,7 @@ class Session:
                                          positive_ijk=np.array(positive, float) if positive else None,
                                          negative_ijk=np.array(negative, float) if negative else None)
             kept, restored = click_correction.restore_emptied_slices(
-                geometry.to_slices(refined.mask_kji, o.axis), geometry.to_slices(outcome.mask_kji, o.axis), clicks)
+                *(geometry.to_slices(m, o.axis) for m in (refined.mask_kji, outcome.mask_kji, shown.mask_kji)), clicks)
             outcome.report["correction"]["restored_slices"] = restored
             outcome = CaseResult(geometry.from_slices(kept, o.axis), outcome.probability_kji, outcome.report,
                                  head=outcome.head)
