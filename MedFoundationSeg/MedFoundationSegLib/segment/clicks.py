@@ -63,6 +63,13 @@ def _grown_within(box, shape_hw, cap, margin_px: float, margin_fraction: float):
     return _intersect_boxes(_grow_box(box, max(margin_px, margin_fraction * side), shape_hw), cap)
 
 
+def _clicks_by_slice(clicks: list[Click]) -> dict[int, list[Click]]:
+    by_slice: dict[int, list[Click]] = {}
+    for click in clicks:
+        by_slice.setdefault(int(click.srk[0]), []).append(click)
+    return by_slice
+
+
 def _clicks_hold(mask_hw: np.ndarray, clicks: list[Click]) -> bool:
     return all(bool(mask_hw[c.srk[1], c.srk[2]]) == c.positive for c in clicks)
 
@@ -120,9 +127,7 @@ def restore_emptied_slices(refined: np.ndarray, corrected: np.ndarray, shown: np
     structure's thin ends one exclude click's pull on the probability, or the cut's largest-component rule, can take
     whole slices the clicks did not ask for. Returns (mask, restored slices)."""
     refined = np.array(refined, bool)
-    by_slice: dict[int, list[Click]] = {}
-    for click in clicks:
-        by_slice.setdefault(int(click.srk[0]), []).append(click)
+    by_slice = _clicks_by_slice(clicks)
     restored = []
     for k in (int(k) for k in np.flatnonzero(corrected.any(axis=(1, 2)) & shown.any(axis=(1, 2)))):
         area = int(corrected[k].sum())
@@ -168,9 +173,7 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
     fails the stop rules the old masks beyond are kept."""
     rules = rules or StopRules.preset("box_guided")
     mask, probability = np.array(mask, bool), np.array(probability, np.float32)
-    by_slice: dict[int, list[Click]] = {}
-    for click in clicks:
-        by_slice.setdefault(int(click.srk[0]), []).append(click)
+    by_slice = _clicks_by_slice(clicks)
     redo = sorted(by_slice if new_slices is None else {int(k) for k in new_slices} & set(by_slice))
     first, last = slice_range
     cap = tuple(int(v) for v in box_xyxy)

@@ -148,12 +148,9 @@ class Handler(BaseHTTPRequestHandler):
         raise HTTPError(404 if method in ("GET", "POST") else 405, "not_found", f"no route {method} {path}")
 
     def _submit(self, request) -> dict:
-        from MedFoundationSegLib.workflow.actions import run_request
-        from MedFoundationSegLib.workflow.preview import SlicePreview
+        from MedFoundationSegLib.workflow.preview import submit_with_preview
 
-        preview = SlicePreview(request.options.axis)
-        job = self.engine.worker.submit(request.action, run_request, self.engine.session, request, preview=preview)
-        job.preview = preview
+        job = submit_with_preview(self.engine.worker, request.action, self.engine.session, request)
         return {"job_id": self.engine.jobs.add(job), "jobs_ahead": self.engine.worker.jobs_ahead(job)}
 
     def _job_route(self, method: str, job_id: str, tail: str | None, query: str = ""):

@@ -26,14 +26,11 @@ class InProcessEngine:
     def submit(self, request: EngineRequest, name: str | None = None):
         """A job with ``done``, ``fraction``, ``message``, ``result`` (an EngineResult), ``error``, ``cancel()`` and
         ``preview`` (its slices so far)."""
-        from MedFoundationSegLib.workflow.preview import SlicePreview
+        from MedFoundationSegLib.workflow.preview import submit_with_preview
         from MedFoundationSegLib.workflow.worker import shared_worker
 
-        worker = self._worker or shared_worker()
-        preview = SlicePreview(request.options.axis)
-        job = worker.submit(name or request.action, run_request, self.session, _own_copy(request), preview=preview)
-        job.preview = preview  # what the job has finished so far (workflow/preview.py)
-        return job
+        return submit_with_preview(self._worker or shared_worker(), name or request.action, self.session,
+                                   _own_copy(request))
 
 
 def _own_copy(request: EngineRequest) -> EngineRequest:

@@ -46,3 +46,14 @@ def slices_of(job, since: int) -> tuple[int, str | None, list[int], np.ndarray |
         return int(since), None, [], None
     version, indices, masks = preview.since(since)
     return version, preview.axis, indices, masks
+
+
+def submit_with_preview(worker, name: str, session, request):
+    """Queue ``request`` on ``worker`` (a workflow.worker.Worker) with a SlicePreview the job publishes to; the job
+    carries it as ``job.preview``."""
+    from MedFoundationSegLib.workflow.actions import run_request
+
+    preview = SlicePreview(request.options.axis)
+    job = worker.submit(name, run_request, session, request, preview=preview)
+    job.preview = preview
+    return job
