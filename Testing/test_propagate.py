@@ -13,9 +13,9 @@ from MedFoundationSegLib.segment.propagate import (
     box_per_slice,
     mask_box_xyxy,
     propagate_from_seeds,
-    repropagate_from_edit,
 )
 from MedFoundationSegLib.segment.reference import reference_litemedsam
+from MedFoundationSegLib.segment.repropagate import repropagate_from_edit
 from scipy import ndimage
 
 

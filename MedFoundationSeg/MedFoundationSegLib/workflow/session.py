@@ -19,7 +19,7 @@ from MedFoundationSegLib.core import geometry, weights
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, scaled
 from MedFoundationSegLib.core.volume import Volume, check_finite
 from MedFoundationSegLib.segment import clicks as click_correction
-from MedFoundationSegLib.segment import keyslices, propagate, reference, refine
+from MedFoundationSegLib.segment import keyslices, propagate, reference, refine, repropagate
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
@@ -240,7 +240,7 @@ class Session:
             others = [k for k in annotated if k != int(slice_index)]
             previous = propagate.PropagationResult(mask=seeds_view.copy(), iou={k: 1.0 for k in annotated},
                                                    segmented=annotated, stop_reasons={}, seeds=others or [slice_index])
-            result = propagate.repropagate_from_edit(segmenter, previous, int(slice_index),
+            result = repropagate.repropagate_from_edit(segmenter, previous, int(slice_index),
                                                      seeds_view[int(slice_index)], image=image, progress=progress,
                                                      cancelled=cancelled)
         else:
@@ -309,19 +309,25 @@ class Session:
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.7, f"refining ({o.refine}) with {len(clicks)} clicks")
-            positive = [p[::-1] for p, pos in clicks_kji if pos]
-            negative = [p[::-1] for p, pos in clicks_kji if not pos]
-            refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
-                                         positive_ijk=np.array(positive, float) if positive else None,
-                                         negative_ijk=np.array(negative, float) if negative else None)
-            kept, restored = click_correction.restore_emptied_slices(
-                *(geometry.to_slices(m, o.axis) for m in (refined.mask_kji, outcome.mask_kji, shown.mask_kji)), clicks)
-            outcome.report["correction"]["restored_slices"] = restored
-            outcome = CaseResult(geometry.from_slices(kept, o.axis), outcome.probability_kji, outcome.report,
-                                 head=outcome.head)
+            outcome = self._refine_correction(volume, outcome, shown, box_ijk, clicks_kji, clicks, o)
         outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
         report(progress, 1.0, "correction done")
         return outcome
+
+    def _refine_correction(self, volume: Volume, outcome: CaseResult, shown: CaseResult, box_ijk, clicks_kji,
+                           clicks, o: Options) -> CaseResult:
+        """The refinement after a correction with every click held; a slice it emptied that the shown and corrected
+        masks hold gets its corrected mask back (segment/clicks.py ``restore_emptied_slices``)."""
+        positive = [p[::-1] for p, pos in clicks_kji if pos]
+        negative = [p[::-1] for p, pos in clicks_kji if not pos]
+        refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
+                                     positive_ijk=np.array(positive, float) if positive else None,
+                                     negative_ijk=np.array(negative, float) if negative else None)
+        kept, restored = click_correction.restore_emptied_slices(
+            *(geometry.to_slices(m, o.axis) for m in (refined.mask_kji, outcome.mask_kji, shown.mask_kji)), clicks)
+        outcome.report["correction"]["restored_slices"] = restored
+        return CaseResult(geometry.from_slices(kept, o.axis), outcome.probability_kji, outcome.report,
+                          head=outcome.head)
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
                      prior_head=None, **changes):
