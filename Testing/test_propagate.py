@@ -1,5 +1,9 @@
 """Propagation logic with stand-in segmenters (no model weights), and interpolation between slices."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from MedFoundationSegLib.sampledata.phantoms import make_phantom
@@ -361,6 +365,26 @@ def test_interpolation_between_annotated_slices(phantom):
     assert dice(interpolate_slices(gt, ckeys, axis=1), gt) > 0.8
     with pytest.raises(InterpolationError, match="out of range"):
         interpolate_slices(gt, [1000])
+
+
+INTERPOLATE_AND_EXIT = """
+import numpy as np, torch
+from MedFoundationSegLib.segment.interpolation import interpolate_slices
+z, y, x = np.mgrid[:30, :64, :64]
+for shift in range(3):
+    cone = (y - 32) ** 2 + (x - 30 - shift) ** 2 < (5 + 15 * (1 - abs(z - 15) / 15)) ** 2
+    assert interpolate_slices(cone, list(range(0, 30, 3))).any()
+print("exited cleanly")
+"""
+
+
+def test_interpolation_leaves_the_heap_intact(repo_root):
+    """ITK's contour interpolator, run on several threads, corrupted the heap: with torch loaded the process aborted
+    at exit (glibc's heap checks catch it at once). The engine process must survive any number of interpolations."""
+    env = dict(os.environ, MALLOC_CHECK_="3", PYTHONPATH=str(repo_root / "MedFoundationSeg"))
+    run = subprocess.run([sys.executable, "-c", INTERPOLATE_AND_EXIT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0 and "exited cleanly" in run.stdout, run.stderr[-2000:]
 
 
 def test_regrowth_after_tapering_stops_seed_propagation():

@@ -46,6 +46,9 @@ def interpolate_slices(mask: np.ndarray, annotated: list[int] | None = None, *, 
     interpolator.SetLabel(1)
     interpolator.SetUseDistanceTransform(True)
     interpolator.SetHeuristicAlignment(True)
+    threads = interpolator.GetMultiThreader()  # its parallel slice pairs corrupt the heap now and then (glibc aborts)
+    threads.SetMaximumNumberOfThreads(1)
+    threads.SetNumberOfWorkUnits(1)
     interpolator.Update()
     result = itk.array_from_image(interpolator.GetOutput()) > 0
     for k in annotated:  # user slices are authoritative, including empty ones
