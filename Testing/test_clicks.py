@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 from MedFoundationSegLib.core.volume import Volume
-from MedFoundationSegLib.segment.clicks import Click, correct_with_clicks, restore_emptied_slices
+from MedFoundationSegLib.segment.clicks import Click, correct_with_clicks
 from MedFoundationSegLib.workflow.results import CaseResult
 from MedFoundationSegLib.workflow.session import Session
 
@@ -82,45 +82,6 @@ def test_a_slice_corrected_to_empty_clears_the_overshoot_beyond_it():
     result, _ = run(shown, truth, [Click((21, 24, 24), False)])
     assert not result.mask[21:].any()
     assert np.array_equal(result.mask[:21], truth[:21])
-
-
-def test_an_exclude_click_at_the_edge_never_empties_its_slice():
-    """A model answering "nothing" to an exclude click on a leak at the mask's edge is asked again without the mask
-    prompt, and if still empty the shown mask stays; a click deep inside may empty the slice."""
-    truth = cylinder()
-    shown = truth.copy()
-    shown[12, 20:28, 34:40] = True  # a leak at the edge of slice 12
-
-    class Forgetful(TruthModel):
-        def segment_slice(self, index, box_xyxy, points_xy=None, point_labels=None, mask_prompt=None):
-            answer = super().segment_slice(index, box_xyxy, points_xy, point_labels, mask_prompt)
-            if index == 12 and point_labels is not None and mask_prompt is not None:
-                answer.mask = np.zeros_like(answer.mask)  # "the structure is not here"
-            return answer
-
-    model = Forgetful(truth)
-    edge = correct_with_clicks(model, shown, shown.astype(np.float32), (10, 10, 38, 38), (5, 20),
-                               [Click((12, 24, 37), False)])
-    assert np.array_equal(edge.mask[12], truth[12])  # the answer without the mask prompt: the leak is gone
-    assert [c for c in model.calls if c[0] == 12][-1] == (12, 1, False)
-    deep = correct_with_clicks(Forgetful(truth), shown, shown.astype(np.float32), (10, 10, 38, 38), (5, 20),
-                               [Click((12, 24, 24), False)])
-    assert not deep.mask[12].any()  # a click in the middle: the structure is not on this slice
-
-
-def test_the_refinement_may_not_empty_slices_the_model_kept():
-    corrected = cylinder()
-    shown = corrected.copy()
-    shown[20] = False  # the user did not see slice 20 filled
-    refined = corrected.copy()
-    refined[17:21] = False  # the cut took the structure's last slices
-    refined[8] = False
-    corrected[8, :26] = False  # the model, asked again with the click on slice 8, kept less than half of it
-    kept, restored = restore_emptied_slices(refined, corrected, shown, [Click((17, 24, 33), False),
-                                                                        Click((8, 24, 24), False)])
-    assert restored == [17, 18, 19]  # slice 8's model answer halved it; slice 20 was not shown filled
-    assert not kept[8].any() and not kept[20].any() and np.array_equal(kept[18:20], corrected[18:20])
-    assert not kept[17, 24, 33] and kept[17].sum() == corrected[17].sum() - 1  # the click on it still holds
 
 
 def test_session_correct_refuses_no_clicks_and_clicks_outside():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
 
 from MedFoundationSegLib.core.progress import CancelCheck, check, show_slice
 from MedFoundationSegLib.segment.propagate import (
@@ -93,55 +92,6 @@ def slice_prompt_box(mask: np.ndarray, index: int, clicks: list[Click], cap, mar
     return _grown_within(box, mask.shape[1:], cap, margin_px, margin_fraction) or cap
 
 
-ENDS_HERE_DEPTH = 0.5  # an exclude click this deep in the shown mask (share of its deepest point) may empty it
-
-
-def _ends_here(shown_hw: np.ndarray, clicks: list[Click]) -> bool:
-    """Whether the clicks on a slice say the structure is absent there: no include click, and an exclude click deep
-    inside the shown mask (on the wrong structure), not at its edge (a leak to cut off)."""
-    if any(c.positive for c in clicks):
-        return False
-    depth = ndimage.distance_transform_edt(np.pad(shown_hw, 1))[1:-1, 1:-1]
-    return any(depth[c.srk[1], c.srk[2]] >= ENDS_HERE_DEPTH * depth.max() for c in clicks)
-
-
-def _keep_slice(segmenter, index: int, prompt, clicks: list[Click], shown_hw: np.ndarray, probability_hw):
-    """The model emptied a slice on which the clicks do not say the structure ends: ask once more without the mask
-    prompt; if that too is empty, keep the shown mask (the graph cut's hard seeds still take the clicked voxels out)."""
-    m, p = reprompt_slice(segmenter, index, prompt, clicks, shown_hw, use_mask_prompt=False)
-    if m.any():
-        return m, p
-    return shown_hw.copy(), np.array(probability_hw, np.float32)
-
-
-EMPTIED_FRACTION = 0.25  # a refinement leaving less than this share of a slice's corrected mask emptied it
-SIZE_KEPT = (0.5, 1.25)  # a clicked slice's re-prompted mask within these shares of the shown one kept its size
-
-
-def restore_emptied_slices(refined: np.ndarray, corrected: np.ndarray, shown: np.ndarray,
-                           clicks: list[Click]) -> tuple[np.ndarray, list[int]]:
-    """A refinement (the 3D graph cut) may not empty a slice that the shown and the corrected masks both hold: such
-    a slice gets its corrected mask back, with every click on it holding. On a clicked slice only when the model,
-    re-prompted with those clicks, kept a mask of about the shown size (``SIZE_KEPT``): then it did not read them as
-    "the structure ends here", and a cut that empties the slice follows the clicks' pull, not the image. Why: near a
-    structure's thin ends one exclude click's pull on the probability, or the cut's largest-component rule, can take
-    whole slices the clicks did not ask for. Returns (mask, restored slices)."""
-    refined = np.array(refined, bool)
-    by_slice = _clicks_by_slice(clicks)
-    restored = []
-    for k in (int(k) for k in np.flatnonzero(corrected.any(axis=(1, 2)) & shown.any(axis=(1, 2)))):
-        area = int(corrected[k].sum())
-        if min(area, int(shown[k].sum())) < MIN_CHANGE_PX or refined[k].sum() >= EMPTIED_FRACTION * area:
-            continue
-        if k in by_slice and not SIZE_KEPT[0] * shown[k].sum() <= area <= SIZE_KEPT[1] * shown[k].sum():
-            continue
-        refined[k] = corrected[k]
-        for click in by_slice.get(k, []):
-            refined[k, click.srk[1], click.srk[2]] = click.positive
-        restored.append(k)
-    return refined, restored
-
-
 def _clear_beyond(mask: np.ndarray, probability: np.ndarray, index: int, changed: list[int]) -> str:
     """Slice ``index`` was corrected to empty: the structure ends before it, so the old masks beyond it on the side
     holding less of the structure (a run that overshot its end) are removed."""
@@ -187,8 +137,6 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
         if not _clicks_hold(m, by_slice[k]):  # the model ignored a click: the graph cut's hard seeds will hold it
             for click in by_slice[k]:
                 p[click.srk[1], click.srk[2]] = 1.0 if click.positive else 0.0
-        if not m.any() and mask[k].any() and not _ends_here(mask[k], by_slice[k]):
-            m, p = _keep_slice(segmenter, k, prompt, by_slice[k], mask[k], probability[k])
         change = int((m ^ mask[k]).sum())
         if change:
             changed.append(k)

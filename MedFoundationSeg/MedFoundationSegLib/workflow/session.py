@@ -309,25 +309,19 @@ class Session:
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.7, f"refining ({o.refine}) with {len(clicks)} clicks")
-            outcome = self._refine_correction(volume, outcome, shown, box_ijk, clicks_kji, clicks, o)
+            outcome = self._refine_correction(volume, outcome, box_ijk, clicks_kji, o)
         outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
         report(progress, 1.0, "correction done")
         return outcome
 
-    def _refine_correction(self, volume: Volume, outcome: CaseResult, shown: CaseResult, box_ijk, clicks_kji,
-                           clicks, o: Options) -> CaseResult:
-        """The refinement after a correction with every click held; a slice it emptied that the shown and corrected
-        masks hold gets its corrected mask back (segment/clicks.py ``restore_emptied_slices``)."""
+    def _refine_correction(self, volume: Volume, outcome: CaseResult, box_ijk, clicks_kji, o: Options) -> CaseResult:
+        """The refinement after a correction, with every click as a hard constraint."""
         positive = [p[::-1] for p, pos in clicks_kji if pos]
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
         refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                      positive_ijk=np.array(positive, float) if positive else None,
                                      negative_ijk=np.array(negative, float) if negative else None)
-        kept, restored = click_correction.restore_emptied_slices(
-            *(geometry.to_slices(m, o.axis) for m in (refined.mask_kji, outcome.mask_kji, shown.mask_kji)), clicks)
-        outcome.report["correction"]["restored_slices"] = restored
-        return CaseResult(geometry.from_slices(kept, o.axis), outcome.probability_kji, outcome.report,
-                          head=outcome.head)
+        return CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
                      prior_head=None, **changes):
