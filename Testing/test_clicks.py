@@ -28,6 +28,7 @@ class TruthModel:
     def segment_slice(self, index, box_xyxy, points_xy=None, point_labels=None, mask_prompt=None):
         self.calls.append((index, None if points_xy is None else len(points_xy), mask_prompt is not None))
         x0, y0, x1, y1 = box_xyxy
+        assert x1 > x0 and y1 > y0, f"the model refuses the box {box_xyxy}"  # as the real predictor does
         answer = np.zeros(SHAPE[1:], bool)
         answer[y0:y1 + 1, x0:x1 + 1] = self.truth[index, y0:y1 + 1, x0:x1 + 1]
         if index in self.shrink_on:  # a model that answers less than the truth there
@@ -82,6 +83,19 @@ def test_a_slice_corrected_to_empty_clears_the_overshoot_beyond_it():
     result, _ = run(shown, truth, [Click((21, 24, 24), False)])
     assert not result.mask[21:].any()
     assert np.array_equal(result.mask[:21], truth[:21])
+
+
+def test_a_walk_follows_a_thin_mask_outside_the_structures_box():
+    """A one-pixel-wide mask beside the box (drawn there by hand): the walk prompts with its box plus the margin,
+    never with a box the model refuses."""
+    shown = np.zeros(SHAPE, bool)
+    shown[5:21, 20:31, 44] = True  # a line in column 44; the structure's box ends at column 38
+    shown[12] |= cylinder()[12]  # and the structure on the clicked slice
+    truth = shown.copy()
+    truth[10:15, :, 44] = False  # the line is wrong on slices 10-14
+    result, _ = run(shown, truth, [Click((12, 25, 44), False)])
+    assert np.array_equal(result.mask, truth)
+    assert result.changed == [10, 11, 12, 13, 14]
 
 
 def test_session_correct_refuses_no_clicks_and_clicks_outside():

@@ -170,7 +170,9 @@ def _spread(segmenter, mask, probability, start: int, step: int, limit: int, cli
         box = mask_box_xyxy(prev if adds else mask[k])
         if box is None:
             return f"nothing {'to follow' if adds else 'left to take away'} at slice {k}"
-        prompt = _grown_within(box, mask.shape[1:], cap, margin_px, margin_fraction) or box
+        # a mask outside the structure's box (drawn or edited there) is followed with its own box plus the margin
+        prompt = _grown_within(box, mask.shape[1:], cap, margin_px, margin_fraction) or \
+            _grow_box(box, margin_px, mask.shape[1:])
         result = segmenter.segment_slice(k, prompt)
         answer = np.asarray(result.mask, bool)
         if adds:  # a leak must not be added
