@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from MedFoundationSegLib.core.progress import slices_to
 from MedFoundationSegLib.sampledata.phantoms import make_phantom
 from MedFoundationSegLib.workflow.case import run_case
 from MedFoundationSegLib.workflow.fill_between import fill_between_slices
@@ -64,6 +65,22 @@ def test_default_box_guided_mode_beats_box_per_slice_and_every_k_encodes_key_sli
     assert sparse.report["interpolated"] and dice(sparse.mask_kji, truth) >= 0.7  # 0.727 (INTER_AREA, see above)
     with pytest.raises(ValueError, match="unknown mode"):
         fresh.segment_box(phantom.image, box, mode="sideways")
+
+
+def test_on_cpu_each_slice_is_shown_as_soon_as_it_is_encoded_and_the_whole_box_ends_encoded(case):
+    phantom, _ = case
+    session = Session()
+    _, box = _truth_box(phantom, "spleen")
+    encoded_when_shown = []
+    with slices_to(lambda index, mask: encoded_when_shown.append(session.slices_encoded())):
+        result = session.segment_box(phantom.image, box, padding_mm=3.0, exact_range=True)
+    count = int(box[1, 2] - box[0, 2] + 1)
+    assert encoded_when_shown[:3] == [1, 2, 3]  # not after the whole box: one encoding per slice shown
+    assert len(encoded_when_shown) >= count
+    assert result.report["slices_encoded"] == count  # the rest of the box too, for the clicks that follow
+    again = session.segment_box(phantom.image, box, padding_mm=3.0, exact_range=True)  # every slice cached first
+    assert again.report["slices_encoded"] == count and np.array_equal(again.mask_kji, result.mask_kji)
+    assert result.mask_kji.any() and not result.mask_kji[: box[0, 2]].any()
 
 
 def test_refinement_does_not_lose_to_the_raw_output_on_the_kidney(case):

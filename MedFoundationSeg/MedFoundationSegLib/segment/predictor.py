@@ -7,6 +7,7 @@ along one axis of the (z, y, x) array; prompts and masks live in that slice's ow
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import warnings
@@ -237,6 +238,17 @@ class SlicePredictor:
             (embedding,) = self._encode([index])
             self.cache.put(index, embedding)
             return embedding
+
+    @property
+    def encodes_one_slice_per_call(self) -> bool:
+        """True where the encoder takes one slice per call (CPU): there encoding slices as a walk reaches them costs
+        nothing against encoding them in batches first."""
+        return self.runtime.batch_size == 1
+
+    def heap_scope(self):
+        """The context a walk that encodes as it goes runs in: on CPU freed activations stay in the heap between its
+        slices, as between the batches of ``encode_slices``."""
+        return retained_heap() if self.runtime.device.type == "cpu" else contextlib.nullcontext()
 
     def encode_range(self, first: int, last: int, *, progress: Progress | None = None,
                      cancelled: CancelCheck | None = None) -> int:

@@ -19,11 +19,12 @@ from MedFoundationSegLib.core import geometry, weights
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, scaled
 from MedFoundationSegLib.core.volume import Volume, check_finite
 from MedFoundationSegLib.segment import clicks as click_correction
-from MedFoundationSegLib.segment import keyslices, propagate, reference, refine, repropagate
+from MedFoundationSegLib.segment import keyslices, propagate, refine, repropagate
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow import learning
+from MedFoundationSegLib.workflow.box_modes import run_box_mode
 from MedFoundationSegLib.workflow.fusion import fuse_models, fuse_planes, segment_box_ijk
 from MedFoundationSegLib.workflow.options import AXES, SEGMENTATION_MODES, Options
 from MedFoundationSegLib.workflow.results import CaseResult
@@ -140,8 +141,8 @@ class Session:
         segmenter = self.segmenter(volume, o)
         box = geometry.slice_box(box_ijk, o.axis)
         padding_mm = 0.0 if large_box else self._padding_mm(volume, box, o)
-        result = self._run_box_mode(volume, segmenter, box, o, padding_mm, self._slab_boxes(slabs, o.axis),
-                                    progress, cancelled)
+        result = run_box_mode(volume, segmenter, box, o, padding_mm, self._slab_boxes(slabs, o.axis), progress,
+                              cancelled)
         outcome = self._box_outcome(volume, segmenter, result, box, o, padding_mm)
         if large_box is not None:
             window = segmenter.predictor.window
@@ -171,38 +172,6 @@ class Session:
                 part = geometry.slice_box(slab.box_ijk, axis)
                 out.append((part.first, part.last, part.xyxy))
         return out
-
-    @staticmethod
-    def _run_box_mode(volume, segmenter, box: geometry.SliceBox, o: Options, padding_mm: float, slab_boxes,
-                      progress, cancelled) -> propagate.PropagationResult:
-        frame = geometry.slice_frame(o.axis)
-        spacing = np.asarray(volume.spacing_mm)
-        pixel_mm = (spacing[frame.x_ijk], spacing[frame.y_ijk])
-        shape = geometry.to_slices(volume.array, o.axis).shape
-        encode, rest = scaled(progress, 0.0, 0.7), scaled(progress, 0.7, 0.95)
-        if o.mode == "every_k":  # only the key slices are encoded
-            step = int(o.every_k or keyslices.auto_step(box.last - box.first + 1, float(spacing[frame.ijk_axis])))
-            segmenter.predictor.encode_slices(keyslices.box_grid(box.first, box.last, step), progress=encode,
-                                              cancelled=cancelled)
-            return keyslices.box_every_kth(segmenter, shape, box.as_tuple(), step=step, spacing_mm=pixel_mm,
-                                           pad_mm=padding_mm, slabs=slab_boxes, progress=rest, cancelled=cancelled)
-        report(progress, 0.0, f"encoding {box.last - box.first + 1} slices")
-        segmenter.predictor.encode_range(box.first, box.last, progress=encode, cancelled=cancelled)
-        if o.mode == "box":
-            return propagate.box_per_slice(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
-                                           slabs=slab_boxes, progress=rest, cancelled=cancelled)
-        if o.mode == "box_guided":
-            return propagate.box_guided(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
-                                        slabs=slab_boxes, exact_limits=o.exact_range, progress=rest,
-                                        cancelled=cancelled)
-        if o.mode == "reference":
-            x0, y0, x1, y1 = box.xyxy
-            return reference.reference_litemedsam(segmenter, shape, (x0, y0, box.first, x1, y1, box.last),
-                                                  progress=rest, cancelled=cancelled)
-        seeds = {(box.first + box.last) // 2: np.array(box.xyxy)}  # guided: stop rules may leave the box
-        return propagate.propagate_from_seeds(segmenter, shape, seeds, limits=(box.first, box.last),
-                                              exact_limits=o.exact_range, image=geometry.to_slices(volume.array, o.axis),
-                                              progress=rest, cancelled=cancelled)
 
     @staticmethod
     def _box_outcome(volume, segmenter, result, box: geometry.SliceBox, o: Options, padding_mm) -> CaseResult:

@@ -1,0 +1,63 @@
+"""A box's slices through the model in one of the box modes, encoding them as the walk reaches them.
+
+Why encode as the walk goes: where the encoder takes one slice per call (CPU) batching gains nothing, and a slice
+segmented right after its encoding is shown at once (core.progress.show_slice) instead of after the whole box was
+encoded. The slices the walk did not need are encoded afterwards, so the clicks that follow answer without encoding.
+Where the encoder batches (CUDA) the box is encoded first, in batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from MedFoundationSegLib.core import geometry
+from MedFoundationSegLib.core.progress import report, scaled
+from MedFoundationSegLib.segment import keyslices, propagate, reference
+from MedFoundationSegLib.workflow.options import Options
+
+
+def run_box_mode(volume, segmenter, box: geometry.SliceBox, o: Options, padding_mm: float, slab_boxes, progress,
+                 cancelled) -> propagate.PropagationResult:
+    """The propagation result of ``o.mode`` over ``box`` (slice frame of ``o.axis``)."""
+    predictor = segmenter.predictor
+    frame = geometry.slice_frame(o.axis)
+    spacing = np.asarray(volume.spacing_mm)
+    pixel_mm = (spacing[frame.x_ijk], spacing[frame.y_ijk])
+    shape = geometry.to_slices(volume.array, o.axis).shape
+    if o.mode == "every_k":  # only the key slices are encoded
+        step = int(o.every_k or keyslices.auto_step(box.last - box.first + 1, float(spacing[frame.ijk_axis])))
+        predictor.encode_slices(keyslices.box_grid(box.first, box.last, step), progress=scaled(progress, 0.0, 0.7),
+                                cancelled=cancelled)
+        return keyslices.box_every_kth(segmenter, shape, box.as_tuple(), step=step, spacing_mm=pixel_mm,
+                                       pad_mm=padding_mm, slabs=slab_boxes, progress=scaled(progress, 0.7, 0.95),
+                                       cancelled=cancelled)
+    count = box.last - box.first + 1
+    as_needed = predictor.encodes_one_slice_per_call
+    if not as_needed:
+        report(progress, 0.0, f"encoding {count} slices")
+        predictor.encode_range(box.first, box.last, progress=scaled(progress, 0.0, 0.7), cancelled=cancelled)
+    walk = scaled(progress, 0.0, 0.85) if as_needed else scaled(progress, 0.7, 0.95)
+    with predictor.heap_scope():
+        result = _walk(volume, segmenter, shape, box, o, pixel_mm, padding_mm, slab_boxes, walk, cancelled)
+    if as_needed:
+        predictor.encode_range(box.first, box.last, progress=scaled(progress, 0.85, 0.95), cancelled=cancelled)
+    return result
+
+
+def _walk(volume, segmenter, shape, box: geometry.SliceBox, o: Options, pixel_mm, padding_mm: float, slab_boxes,
+          progress, cancelled) -> propagate.PropagationResult:
+    if o.mode == "box":
+        return propagate.box_per_slice(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
+                                       slabs=slab_boxes, progress=progress, cancelled=cancelled)
+    if o.mode == "box_guided":
+        return propagate.box_guided(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
+                                    slabs=slab_boxes, exact_limits=o.exact_range, progress=progress,
+                                    cancelled=cancelled)
+    if o.mode == "reference":
+        x0, y0, x1, y1 = box.xyxy
+        return reference.reference_litemedsam(segmenter, shape, (x0, y0, box.first, x1, y1, box.last),
+                                              progress=progress, cancelled=cancelled)
+    seeds = {(box.first + box.last) // 2: np.array(box.xyxy)}  # guided: stop rules may leave the box
+    return propagate.propagate_from_seeds(segmenter, shape, seeds, limits=(box.first, box.last),
+                                          exact_limits=o.exact_range, image=geometry.to_slices(volume.array, o.axis),
+                                          progress=progress, cancelled=cancelled)
