@@ -108,6 +108,19 @@ def test_session_correct_refuses_no_clicks_and_clicks_outside():
         Session().correct(volume, shown, box, [((40, 3, 3), True)])
 
 
+def test_the_reach_of_a_click_in_the_refinement_is_an_option():
+    volume = Volume(np.full(SHAPE, 100.0, np.float32), (1.0, 1.0, 1.0))
+    shown = cylinder()
+    outside = np.array([[40, 24, 12]])  # (i, j, k): beyond the cylinder's edge at column 34, on a flat image
+    grown = {reach: Session().refine(volume, shown, positive_ijk=outside, reprompt_clicks=False, click_reach_mm=reach
+                                     ).mask_kji for reach in (0.0, 8.0, 20.0)}
+    assert grown[0.0].sum() <= grown[8.0].sum() < grown[20.0].sum()  # the farther it reaches, the more it pulls in
+    gap = (12, 24, slice(34, 38))  # between the cylinder and the click's own disk
+    assert not grown[0.0][gap].any() and grown[20.0][gap].all()
+    with pytest.raises(ValueError, match="click_reach_mm"):
+        Session().refine(volume, shown, positive_ijk=outside, click_reach_mm=-1.0)
+
+
 def test_the_box_a_segment_is_corrected_in_holds_its_include_clicks():
     from MedFoundationSegLib.workflow.fusion import segment_box_ijk
 

@@ -27,7 +27,8 @@ click lowered Dice by more than 0.01, and seconds per click: all clicks, and tho
 issue's "once the slices are encoded").
 
     python benchmarks/bench_interactive.py [--colin-structures 12] [--colin-queries 2] [--phantoms 10]
-        [--models litemedsam mobilesam] [--procedures correct graphcut] [--json rows.json]
+        [--models litemedsam mobilesam] [--procedures correct graphcut] [--click-reach-mm 8]
+        [--json rows.json]
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def protocol_box_ijk(truth_kji: np.ndarray) -> np.ndarray:
 
 
 def run_structure(session: Session, image, truth: np.ndarray, model: str, procedure: str, budget: int,
-                  initial: str = "panel") -> dict:
+                  initial: str = "panel", click_reach_mm: float = 8.0) -> dict:
     box_ijk = protocol_box_ijk(truth)
     start = time.perf_counter()
     first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, **INITIALS[initial])
@@ -87,18 +88,21 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
         t0 = time.perf_counter()
         if procedure in TUNINGS:
             shown = session.correct(image, shown, box_ijk, clicks, model=model, refine="graphcut",
-                                    learn=LEARN.get(procedure, True), tuning=TUNINGS[procedure])
+                                    learn=LEARN.get(procedure, True), tuning=TUNINGS[procedure],
+                                    click_reach_mm=click_reach_mm)
         else:
             positive = [c[::-1] for c, p in clicks if p]
             negative = [c[::-1] for c, p in clicks if not p]
             refined = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk,
                                             positive_ijk=np.array(positive, float) if positive else None,
-                                            negative_ijk=np.array(negative, float) if negative else None)
+                                            negative_ijk=np.array(negative, float) if negative else None,
+                                            click_reach_mm=click_reach_mm)
             shown = type(first)(refined.mask_kji, first.probability_kji, refined.report)
         seconds.append(time.perf_counter() - t0)
         encoded.append(session.slices_encoded() - encoded_before)
         dices.append(dice(shown.mask_kji, truth))
     return dict(dices=dices, seconds=seconds, encoded=encoded, initial_s=initial_s, initial=initial,
+                click_reach_mm=click_reach_mm,
                 clicks=[[list(c), p] for c, p in clicks], slices=int(box_ijk[1][2] - box_ijk[0][2] + 1))
 
 
@@ -131,6 +135,8 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--initial", choices=sorted(INITIALS), default="panel",
                         help="the initial segmentation: the panel's for a drawn box, or the earlier 'guided'")
+    parser.add_argument("--click-reach-mm", type=float, default=8.0,
+                        help="how far a click pulls the probability in the graph cut after it (Options.click_reach_mm)")
     parser.add_argument("--json", type=Path, help="also write every row here (and resume from it)")
     parser.add_argument("--summary-only", action="store_true", help="print the summary of the rows in --json")
     args = parser.parse_args()
@@ -161,7 +167,7 @@ def main() -> None:
                         if not truth.any():
                             continue
                         row = dict(run_structure(session, image, truth, model, procedure, args.clicks,
-                                                 args.initial),
+                                                 args.initial, args.click_reach_mm),
                                    dataset=dataset, case=case, structure=name, model=model, procedure=procedure)
                         rows.append(row)
                         print(f"{case:<12}{name:<16}{model:<11}{procedure:<9} " +

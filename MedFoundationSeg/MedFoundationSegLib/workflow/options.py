@@ -70,6 +70,9 @@ class Options:
     # After the re-prompt, a structure head learned from the shown mask and the clicks predicts the box's slices, so
     # a correction reaches the slices where the same error recurs (segment/head_learning.py).
     learn: bool = _option(True, None)
+    # How far a click pulls the model's probability towards its label in the refinement after it, fading as
+    # exp(-distance / click_reach_mm) (segment/graphcut.py click_influence); 0: only the click's own disk.
+    click_reach_mm: float = _option(8.0, None)
     overlap_policy: str = _option("score", "overlapPolicy", choices=OVERLAP_POLICIES,
                                   help="who wins a voxel two structures claim (model score or template order)")
     seed: int = _option(0, "seed", kind=int, help="random seed (deterministic results)")
@@ -86,7 +89,7 @@ class Options:
             value = getattr(self, field.name)
             if choices and value not in choices:
                 raise ValueError(f"unknown {field.name} {value!r}; use one of {', '.join(choices)}")
-        for name in ("padding_mm", "drawn_box_padding_mm"):
+        for name in ("padding_mm", "drawn_box_padding_mm", "click_reach_mm"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a number of millimetres >= 0; got {value!r}")

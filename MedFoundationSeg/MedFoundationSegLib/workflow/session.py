@@ -289,7 +289,8 @@ class Session:
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
         refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                      positive_ijk=np.array(positive, float) if positive else None,
-                                     negative_ijk=np.array(negative, float) if negative else None)
+                                     negative_ijk=np.array(negative, float) if negative else None,
+                                     click_reach_mm=o.click_reach_mm)
         return CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
@@ -327,14 +328,14 @@ class Session:
             return outcome
         outcome = self.refine_result(volume, base, method=o.refine if o.refine != "none" else "graphcut",
                                      positive_ijk=positive_ijk, negative_ijk=negative_ijk, scribble_kji=scribble_kji,
-                                     progress=progress, cancelled=cancelled)
+                                     click_reach_mm=o.click_reach_mm, progress=progress, cancelled=cancelled)
         outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
         report(progress, 1.0, "refinement done")
         return outcome
 
     @staticmethod
     def refine_result(volume: Volume, result: CaseResult, *, method: str, box_ijk=None, extreme_points_ijk=None,
-                      positive_ijk=None, negative_ijk=None, scribble_kji=None,
+                      positive_ijk=None, negative_ijk=None, scribble_kji=None, click_reach_mm: float | None = None,
                       progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> CaseResult:
         probability = result.probability_kji if result.probability_kji is not None else \
             result.mask_kji.astype(np.float32)
@@ -350,7 +351,8 @@ class Session:
             clicks_kji=np.array(clicks) if clicks else None,
             click_positive=np.array(positive) if clicks else None,
             fg_scribble=scribble_kji)
+        params = None if click_reach_mm is None else refine.GraphCutParams(click_influence_mm=float(click_reach_mm))
         refined = refine.refine(volume.array.astype(np.float32), probability, annotations, method=method,
-                                spacing_mm=volume.spacing_mm, progress=progress, cancelled=cancelled)
+                                spacing_mm=volume.spacing_mm, params=params, progress=progress, cancelled=cancelled)
         report_ = dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum()))
         return CaseResult(np.asarray(refined.mask, bool), probability, report_, head=result.head)
