@@ -117,6 +117,18 @@ def test_click_influence_fades_and_the_nearest_click_wins():
     assert np.array_equal(click_influence(prob, np.zeros((0, 3), int), np.zeros(0, bool), (1, 1, 1), 8.0), prob)
 
 
+def test_an_exclude_click_confined_to_its_slice_leaves_the_neighbouring_slices_alone():
+    prob = np.full((5, 9, 9), 0.9, np.float32)
+    clicks, positive = np.array([[2, 4, 4], [0, 4, 4]]), np.array([False, True])
+    spacing = (1.0, 1.0, 3.0)  # thick slices
+    in_3d = click_influence(prob, clicks, positive, spacing, 8.0)
+    flat = click_influence(prob, clicks, positive, spacing, 8.0, exclude_axis=0)
+    assert flat[2, 4, 4] == pytest.approx(0.0) and flat[2, 4, 6] < 0.9  # on its slice it pulls as before
+    assert np.array_equal(flat[2], in_3d[2])
+    assert in_3d[3, 4, 4] < 0.5 and flat[3, 4, 4] >= 0.9  # off its slice it does not pull (the include click may)
+    assert flat[1, 4, 4] > 0.9 and np.array_equal(flat[1], in_3d[1])  # the include click still pulls across slices
+
+
 def test_positive_click_recuts_locally(phantom):
     gt = phantom.mask("kidney_right")
     ks = np.flatnonzero(gt.any(axis=(1, 2)))

@@ -42,6 +42,10 @@ class GraphCutParams:
     # one click can correct a whole wrong region instead of a disk (0: clicks are hard disks only). A wider reach makes
     # well-started structures oscillate under repeated clicks (benchmarks/bench_click_influence.py).
     click_influence_mm: float = 8.0
+    # An exclude click pulls only within its own slice along this (z, y, x) axis; None: in 3D like an include click.
+    # After a correction the model re-prompted at the click has already taken away what it should on the neighbouring
+    # slices (Session.correct sets the model's axis): a 3D pull there emptied thin end slices it had kept.
+    exclude_pull_axis: int | None = None
     crop_margin_vox: tuple[int, int, int] = (3, 12, 12)  # (k, j, i)
     appearance_weight: float = 0.5  # weight of the intensity-histogram likelihood learnt from the model's mask
     core_seed_fraction: float = 0.6  # per slice, voxels deeper than this fraction of the mask's max depth are fg
@@ -302,11 +306,15 @@ def _postprocess(mask: np.ndarray, hard_fg: np.ndarray, params: GraphCutParams,
     return mask
 
 
+OFF_SLICE_MM = 1e6  # a step across slices for a pull confined to its slice: exp(-1e6 / reach) is 0
+
+
 def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarray, spacing_xyz,
-                    influence_mm: float) -> np.ndarray:
+                    influence_mm: float, exclude_axis: int | None = None) -> np.ndarray:
     """Probability pulled towards each click's label: p' = p (1 - w) + label w, w = exp(-d / influence_mm), with d
-    the distance in mm to the nearest click (whose label wins). Why: as hard disks alone, clicks on a region the
-    model got wrong change only a few voxels."""
+    the distance in mm to the nearest click (whose label wins); an exclude click's d is infinite off its own slice
+    along ``exclude_axis`` (when given). Why: as hard disks alone, clicks on a region the model got wrong change only
+    a few voxels."""
     if influence_mm <= 0 or len(clicks_kji) == 0:
         return prob
     sampling = np.asarray(spacing_xyz, float)[::-1]
@@ -316,7 +324,10 @@ def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarr
         if len(chosen):
             seeds = np.ones(prob.shape, bool)
             seeds[tuple(chosen.T)] = False
-            distance[label] = ndimage.distance_transform_edt(seeds, sampling=sampling)
+            along = sampling.copy()
+            if not label and exclude_axis is not None:
+                along[exclude_axis] = OFF_SLICE_MM
+            distance[label] = ndimage.distance_transform_edt(seeds, sampling=along)
     if len(distance) == 2:
         nearest = distance[True] <= distance[False]
         d = np.minimum(distance[True], distance[False])

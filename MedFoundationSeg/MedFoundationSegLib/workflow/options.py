@@ -71,8 +71,9 @@ class Options:
     # a correction reaches the slices where the same error recurs (segment/head_learning.py).
     learn: bool = _option(True, None)
     # How far a click pulls the model's probability towards its label in the refinement after it, fading as
-    # exp(-distance / click_reach_mm) (segment/graphcut.py click_influence); 0: only the click's own disk.
-    click_reach_mm: float = _option(8.0, None)
+    # exp(-distance / click_reach_mm) (segment/graphcut.py click_influence); 0: only the click's own disk. After a
+    # correction an exclude click pulls only on its own slice (benchmarks: docs/benchmarks.md, "click reach").
+    click_reach_mm: float = _option(14.0, None)
     overlap_policy: str = _option("score", "overlapPolicy", choices=OVERLAP_POLICIES,
                                   help="who wins a voxel two structures claim (model score or template order)")
     seed: int = _option(0, "seed", kind=int, help="random seed (deterministic results)")

@@ -290,7 +290,8 @@ class Session:
         refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                      positive_ijk=np.array(positive, float) if positive else None,
                                      negative_ijk=np.array(negative, float) if negative else None,
-                                     click_reach_mm=o.click_reach_mm)
+                                     click_reach_mm=o.click_reach_mm,
+                                     exclude_pull_axis=geometry.slice_frame(o.axis).array_axis)
         return CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
@@ -336,7 +337,8 @@ class Session:
     @staticmethod
     def refine_result(volume: Volume, result: CaseResult, *, method: str, box_ijk=None, extreme_points_ijk=None,
                       positive_ijk=None, negative_ijk=None, scribble_kji=None, click_reach_mm: float | None = None,
-                      progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> CaseResult:
+                      exclude_pull_axis: int | None = None, progress: ProgressCallback | None = None,
+                      cancelled: CancelCheck | None = None) -> CaseResult:
         probability = result.probability_kji if result.probability_kji is not None else \
             result.mask_kji.astype(np.float32)
         clicks, positive = [], []
@@ -351,7 +353,9 @@ class Session:
             clicks_kji=np.array(clicks) if clicks else None,
             click_positive=np.array(positive) if clicks else None,
             fg_scribble=scribble_kji)
-        params = None if click_reach_mm is None else refine.GraphCutParams(click_influence_mm=float(click_reach_mm))
+        params = refine.GraphCutParams(exclude_pull_axis=exclude_pull_axis)
+        if click_reach_mm is not None:
+            params.click_influence_mm = float(click_reach_mm)
         refined = refine.refine(volume.array.astype(np.float32), probability, annotations, method=method,
                                 spacing_mm=volume.spacing_mm, params=params, progress=progress, cancelled=cancelled)
         report_ = dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum()))
