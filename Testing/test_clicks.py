@@ -121,6 +121,15 @@ def test_the_reach_of_a_click_in_the_refinement_is_an_option():
         Session().refine(volume, shown, positive_ijk=outside, click_reach_mm=-1.0)
 
 
+def test_exclude_clicks_pull_on_their_own_slice_only_where_slices_are_thick():
+    from MedFoundationSegLib.core.geometry import thick_slice_axis
+
+    ct = (0.8, 0.8, 5.0)  # (x, y, z) mm
+    assert thick_slice_axis(ct, "axial") == 0
+    assert thick_slice_axis(ct, "coronal") is None  # a coronal slice is 0.8 mm thick, its pixels 0.8 x 5 mm
+    assert thick_slice_axis((1.0, 1.0, 1.0), "axial") is None and thick_slice_axis((1.0, 1.0, 1.5), "axial") is None
+
+
 def test_the_box_a_segment_is_corrected_in_holds_its_include_clicks():
     from MedFoundationSegLib.workflow.fusion import segment_box_ijk
 

@@ -52,6 +52,18 @@ def slice_frame(axis: str) -> SliceFrame:
     return SLICE_FRAMES[axis]
 
 
+THICK_SLICE_RATIO = 2.0  # slices at least this many times thicker than their pixels are thick
+
+
+def thick_slice_axis(spacing_xyz_mm, axis: str) -> int | None:
+    """The (z, y, x) array axis of ``axis`` when its slices are thick (THICK_SLICE_RATIO), else None. On thick
+    slices the next slice is another cross-section of the anatomy, not nearly the same one."""
+    frame = slice_frame(axis)
+    spacing = np.asarray(spacing_xyz_mm, float)
+    thick = spacing[frame.ijk_axis] >= THICK_SLICE_RATIO * max(spacing[frame.x_ijk], spacing[frame.y_ijk])
+    return frame.array_axis if thick else None
+
+
 def to_slices(array_kji: np.ndarray, axis: str) -> np.ndarray:
     """(z, y, x) -> (slice, row, column) for ``axis``: a view, matching the predictor's slice frames."""
     return np.moveaxis(array_kji, slice_frame(axis).array_axis, 0)

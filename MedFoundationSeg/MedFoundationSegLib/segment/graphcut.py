@@ -43,8 +43,8 @@ class GraphCutParams:
     # well-started structures oscillate under repeated clicks (benchmarks/bench_click_influence.py).
     click_influence_mm: float = 8.0
     # An exclude click pulls only within its own slice along this (z, y, x) axis; None: in 3D like an include click.
-    # After a correction the model re-prompted at the click has already taken away what it should on the neighbouring
-    # slices (Session.correct sets the model's axis): a 3D pull there emptied thin end slices it had kept.
+    # After a correction on thick slices (Session.correct sets the model's axis there) the model re-prompted at the
+    # click has already taken away what it should on the neighbouring slices: a 3D pull emptied end slices it kept.
     exclude_pull_axis: int | None = None
     crop_margin_vox: tuple[int, int, int] = (3, 12, 12)  # (k, j, i)
     appearance_weight: float = 0.5  # weight of the intensity-histogram likelihood learnt from the model's mask

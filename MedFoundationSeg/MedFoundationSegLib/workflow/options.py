@@ -72,7 +72,7 @@ class Options:
     learn: bool = _option(True, None)
     # How far a click pulls the model's probability towards its label in the refinement after it, fading as
     # exp(-distance / click_reach_mm) (segment/graphcut.py click_influence); 0: only the click's own disk. After a
-    # correction an exclude click pulls only on its own slice (benchmarks: docs/benchmarks.md, "click reach").
+    # correction on thick slices an exclude click pulls only on its own slice (docs/benchmarks.md, "click reach").
     click_reach_mm: float = _option(14.0, None)
     overlap_policy: str = _option("score", "overlapPolicy", choices=OVERLAP_POLICIES,
                                   help="who wins a voxel two structures claim (model score or template order)")

@@ -284,14 +284,16 @@ class Session:
         return outcome
 
     def _refine_correction(self, volume: Volume, outcome: CaseResult, box_ijk, clicks_kji, o: Options) -> CaseResult:
-        """The refinement after a correction, with every click as a hard constraint."""
+        """The refinement after a correction, with every click as a hard constraint. On thick slices an exclude
+        click pulls only on its own slice: there the next slice is another cross-section, and what it loses the
+        re-prompted model has already decided; on thin slices it pulls in 3D, as an include click does."""
         positive = [p[::-1] for p, pos in clicks_kji if pos]
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
         refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                      positive_ijk=np.array(positive, float) if positive else None,
                                      negative_ijk=np.array(negative, float) if negative else None,
                                      click_reach_mm=o.click_reach_mm,
-                                     exclude_pull_axis=geometry.slice_frame(o.axis).array_axis)
+                                     exclude_pull_axis=geometry.thick_slice_axis(volume.spacing_mm, o.axis))
         return CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
