@@ -282,7 +282,7 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             mode=PROPAGATION_MODES[max(self.ui.propagationModeComboBox.currentIndex, 0)],
             refine=REFINE_METHODS[max(self.ui.refineMethodComboBox.currentIndex, 0)],
             cache_mb=int(self.ui.embeddingBudgetSpinBox.value), learn=bool(self.ui.learnCheckBox.checked),
-            click_reach_mm=float(self.ui.clickReachSpinBox.value))
+            click_reach_mm=None if self.ui.clickReachSpinBox.value < 0 else float(self.ui.clickReachSpinBox.value))
         self.logic.set_heads_folder(self.ui.headsFolderEdit.currentPath or None)
         qt.QSettings().setValue(self._settingsKey("HeadsFolder"), self.ui.headsFolderEdit.currentPath)
 

@@ -27,7 +27,7 @@ click lowered Dice by more than 0.01, and seconds per click: all clicks, and tho
 issue's "once the slices are encoded").
 
     python benchmarks/bench_interactive.py [--colin-structures 12] [--colin-queries 2] [--phantoms 10]
-        [--models litemedsam mobilesam] [--procedures correct graphcut] [--click-reach-mm 14]
+        [--models litemedsam mobilesam] [--procedures correct graphcut] [--click-reach-mm MM]
         [--json rows.json]
 """
 
@@ -70,7 +70,7 @@ def protocol_box_ijk(truth_kji: np.ndarray) -> np.ndarray:
 
 
 def run_structure(session: Session, image, truth: np.ndarray, model: str, procedure: str, budget: int,
-                  initial: str = "panel", click_reach_mm: float = 14.0) -> dict:
+                  initial: str = "panel", click_reach_mm: float | None = None) -> dict:
     box_ijk = protocol_box_ijk(truth)
     start = time.perf_counter()
     first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, **INITIALS[initial])
@@ -135,8 +135,9 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--initial", choices=sorted(INITIALS), default="panel",
                         help="the initial segmentation: the panel's for a drawn box, or the earlier 'guided'")
-    parser.add_argument("--click-reach-mm", type=float, default=14.0,
-                        help="how far a click pulls the probability in the graph cut after it (Options.click_reach_mm)")
+    parser.add_argument("--click-reach-mm", type=float, default=None,
+                        help="how far a click pulls the probability in the graph cut after it (Options.click_reach_mm; "
+                             "default: by the slice thickness)")
     parser.add_argument("--json", type=Path, help="also write every row here (and resume from it)")
     parser.add_argument("--summary-only", action="store_true", help="print the summary of the rows in --json")
     args = parser.parse_args()

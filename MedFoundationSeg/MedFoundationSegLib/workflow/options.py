@@ -71,9 +71,10 @@ class Options:
     # a correction reaches the slices where the same error recurs (segment/head_learning.py).
     learn: bool = _option(True, None)
     # How far a click pulls the model's probability towards its label in the refinement after it, fading as
-    # exp(-distance / click_reach_mm) (segment/graphcut.py click_influence); 0: only the click's own disk. After a
-    # correction on thick slices an exclude click pulls only on its own slice (docs/benchmarks.md, "click reach").
-    click_reach_mm: float = _option(14.0, None)
+    # exp(-distance / click_reach_mm) (segment/graphcut.py click_influence); 0: only the click's own disk. None: by
+    # the slices (Session.correct): on thick slices 14 mm, and an exclude click pulls only on its own slice there;
+    # on thin slices 8 mm in 3D (docs/benchmarks.md, "click reach").
+    click_reach_mm: float | None = _option(None, None)
     overlap_policy: str = _option("score", "overlapPolicy", choices=OVERLAP_POLICIES,
                                   help="who wins a voxel two structures claim (model score or template order)")
     seed: int = _option(0, "seed", kind=int, help="random seed (deterministic results)")
@@ -92,6 +93,8 @@ class Options:
                 raise ValueError(f"unknown {field.name} {value!r}; use one of {', '.join(choices)}")
         for name in ("padding_mm", "drawn_box_padding_mm", "click_reach_mm"):
             value = getattr(self, name)
+            if name == "click_reach_mm" and value is None:
+                continue
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a number of millimetres >= 0; got {value!r}")
         formats = self.output_formats

@@ -31,6 +31,9 @@ from MedFoundationSegLib.workflow.results import CaseResult
 
 # Session calls without options return the model's own masks; refinement runs only when asked for.
 SESSION_DEFAULTS = Options(refine="none")
+# How far a click pulls the graph cut after a correction when Options.click_reach_mm is None, by slice thickness
+# (core.geometry.thick_slice_axis); measured in docs/benchmarks.md ("click reach").
+CLICK_REACH_MM = {"thick": 14.0, "thin": 8.0}
 
 
 def volume_identity(volume: Volume) -> str:
@@ -285,15 +288,17 @@ class Session:
 
     def _refine_correction(self, volume: Volume, outcome: CaseResult, box_ijk, clicks_kji, o: Options) -> CaseResult:
         """The refinement after a correction, with every click as a hard constraint. On thick slices an exclude
-        click pulls only on its own slice: there the next slice is another cross-section, and what it loses the
-        re-prompted model has already decided; on thin slices it pulls in 3D, as an include click does."""
+        click pulls only on its own slice (there the next slice is another cross-section, and what it loses the
+        re-prompted model has already decided) and a click reaches farther; on thin slices clicks pull in 3D."""
         positive = [p[::-1] for p, pos in clicks_kji if pos]
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
+        thick_axis = geometry.thick_slice_axis(volume.spacing_mm, o.axis)
+        reach_mm = o.click_reach_mm if o.click_reach_mm is not None else \
+            CLICK_REACH_MM["thick" if thick_axis is not None else "thin"]
         refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                      positive_ijk=np.array(positive, float) if positive else None,
                                      negative_ijk=np.array(negative, float) if negative else None,
-                                     click_reach_mm=o.click_reach_mm,
-                                     exclude_pull_axis=geometry.thick_slice_axis(volume.spacing_mm, o.axis))
+                                     click_reach_mm=reach_mm, exclude_pull_axis=thick_axis)
         return CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
