@@ -208,7 +208,7 @@ class EncoderRuntime:
                 if module is not None:
                     module.to(memory_format=torch.channels_last)
 
-    def _heap_scope(self):
+    def heap_scope(self):
         """CPU: the layers reuse each other's freed activations (no page faults, glibc); a GPU's activations live in
         its own caching allocator, so there the host heap is left alone (no mallopt/malloc_trim per call)."""
         return retained_heap() if self.device.type == "cpu" else contextlib.nullcontext()
@@ -266,14 +266,14 @@ class EncoderRuntime:
         if self._bf16_encoder is self.encoder:
             raise DeviceError("this encoder runtime converted its weights to bf16 in place; build it with "
                               "keep_exact=True to re-encode in fp32")
-        with self._heap_scope():
+        with self.heap_scope():
             return torch.cat([self._run(images[i: i + 1], exact=True) for i in range(images.shape[0])])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float32 images -> (B, C, h, w) float32 embeddings (on the runtime's device)."""
         outputs = []
         start = 0
-        with self._heap_scope():
+        with self.heap_scope():
             while start < images.shape[0]:
                 chunk = images[start: start + self.batch_size]
                 try:

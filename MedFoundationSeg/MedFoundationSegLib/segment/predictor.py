@@ -7,7 +7,6 @@ along one axis of the (z, y, x) array; prompts and masks live in that slice's ow
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 import warnings
@@ -246,9 +245,9 @@ class SlicePredictor:
         return self.runtime.batch_size == 1
 
     def heap_scope(self):
-        """The context a walk that encodes as it goes runs in: on CPU freed activations stay in the heap between its
-        slices, as between the batches of ``encode_slices``."""
-        return retained_heap() if self.runtime.device.type == "cpu" else contextlib.nullcontext()
+        """The context a walk that encodes as it goes runs in: the encoder's own (on CPU freed activations stay in the
+        heap between its slices, as between the batches of ``encode_slices``)."""
+        return self.runtime.heap_scope()
 
     def encode_range(self, first: int, last: int, *, progress: Progress | None = None,
                      cancelled: CancelCheck | None = None) -> int:

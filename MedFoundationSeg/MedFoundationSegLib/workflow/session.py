@@ -360,9 +360,8 @@ class Session:
             clicks_kji=np.array(clicks) if clicks else None,
             click_positive=np.array(positive) if clicks else None,
             fg_scribble=scribble_kji)
-        params = refine.GraphCutParams(exclude_pull_axis=exclude_pull_axis)
-        if click_reach_mm is not None:
-            params.click_influence_mm = float(click_reach_mm)
+        reach = {} if click_reach_mm is None else {"click_influence_mm": float(click_reach_mm)}
+        params = refine.GraphCutParams(exclude_pull_axis=exclude_pull_axis, **reach)
         refined = refine.refine(volume.array.astype(np.float32), probability, annotations, method=method,
                                 spacing_mm=volume.spacing_mm, params=params, progress=progress, cancelled=cancelled)
         report_ = dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum()))
