@@ -142,3 +142,30 @@ def test_the_box_a_segment_is_corrected_in_holds_its_include_clicks():
     edge = np.zeros(SHAPE, bool)
     edge[0:2, 0:4, 44:48] = True
     assert segment_box_ijk(volume, edge, []).tolist() == [[41, 0, 0], [47, 6, 4]]  # clipped to the volume
+
+
+def test_an_include_click_outside_the_box_grows_the_box_past_it_and_no_other_click_does():
+    from MedFoundationSegLib.core.geometry import box_holding_clicks_ijk
+
+    box = np.array([[10, 10, 5], [29, 19, 20]])  # (i, j, k)
+    assert box_holding_clicks_ijk(box, [[12, 12, 6]], "axial", SHAPE).tolist() == box.tolist()  # inside: as it was
+    grown = box_holding_clicks_ijk(box, [[35, 25, 22]], "axial", SHAPE)
+    assert grown.tolist() == [[10, 10, 5], [41, 31, 22]]  # 6 beyond the edge: 6 more in the slice; to its slice
+    assert box_holding_clicks_ijk(box, [[30, 15, 6]], "axial", SHAPE).tolist() == [[10, 10, 5], [33, 19, 20]]
+    assert box_holding_clicks_ijk(box, [[2, 2, 2]], "axial", SHAPE).tolist() == [[0, 0, 2], [29, 19, 20]]
+
+
+def test_session_correct_reaches_a_structure_beyond_the_box_where_the_user_clicks():
+    volume = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 1.0))
+    truth = cylinder()
+    box = [[14, 14, 5], [26, 34, 20]]  # (i, j, k): the cylinder's columns 14..34 cut at 26
+    shown = np.zeros(SHAPE, bool)
+    shown[5:21, 14:35, 14:27] = truth[5:21, 14:35, 14:27]
+    session = Session()
+    model = TruthModel(truth)
+    session.segmenter = lambda volume, options=None, **changes: model
+    result = session.correct(volume, CaseResult(shown, shown.astype(np.float32), {}), box,
+                             [((12, 24, 31), True)], refine="none", learn=False)
+    assert result.report["correction"]["box_ijk"] == [[14, 14, 5], [36, 34, 20]]  # 5 beyond the edge, 5 more
+    assert result.mask_kji[12, 24, 27:35].all()  # the clicked slice now holds the cylinder beyond the box
+    assert result.mask_kji[8:18, 24, 30].all()  # and the correction spread to its neighbours

@@ -92,6 +92,26 @@ def slice_box(box_ijk, axis: str) -> SliceBox:
                     (int(box_ijk[0, frame.x_ijk]), int(box_ijk[1, frame.x_ijk])))
 
 
+def box_holding_clicks_ijk(box_ijk, clicks_ijk, axis: str, shape_kji, min_margin_vox: int = 3) -> np.ndarray:
+    """``box_ijk`` grown to hold every include click outside it: in the slice, past the click by as much again as the
+    click lies beyond the box's edge (at least ``min_margin_vox``); along the slice axis, to the click's slice. Why: an
+    include click outside the box says the structure goes on beyond it, and the click marks the middle of what was
+    missed; a box that stays a hard limit would keep the correction from reaching there."""
+    box_ijk = np.asarray(box_ijk, int)
+    box = box_ijk.copy()
+    frame = slice_frame(axis)
+    for point in np.asarray(clicks_ijk, int).reshape(-1, 3):
+        below, above = point < box_ijk[0], point > box_ijk[1]
+        for a in (frame.x_ijk, frame.y_ijk):
+            if below[a]:
+                box[0, a] = min(box[0, a], point[a] - max(box_ijk[0, a] - point[a], min_margin_vox))
+            if above[a]:
+                box[1, a] = max(box[1, a], point[a] + max(point[a] - box_ijk[1, a], min_margin_vox))
+        box[0, frame.ijk_axis] = min(box[0, frame.ijk_axis], point[frame.ijk_axis])
+        box[1, frame.ijk_axis] = max(box[1, frame.ijk_axis], point[frame.ijk_axis])
+    return np.clip(box, 0, np.array(shape_kji[::-1]) - 1)
+
+
 def box_kji(box_ijk) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """((k0, k1), (j0, j1), (i0, i1)): the box as ranges of the (z, y, x) array (refinement's form)."""
     box_ijk = np.asarray(box_ijk, int)

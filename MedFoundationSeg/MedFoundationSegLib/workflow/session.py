@@ -243,6 +243,8 @@ class Session:
         each correction spreads outwards until it agrees with the shown masks (segment/clicks.py), and then, unless
         ``options.refine`` is "none", a 3D graph cut holds every click as a hard constraint. Clicks are ((k, j, i),
         positive) in voxels; a click may come from any view, it corrects the slice of the model's axis it lies on.
+        An include click outside the box grows the box past it (``geometry.box_holding_clicks_ijk``; the report's
+        ``correction.box_ijk``): the box is no longer a hard limit where the user says the structure goes on.
         With ``options.learn`` a structure head is then fitted on the corrected mask and the clicks (warm-started from
         ``prior_head``, a ``StructureHead`` from earlier volumes) and predicts the box's slices before the graph cut
         (segment/head_learning.py); the result carries it in ``head``.
@@ -257,6 +259,8 @@ class Session:
             if np.any(np.asarray(point) < 0) or np.any(np.asarray(point) > upper):
                 raise ValueError(f"the click {tuple(int(v) for v in point)} (k, j, i) lies outside the volume "
                                  f"(0..{upper.tolist()})")
+        box_ijk = geometry.box_holding_clicks_ijk(box_ijk, [p[::-1] for p, pos in clicks_kji if pos], o.axis,
+                                                  volume.shape_kji)
         frame = geometry.slice_frame(o.axis)
         box = geometry.slice_box(box_ijk, o.axis)
         others = [axis for axis in range(3) if axis != frame.array_axis]
@@ -272,7 +276,8 @@ class Session:
             cancelled=cancelled, **(tuning or {}))
         outcome = CaseResult(geometry.from_slices(corrected.mask, o.axis),
                              geometry.from_slices(corrected.probability, o.axis),
-                             dict(shown.report, correction={"clicks": len(clicks), "changed": corrected.changed,
+                             dict(shown.report, correction={"clicks": len(clicks), "box_ijk": box_ijk.tolist(),
+                                                            "changed": corrected.changed,
                                                             "stop_reasons": corrected.stop_reasons}))
         if o.learn:
             report(progress, 0.5, "learning the structure from the shown mask and the clicks")
