@@ -169,3 +169,26 @@ def test_session_correct_reaches_a_structure_beyond_the_box_where_the_user_click
     assert result.report["correction"]["box_ijk"] == [[14, 14, 5], [36, 34, 20]]  # 5 beyond the edge, 5 more
     assert result.mask_kji[12, 24, 27:35].all()  # the clicked slice now holds the cylinder beyond the box
     assert result.mask_kji[8:18, 24, 30].all()  # and the correction spread to its neighbours
+
+
+def test_an_exclude_click_pulls_at_most_half_the_structures_radius_far():
+    from MedFoundationSegLib.core.geometry import equivalent_radius_mm
+
+    ball = np.zeros((40, 40, 40), bool)
+    k, j, i = np.mgrid[:40, :40, :40]
+    ball[(k - 20) ** 2 + (j - 20) ** 2 + (i - 20) ** 2 <= 100] = True
+    assert equivalent_radius_mm(ball, (1.0, 1.0, 1.0)) == pytest.approx(10.0, rel=0.02)
+    assert equivalent_radius_mm(ball, (2.0, 2.0, 2.0)) == pytest.approx(20.0, rel=0.02)
+
+    volume = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 1.0))
+    asked = []
+    session = Session()
+    session.segmenter = lambda volume, options=None, **changes: TruthModel(cylinder())
+    session.refine_result = lambda volume, result, **kwargs: asked.append(kwargs) or result
+    shown = CaseResult(cylinder(), cylinder().astype(np.float32), {})
+    box = [[10, 10, 5], [38, 38, 20]]
+    session.correct(volume, shown, box, [((12, 24, 24), False)], refine="graphcut", learn=False)
+    radius = equivalent_radius_mm(cylinder(), (1.0, 1.0, 1.0))  # about 8.8 mm: 16 slices of a 10-voxel disk
+    assert asked[-1]["click_reach_mm"] == 8.0 and asked[-1]["exclude_reach_mm"] == pytest.approx(radius / 2)
+    session.correct(volume, shown, box, [((12, 24, 24), False)], refine="graphcut", learn=False, click_reach_mm=3.0)
+    assert asked[-1]["click_reach_mm"] == asked[-1]["exclude_reach_mm"] == 3.0  # a reach the user set holds for both

@@ -117,6 +117,18 @@ def test_click_influence_fades_and_the_nearest_click_wins():
     assert np.array_equal(click_influence(prob, np.zeros((0, 3), int), np.zeros(0, bool), (1, 1, 1), 8.0), prob)
 
 
+def test_an_exclude_click_can_reach_less_far_than_an_include_click():
+    prob = np.full((1, 1, 41), 0.5, np.float32)
+    clicks, positive = np.array([[0, 0, 0], [0, 0, 40]]), np.array([True, False])
+    same = click_influence(prob, clicks, positive, (1.0, 1.0, 1.0), 8.0)
+    short = click_influence(prob, clicks, positive, (1.0, 1.0, 1.0), 8.0, exclude_influence_mm=2.0)
+    assert np.array_equal(short[0, 0, :21], same[0, 0, :21])  # the include click's side is as it was
+    assert short[0, 0, 40] == pytest.approx(0.0) and 0.5 > short[0, 0, 39] > same[0, 0, 39]
+    assert short[0, 0, 30] == pytest.approx(0.5, abs=0.01) and same[0, 0, 30] < 0.4  # 10 mm off: only 8 mm pulls
+    none = click_influence(prob, clicks, positive, (1.0, 1.0, 1.0), 8.0, exclude_influence_mm=0.0)
+    assert np.all(none[0, 0, 21:] == 0.5)
+
+
 def test_an_exclude_click_confined_to_its_slice_leaves_the_neighbouring_slices_alone():
     prob = np.full((5, 9, 9), 0.9, np.float32)
     clicks, positive = np.array([[2, 4, 4], [0, 4, 4]]), np.array([False, True])

@@ -112,6 +112,12 @@ def box_holding_clicks_ijk(box_ijk, clicks_ijk, axis: str, shape_kji, min_margin
     return np.clip(box, 0, np.array(shape_kji[::-1]) - 1)
 
 
+def equivalent_radius_mm(mask_kji: np.ndarray, spacing_xyz_mm) -> float:
+    """The radius of the sphere holding as much as ``mask_kji`` (mm): a structure's size in one number."""
+    volume_mm3 = float(np.count_nonzero(mask_kji)) * float(np.prod(np.asarray(spacing_xyz_mm, float)))
+    return (3.0 * volume_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
+
+
 def box_kji(box_ijk) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """((k0, k1), (j0, j1), (i0, i1)): the box as ranges of the (z, y, x) array (refinement's form)."""
     box_ijk = np.asarray(box_ijk, int)

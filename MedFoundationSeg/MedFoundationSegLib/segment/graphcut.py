@@ -46,6 +46,8 @@ class GraphCutParams:
     # After a correction on thick slices (Session.correct sets the model's axis there) the model re-prompted at the
     # click has already taken away what it should on the neighbouring slices: a 3D pull emptied end slices it kept.
     exclude_pull_axis: int | None = None
+    # How far an exclude click pulls (mm); None: as far as an include click (click_influence_mm).
+    exclude_influence_mm: float | None = None
     crop_margin_vox: tuple[int, int, int] = (3, 12, 12)  # (k, j, i)
     appearance_weight: float = 0.5  # weight of the intensity-histogram likelihood learnt from the model's mask
     core_seed_fraction: float = 0.6  # per slice, voxels deeper than this fraction of the mask's max depth are fg
@@ -310,12 +312,15 @@ OFF_SLICE_MM = 1e6  # a step across slices for a pull confined to its slice: exp
 
 
 def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarray, spacing_xyz,
-                    influence_mm: float, exclude_axis: int | None = None) -> np.ndarray:
-    """Probability pulled towards each click's label: p' = p (1 - w) + label w, w = exp(-d / influence_mm), with d
-    the distance in mm to the nearest click (whose label wins); an exclude click's d is infinite off its own slice
-    along ``exclude_axis`` (when given). Why: as hard disks alone, clicks on a region the model got wrong change only
-    a few voxels."""
-    if influence_mm <= 0 or len(clicks_kji) == 0:
+                    influence_mm: float, exclude_axis: int | None = None,
+                    exclude_influence_mm: float | None = None) -> np.ndarray:
+    """Probability pulled towards each click's label: p' = p (1 - w) + label w, w = exp(-d / reach), with d the
+    distance in mm to the nearest click (whose label wins) and reach ``influence_mm`` (``exclude_influence_mm`` for
+    an exclude click, when given); an exclude click's d is infinite off its own slice along ``exclude_axis`` (when
+    given). Why: as hard disks alone, clicks on a region the model got wrong change only a few voxels."""
+    reach = {True: float(influence_mm), False: float(influence_mm if exclude_influence_mm is None
+                                                     else exclude_influence_mm)}
+    if max(reach.values()) <= 0 or len(clicks_kji) == 0:
         return prob
     sampling = np.asarray(spacing_xyz, float)[::-1]
     distance = {}
@@ -334,7 +339,10 @@ def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarr
     else:
         (label, d), = distance.items()
         nearest = np.full(prob.shape, label)
-    weight = np.exp(-d / influence_mm).astype(np.float32)
+    weight = np.zeros(prob.shape, np.float32)
+    for label in (True, False):
+        if reach[label] > 0:
+            weight = np.where(nearest == label, np.exp(-d / reach[label]), weight).astype(np.float32)
     return (prob * (1 - weight) + nearest.astype(np.float32) * weight).astype(np.float32)
 
 

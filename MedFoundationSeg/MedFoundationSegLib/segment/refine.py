@@ -47,7 +47,7 @@ def refine_graphcut(image: np.ndarray, prob: np.ndarray, annotations: Annotation
     params = params or GraphCutParams()
     problem = _prepare(image, prob, annotations, params)
     local = click_influence(problem.prob, problem.clicks_kji, problem.click_positive, spacing_mm,
-                            params.click_influence_mm, params.exclude_pull_axis)
+                            params.click_influence_mm, params.exclude_pull_axis, params.exclude_influence_mm)
     report(progress, 0.1, "graph cut: building graph")
     check(cancelled, "refinement")
     sub = _max_flow(local, _normalise(problem.image, problem.prob), problem.hard_fg, problem.hard_bg,

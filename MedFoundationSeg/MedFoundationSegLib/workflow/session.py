@@ -34,6 +34,9 @@ SESSION_DEFAULTS = Options(refine="none")
 # How far a click pulls the graph cut after a correction when Options.click_reach_mm is None, by slice thickness
 # (core.geometry.thick_slice_axis); measured in docs/benchmarks.md ("click reach").
 CLICK_REACH_MM = {"thick": 14.0, "thin": 8.0}
+# ... and an exclude click reaches at most this fraction of the structure's equivalent-sphere radius: on a small
+# structure a full-reach exclude pull empties the slices around the click.
+EXCLUDE_REACH_PER_RADIUS = 0.5
 
 
 def volume_identity(volume: Volume) -> str:
@@ -298,12 +301,16 @@ class Session:
         positive = [p[::-1] for p, pos in clicks_kji if pos]
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
         thick_axis = geometry.thick_slice_axis(volume.spacing_mm, o.axis)
-        reach_mm = o.click_reach_mm if o.click_reach_mm is not None else \
-            CLICK_REACH_MM["thick" if thick_axis is not None else "thin"]
+        reach_mm = exclude_reach_mm = o.click_reach_mm
+        if reach_mm is None:
+            reach_mm = CLICK_REACH_MM["thick" if thick_axis is not None else "thin"]
+            exclude_reach_mm = min(reach_mm, EXCLUDE_REACH_PER_RADIUS *
+                                   geometry.equivalent_radius_mm(outcome.mask_kji, volume.spacing_mm))
         refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                      positive_ijk=np.array(positive, float) if positive else None,
                                      negative_ijk=np.array(negative, float) if negative else None,
-                                     click_reach_mm=reach_mm, exclude_pull_axis=thick_axis)
+                                     click_reach_mm=reach_mm, exclude_reach_mm=exclude_reach_mm,
+                                     exclude_pull_axis=thick_axis)
         return CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
@@ -349,7 +356,8 @@ class Session:
     @staticmethod
     def refine_result(volume: Volume, result: CaseResult, *, method: str, box_ijk=None, extreme_points_ijk=None,
                       positive_ijk=None, negative_ijk=None, scribble_kji=None, click_reach_mm: float | None = None,
-                      exclude_pull_axis: int | None = None, progress: ProgressCallback | None = None,
+                      exclude_reach_mm: float | None = None, exclude_pull_axis: int | None = None,
+                      progress: ProgressCallback | None = None,
                       cancelled: CancelCheck | None = None) -> CaseResult:
         probability = result.probability_kji if result.probability_kji is not None else \
             result.mask_kji.astype(np.float32)
@@ -366,7 +374,8 @@ class Session:
             click_positive=np.array(positive) if clicks else None,
             fg_scribble=scribble_kji)
         reach = {} if click_reach_mm is None else {"click_influence_mm": float(click_reach_mm)}
-        params = refine.GraphCutParams(exclude_pull_axis=exclude_pull_axis, **reach)
+        params = refine.GraphCutParams(exclude_pull_axis=exclude_pull_axis, exclude_influence_mm=exclude_reach_mm,
+                                       **reach)
         refined = refine.refine(volume.array.astype(np.float32), probability, annotations, method=method,
                                 spacing_mm=volume.spacing_mm, params=params, progress=progress, cancelled=cancelled)
         report_ = dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum()))
