@@ -177,6 +177,18 @@ def test_unstable_slices_are_reencoded_in_fp32_once(phantom, model, liver_slice)
     assert off.slices_escalated == 0 and off.runtime.exact_calls == 0
 
 
+def test_the_mask_decoder_runs_in_bf16_beside_a_bf16_encoder_and_stays_close_to_fp32(phantom, model, liver_slice):
+    liver = phantom.labels.array[liver_slice] == phantom.label_ids["liver"]
+    fast = make_predictor(phantom, model, precision="bf16")
+    assert fast.decoder_bf16 and not make_predictor(phantom, model, precision="fp32").decoder_bf16
+    in_bf16 = fast.predict(liver_slice, boxes=bbox_xyxy(liver))
+    fast.decoder_bf16 = False  # the same cached embedding, decoded in fp32
+    in_fp32 = fast.predict(liver_slice, boxes=bbox_xyxy(liver))
+    assert not np.array_equal(in_bf16.low_res_logits, in_fp32.low_res_logits)  # it did run in bf16
+    assert in_bf16.low_res_logits.dtype == np.float32
+    assert dice(in_bf16.masks[0, 0], in_fp32.masks[0, 0]) > 0.99 and abs(in_bf16.iou - in_fp32.iou).max() < 0.02
+
+
 # --- cache ------------------------------------------------------------------------------------------------------
 def test_cache_never_reencodes_a_slice(phantom, axial, liver_slice):
     axial.embedding(liver_slice)

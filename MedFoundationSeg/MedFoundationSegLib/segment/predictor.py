@@ -154,6 +154,9 @@ class SlicePredictor:
         self.escalate = bool(escalate) and self.runtime.reduced_precision
         self.escalation_error_scale = ESCALATION_ERROR_SCALE.get(self.runtime.precision, 0.0)
         self.slices_escalated = 0  # fp32 re-encodings done by the escalation rule
+        # On a CPU that does bf16 natively the mask decoder runs in the encoder's bf16 too: it is what a correction
+        # spends its time on (once per slice it walks), and its masks stay within a fraction of a percent of fp32's.
+        self.decoder_bf16 = self.device.type == "cpu" and self.runtime.precision == "bf16"
         self._exact: set[int] = set()  # cached slices whose embedding came from the fp32 encoder
         self._lock = threading.RLock()
 
@@ -318,15 +321,17 @@ class SlicePredictor:
         low_res, iou, logits = self._decode(embedding, *prompts)
         if self._needs_escalation(index, logits):
             with self._lock:
-                low_res, iou, logits = self._decode(self._encode_exact(index), *prompts)
+                low_res, iou, logits = self._decode(self._encode_exact(index), *prompts, exact=True)
         with torch.inference_mode():
             masks = (logits > self.preprocessing.mask_threshold).cpu().numpy()
             probability = torch.sigmoid(logits).cpu().numpy().astype(np.float32) if with_probability else None
         return SlicePrediction(masks=masks, iou=iou.float().cpu().numpy(), low_res_logits=low_res.cpu().numpy(),
                                probability=probability)
 
-    def _decode(self, embedding, box_array, point_arrays, masks_in, multimask, box_frame="slice"):
-        """Prompt encoder + mask decoder on one embedding: (low-res logits, predicted IoU, slice-grid logits)."""
+    def _decode(self, embedding, box_array, point_arrays, masks_in, multimask, box_frame="slice", *,
+                exact: bool = False):
+        """Prompt encoder + mask decoder on one embedding: (low-res logits, predicted IoU, slice-grid logits), in fp32
+        when ``exact`` (an escalated slice) or where the decoder is not run in bf16."""
         decoder_device = next(self.model.mask_decoder.parameters()).device
         transform = self.transform
         with torch.inference_mode():
@@ -342,12 +347,12 @@ class SlicePredictor:
             sparse, dense = self.model.prompt_encoder(
                 points=point_tuple, boxes=box_tensor,
                 masks=None if masks_in is None else masks_in.to(decoder_device))
-            low_res, iou = self.model.mask_decoder(
-                image_embeddings=embedding.to(decoder_device, torch.float32),
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                multimask_output=multimask)
-            low_res = low_res.float()
+            image_pe = self.model.prompt_encoder.get_dense_pe()  # prompt encodings stay fp32 (sin/cos of coordinates)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.decoder_bf16 and not exact):
+                low_res, iou = self.model.mask_decoder(
+                    image_embeddings=embedding.to(decoder_device, torch.float32), image_pe=image_pe,
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+            low_res, iou = low_res.float(), iou.float()
             return low_res, iou, transform.logits_to_slice(low_res)
 
     def mask_to_prompt(self, mask_hw: np.ndarray) -> np.ndarray:
