@@ -171,7 +171,7 @@ def test_session_correct_reaches_a_structure_beyond_the_box_where_the_user_click
     assert result.mask_kji[8:18, 24, 30].all()  # and the correction spread to its neighbours
 
 
-def test_an_exclude_click_pulls_at_most_half_the_structures_radius_far():
+def test_on_thin_slices_an_exclude_click_pulls_at_most_half_the_structures_radius_far():
     from MedFoundationSegLib.core.geometry import equivalent_radius_mm
 
     ball = np.zeros((40, 40, 40), bool)
@@ -192,3 +192,6 @@ def test_an_exclude_click_pulls_at_most_half_the_structures_radius_far():
     assert asked[-1]["click_reach_mm"] == 8.0 and asked[-1]["exclude_reach_mm"] == pytest.approx(radius / 2)
     session.correct(volume, shown, box, [((12, 24, 24), False)], refine="graphcut", learn=False, click_reach_mm=3.0)
     assert asked[-1]["click_reach_mm"] == asked[-1]["exclude_reach_mm"] == 3.0  # a reach the user set holds for both
+    thick = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 5.0))  # there an exclude click pulls on its slice only
+    session.correct(thick, shown, box, [((12, 24, 24), False)], refine="graphcut", learn=False)
+    assert asked[-1]["click_reach_mm"] == asked[-1]["exclude_reach_mm"] == 14.0 and asked[-1]["exclude_pull_axis"] == 0

@@ -34,8 +34,8 @@ SESSION_DEFAULTS = Options(refine="none")
 # How far a click pulls the graph cut after a correction when Options.click_reach_mm is None, by slice thickness
 # (core.geometry.thick_slice_axis); measured in docs/benchmarks.md ("click reach").
 CLICK_REACH_MM = {"thick": 14.0, "thin": 8.0}
-# ... and an exclude click reaches at most this fraction of the structure's equivalent-sphere radius: on a small
-# structure a full-reach exclude pull empties the slices around the click.
+# ... and on thin slices, where it pulls in 3D, an exclude click reaches at most this fraction of the structure's
+# equivalent-sphere radius: on a small structure a full-reach 3D exclude pull empties the slices around the click.
 EXCLUDE_REACH_PER_RADIUS = 0.5
 
 
@@ -297,15 +297,17 @@ class Session:
     def _refine_correction(self, volume: Volume, outcome: CaseResult, box_ijk, clicks_kji, o: Options) -> CaseResult:
         """The refinement after a correction, with every click as a hard constraint. On thick slices an exclude
         click pulls only on its own slice (there the next slice is another cross-section, and what it loses the
-        re-prompted model has already decided) and a click reaches farther; on thin slices clicks pull in 3D."""
+        re-prompted model has already decided) and a click reaches farther; on thin slices clicks pull in 3D, an
+        exclude click at most half the structure's radius."""
         positive = [p[::-1] for p, pos in clicks_kji if pos]
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
         thick_axis = geometry.thick_slice_axis(volume.spacing_mm, o.axis)
         reach_mm = exclude_reach_mm = o.click_reach_mm
         if reach_mm is None:
-            reach_mm = CLICK_REACH_MM["thick" if thick_axis is not None else "thin"]
-            exclude_reach_mm = min(reach_mm, EXCLUDE_REACH_PER_RADIUS *
-                                   geometry.equivalent_radius_mm(outcome.mask_kji, volume.spacing_mm))
+            reach_mm = exclude_reach_mm = CLICK_REACH_MM["thick" if thick_axis is not None else "thin"]
+            if thick_axis is None:
+                exclude_reach_mm = min(reach_mm, EXCLUDE_REACH_PER_RADIUS *
+                                       geometry.equivalent_radius_mm(outcome.mask_kji, volume.spacing_mm))
         refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                      positive_ijk=np.array(positive, float) if positive else None,
                                      negative_ijk=np.array(negative, float) if negative else None,
