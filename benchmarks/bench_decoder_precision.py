@@ -1,0 +1,80 @@
+"""The mask decoder in bf16 against fp32 on the same cached embeddings: seconds per decoded slice and mask agreement.
+
+A correction walks slice by slice and asks the mask decoder once per slice it reaches, so the decoder sets how long a
+click takes once the slices are encoded. On a CPU that does bf16 natively SlicePredictor runs the decoder in bf16
+beside the bf16 encoder (``decoder_bf16``); this prints what that buys and what it changes. Per model: the organs of
+one CT phantom, each slice decoded with its truth box in fp32 and in bf16 (interleaved, ``--repeats`` times); the
+ratio is fp32 time / bf16 time in the same process.
+
+    python benchmarks/bench_decoder_precision.py [--models litemedsam mobilesam] [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from MedFoundationSegLib.sampledata.phantoms import make_phantom  # noqa: E402
+from MedFoundationSegLib.workflow.session import Session  # noqa: E402
+from run_benchmarks import machine_description  # noqa: E402
+from seg_metrics import dice  # noqa: E402
+
+
+def organ_prompts(phantom, step: int = 2) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """(slice, truth box) for every ``step``-th slice of every organ."""
+    prompts = []
+    for label in phantom.label_ids.values():
+        truth = phantom.labels.array == label
+        for k in np.flatnonzero(truth.any(axis=(1, 2)))[::step]:
+            rows, cols = np.nonzero(truth[k])
+            prompts.append((int(k), (int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()))))
+    return prompts
+
+
+def decode_all(predictor, prompts, bf16: bool) -> tuple[list[np.ndarray], float]:
+    predictor.decoder_bf16 = bf16
+    start = time.perf_counter()
+    masks = [predictor.predict(k, box).masks[0, 0] for k, box in prompts]
+    return masks, (time.perf_counter() - start) / len(prompts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["litemedsam", "mobilesam"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    phantom = make_phantom(101, (48, 128, 128))
+    prompts = organ_prompts(phantom)
+    print(f"{machine_description()}; {torch.get_num_threads()} torch threads; phantom 101, {len(prompts)} organ "
+          "slices with their truth boxes", flush=True)
+    for model in args.models:
+        predictor = Session().predictor(phantom.image, model=model)
+        if predictor.runtime.precision != "bf16":
+            print(f"{model}: the encoder runs in {predictor.runtime.precision} here, so the decoder stays fp32")
+            continue
+        predictor.encode_slices(sorted({k for k, _ in prompts}))
+        decode_all(predictor, prompts[:4], True)  # warm-up of both paths
+        decode_all(predictor, prompts[:4], False)
+        seconds, masks = {True: [], False: []}, {}
+        for _ in range(args.repeats):
+            for bf16 in (False, True):
+                masks[bf16], per_slice = decode_all(predictor, prompts, bf16)
+                seconds[bf16].append(per_slice)
+        agreement = [dice(a, b) for a, b in zip(masks[False], masks[True]) if a.any() or b.any()]
+        fp32_s, bf16_s = np.median(seconds[False]), np.median(seconds[True])
+        print(f"{model:<11} decoder s/slice (median of {args.repeats}): fp32 {fp32_s:.4f}, bf16 {bf16_s:.4f}, "
+              f"ratio {fp32_s / bf16_s:.2f}x; Dice bf16 vs fp32 mask: mean {np.mean(agreement):.4f}, "
+              f"min {np.min(agreement):.4f}, identical {np.mean([a == 1.0 for a in agreement]):.0%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
