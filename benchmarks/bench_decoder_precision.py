@@ -28,13 +28,14 @@ from seg_metrics import dice  # noqa: E402
 
 
 def organ_prompts(phantom, step: int = 2) -> list[tuple[int, tuple[int, int, int, int]]]:
-    """(slice, truth box) for every ``step``-th slice of every organ."""
+    """(slice, truth box) for every ``step``-th slice of every organ (slices where the organ spans 2+ pixels)."""
     prompts = []
     for label in phantom.label_ids.values():
         truth = phantom.labels.array == label
         for k in np.flatnonzero(truth.any(axis=(1, 2)))[::step]:
             rows, cols = np.nonzero(truth[k])
-            prompts.append((int(k), (int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()))))
+            if cols.max() > cols.min() and rows.max() > rows.min():  # a box the predictor takes
+                prompts.append((int(k), (int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()))))
     return prompts
 
 
