@@ -59,7 +59,7 @@ def main() -> None:
           "slices with their truth boxes", flush=True)
     for model in args.models:
         predictor = Session().predictor(phantom.image, model=model)
-        if predictor.runtime.precision != "bf16":
+        if not predictor.decoder_bf16:
             print(f"{model}: the encoder runs in {predictor.runtime.precision} here, so the decoder stays fp32")
             continue
         predictor.encode_slices(sorted({k for k, _ in prompts}))

@@ -339,10 +339,8 @@ def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarr
     else:
         (label, d), = distance.items()
         nearest = np.full(prob.shape, label)
-    weight = np.zeros(prob.shape, np.float32)
-    for label in (True, False):
-        if reach[label] > 0:
-            weight = np.where(nearest == label, np.exp(-d / reach[label]), weight).astype(np.float32)
+    reach_mm = np.where(nearest, reach[True], reach[False])
+    weight = np.where(reach_mm > 0, np.exp(-d / np.maximum(reach_mm, 1e-6)), 0.0).astype(np.float32)
     return (prob * (1 - weight) + nearest.astype(np.float32) * weight).astype(np.float32)
 
 

@@ -352,7 +352,7 @@ class SlicePredictor:
                 low_res, iou = self.model.mask_decoder(
                     image_embeddings=embedding.to(decoder_device, torch.float32), image_pe=image_pe,
                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
-            low_res, iou = low_res.float(), iou.float()
+            low_res = low_res.float()
             return low_res, iou, transform.logits_to_slice(low_res)
 
     def mask_to_prompt(self, mask_hw: np.ndarray) -> np.ndarray:

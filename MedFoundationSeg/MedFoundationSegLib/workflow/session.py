@@ -302,12 +302,14 @@ class Session:
         positive = [p[::-1] for p, pos in clicks_kji if pos]
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
         thick_axis = geometry.thick_slice_axis(volume.spacing_mm, o.axis)
-        reach_mm = exclude_reach_mm = o.click_reach_mm
-        if reach_mm is None:
-            reach_mm = exclude_reach_mm = CLICK_REACH_MM["thick" if thick_axis is not None else "thin"]
-            if thick_axis is None:
-                exclude_reach_mm = min(reach_mm, EXCLUDE_REACH_PER_RADIUS *
-                                       geometry.equivalent_radius_mm(outcome.mask_kji, volume.spacing_mm))
+        if o.click_reach_mm is not None:
+            reach_mm = exclude_reach_mm = o.click_reach_mm
+        elif thick_axis is not None:
+            reach_mm = exclude_reach_mm = CLICK_REACH_MM["thick"]
+        else:
+            reach_mm = CLICK_REACH_MM["thin"]
+            exclude_reach_mm = min(reach_mm, EXCLUDE_REACH_PER_RADIUS *
+                                   geometry.equivalent_radius_mm(outcome.mask_kji, volume.spacing_mm))
         refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                      positive_ijk=np.array(positive, float) if positive else None,
                                      negative_ijk=np.array(negative, float) if negative else None,
