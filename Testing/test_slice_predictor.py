@@ -15,6 +15,7 @@ import torch
 from MedFoundationSegLib.core import weights
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.models.build import build_model
+from MedFoundationSegLib.runtime.compiled_decoder import ENVIRONMENT_SWITCH, CompiledDecoder
 from MedFoundationSegLib.runtime.encoder_runtime import STEM_BANDS_PER_IMAGE, DeviceError, EncoderRuntime, select_device
 from MedFoundationSegLib.sampledata.phantoms import make_phantom
 from MedFoundationSegLib.segment.embedding_cache import EmbeddingCache
@@ -187,6 +188,49 @@ def test_the_mask_decoder_runs_in_bf16_beside_a_bf16_encoder_and_stays_close_to_
     assert not np.array_equal(in_bf16.low_res_logits, in_fp32.low_res_logits)  # it did run in bf16
     assert in_bf16.low_res_logits.dtype == np.float32
     assert dice(in_bf16.masks[0, 0], in_fp32.masks[0, 0]) > 0.99 and abs(in_bf16.iou - in_fp32.iou).max() < 0.02
+
+
+def test_the_compiled_mask_decoder_takes_over_once_ready_and_keeps_the_masks(phantom, model, liver_slice, monkeypatch):
+    """Compiled in the background (inductor), warmed up with the prompts a session sends: once ready it answers
+    every single-prompt call with the eager decoder's masks, and no call compiles again."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv(ENVIRONMENT_SWITCH, "1")  # the suite keeps decoders eager (conftest); this test compiles
+    liver = phantom.labels.array[liver_slice] == phantom.label_ids["liver"]
+    box = bbox_xyxy(liver)
+    predictor = make_predictor(phantom, model)
+    first = predictor.predict(liver_slice, boxes=box)  # eager; starts the compilation
+    assert predictor.decoder.wait(600) == "ready", predictor.decoder.state
+    compiled_frames = counters["frames"]["ok"]
+    y, x = np.argwhere(liver)[len(np.argwhere(liver)) // 2]
+    prompts = [dict(boxes=box), dict(boxes=box, points=[[x, y]], point_labels=[1]),
+               dict(boxes=box, points=[[x, y], [box[0], box[1]], [box[2], box[3]]], point_labels=[1, 0, 0],
+                    mask_input=first.low_res_logits[0]),
+               dict(points=[[x, y]], point_labels=[1], mask_input=first.low_res_logits[0])]
+    for kwargs in prompts:
+        fast = predictor.predict(liver_slice, **kwargs)
+        assert predictor.decoder.for_call(1, False, False) is not predictor.decoder.eager
+        predictor.decoder.use_compiled = False  # the eager decoder, same inputs
+        plain = predictor.predict(liver_slice, **kwargs)
+        predictor.decoder.use_compiled = True
+        assert dice(fast.masks[0, 0], plain.masks[0, 0]) > 0.99, list(kwargs)
+    assert counters["frames"]["ok"] == compiled_frames  # the warm-up compiled every shape these prompts have
+    assert predictor.decoder.for_call(2, False, False) is predictor.decoder.eager  # several prompts stay eager
+    assert predictor.decoder.for_call(1, False, True) is predictor.decoder.eager  # and so do escalated slices
+
+
+def test_a_decoder_that_fails_to_compile_stays_eager():
+    decoder = torch.nn.Linear(2, 2)
+
+    def warm_up(compiled):
+        raise RuntimeError("no C++ compiler found\nsecond line")
+
+    holder = CompiledDecoder(decoder, warm_up, enabled=True)
+    assert holder.for_call(1, False, False) is decoder  # eager while compiling
+    assert holder.wait(60) == "failed: no C++ compiler found"
+    assert holder.for_call(1, False, False) is decoder
+    off = CompiledDecoder(decoder, warm_up, enabled=False)
+    assert off.for_call(1, False, False) is decoder and off.wait(1) == "off"
 
 
 # --- cache ------------------------------------------------------------------------------------------------------

@@ -6,12 +6,16 @@ beside the bf16 encoder (``decoder_bf16``); this prints what that buys and what 
 one CT phantom, each slice decoded with its truth box in fp32 and in bf16 (interleaved, ``--repeats`` times); the
 ratio is fp32 time / bf16 time in the same process.
 
-    python benchmarks/bench_decoder_precision.py [--models litemedsam mobilesam] [--repeats 3] [--threads 2]
+``--compile``: instead, the compiled decoder (runtime/compiled_decoder.py, in the predictor's own precision) against
+the eager one on the same slices, after waiting for the background compilation (its seconds are printed).
+
+    python benchmarks/bench_decoder_precision.py [--models litemedsam mobilesam] [--repeats 3] [--threads 2] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,12 +50,38 @@ def decode_all(predictor, prompts, bf16: bool) -> tuple[list[np.ndarray], float]
     return masks, (time.perf_counter() - start) / len(prompts)
 
 
+def compare_compiled(predictor, prompts, model: str, repeats: int) -> None:
+    """The compiled decoder against the eager one, interleaved, on the same cached embeddings."""
+    start = time.perf_counter()
+    predictor.predict(*prompts[0])  # starts the background compilation
+    state = predictor.decoder.wait(900)
+    waited = time.perf_counter() - start
+    if state != "ready":
+        print(f"{model}: the decoder did not compile ({state})")
+        return
+    seconds, masks = {True: [], False: []}, {}
+    for _ in range(repeats):
+        for compiled in (False, True):
+            predictor.decoder.use_compiled = compiled
+            masks[compiled], per_slice = decode_all(predictor, prompts, predictor.decoder_bf16)
+            seconds[compiled].append(per_slice)
+    agreement = [dice(a, b) for a, b in zip(masks[False], masks[True]) if a.any() or b.any()]
+    eager_s, compiled_s = np.median(seconds[False]), np.median(seconds[True])
+    precision = "bf16" if predictor.decoder_bf16 else "fp32"
+    print(f"{model:<11} decoder ({precision}) s/slice (median of {repeats}): eager {eager_s:.4f}, compiled "
+          f"{compiled_s:.4f}, ratio {eager_s / compiled_s:.2f}x; Dice compiled vs eager mask: mean "
+          f"{np.mean(agreement):.4f}, min {np.min(agreement):.4f}; compilation took {predictor.decoder.seconds:.1f} s "
+          f"(ready {waited:.1f} s after the first decode)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["litemedsam", "mobilesam"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="compiled against eager decoder instead")
     args = parser.parse_args()
+    os.environ["MEDFOUNDATIONSEG_COMPILE_DECODER"] = "1" if args.compile else "0"
     torch.set_num_threads(args.threads)
     phantom = make_phantom(101, (48, 128, 128))
     prompts = organ_prompts(phantom)
@@ -59,6 +89,10 @@ def main() -> None:
           "slices with their truth boxes", flush=True)
     for model in args.models:
         predictor = Session().predictor(phantom.image, model=model)
+        if args.compile:
+            predictor.encode_slices(sorted({k for k, _ in prompts}))
+            compare_compiled(predictor, prompts, model, args.repeats)
+            continue
         if not predictor.decoder_bf16:
             print(f"{model}: the encoder runs in {predictor.runtime.precision} here, so the decoder stays fp32")
             continue

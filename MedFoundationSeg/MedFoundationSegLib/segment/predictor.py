@@ -20,6 +20,7 @@ from MedFoundationSegLib.core.geometry import SLICE_FRAMES
 from MedFoundationSegLib.core.progress import (
     Cancelled,  # the shared one: the worker and the batch recognise it as a cancel
 )
+from MedFoundationSegLib.runtime.compiled_decoder import CompiledDecoder, compile_wanted
 from MedFoundationSegLib.runtime.encoder_runtime import EncoderRuntime, select_device
 from MedFoundationSegLib.runtime.precision_escalation import (
     ESCALATION_ERROR_SCALE,
@@ -159,6 +160,8 @@ class SlicePredictor:
         self.decoder_bf16 = self.device.type == "cpu" and self.runtime.precision == "bf16"
         self._exact: set[int] = set()  # cached slices whose embedding came from the fp32 encoder
         self._lock = threading.RLock()
+        self.decoder = CompiledDecoder(self.model.mask_decoder, self._warm_up_decoder,
+                                       enabled=optimize and compile_wanted(self.device))
 
     # --- geometry -----------------------------------------------------------------------------------------------
     def _pixel_spacing_yx(self) -> tuple[float, float]:
@@ -329,7 +332,7 @@ class SlicePredictor:
                                probability=probability)
 
     def _decode(self, embedding, box_array, point_arrays, masks_in, multimask, box_frame="slice", *,
-                exact: bool = False):
+                exact: bool = False, decoder: nn.Module | None = None):
         """Prompt encoder + mask decoder on one embedding: (low-res logits, predicted IoU, slice-grid logits), in fp32
         when ``exact`` (an escalated slice) or where the decoder is not run in bf16."""
         decoder_device = next(self.model.mask_decoder.parameters()).device
@@ -348,12 +351,28 @@ class SlicePredictor:
                 points=point_tuple, boxes=box_tensor,
                 masks=None if masks_in is None else masks_in.to(decoder_device))
             image_pe = self.model.prompt_encoder.get_dense_pe()  # prompt encodings stay fp32 (sin/cos of coordinates)
+            if decoder is None:
+                decoder = self.decoder.for_call(sparse.shape[0], multimask, exact)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.decoder_bf16 and not exact):
-                low_res, iou = self.model.mask_decoder(
-                    image_embeddings=embedding.to(decoder_device, torch.float32), image_pe=image_pe,
+                low_res, iou = decoder(
+                    image_embeddings=embedding.to(decoder_device, torch.float32).contiguous(), image_pe=image_pe,
                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
             low_res = low_res.float()
             return low_res, iou, transform.logits_to_slice(low_res)
+
+    def _warm_up_decoder(self, decoder: nn.Module) -> None:
+        """Decode through ``decoder`` as ``predict`` does, on a blank embedding of the cache's dtype, with the prompts a
+        session sends (a box; a box, points and a mask prompt), so the compiled decoder serves them as they come."""
+        encoder = self.model.prompt_encoder
+        embedding = torch.zeros((1, encoder.embed_dim, *encoder.image_embedding_size), dtype=torch.float16)
+        height, width = self.slice_hw
+        box = check_boxes([0, 0, width - 1, height - 1], self.slice_hw, self.axis)
+        for with_mask in (False, True):
+            masks = check_mask_input(np.zeros((LOW_RES_SIZE, LOW_RES_SIZE), np.float32), 1) if with_mask else None
+            for count in (0, 1, 2):
+                points = check_points([[width / 2, height / 2]] * count, [1] * count, 1, self.slice_hw,
+                                      self.axis) if count else None
+                self._decode(embedding, box, points, masks, False, decoder=decoder)
 
     def mask_to_prompt(self, mask_hw: np.ndarray) -> np.ndarray:
         """A bool slice mask -> (256, 256) low-res logits, to prompt with an edited or propagated mask."""
