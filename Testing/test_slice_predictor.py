@@ -8,6 +8,7 @@ user cache); when they are missing the tests fail with the `medfoundationseg wei
 from __future__ import annotations
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
@@ -200,7 +201,11 @@ def test_the_compiled_mask_decoder_takes_over_once_ready_and_keeps_the_masks(pha
     box = bbox_xyxy(liver)
     predictor = make_predictor(phantom, model)
     first = predictor.predict(liver_slice, boxes=box)  # eager; starts the compilation
-    assert predictor.decoder.wait(600) == "ready", predictor.decoder.state
+    state = predictor.decoder.wait(600)
+    if not any(shutil.which(name) for name in ("g++", "c++", "clang++", "cl")):  # inductor cannot build kernels
+        assert state.startswith("failed: ") and predictor.decoder.for_call(1, False, False) is predictor.decoder.eager
+        return
+    assert state == "ready", state
     compiled_frames = counters["frames"]["ok"]
     y, x = np.argwhere(liver)[len(np.argwhere(liver)) // 2]
     prompts = [dict(boxes=box), dict(boxes=box, points=[[x, y]], point_labels=[1]),

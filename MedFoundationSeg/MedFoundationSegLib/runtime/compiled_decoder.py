@@ -27,6 +27,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 ENVIRONMENT_SWITCH = "MEDFOUNDATIONSEG_COMPILE_DECODER"
+_ONE_AT_A_TIME = threading.Lock()  # dynamo's compiler is not made for several threads compiling at once
 
 
 def compile_wanted(device: torch.device) -> bool:
@@ -76,8 +77,9 @@ class CompiledDecoder:
     def _compile(self) -> None:
         start = time.perf_counter()
         try:
-            compiled = torch.compile(self.eager, dynamic=None)
-            self._warm_up(compiled)
+            with _ONE_AT_A_TIME:
+                compiled = torch.compile(self.eager, dynamic=None)
+                self._warm_up(compiled)
         except Exception as error:  # noqa: BLE001 - any failure leaves the eager decoder, which always works
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             self.state = f"failed: {reason[:200]}"
