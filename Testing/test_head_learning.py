@@ -96,6 +96,24 @@ def test_samples_weigh_clicked_slices_and_clicks():
     assert hl.click_cell((10, 47, 0), predictor.transform, CELLS) == (63, 0)
 
 
+def test_a_large_box_is_fitted_on_every_clicked_slice_and_every_nth_other_one(monkeypatch):
+    truth = disks()
+    predictor = EmbeddingPredictor(truth)
+    box = (10, 12, 34, 36)
+    rows, cols = sh.box_cells(box, predictor.transform, CELLS)
+    per_slice = (rows.stop - rows.start) * (cols.stop - cols.start)
+    monkeypatch.setattr(hl, "MAX_FIT_CELLS", 20 * per_slice)
+    assert hl.fit_slices(predictor, box, range(2, 22), {7}) == (list(range(2, 22)), 1)  # they fit: every slice
+    monkeypatch.setattr(hl, "MAX_FIT_CELLS", 10 * per_slice)
+    chosen, stride = hl.fit_slices(predictor, box, range(2, 22), {7})
+    assert stride == 2 and chosen == sorted({*range(2, 22, 2), 7})
+    _, targets, weights = hl.box_samples(predictor, truth, box, chosen, [Click((7, 24, 22), True)], stride=stride)
+    assert set(np.unique(weights[:-1])) == {float(stride), hl.CLICKED_SLICE_WEIGHT}  # each unclicked slice stands
+    # for ``stride`` of them; the fit still reproduces the structure
+    learned = hl.learn_in_box(predictor, truth, box, (2, 21), [Click((7, 24, 22), True)], "litemedsam")
+    assert learned.agreement > 0.9
+
+
 def test_the_store_keeps_heads_per_structure_and_model_and_refuses_bad_names(tmp_path):
     rng = np.random.default_rng(0)
     head = sh.fit_head(rng.normal(0, 1, (50, 8)).astype(np.float32), (rng.random(50) > 0.5).astype(np.float32),

@@ -38,6 +38,20 @@ def test_a_prior_from_earlier_volumes_is_adjusted_not_replaced():
     assert warm.volumes == 5 and np.all(warm.mean == prior.mean)
 
 
+def test_logits_and_their_slices_come_out_the_same_one_slice_or_many_at_once():
+    rng = np.random.default_rng(3)
+    head = sh.fit_head(*_cells(rng, 500, 2.5), "litemedsam")
+    cells = rng.normal(0, 1, (7, 16)).astype(np.float32)
+    np.testing.assert_allclose(head.logits(cells), ((cells - head.mean) / head.scale) @ head.weights + head.bias,
+                               rtol=1e-4, atol=1e-4)
+    transform = slice_transform((100, 200), preprocessing_for("litemedsam"))
+    grids = rng.normal(0, 3, (3, 64, 64)).astype(np.float32)
+    together = sh.cell_logits_to_slice(grids, transform)
+    assert together.shape == (3, 100, 200)
+    for grid, slice_logits in zip(grids, together):
+        np.testing.assert_allclose(sh.cell_logits_to_slice(grid, transform), slice_logits, rtol=1e-5, atol=1e-5)
+
+
 def test_mask_cells_and_logits_follow_the_models_geometry():
     transform = slice_transform((100, 200), preprocessing_for("litemedsam"))
     mask = np.zeros((100, 200), bool)

@@ -28,6 +28,7 @@ MIN_AGREEMENT = 0.8  # a head whose mask agrees less (Dice) with the mask it lea
 # corrected slices are this volume's own evidence and must move it).
 PRIOR_WEIGHT = 10.0
 PRIOR_WEIGHT_AFTER_CLICKS = 1.0
+MAX_FIT_CELLS = 40_000  # a fit learns from about this many box cells at most (fit_slices)
 BOUNDARY_CELLS = 1.0  # disagreements narrower than this many embedding cells keep the model's boundary (see blend)
 
 
@@ -49,9 +50,14 @@ class LearnedHead:
         return self.from_prior or self.agreement >= MIN_AGREEMENT
 
 
-def _cells_of(predictor, k: int, box_xyxy, context: float):
-    """(cells, rows, cols): the (L, L, C) embedding cells of slice ``k`` and the grid window around the box."""
-    cells = sh.embedding_cells(predictor.embedding(k))
+def _cells_of(predictor, k: int, box_xyxy, context: float, cache: dict | None = None):
+    """(cells, rows, cols): the (L, L, C) embedding cells of slice ``k`` and the grid window around the box; kept in
+    ``cache`` (slice -> cells) when given, so a fit and its prediction convert each embedding once."""
+    cells = None if cache is None else cache.get(k)
+    if cells is None:
+        cells = sh.embedding_cells(predictor.embedding(k))
+        if cache is not None:
+            cache[k] = cells
     rows, cols = sh.box_cells(box_xyxy, predictor.transform, cells.shape[0], context)
     return cells, rows, cols
 
@@ -63,19 +69,31 @@ def click_cell(srk, transform, cells: int) -> tuple[int, int]:
             min(int((srk[2] + 0.5) * w / transform.slice_hw[1]), w - 1))
 
 
-def box_samples(predictor, mask_view: np.ndarray, box_xyxy, slices: range, clicks=(), *,
-                context: float = sh.BOX_CONTEXT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_slices(predictor, box_xyxy, slices: range, clicked: set[int], *,
+               context: float = sh.BOX_CONTEXT) -> tuple[list[int], int]:
+    """(slices, stride): every clicked slice and every ``stride``-th other one, so that a fit learns from about
+    ``MAX_FIT_CELLS`` cells at most. Why: neighbouring slices repeat each other, and the fit's time grows with its
+    cells (a liver box of 50 slices holds over 100 000)."""
+    cells = predictor.embedding(slices[0]).shape[-1]
+    rows, cols = sh.box_cells(box_xyxy, predictor.transform, cells, context)
+    per_slice = max(1, (rows.stop - rows.start) * (cols.stop - cols.start))
+    stride = max(1, int(np.ceil(len(slices) * per_slice / MAX_FIT_CELLS)))
+    return [k for k in slices if k in clicked or (k - slices[0]) % stride == 0], stride
+
+
+def box_samples(predictor, mask_view: np.ndarray, box_xyxy, slices, clicks=(), *, context: float = sh.BOX_CONTEXT,
+                cache: dict | None = None, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features, targets, weights) of the cells around the box on ``slices`` (targets: the share of each cell the
-    mask covers; clicked slices weigh ``CLICKED_SLICE_WEIGHT``) and of every click's cell (weights: ``CLICK_SHARE``
-    of its class's total)."""
+    mask covers; clicked slices weigh ``CLICKED_SLICE_WEIGHT``, the others ``stride``: each stands for that many
+    slices) and of every click's cell (weights: ``CLICK_SHARE`` of its class's total)."""
     clicked = {int(c.srk[0]) for c in clicks}
     features, targets, weights = [], [], []
     for k in slices:
-        cells, rows, cols = _cells_of(predictor, k, box_xyxy, context)
+        cells, rows, cols = _cells_of(predictor, k, box_xyxy, context, cache)
         share = sh.mask_to_cells(mask_view[k], predictor.transform, cells.shape[0])[rows, cols].reshape(-1)
         features.append(cells[rows, cols].reshape(-1, cells.shape[-1]))
         targets.append(share)
-        weights.append(np.full(len(share), CLICKED_SLICE_WEIGHT if k in clicked else 1.0, np.float32))
+        weights.append(np.full(len(share), CLICKED_SLICE_WEIGHT if k in clicked else float(stride), np.float32))
     targets_all, weights_all = np.concatenate(targets), np.concatenate(weights)
     totals = {True: float(weights_all[targets_all > 0.5].sum()), False: float(weights_all[targets_all <= 0.5].sum())}
     for click in clicks:
@@ -88,15 +106,19 @@ def box_samples(predictor, mask_view: np.ndarray, box_xyxy, slices: range, click
 
 
 def head_probability(predictor, head: sh.StructureHead, box_xyxy, slices: range, shape_view, *,
-                     context: float = sh.BOX_CONTEXT) -> np.ndarray:
+                     context: float = sh.BOX_CONTEXT, cache: dict | None = None) -> np.ndarray:
     """The head's probability on ``slices`` within the box grown by ``context`` (0 elsewhere), as a slice view."""
     out = np.zeros(shape_view, np.float32)
+    logits = []
     for k in slices:
-        cells, rows, cols = _cells_of(predictor, k, box_xyxy, context)
-        logits = np.full(cells.shape[:2], OUTSIDE_LOGIT, np.float32)
+        cells, rows, cols = _cells_of(predictor, k, box_xyxy, context, cache)
+        grid = np.full(cells.shape[:2], OUTSIDE_LOGIT, np.float32)
         window = cells[rows, cols]
-        logits[rows, cols] = head.logits(window.reshape(-1, window.shape[-1])).reshape(window.shape[:2])
-        out[k] = 1.0 / (1.0 + np.exp(-sh.cell_logits_to_slice(logits, predictor.transform)))
+        grid[rows, cols] = head.logits(window.reshape(-1, window.shape[-1])).reshape(window.shape[:2])
+        logits.append(grid)
+    if logits:
+        out[slices.start:slices.stop] = 1.0 / (1.0 + np.exp(-sh.cell_logits_to_slice(np.stack(logits),
+                                                                                     predictor.transform)))
     return out
 
 
@@ -108,10 +130,13 @@ def learn_in_box(predictor, mask_view: np.ndarray, box_xyxy, slice_range: tuple[
     ks = [int(c.srk[0]) for c in clicks]
     first, last = min([slice_range[0], *ks]), max([slice_range[1], *ks])
     slices = range(first, last + 1)
-    features, targets, weights = box_samples(predictor, mask_view, box_xyxy, slices, clicks)
+    cache: dict = {}
+    fitted, stride = fit_slices(predictor, box_xyxy, slices, set(ks))
+    features, targets, weights = box_samples(predictor, mask_view, box_xyxy, fitted, clicks, cache=cache,
+                                             stride=stride)
     head = sh.fit_head(features, targets, model, weights=weights, prior=prior,
                        prior_weight=PRIOR_WEIGHT_AFTER_CLICKS if clicks else PRIOR_WEIGHT)
-    probability = head_probability(predictor, head, box_xyxy, slices, mask_view.shape)
+    probability = head_probability(predictor, head, box_xyxy, slices, mask_view.shape, cache=cache)
     shown, predicted = np.asarray(mask_view[first:last + 1], bool), probability[first:last + 1] > 0.5
     agreement = 2.0 * float((shown & predicted).sum()) / max(float(shown.sum() + predicted.sum()), 1.0)
     cells = predictor.embedding(first).shape[-1]

@@ -40,8 +40,9 @@ class StructureHead:
     cells: int = 0  # how many labelled cells
 
     def logits(self, features: np.ndarray) -> np.ndarray:
-        """(N, C) embedding cells -> (N,) logits."""
-        return ((np.asarray(features, np.float32) - self.mean) / self.scale) @ self.weights + np.float32(self.bias)
+        """(N, C) embedding cells -> (N,) logits (the standardisation folded into the weights: one product)."""
+        folded = (self.weights / self.scale).astype(np.float32)
+        return np.asarray(features, np.float32) @ folded + np.float32(self.bias - float(self.mean @ folded))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays for an ``.npz`` (no pickled objects)."""
@@ -96,8 +97,11 @@ def embedding_cells(embedding: torch.Tensor) -> np.ndarray:
 
 
 def cell_logits_to_slice(logits_cells: np.ndarray, transform: SliceTransform) -> np.ndarray:
-    """(L, L) cell logits -> (H, W) slice logits, through the same geometry as the model's own masks."""
-    return transform.logits_to_slice(torch.from_numpy(np.asarray(logits_cells, np.float32))[None, None])[0, 0].numpy()
+    """(L, L) cell logits -> (H, W) slice logits, through the same geometry as the model's own masks; (S, L, L) ->
+    (S, H, W) for several slices at once."""
+    logits = np.asarray(logits_cells, np.float32)
+    batch = torch.from_numpy(logits.reshape(-1, 1, *logits.shape[-2:]))
+    return transform.logits_to_slice(batch)[:, 0].numpy().reshape(*logits.shape[:-2], *transform.slice_hw)
 
 
 # --- fitting -------------------------------------------------------------------------------------------------------
