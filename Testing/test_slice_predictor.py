@@ -224,6 +224,20 @@ def test_the_compiled_mask_decoder_takes_over_once_ready_and_keeps_the_masks(pha
     assert predictor.decoder.for_call(1, False, True) is predictor.decoder.eager  # and so do escalated slices
 
 
+def test_the_decoder_runs_autocast_without_its_cache(phantom, model, liver_slice, monkeypatch):
+    """The compilation's warm-up decodes in a background thread while the user's decodes run: with autocast's weight
+    cache, freeing it under its lock waited for the GIL held by the other thread (a deadlock seen in a benchmark)."""
+    import MedFoundationSegLib.segment.predictor as predictor_module
+
+    seen = []
+    real = torch.autocast
+    monkeypatch.setattr(predictor_module.torch, "autocast", lambda *args, **kwargs: seen.append(kwargs) or real(
+        *args, **kwargs))
+    liver = phantom.labels.array[liver_slice] == phantom.label_ids["liver"]
+    make_predictor(phantom, model, precision="bf16").predict(liver_slice, boxes=bbox_xyxy(liver))
+    assert seen and all(kwargs.get("cache_enabled") is False for kwargs in seen)
+
+
 def test_a_decoder_that_fails_to_compile_stays_eager():
     decoder = torch.nn.Linear(2, 2)
 

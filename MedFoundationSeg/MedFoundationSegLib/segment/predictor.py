@@ -353,7 +353,10 @@ class SlicePredictor:
             image_pe = self.model.prompt_encoder.get_dense_pe()  # prompt encodings stay fp32 (sin/cos of coordinates)
             if decoder is None:
                 decoder = self.decoder.for_call(sparse.shape[0], multimask, exact)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.decoder_bf16 and not exact):
+            # No autocast cache: a cache is freed under a lock that then waits for the GIL, which deadlocked against
+            # the background compilation's warm-up decoding under autocast at the same time.
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.decoder_bf16 and not exact,
+                                cache_enabled=False):
                 low_res, iou = decoder(
                     image_embeddings=embedding.to(decoder_device, torch.float32).contiguous(), image_pe=image_pe,
                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
