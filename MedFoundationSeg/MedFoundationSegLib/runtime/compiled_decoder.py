@@ -15,8 +15,10 @@ Set ``MEDFOUNDATIONSEG_COMPILE_DECODER=0`` to keep the decoder eager.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,12 +29,26 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 ENVIRONMENT_SWITCH = "MEDFOUNDATIONSEG_COMPILE_DECODER"
+GIL_SWITCH_INTERVAL_S = 0.0002
 _ONE_AT_A_TIME = threading.Lock()  # dynamo's compiler is not made for several threads compiling at once
 
 
 def compile_wanted(device: torch.device) -> bool:
     """Compile on CPUs unless switched off (on a GPU the decoder is already a small share of a correction)."""
     return device.type == "cpu" and os.environ.get(ENVIRONMENT_SWITCH, "1") != "0"
+
+
+@contextlib.contextmanager
+def _quick_gil_handover(interval_s: float = GIL_SWITCH_INTERVAL_S):
+    """Python's thread switch interval shortened while compiling: the compiler holds the GIL for long stretches of
+    Python, and the user's decodes (hundreds of torch calls, each taking the GIL back) would wait up to the default
+    5 ms at every call."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, interval_s))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 class CompiledDecoder:
@@ -77,7 +93,7 @@ class CompiledDecoder:
     def _compile(self) -> None:
         start = time.perf_counter()
         try:
-            with _ONE_AT_A_TIME:
+            with _ONE_AT_A_TIME, _quick_gil_handover():
                 compiled = torch.compile(self.eager, dynamic=None)
                 self._warm_up(compiled)
         except Exception as error:  # noqa: BLE001 - any failure leaves the eager decoder, which always works
