@@ -10,7 +10,7 @@ number of points, with or without a mask prompt): any other call (several prompt
 stays eager, so no call ever waits for a recompilation. Where compiling fails (no C++ compiler for inductor, a
 platform it does not support) the eager decoder stays, with one log line saying why.
 
-Set ``MEDFOUNDATIONSEG_COMPILE_DECODER=0`` to keep the decoder eager.
+Off by default: set ``MEDFOUNDATIONSEG_COMPILE_DECODER=1`` to compile.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ _ONE_AT_A_TIME = threading.Lock()  # dynamo's compiler is not made for several t
 
 
 def compile_wanted(device: torch.device) -> bool:
-    """Compile on CPUs unless switched off (on a GPU the decoder is already a small share of a correction)."""
-    return device.type == "cpu" and os.environ.get(ENVIRONMENT_SWITCH, "1") != "0"
+    """Compile on CPUs when switched on (on a GPU the decoder is already a small share of a correction). Off by
+    default: while a compilation runs, its C++ builds take the CPU from the user's clicks (docs/benchmarks.md)."""
+    return device.type == "cpu" and os.environ.get(ENVIRONMENT_SWITCH, "0") == "1"
 
 
 @contextlib.contextmanager
