@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             say("lint: ruff check (pycodestyle, pyflakes, import order)")
             run("lint", [str(python), "-m", "ruff", "check", str(REPO)],
                 "fix the lines ruff names above (`ruff check --fix` fixes most of them)")
-            env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+            # UTF-8 mode: under a C locale torch's compiler cannot read its own kernel templates (the suite compiles
+            # the mask decoder once)
+            env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUTF8="1")
             result = subprocess.run([str(python), "-m", "pytest", str(REPO / "Testing"), *args.pytest_args],
                                     cwd=REPO, env=env)
             return result.returncode
