@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 for path in (REPO, REPO / "MedFoundationSeg", REPO / "MedLAMLocalize"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
-# Mask decoders stay eager in the suite (and in the engine processes it starts): compiling one takes tens of seconds
-# of CPU per new process. test_slice_predictor.py compiles one and checks it against the eager decoder.
-os.environ.setdefault("MEDFOUNDATIONSEG_COMPILE_DECODER", "0")
+# Mask decoders stay eager in the suite (and in the engine processes it starts), even where the developer's shell
+# switched compiling on: it takes tens of seconds of CPU per new process. test_slice_predictor.py compiles one and
+# checks it against the eager decoder.
+os.environ["MEDFOUNDATIONSEG_COMPILE_DECODER"] = "0"
 
 
 @pytest.fixture

@@ -69,13 +69,12 @@ def click_cell(srk, transform, cells: int) -> tuple[int, int]:
             min(int((srk[2] + 0.5) * w / transform.slice_hw[1]), w - 1))
 
 
-def fit_slices(predictor, box_xyxy, slices: range, clicked: set[int], *,
-               context: float = sh.BOX_CONTEXT) -> tuple[list[int], int]:
+def fit_slices(predictor, box_xyxy, slices: range, clicked: set[int], *, context: float = sh.BOX_CONTEXT,
+               cache: dict | None = None) -> tuple[list[int], int]:
     """(slices, stride): every clicked slice and every ``stride``-th other one, so that a fit learns from about
     ``MAX_FIT_CELLS`` cells at most. Why: neighbouring slices repeat each other, and the fit's time grows with its
     cells (a liver box of 50 slices holds over 100 000)."""
-    cells = predictor.embedding(slices[0]).shape[-1]
-    rows, cols = sh.box_cells(box_xyxy, predictor.transform, cells, context)
+    _, rows, cols = _cells_of(predictor, slices[0], box_xyxy, context, cache)
     per_slice = max(1, (rows.stop - rows.start) * (cols.stop - cols.start))
     stride = max(1, int(np.ceil(len(slices) * per_slice / MAX_FIT_CELLS)))
     return [k for k in slices if k in clicked or (k - slices[0]) % stride == 0], stride
@@ -97,7 +96,7 @@ def box_samples(predictor, mask_view: np.ndarray, box_xyxy, slices, clicks=(), *
     targets_all, weights_all = np.concatenate(targets), np.concatenate(weights)
     totals = {True: float(weights_all[targets_all > 0.5].sum()), False: float(weights_all[targets_all <= 0.5].sum())}
     for click in clicks:
-        cells = sh.embedding_cells(predictor.embedding(int(click.srk[0])))
+        cells = _cells_of(predictor, int(click.srk[0]), box_xyxy, context, cache)[0]
         row, col = click_cell(click.srk, predictor.transform, cells.shape[0])
         features.append(cells[row, col][None])
         targets.append(np.array([1.0 if click.positive else 0.0], np.float32))
@@ -131,7 +130,7 @@ def learn_in_box(predictor, mask_view: np.ndarray, box_xyxy, slice_range: tuple[
     first, last = min([slice_range[0], *ks]), max([slice_range[1], *ks])
     slices = range(first, last + 1)
     cache: dict = {}
-    fitted, stride = fit_slices(predictor, box_xyxy, slices, set(ks))
+    fitted, stride = fit_slices(predictor, box_xyxy, slices, set(ks), cache=cache)
     features, targets, weights = box_samples(predictor, mask_view, box_xyxy, fitted, clicks, cache=cache,
                                              stride=stride)
     head = sh.fit_head(features, targets, model, weights=weights, prior=prior,
@@ -139,8 +138,7 @@ def learn_in_box(predictor, mask_view: np.ndarray, box_xyxy, slice_range: tuple[
     probability = head_probability(predictor, head, box_xyxy, slices, mask_view.shape, cache=cache)
     shown, predicted = np.asarray(mask_view[first:last + 1], bool), probability[first:last + 1] > 0.5
     agreement = 2.0 * float((shown & predicted).sum()) / max(float(shown.sum() + predicted.sum()), 1.0)
-    cells = predictor.embedding(first).shape[-1]
-    cell_px = predictor.transform.slice_hw[0] / sh.grid_hw(predictor.transform, cells)[0]
+    cell_px = predictor.transform.slice_hw[0] / sh.grid_hw(predictor.transform, cache[first].shape[0])[0]
     return LearnedHead(head, probability, (first, last), agreement, prior is not None, cell_px)
 
 
