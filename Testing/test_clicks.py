@@ -67,6 +67,19 @@ def test_a_negative_click_takes_away_and_never_adds_beyond_the_clicked_slice():
     assert np.array_equal(result.mask[16], shown[16])
 
 
+def test_a_walk_re_prompts_at_most_the_spread_limit_of_slices_each_way():
+    truth = cylinder()
+    shown = truth.copy()
+    shown[5:21, :, 24:] = False  # the right half missing on every slice of the structure
+    result, model = run(shown, truth, [Click((12, 24, 30), True)], max_spread_slices=3)
+    assert result.changed == list(range(9, 16))  # the clicked slice and 3 each way, no further
+    assert sorted(call[0] for call in model.calls) == list(range(9, 16))
+    assert "end of its walk at slice 15" in result.stop_reasons["12 up"]
+    assert np.array_equal(result.mask[16:], shown[16:]) and np.array_equal(result.mask[:9], shown[:9])
+    result, _ = run(shown, truth, [Click((12, 24, 30), True)])  # by default a click walks further
+    assert np.array_equal(result.mask, truth)
+
+
 def test_a_positive_clicks_spread_only_adds():
     truth = cylinder()
     shown = truth.copy()

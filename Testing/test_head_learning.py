@@ -186,3 +186,25 @@ def test_a_bad_prior_head_in_a_request_is_refused_before_any_work():
         with pytest.raises(ValueError) as error:
             run_request(NoSession(), request)
         assert error_code(error.value) == "bad_input", what
+
+
+def test_each_slice_window_is_converted_once_per_structure_until_its_embedding_changes(monkeypatch):
+    truth = disks()
+    predictor = EmbeddingPredictor(truth)
+    converted = []
+    original = sh.embedding_cells
+    monkeypatch.setattr(sh, "embedding_cells", lambda e: converted.append(tuple(e.shape)) or original(e))
+    box, click = (10, 12, 34, 36), Click((7, 24, 22), True)
+    first = hl.learn_in_box(predictor, truth, box, (4, 19), [click], "litemedsam")
+    windows = len(converted)
+    assert windows == 16  # one window per slice of the box, not one per use
+    again = hl.learn_in_box(predictor, truth, box, (4, 19), [click, Click((9, 30, 30), False)], "litemedsam")
+    assert len(converted) == windows  # the next click converts nothing
+    predictor.embeddings[9] = predictor.embeddings[9].clone()  # slice 9 re-encoded
+    hl.learn_in_box(predictor, truth, box, (4, 19), [click], "litemedsam")
+    assert len(converted) == windows + 1
+    rows, cols = sh.box_cells(box, predictor.transform, CELLS)
+    assert converted[0] == (1, 8, rows.stop - rows.start, cols.stop - cols.start)  # only the box's window
+    assert first.agreement > 0.9 and again.agreement > 0.9
+    hl.learn_in_box(predictor, truth, (20, 20, 26, 26), (4, 19), [], "litemedsam")  # another window: new ones
+    assert len(converted) == windows + 1 + 16 and converted[-1][2] < CELLS

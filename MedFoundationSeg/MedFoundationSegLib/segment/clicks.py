@@ -26,6 +26,9 @@ from MedFoundationSegLib.segment.propagate import (
 )
 
 MIN_CHANGE_PX = 4  # a walk stops where the model changes fewer pixels than this (or the share of the clicked change)
+# A walk re-prompts at most this many slices per direction: it keeps a click on a large structure within the time of
+# an interaction (one decode per slice); the structure head then carries the correction further (workflow/learning.py).
+MAX_SPREAD_SLICES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +113,14 @@ def _clear_beyond(mask: np.ndarray, probability: np.ndarray, index: int, changed
 def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, box_xyxy, slice_range: tuple[int, int],
                         clicks: list[Click], new_slices: list[int] | None = None, *, agree_fraction: float = 0.2,
                         margin_px: float = 5.0, margin_fraction: float = 0.1, use_mask_prompt: bool = True,
-                        monotone_clicked_slice: bool = False, rules: StopRules | None = None,
+                        monotone_clicked_slice: bool = False, max_spread_slices: int = MAX_SPREAD_SLICES,
+                        rules: StopRules | None = None,
                         cancelled: CancelCheck | None = None) -> CorrectionResult:
     """Re-prompt the slices in ``new_slices`` (default: every clicked slice) with all their clicks, then spread each
     correction outwards within ``slice_range`` until the new masks agree with the old ones: the walk stops at the first
     slice where the model changes fewer pixels than ``agree_fraction`` of the change on the clicked slice (and at
-    least a few pixels), so a small error the click pointed at spreads as far as it reaches, whatever the slice's size.
+    least a few pixels), so a small error the click pointed at spreads as far as it reaches, whatever the slice's size,
+    and after ``max_spread_slices`` slices at most.
 
     ``monotone_clicked_slice``: the clicked slice, too, only gains (after an include click) or loses (after an
     exclude click) voxels. ``mask``/``probability`` are what the user sees now; they are not modified. A walk never enters another clicked
@@ -145,7 +150,8 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
         if not m.any():
             reasons[f"{k}"] = _clear_beyond(mask, probability, k, changed)
             continue
-        for side, step, limit in (("up", +1, last), ("down", -1, first)):
+        for side, step, limit in (("up", +1, min(last, k + max_spread_slices)),
+                                  ("down", -1, max(first, k - max_spread_slices))):
             reasons[f"{k} {side}"] = _spread(segmenter, mask, probability, k, step, limit, set(by_slice), changed,
                                              cap, max(MIN_CHANGE_PX, agree_fraction * change), margin_px,
                                              margin_fraction, rules, cancelled, by_slice[k][-1].positive)
@@ -189,4 +195,4 @@ def _spread(segmenter, mask, probability, start: int, step: int, limit: int, cli
         max_area = max(max_area, int(m.sum()))
         prev = m
         k += step
-    return f"reached the end of the box at slice {k - step}"
+    return f"reached the end of its walk at slice {k - step}"

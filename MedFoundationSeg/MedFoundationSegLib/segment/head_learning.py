@@ -12,6 +12,7 @@ Arrays are slice views (slice, row, column) along the model's axis; boxes are (x
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import numpy as np
 from scipy import ndimage
@@ -28,7 +29,7 @@ MIN_AGREEMENT = 0.8  # a head whose mask agrees less (Dice) with the mask it lea
 # corrected slices are this volume's own evidence and must move it).
 PRIOR_WEIGHT = 10.0
 PRIOR_WEIGHT_AFTER_CLICKS = 1.0
-MAX_FIT_CELLS = 40_000  # a fit learns from about this many box cells at most (fit_slices)
+MAX_FIT_CELLS = 20_000  # a fit learns from about this many box cells at most (fit_slices)
 BOUNDARY_CELLS = 1.0  # disagreements narrower than this many embedding cells keep the model's boundary (see blend)
 
 
@@ -50,16 +51,57 @@ class LearnedHead:
         return self.from_prior or self.agreement >= MIN_AGREEMENT
 
 
-def _cells_of(predictor, k: int, box_xyxy, context: float, cache: dict | None = None):
-    """(cells, rows, cols): the (L, L, C) embedding cells of slice ``k`` and the grid window around the box; kept in
-    ``cache`` (slice -> cells) when given, so a fit and its prediction convert each embedding once."""
-    cells = None if cache is None else cache.get(k)
-    if cells is None:
-        cells = sh.embedding_cells(predictor.embedding(k))
-        if cache is not None:
-            cache[k] = cells
-    rows, cols = sh.box_cells(box_xyxy, predictor.transform, cells.shape[0], context)
-    return cells, rows, cols
+class CellWindows:
+    """The float32 embedding cells around one box, slice by slice: (rows, columns, channels) arrays of the grid window
+    ``sh.box_cells`` gives. Why: every click refits the head and predicts every slice of the box; each slice's window
+    is converted once per structure, not once per click. An entry is used only while the predictor still holds the
+    same embedding tensor (a re-encoded slice is converted again)."""
+
+    def __init__(self, predictor, box_xyxy, grid: int, context: float = sh.BOX_CONTEXT):
+        self.predictor = predictor
+        self.grid = int(grid)
+        self.rows, self.cols = sh.box_cells(box_xyxy, predictor.transform, self.grid, context)
+        self._windows: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+    @property
+    def cells_per_slice(self) -> int:
+        return max(1, (self.rows.stop - self.rows.start) * (self.cols.stop - self.cols.start))
+
+    def window(self, k: int) -> np.ndarray:
+        """Slice ``k``'s (rows, columns, channels) float32 cells in the window, C-contiguous."""
+        embedding = self.predictor.embedding(k)
+        kept = self._windows.get(k)
+        if kept is not None and kept[0]() is embedding:
+            return kept[1]
+        window = np.ascontiguousarray(sh.embedding_cells(embedding[:, :, self.rows, self.cols]))
+        self._windows[k] = (weakref.ref(embedding), window)
+        return window
+
+    def cell(self, k: int, row: int, col: int) -> np.ndarray:
+        """The (channels,) cell at grid (row, col) of slice ``k``, inside the window or not."""
+        if self.rows.start <= row < self.rows.stop and self.cols.start <= col < self.cols.stop:
+            return self.window(k)[row - self.rows.start, col - self.cols.start]
+        return sh.embedding_cells(self.predictor.embedding(k)[:, :, row:row + 1, col:col + 1])[0, 0]
+
+    def keep_only(self, slices) -> None:
+        """Forget the slices outside ``slices`` (the box moved or shrank)."""
+        wanted = set(slices)
+        for k in [k for k in self._windows if k not in wanted]:
+            del self._windows[k]
+
+
+_WINDOWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # predictor -> its CellWindows of the last box
+
+
+def cell_windows(predictor, box_xyxy, some_slice: int, context: float = sh.BOX_CONTEXT) -> CellWindows:
+    """The predictor's cell windows for this box (``some_slice``: any slice of it, whose embedding gives the grid):
+    those of the previous call when the box's grid window is the same (the clicks on one structure), else new ones."""
+    windows = CellWindows(predictor, box_xyxy, predictor.embedding(some_slice).shape[-1], context)
+    kept = _WINDOWS.get(predictor)
+    if kept is not None and (kept.rows, kept.cols, kept.grid) == (windows.rows, windows.cols, windows.grid):
+        return kept
+    _WINDOWS[predictor] = windows
+    return windows
 
 
 def click_cell(srk, transform, cells: int) -> tuple[int, int]:
@@ -70,54 +112,52 @@ def click_cell(srk, transform, cells: int) -> tuple[int, int]:
 
 
 def fit_slices(predictor, box_xyxy, slices: range, clicked: set[int], *, context: float = sh.BOX_CONTEXT,
-               cache: dict | None = None) -> tuple[list[int], int]:
+               windows: CellWindows | None = None) -> tuple[list[int], int]:
     """(slices, stride): every clicked slice and every ``stride``-th other one, so that a fit learns from about
     ``MAX_FIT_CELLS`` cells at most. Why: neighbouring slices repeat each other, and the fit's time grows with its
     cells (a liver box of 50 slices holds over 100 000)."""
-    _, rows, cols = _cells_of(predictor, slices[0], box_xyxy, context, cache)
-    per_slice = max(1, (rows.stop - rows.start) * (cols.stop - cols.start))
-    stride = max(1, int(np.ceil(len(slices) * per_slice / MAX_FIT_CELLS)))
+    windows = windows or cell_windows(predictor, box_xyxy, slices[0], context)
+    stride = max(1, int(np.ceil(len(slices) * windows.cells_per_slice / MAX_FIT_CELLS)))
     return [k for k in slices if k in clicked or (k - slices[0]) % stride == 0], stride
 
 
 def box_samples(predictor, mask_view: np.ndarray, box_xyxy, slices, clicks=(), *, context: float = sh.BOX_CONTEXT,
-                cache: dict | None = None, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                windows: CellWindows | None = None, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features, targets, weights) of the cells around the box on ``slices`` (targets: the share of each cell the
     mask covers; clicked slices weigh ``CLICKED_SLICE_WEIGHT``, the others ``stride``: each stands for that many
     slices) and of every click's cell (weights: ``CLICK_SHARE`` of its class's total)."""
+    windows = windows or cell_windows(predictor, box_xyxy, slices[0], context)
+    rows, cols = windows.rows, windows.cols
     clicked = {int(c.srk[0]) for c in clicks}
     features, targets, weights = [], [], []
     for k in slices:
-        cells, rows, cols = _cells_of(predictor, k, box_xyxy, context, cache)
-        share = sh.mask_to_cells(mask_view[k], predictor.transform, cells.shape[0])[rows, cols].reshape(-1)
-        features.append(cells[rows, cols].reshape(-1, cells.shape[-1]))
+        window = windows.window(k)
+        share = sh.mask_to_cells(mask_view[k], predictor.transform, windows.grid)[rows, cols].reshape(-1)
+        features.append(window.reshape(-1, window.shape[-1]))
         targets.append(share)
         weights.append(np.full(len(share), CLICKED_SLICE_WEIGHT if k in clicked else float(stride), np.float32))
     targets_all, weights_all = np.concatenate(targets), np.concatenate(weights)
     totals = {True: float(weights_all[targets_all > 0.5].sum()), False: float(weights_all[targets_all <= 0.5].sum())}
     for click in clicks:
-        cells = _cells_of(predictor, int(click.srk[0]), box_xyxy, context, cache)[0]
-        row, col = click_cell(click.srk, predictor.transform, cells.shape[0])
-        features.append(cells[row, col][None])
+        features.append(windows.cell(int(click.srk[0]), *click_cell(click.srk, predictor.transform, windows.grid))[None])
         targets.append(np.array([1.0 if click.positive else 0.0], np.float32))
         weights.append(np.array([CLICK_SHARE * max(totals[bool(click.positive)], 1.0)], np.float32))
     return np.concatenate(features), np.concatenate(targets), np.concatenate(weights)
 
 
 def head_probability(predictor, head: sh.StructureHead, box_xyxy, slices: range, shape_view, *,
-                     context: float = sh.BOX_CONTEXT, cache: dict | None = None) -> np.ndarray:
+                     context: float = sh.BOX_CONTEXT, windows: CellWindows | None = None) -> np.ndarray:
     """The head's probability on ``slices`` within the box grown by ``context`` (0 elsewhere), as a slice view."""
     out = np.zeros(shape_view, np.float32)
-    logits = []
-    for k in slices:
-        cells, rows, cols = _cells_of(predictor, k, box_xyxy, context, cache)
-        grid = np.full(cells.shape[:2], OUTSIDE_LOGIT, np.float32)
-        window = cells[rows, cols]
-        grid[rows, cols] = head.logits(window.reshape(-1, window.shape[-1])).reshape(window.shape[:2])
-        logits.append(grid)
-    if logits:
-        out[slices.start:slices.stop] = 1.0 / (1.0 + np.exp(-sh.cell_logits_to_slice(np.stack(logits),
-                                                                                     predictor.transform)))
+    if not len(slices):
+        return out
+    windows = windows or cell_windows(predictor, box_xyxy, slices[0], context)
+    logits = np.full((len(slices), windows.grid, windows.grid), OUTSIDE_LOGIT, np.float32)
+    for n, k in enumerate(slices):
+        window = windows.window(k)
+        logits[n, windows.rows, windows.cols] = head.logits(window.reshape(-1, window.shape[-1])).reshape(
+            window.shape[:2])
+    out[slices.start:slices.stop] = 1.0 / (1.0 + np.exp(-sh.cell_logits_to_slice(logits, predictor.transform)))
     return out
 
 
@@ -129,16 +169,17 @@ def learn_in_box(predictor, mask_view: np.ndarray, box_xyxy, slice_range: tuple[
     ks = [int(c.srk[0]) for c in clicks]
     first, last = min([slice_range[0], *ks]), max([slice_range[1], *ks])
     slices = range(first, last + 1)
-    cache: dict = {}
-    fitted, stride = fit_slices(predictor, box_xyxy, slices, set(ks), cache=cache)
-    features, targets, weights = box_samples(predictor, mask_view, box_xyxy, fitted, clicks, cache=cache,
+    windows = cell_windows(predictor, box_xyxy, first)
+    windows.keep_only(slices)
+    fitted, stride = fit_slices(predictor, box_xyxy, slices, set(ks), windows=windows)
+    features, targets, weights = box_samples(predictor, mask_view, box_xyxy, fitted, clicks, windows=windows,
                                              stride=stride)
     head = sh.fit_head(features, targets, model, weights=weights, prior=prior,
                        prior_weight=PRIOR_WEIGHT_AFTER_CLICKS if clicks else PRIOR_WEIGHT)
-    probability = head_probability(predictor, head, box_xyxy, slices, mask_view.shape, cache=cache)
+    probability = head_probability(predictor, head, box_xyxy, slices, mask_view.shape, windows=windows)
     shown, predicted = np.asarray(mask_view[first:last + 1], bool), probability[first:last + 1] > 0.5
     agreement = 2.0 * float((shown & predicted).sum()) / max(float(shown.sum() + predicted.sum()), 1.0)
-    cell_px = predictor.transform.slice_hw[0] / sh.grid_hw(predictor.transform, cache[first].shape[0])[0]
+    cell_px = predictor.transform.slice_hw[0] / sh.grid_hw(predictor.transform, windows.grid)[0]
     return LearnedHead(head, probability, (first, last), agreement, prior is not None, cell_px)
 
 

@@ -92,7 +92,7 @@ def box_cells(box_xyxy, transform: SliceTransform, cells: int, context: float = 
 
 
 def embedding_cells(embedding: torch.Tensor) -> np.ndarray:
-    """(1, C, L, L) embedding -> (L, L, C) float32."""
+    """(1, C, h, w) embedding (or a window of one) -> (h, w, C) float32."""
     return embedding[0].float().permute(1, 2, 0).numpy()
 
 
