@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from MedFoundationSegLib.segment import structure_head as sh
 from MedFoundationSegLib.segment.preprocessing import preprocessing_for, slice_transform
 
@@ -72,3 +73,12 @@ def test_bad_heads_are_refused():
     head = sh.fit_head(np.ones((4, 3), np.float32), np.array([0, 1, 0, 1], np.float32), "litemedsam")
     with pytest.raises(sh.HeadError, match="features"):
         sh.fit_head(np.ones((4, 5), np.float32), np.zeros(4, np.float32), "litemedsam", prior=head)
+
+
+@pytest.mark.parametrize("model, slice_hw", [("mobilesam", (100, 200)), ("sam_vit_b", (128, 96)),
+                                             ("litemedsam", (100, 200))])
+def test_cell_logits_reach_the_slice_as_the_models_own_logits_do(model, slice_hw):
+    transform = slice_transform(slice_hw, preprocessing_for(model))
+    grids = np.random.default_rng(4).normal(0, 3, (2, 64, 64)).astype(np.float32)
+    reference = transform.logits_to_slice(torch.from_numpy(grids[:, None]))[:, 0].numpy()
+    np.testing.assert_allclose(sh.cell_logits_to_slice(grids, transform), reference, rtol=1e-4, atol=1e-4)

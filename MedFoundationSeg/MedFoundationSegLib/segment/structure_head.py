@@ -12,6 +12,7 @@ as the share of each cell they cover and come back through the model's own logit
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import torch
@@ -98,10 +99,33 @@ def embedding_cells(embedding: torch.Tensor) -> np.ndarray:
 
 def cell_logits_to_slice(logits_cells: np.ndarray, transform: SliceTransform) -> np.ndarray:
     """(L, L) cell logits -> (H, W) slice logits, through the same geometry as the model's own masks; (S, L, L) ->
-    (S, H, W) for several slices at once."""
+    (S, H, W) for several slices at once. Where that geometry is linear (bilinear resizes and a crop, the SAM
+    models' ``via_input``), it is applied as one (H, L) and one (W, L) matrix: the model's path goes through its
+    full input frame (1024 x 1024 for SAM and MobileSAM), which for a box of 50 slices costs more than the head."""
     logits = np.asarray(logits_cells, np.float32)
-    batch = torch.from_numpy(logits.reshape(-1, 1, *logits.shape[-2:]))
-    return transform.logits_to_slice(batch)[:, 0].numpy().reshape(*logits.shape[:-2], *transform.slice_hw)
+    if transform.postprocess == "direct_probability":
+        batch = torch.from_numpy(logits.reshape(-1, 1, *logits.shape[-2:]))
+        return transform.logits_to_slice(batch)[:, 0].numpy().reshape(*logits.shape[:-2], *transform.slice_hw)
+    rows, cols = _resize_matrices(transform, logits.shape[-2], logits.shape[-1])
+    return np.matmul(np.matmul(rows, logits), cols.T)
+
+
+@functools.lru_cache(maxsize=8)
+def _resize_matrices(transform: SliceTransform, cells_h: int, cells_w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (H, cells_h) and (W, cells_w) matrices of ``transform.logits_to_slice`` on a linear path. A bilinear
+    resize weighs rows and columns apart, so each axis is the same steps in 1D: to the input frame, crop the padding,
+    to the slice."""
+    def axis(cells: int, resized: int, out: int) -> np.ndarray:
+        probes = torch.eye(cells)[:, None, :]  # one unit impulse per cell
+        if cells != transform.input_size:
+            probes = F.interpolate(probes, size=transform.input_size, mode="linear", align_corners=False)
+        probes = probes[..., :resized]
+        if resized != out:
+            probes = F.interpolate(probes, size=out, mode="linear", align_corners=False)
+        return np.ascontiguousarray(probes[:, 0, :].T.numpy(), np.float32)
+
+    return (axis(cells_h, transform.resized_hw[0], transform.slice_hw[0]),
+            axis(cells_w, transform.resized_hw[1], transform.slice_hw[1]))
 
 
 # --- fitting -------------------------------------------------------------------------------------------------------
