@@ -208,3 +208,18 @@ def test_each_slice_window_is_converted_once_per_structure_until_its_embedding_c
     assert first.agreement > 0.9 and again.agreement > 0.9
     hl.learn_in_box(predictor, truth, (20, 20, 26, 26), (4, 19), [], "litemedsam")  # another window: new ones
     assert len(converted) == windows + 1 + 16 and converted[-1][2] < CELLS
+
+
+def test_the_blend_opens_only_where_the_head_and_the_mask_differ_and_gets_the_whole_volumes_answer():
+    from scipy import ndimage
+    from skimage.morphology import disk
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        given = ndimage.gaussian_filter(rng.random((6, 60, 70)), 3)
+        head = ndimage.gaussian_filter(rng.random((6, 60, 70)), 3)
+        given, head = (given > np.median(given)).astype(np.float32), (head > np.median(head)).astype(np.float32)
+        if trial % 2:  # they differ only in a band in the middle
+            head[:, :20], head[:, 40:] = given[:, :20], given[:, 40:]
+        learned = hl.LearnedHead(None, head, (0, 5), 1.0, cell_px=3.0)
+        opened = ndimage.binary_opening((given > 0.5) ^ (head > 0.5), structure=disk(3)[None].astype(bool))
+        assert np.array_equal(hl.blend(given, learned), np.where(opened, head, given))

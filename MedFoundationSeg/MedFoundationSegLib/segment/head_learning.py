@@ -192,8 +192,22 @@ def blend(probability_view: np.ndarray, learned: LearnedHead, clicks=()) -> np.n
     first, last = learned.slices
     given, head = out[first:last + 1], learned.probability[first:last + 1]
     radius = max(1, int(round(BOUNDARY_CELLS * learned.cell_px)))
-    wide = ndimage.binary_opening((given > 0.5) ^ (head > 0.5), structure=disk(radius)[None].astype(bool))
+    differ = (given > 0.5) ^ (head > 0.5)
+    wide = np.zeros_like(differ)
+    region = _within(differ, radius)
+    if region is not None:  # an opening never reaches beyond what it opens: only that region (and a margin) is opened
+        wide[region] = ndimage.binary_opening(differ[region], structure=disk(radius)[None].astype(bool))
     out[first:last + 1] = np.where(wide, head, given)
     for click in clicks:
         out[tuple(int(v) for v in click.srk)] = 1.0 if click.positive else 0.0
     return out
+
+
+def _within(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask``'s true voxels (slice, row, column) grown in-plane by ``margin``; None when there
+    are none."""
+    if not mask.any():
+        return None
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return (box[0],) + tuple(slice(max(0, b.start - margin), min(n, b.stop + margin))
+                             for b, n in zip(box[1:], mask.shape[1:]))
