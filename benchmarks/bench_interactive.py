@@ -14,6 +14,8 @@ Procedures (``--procedures``):
 - ``no_learn``: ``correct`` without the structure head (the click action before it learned).
 - ``monotone``: ``correct`` whose clicked slice, too, only gains (include click) or loses (exclude click) voxels;
   ``no_mask_prompt``: ``correct`` without the shown mask as the mask prompt.
+- ``walk0`` / ``walk4``: ``correct`` whose walk re-prompts no slice / at most 4 slices each way beyond the clicked one
+  (the default is ``segment.clicks.MAX_SPREAD_SLICES``).
 - ``graphcut``: the graph cut alone with every click as a hard seed (the Refine action before clicks re-prompted).
 
 The initial segmentation is the panel's for a box the user drew (``INITIALS["panel"]``: box-guided propagation
@@ -53,7 +55,8 @@ from seg_metrics import dice  # noqa: E402
 PROTOCOL_CLICKS = 5
 # Session.correct variants (keyword arguments of segment.clicks.correct_with_clicks)
 TUNINGS = {"correct": {}, "no_learn": {}, "monotone": {"monotone_clicked_slice": True},
-           "no_mask_prompt": {"use_mask_prompt": False}}
+           "no_mask_prompt": {"use_mask_prompt": False}, "walk0": {"max_spread_slices": 0},
+           "walk4": {"max_spread_slices": 4}}
 LEARN = {"no_learn": False}  # Options.learn per procedure (default: on)
 INITIALS = {"panel": {"mode": "box_guided", "exact_range": True}, "guided": {"mode": "guided"}}
 
