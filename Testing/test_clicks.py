@@ -184,6 +184,22 @@ def test_session_correct_reaches_a_structure_beyond_the_box_where_the_user_click
     assert result.mask_kji[8:18, 24, 30].all()  # and the correction spread to its neighbours
 
 
+def test_a_correction_walks_to_its_neighbours_on_thin_slices_only():
+    truth = cylinder()
+    shown = truth.copy()
+    shown[8:17, :, 24:] = False  # the right half missing on slices 8-16
+    reached = {}
+    for spacing in ((1.0, 1.0, 1.0), (1.0, 1.0, 5.0)):  # thin, then thick slices (x, y, z mm)
+        session = Session()
+        model = TruthModel(truth)
+        session.segmenter = lambda volume, options=None, **changes: model
+        result = session.correct(Volume(np.zeros(SHAPE, np.float32), spacing), CaseResult(shown, shown.astype(
+            np.float32), {}), [[10, 10, 5], [38, 38, 20]], [((12, 24, 30), True)], refine="none", learn=False)
+        reached[spacing[2]] = result.report["correction"]["changed"]
+    assert reached[1.0] == list(range(8, 17))  # the walk re-prompted the neighbours until they agreed
+    assert reached[5.0] == [12]  # on 5 mm slices only the clicked slice is asked again
+
+
 def test_on_thin_slices_an_exclude_click_pulls_at_most_half_the_structures_radius_far():
     from MedFoundationSegLib.core.geometry import equivalent_radius_mm
 

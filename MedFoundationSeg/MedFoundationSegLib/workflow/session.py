@@ -37,6 +37,10 @@ CLICK_REACH_MM = {"thick": 14.0, "thin": 8.0}
 # ... and on thin slices, where it pulls in 3D, an exclude click reaches at most this fraction of the structure's
 # equivalent-sphere radius: on a small structure a full-reach 3D exclude pull empties the slices around the click.
 EXCLUDE_REACH_PER_RADIUS = 0.5
+# How many slices a correction's walk re-prompts each way, by slice thickness (segment/clicks.py): on thick slices the
+# next slice is another cross-section, the walk copied the clicked slice's answer where it was wrong and cost Dice on
+# the CT phantoms; there the structure head and the graph cut carry the correction. On thin slices it gains.
+WALK_SLICES = {"thick": 0, "thin": click_correction.MAX_SPREAD_SLICES}
 
 
 def volume_identity(volume: Volume) -> str:
@@ -243,7 +247,8 @@ class Session:
         """Corrective clicks on a structure the user sees (``shown``: its mask and the model probability behind it).
 
         The slices of the last ``new_clicks`` clicks are re-prompted with the box, all their clicks and the shown mask,
-        each correction spreads outwards until it agrees with the shown masks (segment/clicks.py), and then, unless
+        on thin slices each correction spreads outwards until it agrees with the shown masks (segment/clicks.py; up to
+        ``WALK_SLICES`` slices each way, none on thick slices), and then, unless
         ``options.refine`` is "none", a 3D graph cut holds every click as a hard constraint. Clicks are ((k, j, i),
         positive) in voxels; a click may come from any view, it corrects the slice of the model's axis it lies on.
         An include click outside the box grows the box past it (``geometry.box_holding_clicks_ijk``; the report's
@@ -273,10 +278,11 @@ class Session:
             shown.mask_kji.astype(np.float32)
         segmenter = self.segmenter(volume, o)
         report(progress, 0.1, "re-prompting the clicked slice")
+        thickness = "thin" if geometry.thick_slice_axis(volume.spacing_mm, o.axis) is None else "thick"
         corrected = click_correction.correct_with_clicks(
             segmenter, geometry.to_slices(shown.mask_kji, o.axis), geometry.to_slices(probability, o.axis), box.xyxy,
             (box.first, box.last), clicks, sorted({c.srk[0] for c in clicks[-max(int(new_clicks), 1):]}),
-            cancelled=cancelled, **(tuning or {}))
+            cancelled=cancelled, **{"max_spread_slices": WALK_SLICES[thickness], **(tuning or {})})
         outcome = CaseResult(geometry.from_slices(corrected.mask, o.axis),
                              geometry.from_slices(corrected.probability, o.axis),
                              dict(shown.report, correction={"clicks": len(clicks), "box_ijk": box_ijk.tolist(),
