@@ -8,14 +8,14 @@ the protocol's figures are those after 5.
 
 Procedures (``--procedures``):
 - ``correct``: Session.correct, the engine's click action: the clicked slice re-prompted with the box, its clicks
-  and the shown mask, the correction spread outwards while it changes something (segment/clicks.py), a structure
-  head learned from the shown mask and the clicks predicting the box's slices (segment/head_learning.py), then a 3D
-  graph cut holding every click.
+  and the shown mask, on thin slices the correction spread outwards while it changes something (segment/clicks.py),
+  a structure head learned from the shown mask and the clicks predicting the box's slices
+  (segment/head_learning.py), then a 3D graph cut holding every click.
 - ``no_learn``: ``correct`` without the structure head (the click action before it learned).
 - ``monotone``: ``correct`` whose clicked slice, too, only gains (include click) or loses (exclude click) voxels;
   ``no_mask_prompt``: ``correct`` without the shown mask as the mask prompt.
-- ``walk0`` / ``walk4``: ``correct`` whose walk re-prompts no slice / at most 4 slices each way beyond the clicked one
-  (the default is ``segment.clicks.MAX_SPREAD_SLICES``).
+- ``walk0`` / ``walk4``: ``correct`` whose walk re-prompts no slice / at most 4 slices each way beyond the clicked one,
+  whatever the slice thickness (the default is ``workflow.session.WALK_SLICES``: none on thick slices).
 - ``graphcut``: the graph cut alone with every click as a hard seed (the Refine action before clicks re-prompted).
 
 The initial segmentation is the panel's for a box the user drew (``INITIALS["panel"]``: box-guided propagation

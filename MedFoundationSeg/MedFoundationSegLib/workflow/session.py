@@ -278,11 +278,11 @@ class Session:
             shown.mask_kji.astype(np.float32)
         segmenter = self.segmenter(volume, o)
         report(progress, 0.1, "re-prompting the clicked slice")
-        thickness = "thin" if geometry.thick_slice_axis(volume.spacing_mm, o.axis) is None else "thick"
+        thick_axis = geometry.thick_slice_axis(volume.spacing_mm, o.axis)  # the walk and the graph cut's reach
         corrected = click_correction.correct_with_clicks(
             segmenter, geometry.to_slices(shown.mask_kji, o.axis), geometry.to_slices(probability, o.axis), box.xyxy,
             (box.first, box.last), clicks, sorted({c.srk[0] for c in clicks[-max(int(new_clicks), 1):]}),
-            cancelled=cancelled, **{"max_spread_slices": WALK_SLICES[thickness], **(tuning or {})})
+            cancelled=cancelled, **{"max_spread_slices": WALK_SLICES["thin" if thick_axis is None else "thick"], **(tuning or {})})
         outcome = CaseResult(geometry.from_slices(corrected.mask, o.axis),
                              geometry.from_slices(corrected.probability, o.axis),
                              dict(shown.report, correction={"clicks": len(clicks), "box_ijk": box_ijk.tolist(),
@@ -295,19 +295,19 @@ class Session:
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.7, f"refining ({o.refine}) with {len(clicks)} clicks")
-            outcome = self._refine_correction(volume, outcome, box_ijk, clicks_kji, o)
+            outcome = self._refine_correction(volume, outcome, box_ijk, clicks_kji, o, thick_axis)
         outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
         report(progress, 1.0, "correction done")
         return outcome
 
-    def _refine_correction(self, volume: Volume, outcome: CaseResult, box_ijk, clicks_kji, o: Options) -> CaseResult:
+    def _refine_correction(self, volume: Volume, outcome: CaseResult, box_ijk, clicks_kji, o: Options,
+                           thick_axis: int | None) -> CaseResult:
         """The refinement after a correction, with every click as a hard constraint. On thick slices an exclude
         click pulls only on its own slice (there the next slice is another cross-section, and what it loses the
         re-prompted model has already decided) and a click reaches farther; on thin slices clicks pull in 3D, an
         exclude click at most half the structure's radius."""
         positive = [p[::-1] for p, pos in clicks_kji if pos]
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
-        thick_axis = geometry.thick_slice_axis(volume.spacing_mm, o.axis)
         if o.click_reach_mm is not None:
             reach_mm = exclude_reach_mm = o.click_reach_mm
         elif thick_axis is not None:
