@@ -66,17 +66,50 @@ def check_large_blocks() -> None:
     print("large blocks: ok")
 
 
+def test_a_lingering_block_keeps_the_heap_until_its_wait_has_passed():
+    """In a fresh interpreter, as above."""
+    run = subprocess.run([sys.executable, __file__, "linger"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert "lingering: ok" in run.stdout
+
+
+def check_lingering() -> None:
+    """A lingering block keeps the heap after it ends, for the next call of a series; a second one restarts the wait;
+    when it has passed, the defaults and the memory come back."""
+    import time
+
+    if not heap.available():
+        return
+    pages = BLOCK_BYTES // resource.getpagesize()
+    resident_before = resident_mib()
+    assert page_faults_per_call() > 2 * pages
+    for _ in range(2):
+        with heap.retained_heap(linger_s=1.0):
+            page_faults_per_call(6)
+        assert heap._depth == 1
+        kept = page_faults_per_call(10)
+        assert kept < pages // 10, f"{kept} page faults per call after a lingering block ({pages} pages a block)"
+        assert resident_mib() > resident_before + 3 * BLOCK_BYTES / 2**20
+    time.sleep(0.6)
+    assert heap._depth == 1  # the second block restarted the wait
+    time.sleep(1.0)
+    assert heap._depth == 0
+    assert resident_mib() < resident_before + BLOCK_BYTES / 2**20
+    print("lingering: ok")
+
+
 def test_environment_switch_turns_it_off(monkeypatch):
     monkeypatch.setenv("MEDFOUNDATIONSEG_RETAIN_HEAP", "0")
     heap._glibc.cache_clear()
     try:
         assert not heap.available()
+        before = heap._depth  # a lingering block of an earlier test may hold one
         with heap.retained_heap():
-            assert heap._depth == 0
+            assert heap._depth == before
     finally:
         monkeypatch.delenv("MEDFOUNDATIONSEG_RETAIN_HEAP")
         heap._glibc.cache_clear()
 
 
 if __name__ == "__main__":
-    check_large_blocks()
+    check_lingering() if sys.argv[1:] == ["linger"] else check_large_blocks()

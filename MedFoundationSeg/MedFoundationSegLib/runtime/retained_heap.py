@@ -5,8 +5,10 @@ more than a little lies free there. A network that allocates and frees the same 
 page-faults (and the kernel zeroes) each 4 kB again: a third of a LiteMedSAM encoder call on this project's 2-core
 CPU, and more for MedLAM's 3D maps. Inside ``retained_heap()`` large blocks come from the heap and freed memory stays
 there for reuse; when the outermost block ends, glibc's defaults come back and ``malloc_trim`` returns what is free,
-so the process holds no more memory afterwards than before. Worker threads have their own glibc arenas, which still
-map blocks of 64 MB or more afresh; the encoder runtime keeps its blocks under that (banded TinyViT stem).
+so the process holds no more memory afterwards than before. A lingering block (``linger_s``) keeps the heap that long
+after it ends, for the next call of a series (the clicks on one structure). Worker threads have their own glibc
+arenas, which still map blocks of 64 MB or more afresh; the encoder runtime keeps its blocks under that (banded
+TinyViT stem).
 
 The settings are process-wide: what other threads allocate meanwhile comes from the heap too, and afterwards glibc's
 sliding mmap threshold stays where it was (any ``mallopt`` call freezes it). Not used for MedLAM: its aligned 3D
@@ -37,6 +39,8 @@ RETAINED = {M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_PAD: 64 * 2**20, M_MMAP_MAX: 0}
 
 _lock = threading.Lock()
 _depth = 0
+_lingering = False  # a lingering block's depth is still held
+_generation = 0  # which lingering block's timer may end the hold
 
 
 @lru_cache(maxsize=1)
@@ -69,8 +73,10 @@ def _apply(settings: dict[int, int]) -> None:
 
 
 @contextlib.contextmanager
-def retained_heap() -> Iterator[None]:
-    """Freed memory stays in the heap while any thread is inside this block (reentrant, thread-safe)."""
+def retained_heap(linger_s: float = 0.0) -> Iterator[None]:
+    """Freed memory stays in the heap while any thread is inside this block (reentrant, thread-safe), and for
+    ``linger_s`` seconds after it ends: a user's clicks on one structure come seconds apart, and each reuses the heap
+    the one before left (a new lingering block restarts the wait)."""
     global _depth
     if _glibc() is None:
         yield
@@ -83,7 +89,37 @@ def retained_heap() -> Iterator[None]:
         yield
     finally:
         with _lock:
-            _depth -= 1
-            if _depth == 0:
-                _apply(DEFAULTS)
-                _glibc()[1](0)
+            if linger_s > 0:
+                _linger(linger_s)
+            else:
+                _leave()
+
+
+def _leave() -> None:
+    """One block ended (called with the lock held): the defaults come back when it was the last."""
+    global _depth
+    _depth -= 1
+    if _depth == 0:
+        _apply(DEFAULTS)
+        _glibc()[1](0)
+
+
+def _linger(seconds: float) -> None:
+    """A lingering block ended (called with the lock held): its depth is held until ``seconds`` pass with no other
+    lingering block ending; at most one is held at a time."""
+    global _lingering, _generation
+    _generation += 1
+    if _lingering:
+        _leave()  # the earlier lingering block already holds one
+    _lingering = True
+    timer = threading.Timer(seconds, _stop_lingering, args=(_generation,))
+    timer.daemon = True
+    timer.start()
+
+
+def _stop_lingering(generation: int) -> None:
+    global _lingering
+    with _lock:
+        if _lingering and generation == _generation:
+            _lingering = False
+            _leave()

@@ -165,7 +165,7 @@ def _prepare(image, prob, annotations: Annotations | None, params: GraphCutParam
         raise RefineError(f"image must be 2D or 3D; got shape {np.shape(image)}")
     if prob3.shape != image3.shape:
         raise RefineError(f"probability shape {np.shape(prob)} does not match image shape {np.shape(image)}")
-    prob3 = prob3.astype(np.float32)
+    prob3 = np.asarray(prob3, np.float32)
     if prob3.dtype != bool and (np.nanmin(prob3) < 0 or np.nanmax(prob3) > 1 or not np.isfinite(prob3).all()):
         raise RefineError("probability must hold finite values in [0, 1] (pass sigmoid(logits) or a mask)")
     ann = annotations or Annotations()

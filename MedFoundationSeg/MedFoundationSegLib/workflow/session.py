@@ -18,6 +18,7 @@ import numpy as np
 from MedFoundationSegLib.core import geometry, weights
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, scaled
 from MedFoundationSegLib.core.volume import Volume, check_finite
+from MedFoundationSegLib.runtime.retained_heap import retained_heap
 from MedFoundationSegLib.segment import clicks as click_correction
 from MedFoundationSegLib.segment import keyslices, propagate, refine, repropagate
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
@@ -41,6 +42,9 @@ EXCLUDE_REACH_PER_RADIUS = 0.5
 # next slice is another cross-section, the walk copied the clicked slice's answer where it was wrong and cost Dice on
 # the CT phantoms; there the structure head and the graph cut carry the correction. On thin slices it gains.
 WALK_SLICES = {"thick": 0, "thin": click_correction.MAX_SPREAD_SLICES}
+# A click keeps the C heap it used for this long (runtime/retained_heap.py): the next click on the structure reuses it
+# instead of page-faulting its graph cut's and head's memory in afresh.
+CLICK_HEAP_LINGER_S = 120.0
 
 
 def volume_identity(volume: Volume) -> str:
@@ -240,6 +244,7 @@ class Session:
             "predicted_iou": {int(k): round(v, 4) for k, v in result.iou.items()},
             "seconds": round(time.perf_counter() - start, 3), "voxels": int(mask.sum())})
 
+    @retained_heap(linger_s=CLICK_HEAP_LINGER_S)
     def correct(self, volume: Volume, shown: CaseResult, box_ijk, clicks_kji: list[tuple[tuple[int, int, int], bool]],
                 options: Options | None = None, *, new_clicks: int = 1, tuning: dict | None = None,
                 prior_head=None, progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
@@ -386,7 +391,7 @@ class Session:
         reach = {} if click_reach_mm is None else {"click_influence_mm": float(click_reach_mm)}
         params = refine.GraphCutParams(exclude_pull_axis=exclude_pull_axis, exclude_influence_mm=exclude_reach_mm,
                                        **reach)
-        refined = refine.refine(volume.array.astype(np.float32), probability, annotations, method=method,
+        refined = refine.refine(volume.array, probability, annotations, method=method,
                                 spacing_mm=volume.spacing_mm, params=params, progress=progress, cancelled=cancelled)
         report_ = dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum()))
         return CaseResult(np.asarray(refined.mask, bool), probability, report_, head=result.head)
