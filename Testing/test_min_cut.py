@@ -27,23 +27,39 @@ def grid_reference(cost_fg, cost_bg, weights, fixed_fg, fixed_bg):
     return ~graph.get_grid_segments(nodes)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_cut_over_open_voxels_equals_the_grid_cut(seed):
+def random_problem(seed: int, shape):
     rng = np.random.default_rng(seed)
-    shape = (6, 20, 24)
     smooth = ndimage.gaussian_filter(rng.normal(size=shape), 2.0)
     cost_fg = (np.exp(-3 * smooth) + rng.uniform(0, 0.3, shape)).astype(np.float32)
     cost_bg = (np.exp(3 * smooth) + rng.uniform(0, 0.3, shape)).astype(np.float32)
     weights = [rng.uniform(0.0, 2.0, shape).astype(np.float32) for _ in range(3)]
-    for axis, w in enumerate(weights):  # the last plane along each axis has no next voxel
+    for axis, w in enumerate(weights):
         w[tuple(-1 if a == axis else slice(None) for a in range(3))] = 0
     fixed_fg = rng.uniform(size=shape) < 0.1
-    fixed_bg = (rng.uniform(size=shape) < 0.1) & ~fixed_fg
+    return cost_fg, cost_bg, weights, fixed_fg, (rng.uniform(size=shape) < 0.1) & ~fixed_fg
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cut_over_open_voxels_equals_the_grid_cut(seed):
+    cost_fg, cost_bg, weights, fixed_fg, fixed_bg = random_problem(seed, (6, 20, 24))
     labels = min_cut.min_cut_labels(cost_fg, cost_bg, weights, fixed_fg, fixed_bg)
     reference = grid_reference(cost_fg, cost_bg, weights, fixed_fg, fixed_bg)
     assert labels[fixed_fg].all() and not labels[fixed_bg].any()
     assert 0 < labels.sum() < labels.size
     np.testing.assert_array_equal(labels, reference)
+
+
+def test_a_kept_graph_refilled_for_a_smaller_problem_gives_its_cut():
+    min_cut._graphs.kept = None
+    min_cut.min_cut_labels(*random_problem(10, (8, 24, 24)))
+    kept = min_cut._graphs.kept[0]
+    smaller = random_problem(11, (6, 20, 20))
+    labels = min_cut.min_cut_labels(*smaller)
+    assert min_cut._graphs.kept[0] is kept  # reset and refilled, not rebuilt
+    np.testing.assert_array_equal(labels, grid_reference(*smaller))
+    larger = random_problem(12, (10, 30, 30))
+    np.testing.assert_array_equal(min_cut.min_cut_labels(*larger), grid_reference(*larger))
+    assert min_cut._graphs.kept[0] is not kept  # too small for it: a new one
 
 
 def test_everything_fixed_needs_no_graph():

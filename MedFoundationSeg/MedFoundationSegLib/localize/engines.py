@@ -9,6 +9,7 @@ from MedFoundationSegLib.core import weights
 from MedFoundationSegLib.core.boxes import StructureBox
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback
 from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.runtime import retained_heap
 
 ENGINE_NAMES = ("auto", "medlam", "registration")
 
@@ -54,6 +55,8 @@ def localize(template_set, volume: Volume, engine: str, *, structures=None, seed
         from torch import nn
 
         from MedFoundationSegLib.localize.medlam.localizer import MedLAMConfig, MedLAMLocalizer
+
+        retained_heap.end_lingering()  # its 3D blocks fragment a retained heap (runtime/retained_heap.py)
 
         config = MedLAMConfig(mode="SPL" if spl else "WPL", slice_interval=slice_interval,
                               recentre_iterations=recentre_iterations, seed=int(seed))

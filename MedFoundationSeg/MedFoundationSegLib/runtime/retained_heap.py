@@ -12,7 +12,8 @@ TinyViT stem).
 
 The settings are process-wide: what other threads allocate meanwhile comes from the heap too, and afterwards glibc's
 sliding mmap threshold stays where it was (any ``mallopt`` call freezes it). Not used for MedLAM: its aligned 3D
-blocks fragment the retained heap (peak 4.1 GB against 2.8 GB, over the 3 GB target).
+blocks fragment the retained heap (peak 4.1 GB against 2.8 GB, over the 3 GB target); localization ends a lingering
+hold first (``end_lingering``).
 
 Other C libraries (macOS, Windows, musl) manage this themselves: the context is a no-op there, as it is with
 ``MEDFOUNDATIONSEG_RETAIN_HEAP=0`` in the environment.
@@ -121,5 +122,17 @@ def _stop_lingering(generation: int) -> None:
     global _lingering
     with _lock:
         if _lingering and generation == _generation:
+            _lingering = False
+            _leave()
+
+
+def end_lingering() -> None:
+    """Stop holding the heap for a lingering block now (the defaults come back unless a block is running): before
+    work that must not run on a retained heap (MedLAM's aligned 3D blocks fragment it)."""
+    global _lingering
+    if _glibc() is None:
+        return
+    with _lock:
+        if _lingering:
             _lingering = False
             _leave()

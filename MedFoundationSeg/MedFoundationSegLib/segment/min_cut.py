@@ -11,8 +11,17 @@ Arrays are (z, y, x); ``weights[axis][v]`` is the capacity of the edge between `
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from scipy import ndimage
+
+# Each thread keeps its last graph and refills it: its buffers (hundreds of MB for a large organ) stay mapped, where a
+# fresh graph per call page-faults every page of them in again (on a virtual machine that can cost more than the flow).
+# A graph more than KEEP_FACTOR times the size a call needs is replaced by one of that size.
+KEEP_FACTOR = 4
+HEADROOM = 1.5  # a new graph has room for this many times the call's nodes and edges: the next click's may be more
+_graphs = threading.local()
 
 
 def unary_labels(cost_fg: np.ndarray, cost_bg: np.ndarray, fixed_fg: np.ndarray,
@@ -37,8 +46,6 @@ def min_cut_labels(cost_fg: np.ndarray, cost_bg: np.ndarray, weights: list[np.nd
     """Foreground labels minimising the unary costs (``cost_fg`` paid by a foreground voxel, ``cost_bg`` by a
     background one) plus ``weights`` over neighbouring voxels labelled differently, with the ``fixed_fg`` and
     ``fixed_bg`` voxels held (PyMaxflow, Boykov-Kolmogorov)."""
-    import maxflow
-
     fixed_fg = fixed_fg & ~fixed_bg
     free = ~(fixed_fg | fixed_bg)
     labels = fixed_fg.copy()
@@ -69,7 +76,7 @@ def min_cut_labels(cost_fg: np.ndarray, cost_bg: np.ndarray, weights: list[np.nd
                 held = mine & fixed[theirs]
                 costs[index[side][held]] += edge[held]
     i, j, capacity = (np.concatenate(parts) for parts in (pairs_i, pairs_j, capacities))
-    graph = maxflow.Graph[float](count, max(len(i), 1))
+    graph = _graph(count, len(i))
     nodes = graph.add_nodes(count)
     if len(i):
         capacity = capacity.astype(np.float64)
@@ -78,3 +85,21 @@ def min_cut_labels(cost_fg: np.ndarray, cost_bg: np.ndarray, weights: list[np.nd
     graph.maxflow()
     labels[free] = ~graph.get_grid_segments(nodes)
     return labels
+
+
+def _graph(nodes: int, edges: int):
+    """An empty graph for this many nodes and edges: this thread's last one reset when it is large enough and not
+    far too large, else a new one with ``HEADROOM`` (and kept)."""
+    import maxflow
+
+    kept = getattr(_graphs, "kept", None)
+    if kept is not None:
+        graph, (max_nodes, max_edges) = kept
+        if nodes <= max_nodes <= KEEP_FACTOR * max(nodes, 1) and edges <= max_edges <= KEEP_FACTOR * max(edges, 1):
+            graph.reset()
+            return graph
+    _graphs.kept = None  # free the old buffers before the new ones are taken
+    size = (int(HEADROOM * nodes) + 1, int(HEADROOM * edges) + 1)
+    graph = maxflow.Graph[float](*size)
+    _graphs.kept = (graph, size)
+    return graph

@@ -42,8 +42,8 @@ EXCLUDE_REACH_PER_RADIUS = 0.5
 # next slice is another cross-section, the walk copied the clicked slice's answer where it was wrong and cost Dice on
 # the CT phantoms; there the structure head and the graph cut carry the correction. On thin slices it gains.
 WALK_SLICES = {"thick": 0, "thin": click_correction.MAX_SPREAD_SLICES}
-# A click keeps the C heap it used for this long (runtime/retained_heap.py): the next click on the structure reuses it
-# instead of page-faulting its graph cut's and head's memory in afresh.
+# A segmentation or a click keeps the C heap it used for this long (runtime/retained_heap.py): the next click on the
+# structure reuses it instead of page-faulting its graph cut's and head's memory in afresh.
 CLICK_HEAP_LINGER_S = 120.0
 
 
@@ -108,6 +108,7 @@ class Session:
         return sum(p.slices_encoded for p in self._predictors.values())
 
     # --- one structure ------------------------------------------------------------------------------------------
+    @retained_heap(linger_s=CLICK_HEAP_LINGER_S)
     def segment_box(self, volume: Volume, box_ijk, options: Options | None = None, *, slabs=None,
                     extreme_points_ijk=None, prior_head=None, progress: ProgressCallback | None = None,
                     cancelled: CancelCheck | None = None, **changes) -> CaseResult:
