@@ -12,7 +12,7 @@ without any stored head (learning within each volume only).
 Prints per structure and volume the Dice of the first segmentation, the clicks to 0.85 and the final Dice, then per
 arm the mean clicks and first Dice on each volume of the sequence.
 
-    python benchmarks/bench_head_sequence.py [--model litemedsam] [--volumes 6] [--json rows.json]
+    python benchmarks/bench_head_sequence.py [--model litemedsam] [--volumes 6] [--reverse] [--json rows.json]
 """
 
 from __future__ import annotations
@@ -64,11 +64,16 @@ def main() -> None:
     parser.add_argument("--volumes", type=int, default=6)
     parser.add_argument("--structures", nargs="+", default=list(PHANTOM_FULL))
     parser.add_argument("--arms", nargs="+", default=["stored", "fresh"])
+    parser.add_argument("--reverse", action="store_true",
+                        help="annotate the volumes last to first (with a forward run, every volume is once the 1st "
+                             "and once the last of a sequence, so their difficulty cancels out of 1st vs last)")
     parser.add_argument("--json", type=Path, help="also write every row here")
     args = parser.parse_args()
     print(f"{machine_description()}; {torch.get_num_threads()} torch threads, encoder precision "
           f"{resolve_precision('auto', torch.device('cpu'))}; model {args.model}", flush=True)
     cases = phantom_cases(tuple(args.structures), args.volumes, (48, 128, 128))[1]
+    if args.reverse:
+        cases = cases[::-1]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         store = HeadStore(folder)

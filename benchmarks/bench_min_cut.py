@@ -1,12 +1,14 @@
-"""The graph cut's narrow band against the whole crop, in one process (not a test).
+"""The graph cut's solvers against the whole-grid one, in one process (not a test).
 
     python benchmarks/bench_min_cut.py [--shape 60 384 384] [--organs liver stomach spleen pancreas] [--repeats 3]
 
 Per phantom organ: a model-like probability (the truth dilated, shifted by a few voxels, blurred, with noise), the box
-and one include click, refined by ``refine_graphcut`` twice: over the whole crop (``band_radius_vox=None``, the
-reference) and in the default band (segment/min_cut.py). Prints the crop, the share of it the band opens, the median
-seconds of each (after one warm-up call each), their ratio, and how many voxels the two masks differ in (the band is
-meant to give the same cut: 0).
+and one include click, refined by ``refine_graphcut`` three ways: ``grid``, every voxel of the crop a node of
+PyMaxflow's grid graph and the hard seeds held by prohibitive terminal capacities (the solver before
+segment/min_cut.py, the reference); ``open``, only the voxels that are not seeds (``band_radius_vox=None``); ``band``,
+the default narrow band. Prints the crop, the share of it each graph holds, the median seconds of each (after one
+warm-up call each; the kept graph is refilled, see min_cut.py), their ratios to ``grid``, and how many voxels each
+mask differs from the grid's in (meant: 0).
 """
 
 from __future__ import annotations
@@ -36,6 +38,23 @@ def model_like_probability(truth: np.ndarray, seed: int) -> np.ndarray:
     return np.clip(blurred * 0.9 + 0.05 + rng.normal(0, 0.05, truth.shape), 0, 1).astype(np.float32)
 
 
+def grid_labels(cost_fg, cost_bg, weights, fixed_fg, fixed_bg):
+    """Every voxel a node of PyMaxflow's grid graph, the fixed ones held by prohibitive terminal capacities."""
+    import maxflow
+
+    graph = maxflow.Graph[float](int(cost_fg.size), int(3 * cost_fg.size))
+    nodes = graph.add_grid_nodes(cost_fg.shape)
+    for axis, w in enumerate(weights):
+        structure = np.zeros((3, 3, 3))
+        structure[tuple(2 if a == axis else 1 for a in range(3))] = 1
+        graph.add_grid_edges(nodes, weights=w, structure=structure, symmetric=True)
+    hard = 1e3 * (max(float(w.max()) for w in weights) * 6 + float(max(cost_fg.max(), cost_bg.max())) + 1.0)
+    graph.add_grid_tedges(nodes, np.where(fixed_fg, hard, np.where(fixed_bg, 0.0, cost_bg)),
+                          np.where(fixed_bg, hard, np.where(fixed_fg, 0.0, cost_fg)))
+    graph.maxflow()
+    return ~graph.get_grid_segments(nodes)
+
+
 def timed(call, repeats: int) -> tuple[float, object]:
     result = call()  # warm-up
     seconds = []
@@ -59,35 +78,41 @@ def main() -> None:
     spacing_xyz = phantom.image.spacing_mm
     print(f"phantom {args.phantom}, shape {tuple(args.shape)}, spacing (x, y, z) "
           f"{tuple(round(float(v), 2) for v in spacing_xyz)} mm")
-    whole_params = dataclasses.replace(GraphCutParams(), band_radius_vox=None)
-    ratios = []
+    arms = {"grid": (dataclasses.replace(GraphCutParams(), band_radius_vox=None), grid_labels),
+            "open": (dataclasses.replace(GraphCutParams(), band_radius_vox=None), None),
+            "band": (GraphCutParams(), None)}
+    solve = min_cut.min_cut_labels
+    ratios = {"open": [], "band": []}
     for n, organ in enumerate(args.organs):
         truth = phantom.mask(organ)
         inside = np.argwhere(truth)
         annotations = Annotations(box_kji=phantom.box_kji(organ), clicks_kji=inside[[len(inside) // 2]],
                                   click_positive=np.array([True]))
         prob = model_like_probability(truth, n)
-        opened = []
-        solve = min_cut.min_cut_labels
+        seconds, masks, held = {}, {}, {}
+        for arm, (params, solver) in arms.items():
+            opened = []
 
-        def counting(cost_fg, cost_bg, weights, fixed_fg, fixed_bg, solve=solve, opened=opened):
-            opened.append((int((~(fixed_fg | fixed_bg)).sum()), fixed_fg.size))
-            return solve(cost_fg, cost_bg, weights, fixed_fg, fixed_bg)
+            def counting(cost_fg, cost_bg, weights, fixed_fg, fixed_bg, solver=solver, opened=opened, arm=arm):
+                nodes = fixed_fg.size if arm == "grid" else int((~(fixed_fg | fixed_bg)).sum())
+                opened.append((nodes, fixed_fg.size))
+                return (solver or solve)(cost_fg, cost_bg, weights, fixed_fg, fixed_bg)
 
-        whole_s, whole = timed(lambda: refine_graphcut(image, prob, annotations, spacing_mm=spacing_xyz,
-                                                       params=whole_params), args.repeats)
-        graphcut.min_cut.min_cut_labels = counting
-        try:
-            band_s, band = timed(lambda: refine_graphcut(image, prob, annotations, spacing_mm=spacing_xyz),
-                                 args.repeats)
-        finally:
-            graphcut.min_cut.min_cut_labels = solve
-        open_voxels, crop_voxels = opened[-1]
-        ratios.append(whole_s / band_s)
-        print(f"{organ:10s} crop {crop_voxels / 1e6:5.2f} M voxels, band opens {open_voxels / crop_voxels:5.1%}; "
-              f"refine_graphcut s: whole crop {whole_s:5.2f}, band {band_s:5.2f} (x{whole_s / band_s:4.2f}); "
-              f"voxels differing {int((whole.mask != band.mask).sum())}", flush=True)
-    print(f"whole crop / band: median x{statistics.median(ratios):.2f}")
+            graphcut.min_cut.min_cut_labels = counting
+            try:
+                seconds[arm], result = timed(lambda params=params: refine_graphcut(
+                    image, prob, annotations, spacing_mm=spacing_xyz, params=params), args.repeats)
+            finally:
+                graphcut.min_cut.min_cut_labels = solve
+            masks[arm], held[arm] = result.mask, opened[-1][0] / opened[-1][1]
+            crop_voxels = opened[-1][1]
+        for arm in ("open", "band"):
+            ratios[arm].append(seconds["grid"] / seconds[arm])
+        print(f"{organ:10s} crop {crop_voxels / 1e6:5.2f} M voxels; " + "; ".join(
+            f"{arm} {held[arm]:4.0%} of it, {seconds[arm]:5.2f} s (x{seconds['grid'] / seconds[arm]:4.2f}), "
+            f"differing {int((masks[arm] != masks['grid']).sum())}" for arm in arms), flush=True)
+    print("grid / open: median x%.2f; grid / band: median x%.2f" % (statistics.median(ratios["open"]),
+                                                                    statistics.median(ratios["band"])))
 
 
 if __name__ == "__main__":
