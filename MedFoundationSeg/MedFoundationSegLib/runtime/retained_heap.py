@@ -42,6 +42,7 @@ _lock = threading.Lock()
 _depth = 0
 _lingering = False  # a lingering block's depth is still held
 _generation = 0  # which lingering block's timer may end the hold
+_timer: threading.Timer | None = None  # the running timer of the hold
 
 
 @lru_cache(maxsize=1)
@@ -108,14 +109,16 @@ def _leave() -> None:
 def _linger(seconds: float) -> None:
     """A lingering block ended (called with the lock held): its depth is held until ``seconds`` pass with no other
     lingering block ending; at most one is held at a time."""
-    global _lingering, _generation
+    global _lingering, _generation, _timer
     _generation += 1
     if _lingering:
         _leave()  # the earlier lingering block already holds one
     _lingering = True
-    timer = threading.Timer(seconds, _stop_lingering, args=(_generation,))
-    timer.daemon = True
-    timer.start()
+    if _timer is not None:
+        _timer.cancel()
+    _timer = threading.Timer(seconds, _stop_lingering, args=(_generation,))
+    _timer.daemon = True
+    _timer.start()
 
 
 def _stop_lingering(generation: int) -> None:
@@ -133,6 +136,8 @@ def end_lingering() -> None:
     if _glibc() is None:
         return
     with _lock:
+        if _timer is not None:
+            _timer.cancel()
         if _lingering:
             _lingering = False
             _leave()

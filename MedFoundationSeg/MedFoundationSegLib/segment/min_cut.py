@@ -75,7 +75,7 @@ def min_cut_labels(cost_fg: np.ndarray, cost_bg: np.ndarray, weights: list[np.nd
             for fixed, costs in ((fixed_fg, source), (fixed_bg, sink)):
                 held = mine & fixed[theirs]
                 costs[index[side][held]] += edge[held]
-    i, j, capacity = (np.concatenate(parts) for parts in (pairs_i, pairs_j, capacities))
+    i, j, capacity = (np.concatenate(parts) if parts else np.zeros(0) for parts in (pairs_i, pairs_j, capacities))
     graph = _graph(count, len(i))
     nodes = graph.add_nodes(count)
     if len(i):
