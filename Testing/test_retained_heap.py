@@ -83,16 +83,20 @@ def check_lingering() -> None:
     pages = BLOCK_BYTES // resource.getpagesize()
     resident_before = resident_mib()
     assert page_faults_per_call() > 2 * pages
-    for _ in range(2):
-        with heap.retained_heap(linger_s=1.0):
-            page_faults_per_call(6)
-        assert heap._depth == 1
-        kept = page_faults_per_call(10)
-        assert kept < pages // 10, f"{kept} page faults per call after a lingering block ({pages} pages a block)"
-        assert resident_mib() > resident_before + 3 * BLOCK_BYTES / 2**20
-    time.sleep(0.6)
-    assert heap._depth == 1  # the second block restarted the wait
-    time.sleep(1.0)
+    with heap.retained_heap(linger_s=2.0):
+        page_faults_per_call(6)
+    first_end = time.monotonic()
+    assert heap._depth == 1
+    kept = page_faults_per_call(10)
+    assert kept < pages // 10, f"{kept} page faults per call after a lingering block ({pages} pages a block)"
+    assert resident_mib() > resident_before + 3 * BLOCK_BYTES / 2**20
+    time.sleep(max(0.0, first_end + 1.2 - time.monotonic()))
+    with heap.retained_heap(linger_s=2.0):  # a second block of the series restarts the wait
+        page_faults_per_call(3)
+    second_end = time.monotonic()
+    time.sleep(max(0.0, first_end + 2.4 - time.monotonic()))
+    assert heap._depth == 1  # past the first block's wait, within the second's
+    time.sleep(max(0.0, second_end + 2.5 - time.monotonic()))
     assert heap._depth == 0
     assert resident_mib() < resident_before + BLOCK_BYTES / 2**20
     with heap.retained_heap(linger_s=30.0):  # ended early, before work that must not run on a retained heap
