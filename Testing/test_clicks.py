@@ -224,3 +224,23 @@ def test_on_thin_slices_an_exclude_click_pulls_at_most_half_the_structures_radiu
     thick = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 5.0))  # there an exclude click pulls on its slice only
     session.correct(thick, shown, box, [((12, 24, 24), False)], refine="graphcut", learn=False)
     assert asked[-1]["click_reach_mm"] == asked[-1]["exclude_reach_mm"] == 14.0 and asked[-1]["exclude_pull_axis"] == 0
+
+
+def test_refine_asks_the_model_again_only_for_the_clicks_the_segment_contradicts():
+    """The panel sends every click of its point lists, those of earlier refinements too: the segment already obeys
+    those, so only the new click's slice is re-prompted (each Refine costs one click's work, not all of them)."""
+    truth = cylinder()
+    shown = truth.copy()
+    shown[12, :, 24:] = False  # the right half missing on slice 12
+    session = Session()
+    model = TruthModel(truth)
+    session.segmenter = lambda volume, options=None, **changes: model
+    session.refine_result = lambda volume, result, **kwargs: result
+    thick = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 5.0))  # no walk: only re-prompted slices are asked
+    earlier, new = [24, 24, 8], [30, 24, 12]  # (i, j, k): inside the segment on slice 8; where it misses on slice 12
+    result = session.refine(thick, shown, positive_ijk=np.array([earlier, new], float), learn=False)
+    assert [call[0] for call in model.calls] == [12]
+    assert np.array_equal(result.mask_kji[12], truth[12])
+    model.calls.clear()
+    session.refine(thick, result.mask_kji, positive_ijk=np.array([earlier, new], float), learn=False)
+    assert len(model.calls) == 1  # nothing contradicted: one slice is asked, not every clicked one

@@ -38,12 +38,10 @@ CLICK_REACH_MM = {"thick": 14.0, "thin": 8.0}
 # ... and on thin slices, where it pulls in 3D, an exclude click reaches at most this fraction of the structure's
 # equivalent-sphere radius: on a small structure a full-reach 3D exclude pull empties the slices around the click.
 EXCLUDE_REACH_PER_RADIUS = 0.5
-# How many slices a correction's walk re-prompts each way, by slice thickness (segment/clicks.py): on thick slices the
-# next slice is another cross-section, the walk copied the clicked slice's answer where it was wrong and cost Dice on
-# the CT phantoms; there the structure head and the graph cut carry the correction. On thin slices it gains.
+# How many slices a correction's walk re-prompts each way, by slice thickness (segment/clicks.py): on thick slices it
+# copied the clicked slice's answer to other cross-sections and cost Dice (the CT phantoms); on thin slices it gains.
 WALK_SLICES = {"thick": 0, "thin": click_correction.MAX_SPREAD_SLICES}
-# A segmentation or a click keeps the C heap it used for this long (runtime/retained_heap.py): the next click on the
-# structure reuses it instead of page-faulting its graph cut's and head's memory in afresh.
+# A segmentation or a click keeps the C heap it used this long (runtime/retained_heap.py) for the next click to reuse.
 CLICK_HEAP_LINGER_S = 120.0
 
 
@@ -345,8 +343,9 @@ class Session:
                cancelled: CancelCheck | None = None, **changes) -> CaseResult:
         """Refine an existing segment with clicks/scribbles; the segment itself is the soft evidence.
 
-        With clicks and ``options.reprompt_clicks`` (and no scribble) the model is re-prompted on the clicked slices
-        first (``correct``), inside the segment's box grown to hold the include clicks."""
+        With clicks and ``options.reprompt_clicks`` (and no scribble) the model is re-prompted first (``correct``) on
+        the slices of the clicks the segment contradicts (the panel sends all its clicks, also those of earlier
+        refinements), inside the segment's box grown to hold the include clicks."""
         o = _resolve(options, changes)
         start = time.perf_counter()
         check(cancelled, "refinement")
@@ -356,8 +355,11 @@ class Session:
                   for points, positive in ((positive_ijk, True), (negative_ijk, False))
                   for point in (np.zeros((0, 3)) if points is None else np.atleast_2d(points))]
         if clicks and o.reprompt_clicks and scribble_kji is None and mask_kji.any():
+            # Clicks of earlier refinements were hard constraints: only those the segment contradicts are new.
+            new = [click for click in clicks if mask_kji[click[0]] != click[1]]
+            clicks = [click for click in clicks if click not in new] + new
             outcome = self.correct(volume, base, segment_box_ijk(volume, mask_kji, clicks), clicks, o,
-                                   new_clicks=len(clicks), prior_head=prior_head, progress=progress,
+                                   new_clicks=len(new), prior_head=prior_head, progress=progress,
                                    cancelled=cancelled,
                                    refine=o.refine if o.refine != "none" else "graphcut")
             outcome.report.update(mode="refine", seconds=round(time.perf_counter() - start, 3))
