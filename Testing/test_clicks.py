@@ -155,6 +155,8 @@ def test_the_box_a_segment_is_corrected_in_holds_its_include_clicks():
     edge = np.zeros(SHAPE, bool)
     edge[0:2, 0:4, 44:48] = True
     assert segment_box_ijk(volume, edge, []).tolist() == [[41, 0, 0], [47, 6, 4]]  # clipped to the volume
+    # no margin along the model's slice axis: the segment's own slices and its include clicks' (kji 10..25)
+    assert segment_box_ijk(volume, mask, [((25, 40, 14), True)], slice_axis=0).tolist() == [[2, 17, 10], [17, 43, 25]]
 
 
 def test_an_include_click_outside_the_box_grows_the_box_past_it_and_no_other_click_does():

@@ -35,13 +35,17 @@ def fuse_models(volume: Volume, parts: list[CaseResult], box_ijk) -> CaseResult:
 
 
 def segment_box_ijk(volume: Volume, mask_kji: np.ndarray, clicks_kji, margin_fraction: float = 0.1,
-                    margin_vox: int = 3) -> np.ndarray:
+                    margin_vox: int = 3, slice_axis: int | None = None) -> np.ndarray:
     """The box a segment's clicks are corrected in: the mask's bounding box grown to hold its include clicks, plus
-    ``margin_fraction`` of each side (at least ``margin_vox``), clipped to the volume; inclusive ijk."""
+    ``margin_fraction`` of each side (at least ``margin_vox``), clipped to the volume; inclusive ijk. No margin along
+    ``slice_axis`` (a kji axis: the model's slice direction): there the structure head predicts every slice of the
+    box, and a margin let it add slices beyond the segment, which grew the next Refine's box again (encoding more)."""
     points = [np.array(ends) for ends in zip(*mask_box_kji(mask_kji))]
     points += [np.asarray(point) for point, positive in clicks_kji if positive]
     lo_kji, hi_kji = np.min(points, axis=0), np.max(points, axis=0)
     margin = np.maximum(np.round((hi_kji - lo_kji + 1) * margin_fraction), margin_vox).astype(int)
+    if slice_axis is not None:
+        margin[slice_axis] = 0
     upper = np.array(volume.shape_kji) - 1
     lo_kji, hi_kji = np.clip(lo_kji - margin, 0, upper), np.clip(hi_kji + margin, 0, upper)
     return np.array([lo_kji[::-1], hi_kji[::-1]])

@@ -355,10 +355,10 @@ class Session:
                   for points, positive in ((positive_ijk, True), (negative_ijk, False))
                   for point in (np.zeros((0, 3)) if points is None else np.atleast_2d(points))]
         if clicks and o.reprompt_clicks and scribble_kji is None and mask_kji.any():
-            # Clicks of earlier refinements were hard constraints: only those the segment contradicts are new.
-            new = [click for click in clicks if mask_kji[click[0]] != click[1]]
+            new = [click for click in clicks if mask_kji[click[0]] != click[1]]  # earlier ones were hard constraints
             clicks = [click for click in clicks if click not in new] + new
-            outcome = self.correct(volume, base, segment_box_ijk(volume, mask_kji, clicks), clicks, o,
+            box_ijk = segment_box_ijk(volume, mask_kji, clicks, slice_axis=geometry.slice_frame(o.axis).array_axis)
+            outcome = self.correct(volume, base, box_ijk, clicks, o,
                                    new_clicks=len(new), prior_head=prior_head, progress=progress,
                                    cancelled=cancelled,
                                    refine=o.refine if o.refine != "none" else "graphcut")
