@@ -17,6 +17,8 @@ Procedures (``--procedures``):
 - ``walk0`` / ``walk4``: ``correct`` whose walk re-prompts no slice / at most 4 slices each way beyond the clicked one,
   whatever the slice thickness (the default is ``workflow.session.WALK_SLICES``: none on thick slices).
 - ``graphcut``: the graph cut alone with every click as a hard seed (the Refine action before clicks re-prompted).
+- ``panel``: ``Session.refine`` as the panel's "Refine segment" calls it: the segment shown (no model probability)
+  and every click so far, corrected in the segment's box (``workflow.fusion.segment_box_ijk``), not the protocol box.
 
 The initial segmentation is the panel's for a box the user drew (``INITIALS["panel"]``: box-guided propagation
 whose z-range is taken as the structure's, ``Options.exact_range``); ``--initial guided`` gives the one the figures
@@ -93,6 +95,13 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
             shown = session.correct(image, shown, box_ijk, clicks, model=model, refine="graphcut",
                                     learn=LEARN.get(procedure, True), tuning=TUNINGS[procedure],
                                     click_reach_mm=click_reach_mm)
+        elif procedure == "panel":  # as the panel's Refine sends it: the segment shown and every click so far
+            positive = [c[::-1] for c, p in clicks if p]
+            negative = [c[::-1] for c, p in clicks if not p]
+            shown = session.refine(image, shown.mask_kji, model=model, refine="graphcut",
+                                   positive_ijk=np.array(positive, float) if positive else None,
+                                   negative_ijk=np.array(negative, float) if negative else None,
+                                   click_reach_mm=click_reach_mm)
         else:
             positive = [c[::-1] for c, p in clicks if p]
             negative = [c[::-1] for c, p in clicks if not p]
