@@ -122,22 +122,25 @@ def _linger(seconds: float) -> None:
 
 
 def _stop_lingering(generation: int) -> None:
-    global _lingering
     with _lock:
-        if _lingering and generation == _generation:
-            _lingering = False
-            _leave()
+        if generation == _generation:
+            _release_hold()
+
+
+def _release_hold() -> None:
+    """Give up a lingering block's held depth, if one is held (called with the lock held)."""
+    global _lingering
+    if _lingering:
+        _lingering = False
+        _leave()
 
 
 def end_lingering() -> None:
     """Stop holding the heap for a lingering block now (the defaults come back unless a block is running): before
     work that must not run on a retained heap (MedLAM's aligned 3D blocks fragment it)."""
-    global _lingering
     if _glibc() is None:
         return
     with _lock:
         if _timer is not None:
             _timer.cancel()
-        if _lingering:
-            _lingering = False
-            _leave()
+        _release_hold()

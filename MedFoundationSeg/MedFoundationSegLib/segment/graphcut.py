@@ -276,7 +276,7 @@ def _max_flow(prob: np.ndarray, image: np.ndarray, hard_fg: np.ndarray, hard_bg:
     if params.core_seed_fraction > 0:
         hard_fg = hard_fg | (_deep_core(prob > 0.5, params.core_seed_fraction) & ~hard_bg)
     weights = _pairwise_weights(image, spacing_xyz, params.smoothness)
-    fixed_fg, fixed_bg = hard_fg & ~hard_bg, hard_bg
+    fixed_fg, fixed_bg = hard_fg, hard_bg  # disjoint: _prepare and the deep core leave hard_bg out of hard_fg
     if params.band_radius_vox is not None:  # far from where the unary labels change, they stand
         spacing_kji = np.asarray(spacing_xyz, float)[::-1]
         radius_kji = np.maximum(1, np.round(params.band_radius_vox * spacing_kji.min() / spacing_kji)).astype(int)
