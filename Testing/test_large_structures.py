@@ -7,8 +7,8 @@ import numpy as np
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.sampledata.large_structures import body_mask, with_holder
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
+from MedFoundationSegLib.workflow.box_modes import large_box_route
 from MedFoundationSegLib.workflow.options import Options
-from MedFoundationSegLib.workflow.session import large_box_route
 
 
 def _body_phantom():

@@ -17,8 +17,12 @@ Procedures (``--procedures``):
 - ``walk0`` / ``walk4``: ``correct`` whose walk re-prompts no slice / at most 4 slices each way beyond the clicked one,
   whatever the slice thickness (the default is ``workflow.session.WALK_SLICES``: none on thick slices).
 - ``graphcut``: the graph cut alone with every click as a hard seed (the Refine action before clicks re-prompted).
-- ``panel``: ``Session.refine`` as the panel's "Refine segment" calls it: the segment shown (no model probability)
-  and every click so far, corrected in the segment's box (``workflow.fusion.segment_box_ijk``), not the protocol box.
+- ``panel``: the engine's requests as the panel sends them (``workflow.actions.run_request``): a ``segment_box``
+  request for the initial segmentation, then per click a ``refine`` request with the segment shown and every click
+  so far, corrected in the segment's box (``workflow.fusion.segment_box_ijk``), not the protocol box; the engine
+  finds the model's probability behind the segment in its ``EvidenceStore``.
+- ``panel_bare``: ``panel`` with the segment alone as the evidence (``Session.refine`` without the probability, as
+  the engine answered before it kept it).
 
 The initial segmentation is the panel's for a box the user drew (``INITIALS["panel"]``: box-guided propagation
 whose z-range is taken as the structure's, ``Options.exact_range``); ``--initial guided`` gives the one the figures
@@ -50,6 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from click_sim import next_click, noc  # noqa: E402
 from MedFoundationSegLib.runtime.encoder_runtime import resolve_precision  # noqa: E402
+from MedFoundationSegLib.workflow.actions import EngineRequest, run_request  # noqa: E402
+from MedFoundationSegLib.workflow.options import Options  # noqa: E402
 from MedFoundationSegLib.workflow.session import Session  # noqa: E402
 from run_benchmarks import AAL_FULL, PHANTOM_FULL, colin_cases, machine_description, phantom_cases  # noqa: E402
 from seg_metrics import dice  # noqa: E402
@@ -78,8 +84,13 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
                   initial: str = "panel", click_reach_mm: float | None = None) -> dict:
     box_ijk = protocol_box_ijk(truth)
     start = time.perf_counter()
-    first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, **INITIALS[initial])
-    shown = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk)
+    if procedure == "panel":
+        request = EngineRequest("segment_box", image, Options(model=model, padding_mm=0.0, refine="graphcut",
+                                                              **INITIALS[initial]), {"box_ijk": box_ijk.tolist()})
+        first = shown = run_request(session, request).case_result()
+    else:
+        first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, **INITIALS[initial])
+        shown = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk)
     initial_s = time.perf_counter() - start
     spacing_kji = tuple(image.spacing_mm[::-1])
     dices, seconds, encoded, clicks = [dice(shown.mask_kji, truth)], [], [], []
@@ -96,6 +107,13 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
                                     learn=LEARN.get(procedure, True), tuning=TUNINGS[procedure],
                                     click_reach_mm=click_reach_mm)
         elif procedure == "panel":  # as the panel's Refine sends it: the segment shown and every click so far
+            params = {"positive_ijk": [list(c[::-1]) for c, p in clicks if p],
+                      "negative_ijk": [list(c[::-1]) for c, p in clicks if not p]}
+            request = EngineRequest("refine", image, Options(model=model, refine="graphcut",
+                                                             click_reach_mm=click_reach_mm), params,
+                                    {"mask_kji": shown.mask_kji})
+            shown = run_request(session, request).case_result()
+        elif procedure == "panel_bare":  # the segment shown is the only evidence
             positive = [c[::-1] for c, p in clicks if p]
             negative = [c[::-1] for c, p in clicks if not p]
             shown = session.refine(image, shown.mask_kji, model=model, refine="graphcut",

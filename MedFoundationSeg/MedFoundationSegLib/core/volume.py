@@ -9,6 +9,7 @@ Conventions (fixed here, once):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 
@@ -47,6 +48,15 @@ class Volume:
     @property
     def shape_kji(self) -> tuple[int, int, int]:
         return tuple(self.array.shape)
+
+    def identity(self) -> str:
+        """``key`` or a digest of the voxels (shape and type included): what the engine keeps per volume is kept
+        under it, so a fresh copy of the same voxels finds it."""
+        if self.key:
+            return self.key
+        array = np.ascontiguousarray(self.array)
+        digest = hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).hexdigest()
+        return f"voxels:{array.dtype.str}:{array.shape}:{digest}"
 
     @property
     def ijk_to_lps(self) -> np.ndarray:

@@ -136,10 +136,11 @@ def _mask(request: EngineRequest, name: str) -> np.ndarray:
 def _segment_box(session, request, progress, cancelled) -> EngineResult:
     params = request.params
     extreme = params.get("extreme_points_ijk")
-    return _case(session.segment_box(request.volume, params["box_ijk"], request.options,
-                                     extreme_points_ijk=None if extreme is None else np.asarray(extreme, float),
-                                     prior_head=_prior_head(request), progress=progress, cancelled=cancelled),
-                 request)
+    result = session.segment_box(request.volume, params["box_ijk"], request.options,
+                                 extreme_points_ijk=None if extreme is None else np.asarray(extreme, float),
+                                 prior_head=_prior_head(request), progress=progress, cancelled=cancelled)
+    session.evidence.remember(request.volume.identity(), result.mask_kji, result.probability_kji)
+    return _case(result, request)
 
 
 def _propagate(session, request, progress, cancelled) -> EngineResult:
@@ -155,10 +156,14 @@ def _refine(session, request, progress, cancelled) -> EngineResult:
     scribble = _mask(request, "scribble_kji") if "scribble_kji" in request.arrays else None
     points = {key: np.asarray(params.get(key) or np.zeros((0, 3)), float).reshape(-1, 3)
               for key in ("positive_ijk", "negative_ijk")}
-    return _case(session.refine(request.volume, _mask(request, "mask_kji"), request.options,
-                                positive_ijk=points["positive_ijk"], negative_ijk=points["negative_ijk"],
-                                scribble_kji=scribble, prior_head=_prior_head(request), progress=progress,
-                                cancelled=cancelled), request)
+    mask, prior = _mask(request, "mask_kji"), _prior_head(request)
+    identity = request.volume.identity()
+    result = session.refine(request.volume, mask, request.options, positive_ijk=points["positive_ijk"],
+                            negative_ijk=points["negative_ijk"], scribble_kji=scribble,
+                            probability_kji=session.evidence.recall(identity, mask), prior_head=prior,
+                            progress=progress, cancelled=cancelled)
+    session.evidence.remember(identity, result.mask_kji, result.probability_kji)
+    return _case(result, request)
 
 
 def _fill_between(session, request, progress, cancelled) -> EngineResult:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from MedFoundationSegLib.core import geometry
+from MedFoundationSegLib.core import geometry, weights
 from MedFoundationSegLib.core.progress import report, scaled
+from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.segment import keyslices, propagate, reference
 from MedFoundationSegLib.workflow.options import Options
 
@@ -61,3 +62,22 @@ def _walk(volume, segmenter, shape, box: geometry.SliceBox, o: Options, pixel_mm
     return propagate.propagate_from_seeds(segmenter, shape, seeds, limits=(box.first, box.last),
                                           exact_limits=o.exact_range, image=geometry.to_slices(volume.array, o.axis),
                                           progress=progress, cancelled=cancelled)
+
+
+def large_box_route(volume: Volume, box_ijk: np.ndarray, o: Options) -> tuple[Options, dict | None]:
+    """Options for a box covering at least ``o.large_box_fraction`` of its slices: ``o.large_box_model`` when its
+    weights are cached, no padding; with what was decided (None for an ordinary box)."""
+    frame = geometry.slice_frame(o.axis)
+    shape_ijk = np.array(volume.shape_kji[::-1])
+    extent = np.asarray(box_ijk[1]) - np.asarray(box_ijk[0]) + 1
+    fraction = float(extent[frame.x_ijk] * extent[frame.y_ijk] / (shape_ijk[frame.x_ijk] * shape_ijk[frame.y_ijk]))
+    if not o.large_box_model or fraction < o.large_box_fraction:
+        return o, None
+    decision = {"box_fraction": round(fraction, 3), "model": o.model}
+    if o.large_box_model != o.model:
+        if weights.cached_status(o.large_box_model)[1].startswith("ok"):
+            o = o.replace(model=o.large_box_model)
+            decision["model"] = o.model
+        else:
+            decision["note"] = f"{o.large_box_model} weights are not cached; {o.model} used"
+    return o, decision

@@ -8,14 +8,13 @@ even when every action hands over a fresh copy of the voxels.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import OrderedDict
 
 import numpy as np
 
-from MedFoundationSegLib.core import geometry, weights
+from MedFoundationSegLib.core import geometry
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, scaled
 from MedFoundationSegLib.core.volume import Volume, check_finite
 from MedFoundationSegLib.runtime.retained_heap import retained_heap
@@ -25,7 +24,8 @@ from MedFoundationSegLib.segment.exterior import drop_exterior_background
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow import learning
-from MedFoundationSegLib.workflow.box_modes import run_box_mode
+from MedFoundationSegLib.workflow.box_modes import large_box_route, run_box_mode
+from MedFoundationSegLib.workflow.evidence import EvidenceStore
 from MedFoundationSegLib.workflow.fusion import fuse_models, fuse_planes, segment_box_ijk
 from MedFoundationSegLib.workflow.options import AXES, SEGMENTATION_MODES, Options
 from MedFoundationSegLib.workflow.results import CaseResult
@@ -45,36 +45,8 @@ WALK_SLICES = {"thick": 0, "thin": click_correction.MAX_SPREAD_SLICES}
 CLICK_HEAP_LINGER_S = 120.0
 
 
-def volume_identity(volume: Volume) -> str:
-    """``volume.key`` or a digest of the voxels (shape and type included)."""
-    if volume.key:
-        return volume.key
-    array = np.ascontiguousarray(volume.array)
-    digest = hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).hexdigest()
-    return f"voxels:{array.dtype.str}:{array.shape}:{digest}"
-
-
 def _resolve(options: Options | None, changes: dict) -> Options:
     return (options or SESSION_DEFAULTS).replace(**changes) if changes else (options or SESSION_DEFAULTS)
-
-
-def large_box_route(volume: Volume, box_ijk: np.ndarray, o: Options) -> tuple[Options, dict | None]:
-    """Options for a box covering at least ``o.large_box_fraction`` of its slices: ``o.large_box_model`` when its
-    weights are cached, no padding; with what was decided (None for an ordinary box)."""
-    frame = geometry.slice_frame(o.axis)
-    shape_ijk = np.array(volume.shape_kji[::-1])
-    extent = np.asarray(box_ijk[1]) - np.asarray(box_ijk[0]) + 1
-    fraction = float(extent[frame.x_ijk] * extent[frame.y_ijk] / (shape_ijk[frame.x_ijk] * shape_ijk[frame.y_ijk]))
-    if not o.large_box_model or fraction < o.large_box_fraction:
-        return o, None
-    decision = {"box_fraction": round(fraction, 3), "model": o.model}
-    if o.large_box_model != o.model:
-        if weights.cached_status(o.large_box_model)[1].startswith("ok"):
-            o = o.replace(model=o.large_box_model)
-            decision["model"] = o.model
-        else:
-            decision["note"] = f"{o.large_box_model} weights are not cached; {o.model} used"
-    return o, decision
 
 
 class Session:
@@ -83,10 +55,11 @@ class Session:
     def __init__(self, max_predictors: int = 2):
         self.max_predictors = max_predictors
         self._predictors: OrderedDict[tuple, SlicePredictor] = OrderedDict()
+        self.evidence = EvidenceStore()  # the model's probability behind the results the engine handed out
 
     def predictor(self, volume: Volume, options: Options | None = None, **changes) -> SlicePredictor:
         o = _resolve(options, changes)
-        key = (volume_identity(volume), volume.array.shape, o.model, o.device,
+        key = (volume.identity(), volume.array.shape, o.model, o.device,
                json.dumps(o.window, sort_keys=True, default=str), o.axis)
         if key in self._predictors:
             self._predictors.move_to_end(key)
@@ -339,9 +312,11 @@ class Session:
                                      o.axis, o.model, prior=prior_head)
 
     def refine(self, volume: Volume, mask_kji: np.ndarray, options: Options | None = None, *, positive_ijk=None,
-               negative_ijk=None, scribble_kji=None, prior_head=None, progress: ProgressCallback | None = None,
-               cancelled: CancelCheck | None = None, **changes) -> CaseResult:
-        """Refine an existing segment with clicks/scribbles; the segment itself is the soft evidence.
+               negative_ijk=None, scribble_kji=None, probability_kji=None, prior_head=None,
+               progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
+               **changes) -> CaseResult:
+        """Refine an existing segment with clicks/scribbles; the soft evidence is ``probability_kji`` (the model's
+        probability behind the segment, ``EvidenceStore.recall``), else the segment itself (0.9 inside, 0.1 outside).
 
         With clicks and ``options.reprompt_clicks`` (and no scribble) the model is re-prompted first (``correct``) on
         the slices of the clicks the segment contradicts (the panel sends all its clicks, also those of earlier
@@ -350,7 +325,12 @@ class Session:
         start = time.perf_counter()
         check(cancelled, "refinement")
         mask_kji = np.asarray(mask_kji, bool)
-        base = CaseResult(mask_kji, np.where(mask_kji, 0.9, 0.1).astype(np.float32), {"mode": "refine"})
+        probability = np.where(mask_kji, 0.9, 0.1).astype(np.float32) if probability_kji is None else \
+            np.asarray(probability_kji, np.float32)
+        if probability.shape != mask_kji.shape:
+            raise ValueError(f"the probability has shape {probability.shape}; the segment {mask_kji.shape}")
+        base = CaseResult(mask_kji, probability, {"mode": "refine", "evidence": "bare mask" if probability_kji is None
+                                                  else "model probability"})
         clicks = [(tuple(int(round(v)) for v in np.asarray(point)[::-1]), positive)
                   for points, positive in ((positive_ijk, True), (negative_ijk, False))
                   for point in (np.zeros((0, 3)) if points is None else np.atleast_2d(points))]

@@ -1,0 +1,111 @@
+"""What the model said behind each segment the engine handed out, so that a later Refine of that segment starts from
+the model's probability, not from the bare mask.
+
+Why: the panel sends a segment as a labelmap, which is what the user sees and may have edited by hand since. A
+refinement that knows only the mask treats every voxel as equally sure (0.9 inside, 0.1 outside), so its graph cut
+opens up where the model was certain, and its clicks lose to the path that keeps the probability
+(docs/benchmarks.md, "the panel's path"). The engine keeps, per volume, the last results it returned: a cropped
+mask and probability. A mask sent back is matched with the stored mask it overlaps most. Where the two agree, the
+stored probability is used again; where the user changed the mask, the user's mask wins at the bare mask's
+confidence.
+
+Nothing here is read from a request: entries are made only from the engine's own results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+
+import numpy as np
+
+# A stored result is used for a sent mask only when their intersection over union reaches this: a segment of
+# another structure, or one redrawn by hand, starts from its bare mask.
+MIN_OVERLAP = 0.5
+# The probability of a voxel the user changed since the engine's result (as a bare mask is read)
+EDITED_INSIDE, EDITED_OUTSIDE = 0.9, 0.1
+# Below this the model's probability is taken as 0: entries are cropped to where it is not
+FLOOR = 0.01
+
+
+@dataclasses.dataclass
+class _Entry:
+    crop: tuple[slice, slice, slice]
+    shape: tuple[int, int, int]  # of the crop
+    mask_bits: np.ndarray  # np.packbits of the cropped mask
+    probability: np.ndarray  # float16, cropped
+
+    def mask(self) -> np.ndarray:
+        count = int(np.prod(self.shape))
+        return np.unpackbits(self.mask_bits, count=count).view(bool).reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.mask_bits.nbytes + self.probability.nbytes
+
+
+def _crop_of(mask: np.ndarray, probability: np.ndarray) -> tuple[slice, slice, slice] | None:
+    support = mask | (probability >= FLOOR)
+    if not support.any():
+        return None
+    crop = []
+    for axis in range(3):
+        present = np.flatnonzero(support.any(axis=tuple(a for a in range(3) if a != axis)))
+        crop.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(crop)
+
+
+class EvidenceStore:
+    """The last results per volume (keyed by the Session's volume identity), at most ``max_bytes`` in all."""
+
+    def __init__(self, max_bytes: int = 256 * 1024 ** 2):
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        self._serial = 0
+
+    def remember(self, volume_key: str, mask_kji: np.ndarray, probability_kji: np.ndarray | None) -> None:
+        """Keep a result the engine returns; one without a probability (a propagation) is not kept."""
+        if probability_kji is None:
+            return
+        mask = np.asarray(mask_kji, bool)
+        probability = np.asarray(probability_kji, np.float32)
+        crop = _crop_of(mask, probability)
+        if crop is None:
+            return
+        part = mask[crop]
+        entry = _Entry(crop, part.shape, np.packbits(part, axis=None), probability[crop].astype(np.float16))
+        if entry.nbytes > self.max_bytes:
+            return
+        self._serial += 1
+        self._entries[(volume_key, self._serial)] = entry
+        while sum(e.nbytes for e in self._entries.values()) > self.max_bytes:
+            self._entries.popitem(last=False)
+
+    def recall(self, volume_key: str, mask_kji: np.ndarray) -> np.ndarray | None:
+        """The probability behind ``mask_kji`` (float32, the volume's shape), or None when no stored result of this
+        volume overlaps it by ``MIN_OVERLAP``: the stored probability where the mask is unchanged, the bare mask's
+        0.9 / 0.1 where it was changed, 0 outside the stored crop where the mask is empty."""
+        mask = np.asarray(mask_kji, bool)
+        total = int(mask.sum())
+        key, best_overlap = None, MIN_OVERLAP
+        for candidate in reversed(self._entries):  # the newest first: it wins a tie
+            if candidate[0] != volume_key:
+                continue
+            stored = self._entries[candidate].mask()
+            inter = int((stored & mask[self._entries[candidate].crop]).sum())
+            union = total + int(stored.sum()) - inter
+            overlap = inter / union if union else 0.0
+            if overlap > best_overlap or (key is None and overlap >= best_overlap):
+                key, best_overlap = candidate, overlap
+        if key is None:
+            return None
+        self._entries.move_to_end(key)
+        entry = self._entries[key]
+        probability = np.where(mask, np.float32(EDITED_INSIDE), np.float32(0.0))
+        part = mask[entry.crop]
+        probability[entry.crop] = np.where(part == entry.mask(), entry.probability.astype(np.float32),
+                                           np.where(part, np.float32(EDITED_INSIDE), np.float32(EDITED_OUTSIDE)))
+        return probability
+
+    def __len__(self) -> int:
+        return len(self._entries)
