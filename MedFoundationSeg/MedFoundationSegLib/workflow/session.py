@@ -35,6 +35,9 @@ SESSION_DEFAULTS = Options(refine="none")
 # How far a click pulls the graph cut after a correction when Options.click_reach_mm is None, by slice thickness
 # (core.geometry.thick_slice_axis); measured in docs/benchmarks.md ("click reach").
 CLICK_REACH_MM = {"thick": 14.0, "thin": 8.0}
+# The graph cut's smoothness after a correction, by slice thickness: on thin slices the default (5) shrinks what the
+# clicks corrected (Colin27 and 2 mm CT phantoms gained with 2); on thick slices 2 lost the pancreas (docs/benchmarks.md).
+CLICK_SMOOTHNESS = {"thick": 5.0, "thin": 2.0}
 # ... and on thin slices, where it pulls in 3D, an exclude click reaches at most this fraction of the structure's
 # equivalent-sphere radius: on a small structure a full-reach 3D exclude pull empties the slices around the click.
 EXCLUDE_REACH_PER_RADIUS = 0.5
@@ -282,7 +285,7 @@ class Session:
         """The refinement after a correction, with every click as a hard constraint. On thick slices an exclude
         click pulls only on its own slice (there the next slice is another cross-section, and what it loses the
         re-prompted model has already decided) and a click reaches farther; on thin slices clicks pull in 3D, an
-        exclude click at most half the structure's radius."""
+        exclude click at most half the structure's radius, and the cut is less smooth (``CLICK_SMOOTHNESS``)."""
         positive = [p[::-1] for p, pos in clicks_kji if pos]
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
         if o.click_reach_mm is not None:
@@ -297,7 +300,8 @@ class Session:
                                      positive_ijk=np.array(positive, float) if positive else None,
                                      negative_ijk=np.array(negative, float) if negative else None,
                                      click_reach_mm=reach_mm, exclude_reach_mm=exclude_reach_mm,
-                                     exclude_pull_axis=thick_axis)
+                                     exclude_pull_axis=thick_axis,
+                                     smoothness=CLICK_SMOOTHNESS["thin" if thick_axis is None else "thick"])
         return CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
@@ -355,7 +359,7 @@ class Session:
     def refine_result(volume: Volume, result: CaseResult, *, method: str, box_ijk=None, extreme_points_ijk=None,
                       positive_ijk=None, negative_ijk=None, scribble_kji=None, click_reach_mm: float | None = None,
                       exclude_reach_mm: float | None = None, exclude_pull_axis: int | None = None,
-                      progress: ProgressCallback | None = None,
+                      smoothness: float | None = None, progress: ProgressCallback | None = None,
                       cancelled: CancelCheck | None = None) -> CaseResult:
         probability = result.probability_kji if result.probability_kji is not None else \
             result.mask_kji.astype(np.float32)
@@ -371,9 +375,11 @@ class Session:
             clicks_kji=np.array(clicks) if clicks else None,
             click_positive=np.array(positive) if clicks else None,
             fg_scribble=scribble_kji)
-        reach = {} if click_reach_mm is None else {"click_influence_mm": float(click_reach_mm)}
+        tuned = {} if click_reach_mm is None else {"click_influence_mm": float(click_reach_mm)}
+        if smoothness is not None:
+            tuned["smoothness"] = float(smoothness)
         params = refine.GraphCutParams(exclude_pull_axis=exclude_pull_axis, exclude_influence_mm=exclude_reach_mm,
-                                       **reach)
+                                       **tuned)
         refined = refine.refine(volume.array, probability, annotations, method=method,
                                 spacing_mm=volume.spacing_mm, params=params, progress=progress, cancelled=cancelled)
         report_ = dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum()))
