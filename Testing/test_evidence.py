@@ -31,14 +31,14 @@ def test_the_probability_behind_a_returned_segment_comes_back_where_the_user_lef
     mask = ball((6, 20, 20), 5)
     probability = model_probability(mask)
     store.remember("volume A", mask, probability)
-    recalled = store.recall("volume A", mask)
+    recalled = store.recall("volume A", mask).probability_kji
     near = probability >= 0.01
     assert np.allclose(recalled[near], probability[near], atol=1e-3)  # float16 keeps it to 1e-3
     assert np.all(recalled[~near] == 0.0)
     edited = mask.copy()
     edited[6, 20, 15:18] = False  # the user erased a few voxels ...
     edited[6, 5:8, 5:8] = True  # ... and painted a few far away
-    recalled = store.recall("volume A", edited)
+    recalled = store.recall("volume A", edited).probability_kji
     assert np.all(recalled[6, 20, 15:18] == np.float32(EDITED_OUTSIDE))
     assert np.all(recalled[6, 5:8, 5:8] == np.float32(EDITED_INSIDE))
     unchanged = edited == mask
@@ -62,15 +62,30 @@ def test_the_best_overlapping_result_wins_and_the_oldest_go_first_when_the_store
     store = EvidenceStore()
     store.remember("A", large, model_probability(large, 1))
     store.remember("A", small, model_probability(small, 2))
-    assert np.allclose(store.recall("A", large)[large], model_probability(large, 1)[large], atol=1e-3)
-    assert np.allclose(store.recall("A", small)[small], model_probability(small, 2)[small], atol=1e-3)
+    assert np.allclose(store.recall("A", large).probability_kji[large], model_probability(large, 1)[large], atol=1e-3)
+    assert np.allclose(store.recall("A", small).probability_kji[small], model_probability(small, 2)[small], atol=1e-3)
     one = EvidenceStore()
     one.remember("A", large, model_probability(large))
     fits_one = EvidenceStore(max_bytes=int(one._entries[next(iter(one._entries))].nbytes * 1.5))
     fits_one.remember("A", large, model_probability(large))
     fits_one.remember("A", small, model_probability(small))
     assert len(fits_one) == 1  # the newest stays
-    assert np.allclose(fits_one.recall("A", small)[small], model_probability(small)[small], atol=1e-3)
+    assert np.allclose(fits_one.recall("A", small).probability_kji[small], model_probability(small)[small],
+                       atol=1e-3)
+
+
+def test_the_box_comes_back_grown_only_by_what_the_user_painted_beyond_it():
+    store = EvidenceStore()
+    mask = ball((6, 20, 20), 5)
+    box_ijk = np.array([[15, 15, 1], [25, 25, 11]])
+    store.remember("A", mask, model_probability(mask), box_ijk)
+    assert np.array_equal(store.recall("A", mask).box_ijk, box_ijk)
+    edited = mask.copy()
+    edited[6, 20, 26:30] = True  # painted on beyond the box's right edge (i = 29)
+    edited[6, 20, 20] = False  # and a voxel erased inside: no growth for that
+    assert np.array_equal(store.recall("A", edited).box_ijk, [[15, 15, 1], [29, 25, 11]])
+    store.remember("A", ball((6, 12, 12), 3), model_probability(ball((6, 12, 12), 3)))  # no box known
+    assert store.recall("A", ball((6, 12, 12), 3)).box_ijk is None
 
 
 class RecordingSession:
@@ -84,11 +99,11 @@ class RecordingSession:
         mask = ball((6, 20, 20), 5)
         return CaseResult(mask, model_probability(mask), {"mode": "box_guided"})
 
-    def refine(self, volume, mask_kji, options, *, probability_kji=None, **kwargs):
-        self.given.append(probability_kji)
+    def refine(self, volume, mask_kji, options, *, evidence=None, **kwargs):
+        self.given.append(evidence)
         grown = mask_kji | ball((6, 20, 20), 6)
-        return CaseResult(grown, None if probability_kji is None else np.maximum(probability_kji, grown * 0.8),
-                          {"mode": "refine"})
+        return CaseResult(grown, None if evidence is None else np.maximum(evidence.probability_kji, grown * 0.8),
+                          {"mode": "refine", "correction": {"box_ijk": [[13, 13, 0], [27, 27, 11]]}})
 
 
 def test_a_refine_request_gets_the_probability_of_the_segment_the_engine_returned_for_that_volume():
@@ -99,11 +114,15 @@ def test_a_refine_request_gets_the_probability_of_the_segment_the_engine_returne
     refine = {"positive_ijk": [[20, 20, 6]]}
     run_request(session, EngineRequest("refine", volume, Options(), refine, {"mask_kji": first.mask_kji}))
     expected = model_probability(first.mask_kji)
-    assert np.allclose(session.given[-1][first.mask_kji], expected[first.mask_kji], atol=1e-3)
-    second = session.refine(volume, first.mask_kji, Options(), probability_kji=session.given[-1])
-    # the refined result is remembered in turn: the next click on it finds its probability
+    given = session.given[-1]
+    assert np.allclose(given.probability_kji[first.mask_kji], expected[first.mask_kji], atol=1e-3)
+    assert np.array_equal(given.box_ijk, [[14, 14, 1], [26, 26, 11]])  # the box the segment was made in
+    second = session.refine(volume, first.mask_kji, Options(), evidence=given)
+    # the refined result is remembered in turn, with the box its correction kept to
     run_request(session, EngineRequest("refine", volume, Options(), refine, {"mask_kji": second.mask_kji}))
-    assert np.allclose(session.given[-1][second.mask_kji], second.probability_kji[second.mask_kji], atol=1e-3)
+    given = session.given[-1]
+    assert np.allclose(given.probability_kji[second.mask_kji], second.probability_kji[second.mask_kji], atol=1e-3)
+    assert np.array_equal(given.box_ijk, [[13, 13, 0], [27, 27, 11]])
     other = Volume(volume.array + 1, volume.spacing_mm)  # other voxels: another volume
     run_request(session, EngineRequest("refine", other, Options(), refine, {"mask_kji": first.mask_kji}))
     assert session.given[-1] is None

@@ -139,7 +139,7 @@ def _segment_box(session, request, progress, cancelled) -> EngineResult:
     result = session.segment_box(request.volume, params["box_ijk"], request.options,
                                  extreme_points_ijk=None if extreme is None else np.asarray(extreme, float),
                                  prior_head=_prior_head(request), progress=progress, cancelled=cancelled)
-    session.evidence.remember(request.volume.identity(), result.mask_kji, result.probability_kji)
+    session.evidence.remember(request.volume.identity(), result.mask_kji, result.probability_kji, params["box_ijk"])
     return _case(result, request)
 
 
@@ -160,9 +160,10 @@ def _refine(session, request, progress, cancelled) -> EngineResult:
     identity = request.volume.identity()
     result = session.refine(request.volume, mask, request.options, positive_ijk=points["positive_ijk"],
                             negative_ijk=points["negative_ijk"], scribble_kji=scribble,
-                            probability_kji=session.evidence.recall(identity, mask), prior_head=prior,
+                            evidence=session.evidence.recall(identity, mask), prior_head=prior,
                             progress=progress, cancelled=cancelled)
-    session.evidence.remember(identity, result.mask_kji, result.probability_kji)
+    session.evidence.remember(identity, result.mask_kji, result.probability_kji,
+                              result.report.get("correction", {}).get("box_ijk"))
     return _case(result, request)
 
 

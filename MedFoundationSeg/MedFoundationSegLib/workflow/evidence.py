@@ -5,9 +5,10 @@ Why: the panel sends a segment as a labelmap, which is what the user sees and ma
 refinement that knows only the mask treats every voxel as equally sure (0.9 inside, 0.1 outside), so its graph cut
 opens up where the model was certain, and its clicks lose to the path that keeps the probability
 (docs/benchmarks.md, "the panel's path"). The engine keeps, per volume, the last results it returned: a cropped
-mask and probability. A mask sent back is matched with the stored mask it overlaps most. Where the two agree, the
-stored probability is used again; where the user changed the mask, the user's mask wins at the bare mask's
-confidence.
+mask and probability, and the box the result was limited to. A mask sent back is matched with the stored mask it
+overlaps most. Where the two agree, the stored probability is used again; where the user changed the mask, the
+user's mask wins at the bare mask's confidence. The box is the one the user gave (or the correction grew), grown to
+hold what the user painted beyond it, instead of one guessed from the mask.
 
 Nothing here is read from a request: entries are made only from the engine's own results.
 """
@@ -28,12 +29,22 @@ EDITED_INSIDE, EDITED_OUTSIDE = 0.9, 0.1
 FLOOR = 0.01
 
 
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """What is known behind a segment: the model's probability (float32, the volume's shape) and the box (inclusive
+    ijk) its refinement keeps to, None when not known."""
+
+    probability_kji: np.ndarray
+    box_ijk: np.ndarray | None = None
+
+
 @dataclasses.dataclass
 class _Entry:
     crop: tuple[slice, slice, slice]
     shape: tuple[int, int, int]  # of the crop
     mask_bits: np.ndarray  # np.packbits of the cropped mask
     probability: np.ndarray  # float16, cropped
+    box_ijk: np.ndarray | None
 
     def mask(self) -> np.ndarray:
         count = int(np.prod(self.shape))
@@ -63,8 +74,10 @@ class EvidenceStore:
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self._serial = 0
 
-    def remember(self, volume_key: str, mask_kji: np.ndarray, probability_kji: np.ndarray | None) -> None:
-        """Keep a result the engine returns; one without a probability (a propagation) is not kept."""
+    def remember(self, volume_key: str, mask_kji: np.ndarray, probability_kji: np.ndarray | None,
+                 box_ijk=None) -> None:
+        """Keep a result the engine returns, with the box its refinement kept to; one without a probability (a
+        propagation) is not kept."""
         if probability_kji is None:
             return
         mask = np.asarray(mask_kji, bool)
@@ -73,7 +86,8 @@ class EvidenceStore:
         if crop is None:
             return
         part = mask[crop]
-        entry = _Entry(crop, part.shape, np.packbits(part, axis=None), probability[crop].astype(np.float16))
+        entry = _Entry(crop, part.shape, np.packbits(part, axis=None), probability[crop].astype(np.float16),
+                       None if box_ijk is None else np.array(box_ijk, int).reshape(2, 3))
         if entry.nbytes > self.max_bytes:
             return
         self._serial += 1
@@ -81,10 +95,14 @@ class EvidenceStore:
         while sum(e.nbytes for e in self._entries.values()) > self.max_bytes:
             self._entries.popitem(last=False)
 
-    def recall(self, volume_key: str, mask_kji: np.ndarray) -> np.ndarray | None:
-        """The probability behind ``mask_kji`` (float32, the volume's shape), or None when no stored result of this
-        volume overlaps it by ``MIN_OVERLAP``: the stored probability where the mask is unchanged, the bare mask's
-        0.9 / 0.1 where it was changed, 0 outside the stored crop where the mask is empty."""
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def recall(self, volume_key: str, mask_kji: np.ndarray) -> Evidence | None:
+        """The evidence behind ``mask_kji``, or None when no stored result of this volume overlaps it by
+        ``MIN_OVERLAP``. Its probability is the stored one where the mask is unchanged, the bare mask's 0.9 / 0.1
+        where it was changed, and 0 outside the stored crop where the mask is empty; its box is the stored box grown
+        to hold every voxel the mask holds beyond it."""
         mask = np.asarray(mask_kji, bool)
         total = int(mask.sum())
         key, best_overlap = None, MIN_OVERLAP
@@ -102,10 +120,20 @@ class EvidenceStore:
         self._entries.move_to_end(key)
         entry = self._entries[key]
         probability = np.where(mask, np.float32(EDITED_INSIDE), np.float32(0.0))
-        part = mask[entry.crop]
-        probability[entry.crop] = np.where(part == entry.mask(), entry.probability.astype(np.float32),
+        part, stored = mask[entry.crop], entry.mask()
+        probability[entry.crop] = np.where(part == stored, entry.probability.astype(np.float32),
                                            np.where(part, np.float32(EDITED_INSIDE), np.float32(EDITED_OUTSIDE)))
-        return probability
+        if entry.box_ijk is None:
+            return Evidence(probability)
+        added = mask.copy()
+        added[entry.crop] &= ~stored
+        return Evidence(probability, _box_holding(entry.box_ijk, added))
 
-    def __len__(self) -> int:
-        return len(self._entries)
+
+def _box_holding(box_ijk: np.ndarray, painted_kji: np.ndarray) -> np.ndarray:
+    """``box_ijk`` grown to hold every voxel of ``painted_kji`` (what the user added to the segment stays inside the
+    refinement's limit)."""
+    found = np.argwhere(painted_kji)[:, ::-1]
+    if not len(found):
+        return box_ijk.copy()
+    return np.array([np.minimum(box_ijk[0], found.min(axis=0)), np.maximum(box_ijk[1], found.max(axis=0))])

@@ -25,7 +25,7 @@ from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow import learning
 from MedFoundationSegLib.workflow.box_modes import large_box_route, run_box_mode
-from MedFoundationSegLib.workflow.evidence import EvidenceStore
+from MedFoundationSegLib.workflow.evidence import Evidence, EvidenceStore
 from MedFoundationSegLib.workflow.fusion import fuse_models, fuse_planes, segment_box_ijk
 from MedFoundationSegLib.workflow.options import AXES, SEGMENTATION_MODES, Options
 from MedFoundationSegLib.workflow.results import CaseResult
@@ -316,11 +316,12 @@ class Session:
                                      o.axis, o.model, prior=prior_head)
 
     def refine(self, volume: Volume, mask_kji: np.ndarray, options: Options | None = None, *, positive_ijk=None,
-               negative_ijk=None, scribble_kji=None, probability_kji=None, prior_head=None,
+               negative_ijk=None, scribble_kji=None, evidence: Evidence | None = None, prior_head=None,
                progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
                **changes) -> CaseResult:
-        """Refine an existing segment with clicks/scribbles; the soft evidence is ``probability_kji`` (the model's
-        probability behind the segment, ``EvidenceStore.recall``), else the segment itself (0.9 inside, 0.1 outside).
+        """Refine an existing segment with clicks/scribbles. The soft evidence is ``evidence.probability_kji`` (the
+        model's probability behind the segment, ``EvidenceStore.recall``), else the segment itself (0.9 inside, 0.1
+        outside); the clicks correct it in ``evidence.box_ijk`` when known, else in the segment's box.
 
         With clicks and ``options.reprompt_clicks`` (and no scribble) the model is re-prompted first (``correct``) on
         the slices of the clicks the segment contradicts (the panel sends all its clicks, also those of earlier
@@ -329,11 +330,11 @@ class Session:
         start = time.perf_counter()
         check(cancelled, "refinement")
         mask_kji = np.asarray(mask_kji, bool)
-        probability = np.where(mask_kji, 0.9, 0.1).astype(np.float32) if probability_kji is None else \
-            np.asarray(probability_kji, np.float32)
+        probability = np.where(mask_kji, 0.9, 0.1).astype(np.float32) if evidence is None else \
+            np.asarray(evidence.probability_kji, np.float32)
         if probability.shape != mask_kji.shape:
             raise ValueError(f"the probability has shape {probability.shape}; the segment {mask_kji.shape}")
-        base = CaseResult(mask_kji, probability, {"mode": "refine", "evidence": "bare mask" if probability_kji is None
+        base = CaseResult(mask_kji, probability, {"mode": "refine", "evidence": "bare mask" if evidence is None
                                                   else "model probability"})
         clicks = [(tuple(int(round(v)) for v in np.asarray(point)[::-1]), positive)
                   for points, positive in ((positive_ijk, True), (negative_ijk, False))
@@ -341,7 +342,8 @@ class Session:
         if clicks and o.reprompt_clicks and scribble_kji is None and mask_kji.any():
             new = [click for click in clicks if mask_kji[click[0]] != click[1]]  # earlier ones were hard constraints
             clicks = [click for click in clicks if click not in new] + new
-            box_ijk = segment_box_ijk(volume, mask_kji, clicks, slice_axis=geometry.slice_frame(o.axis).array_axis)
+            box_ijk = evidence.box_ijk if evidence is not None and evidence.box_ijk is not None else \
+                segment_box_ijk(volume, mask_kji, clicks, slice_axis=geometry.slice_frame(o.axis).array_axis)
             outcome = self.correct(volume, base, box_ijk, clicks, o,
                                    new_clicks=len(new), prior_head=prior_head, progress=progress,
                                    cancelled=cancelled,
