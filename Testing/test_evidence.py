@@ -4,6 +4,7 @@ panel's requests that use it (workflow/actions.py)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.workflow.actions import EngineRequest, run_request
 from MedFoundationSegLib.workflow.evidence import EDITED_INSIDE, EDITED_OUTSIDE, EvidenceStore
@@ -84,6 +85,15 @@ def test_the_box_comes_back_grown_only_by_what_the_user_painted_beyond_it():
     edited[6, 20, 26:30] = True  # painted on beyond the box's right edge (i = 29)
     edited[6, 20, 20] = False  # and a voxel erased inside: no growth for that
     assert np.array_equal(store.recall("A", edited).box_ijk, [[15, 15, 1], [29, 25, 11]])
+    sure = EvidenceStore()  # a model sure of every voxel: the entry is cropped to the mask
+    sure.remember("A", mask, mask.astype(np.float32), box_ijk)
+    painted = mask.copy()
+    painted[2, 35:38, 3] = True  # far beyond the stored crop
+    evidence = sure.recall("A", painted)
+    assert np.all(evidence.probability_kji[2, 35:38, 3] == np.float32(EDITED_INSIDE))
+    assert np.array_equal(evidence.box_ijk, [[3, 15, 1], [25, 37, 11]])
+    assert evidence.probability_kji[mask].min() == 1.0
+    assert evidence.probability_kji.sum() == pytest.approx(mask.sum() + 3 * 0.9)
     store.remember("A", ball((6, 12, 12), 3), model_probability(ball((6, 12, 12), 3)))  # no box known
     assert store.recall("A", ball((6, 12, 12), 3)).box_ijk is None
 

@@ -119,21 +119,26 @@ class EvidenceStore:
             return None
         self._entries.move_to_end(key)
         entry = self._entries[key]
-        probability = np.where(mask, np.float32(EDITED_INSIDE), np.float32(0.0))
         part, stored = mask[entry.crop], entry.mask()
+        beyond = total - int(part.sum())  # voxels painted outside the stored crop
+        probability = np.zeros(mask.shape, np.float32)
+        if beyond:
+            probability[mask] = EDITED_INSIDE
         probability[entry.crop] = np.where(part == stored, entry.probability.astype(np.float32),
                                            np.where(part, np.float32(EDITED_INSIDE), np.float32(EDITED_OUTSIDE)))
         if entry.box_ijk is None:
             return Evidence(probability)
-        added = mask.copy()
-        added[entry.crop] &= ~stored
-        return Evidence(probability, _box_holding(entry.box_ijk, added))
+        added_ijk = (np.argwhere(part & ~stored) + [c.start for c in entry.crop])[:, ::-1]
+        if beyond:
+            outside = mask.copy()
+            outside[entry.crop] = False
+            added_ijk = np.concatenate([added_ijk, np.argwhere(outside)[:, ::-1]])
+        return Evidence(probability, _box_holding(entry.box_ijk, added_ijk))
 
 
-def _box_holding(box_ijk: np.ndarray, painted_kji: np.ndarray) -> np.ndarray:
-    """``box_ijk`` grown to hold every voxel of ``painted_kji`` (what the user added to the segment stays inside the
+def _box_holding(box_ijk: np.ndarray, painted_ijk: np.ndarray) -> np.ndarray:
+    """``box_ijk`` grown to hold every point of ``painted_ijk`` (what the user added to the segment stays inside the
     refinement's limit)."""
-    found = np.argwhere(painted_kji)[:, ::-1]
-    if not len(found):
+    if not len(painted_ijk):
         return box_ijk.copy()
-    return np.array([np.minimum(box_ijk[0], found.min(axis=0)), np.maximum(box_ijk[1], found.max(axis=0))])
+    return np.array([np.minimum(box_ijk[0], painted_ijk.min(axis=0)), np.maximum(box_ijk[1], painted_ijk.max(axis=0))])
