@@ -223,3 +223,19 @@ def test_the_blend_opens_only_where_the_head_and_the_mask_differ_and_gets_the_wh
         learned = hl.LearnedHead(None, head, (0, 5), 1.0, cell_px=3.0)
         opened = ndimage.binary_opening((given > 0.5) ^ (head > 0.5), structure=disk(3)[None].astype(bool))
         assert np.array_equal(hl.blend(given, learned), np.where(opened, head, given))
+
+
+def test_the_blends_opening_by_opencv_equals_scipys_with_the_same_disk():
+    from scipy import ndimage
+    from skimage.morphology import disk
+
+    rng = np.random.default_rng(3)
+    nontrivial = 0
+    for _ in range(12):
+        shape = (int(rng.integers(1, 6)), int(rng.integers(16, 120)), int(rng.integers(16, 120)))
+        mask = ndimage.binary_dilation(rng.random(shape) > 0.97, iterations=int(rng.integers(1, 6)))
+        radius = int(rng.integers(1, 10))
+        expected = ndimage.binary_opening(mask, structure=disk(radius)[None].astype(bool))
+        assert np.array_equal(hl.open_slices(mask, radius), expected), (shape, radius)
+        nontrivial += bool(expected.any()) and not np.array_equal(expected, mask)
+    assert nontrivial >= 4  # openings that kept something and took something away

@@ -196,11 +196,24 @@ def blend(probability_view: np.ndarray, learned: LearnedHead, clicks=()) -> np.n
     wide = np.zeros_like(differ)
     region = _within(differ, radius)
     if region is not None:  # an opening never reaches beyond what it opens: only that region (and a margin) is opened
-        wide[region] = ndimage.binary_opening(differ[region], structure=disk(radius)[None].astype(bool))
+        wide[region] = open_slices(differ[region], radius)
     out[first:last + 1] = np.where(wide, head, given)
     for click in clicks:
         out[tuple(int(v) for v in click.srk)] = 1.0 if click.positive else 0.0
     return out
+
+
+def open_slices(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Each (row, column) slice of ``mask`` opened with a disk of ``radius`` pixels, outside the array counting as
+    background: ``ndimage.binary_opening`` with ``disk(radius)[None]``, by OpenCV, which does it many times faster."""
+    import cv2
+
+    cv2.setNumThreads(0)  # as in preprocessing: no OpenCV thread pool beside torch's
+    kernel = disk(radius).astype(np.uint8)
+    out = np.empty(mask.shape, np.uint8)
+    for index, plane in enumerate(np.asarray(mask, np.uint8)):
+        out[index] = cv2.morphologyEx(plane, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.astype(bool)
 
 
 def _within(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
