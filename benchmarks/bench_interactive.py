@@ -88,9 +88,9 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
         request = EngineRequest("segment_box", image, Options(model=model, padding_mm=0.0, refine="graphcut",
                                                               **INITIALS[initial]), {"box_ijk": box_ijk.tolist()})
         first = shown = run_request(session, request).case_result()
-    else:
-        first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, **INITIALS[initial])
-        shown = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk)
+    else:  # the graph cut inside segment_box, as the panel's request runs it
+        first = shown = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, refine="graphcut",
+                                            **INITIALS[initial])
     initial_s = time.perf_counter() - start
     spacing_kji = tuple(image.spacing_mm[::-1])
     dices, seconds, encoded, clicks = [dice(shown.mask_kji, truth)], [], [], []
