@@ -75,7 +75,7 @@ def test_the_best_overlapping_result_wins_and_the_oldest_go_first_when_the_store
                        atol=1e-3)
 
 
-def test_the_box_comes_back_grown_only_by_what_the_user_painted_beyond_it():
+def test_the_box_comes_back_grown_by_what_the_user_painted_beyond_it_and_cut_where_the_user_erased():
     store = EvidenceStore()
     mask = ball((6, 20, 20), 5)
     box_ijk = np.array([[15, 15, 1], [25, 25, 11]])
@@ -85,6 +85,9 @@ def test_the_box_comes_back_grown_only_by_what_the_user_painted_beyond_it():
     edited[6, 20, 26:30] = True  # painted on beyond the box's right edge (i = 29)
     edited[6, 20, 20] = False  # and a voxel erased inside: no growth for that
     assert np.array_equal(store.recall("A", edited).box_ijk, [[15, 15, 1], [29, 25, 11]])
+    shortened = mask.copy()
+    shortened[9:] = False  # the user erased the top three slices: a Refine must not bring them back
+    assert np.array_equal(store.recall("A", shortened).box_ijk, [[15, 15, 1], [25, 25, 8]])
     sure = EvidenceStore()  # a model sure of every voxel: the entry is cropped to the mask
     sure.remember("A", mask, mask.astype(np.float32), box_ijk)
     painted = mask.copy()

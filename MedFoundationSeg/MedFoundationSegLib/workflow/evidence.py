@@ -8,7 +8,8 @@ opens up where the model was certain, and its clicks lose to the path that keeps
 mask and probability, and the box the result was limited to. A mask sent back is matched with the stored mask it
 overlaps most. Where the two agree, the stored probability is used again; where the user changed the mask, the
 user's mask wins at the bare mask's confidence. The box is the one the user gave (or the correction grew), grown to
-hold what the user painted beyond it, instead of one guessed from the mask.
+hold what the user painted beyond it and cut back where the user erased the result's ends, instead of one guessed
+from the mask.
 
 Nothing here is read from a request: entries are made only from the engine's own results.
 """
@@ -16,6 +17,7 @@ Nothing here is read from a request: entries are made only from the engine's own
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -67,12 +69,14 @@ def _crop_of(mask: np.ndarray, probability: np.ndarray) -> tuple[slice, slice, s
 
 
 class EvidenceStore:
-    """The last results per volume (keyed by the Session's volume identity), at most ``max_bytes`` in all."""
+    """The last results per volume (keyed by the Session's volume identity), at most ``max_bytes`` in all; safe to
+    share between the engine's workers (one per device)."""
 
     def __init__(self, max_bytes: int = 256 * 1024 ** 2):
         self.max_bytes = int(max_bytes)
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self._serial = 0
+        self._lock = threading.Lock()
 
     def remember(self, volume_key: str, mask_kji: np.ndarray, probability_kji: np.ndarray | None,
                  box_ijk=None) -> None:
@@ -90,10 +94,11 @@ class EvidenceStore:
                        None if box_ijk is None else np.array(box_ijk, int).reshape(2, 3))
         if entry.nbytes > self.max_bytes:
             return
-        self._serial += 1
-        self._entries[(volume_key, self._serial)] = entry
-        while sum(e.nbytes for e in self._entries.values()) > self.max_bytes:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._serial += 1
+            self._entries[(volume_key, self._serial)] = entry
+            while sum(e.nbytes for e in self._entries.values()) > self.max_bytes:
+                self._entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -101,24 +106,25 @@ class EvidenceStore:
     def recall(self, volume_key: str, mask_kji: np.ndarray) -> Evidence | None:
         """The evidence behind ``mask_kji``, or None when no stored result of this volume overlaps it by
         ``MIN_OVERLAP``. Its probability is the stored one where the mask is unchanged, the bare mask's 0.9 / 0.1
-        where it was changed, and 0 outside the stored crop where the mask is empty; its box is the stored box grown
-        to hold every voxel the mask holds beyond it."""
+        where it was changed, and 0 outside the stored crop where the mask is empty; its box is the stored box, cut
+        back to the mask's extent where the user erased the stored mask's ends and grown to hold every voxel the user
+        added."""
         mask = np.asarray(mask_kji, bool)
         total = int(mask.sum())
-        key, best_overlap = None, MIN_OVERLAP
-        for candidate in reversed(self._entries):  # the newest first: it wins a tie
-            if candidate[0] != volume_key:
-                continue
-            stored = self._entries[candidate].mask()
-            inter = int((stored & mask[self._entries[candidate].crop]).sum())
-            union = total + int(stored.sum()) - inter
-            overlap = inter / union if union else 0.0
-            if overlap > best_overlap or (key is None and overlap >= best_overlap):
-                key, best_overlap = candidate, overlap
-        if key is None:
-            return None
-        self._entries.move_to_end(key)
-        entry = self._entries[key]
+        with self._lock:
+            entry, best_overlap = None, MIN_OVERLAP
+            for key in reversed(self._entries):  # the newest first: it wins a tie
+                if key[0] != volume_key:
+                    continue
+                stored = self._entries[key].mask()
+                inter = int((stored & mask[self._entries[key].crop]).sum())
+                union = total + int(stored.sum()) - inter
+                overlap = inter / union if union else 0.0
+                if overlap > best_overlap or (entry is None and overlap >= best_overlap):
+                    entry, best_overlap, chosen = self._entries[key], overlap, key
+            if entry is None:
+                return None
+            self._entries.move_to_end(chosen)
         part, stored = mask[entry.crop], entry.mask()
         beyond = total - int(part.sum())  # voxels painted outside the stored crop
         probability = np.zeros(mask.shape, np.float32)
@@ -128,12 +134,33 @@ class EvidenceStore:
                                            np.where(part, np.float32(EDITED_INSIDE), np.float32(EDITED_OUTSIDE)))
         if entry.box_ijk is None:
             return Evidence(probability)
-        added_ijk = (np.argwhere(part & ~stored) + [c.start for c in entry.crop])[:, ::-1]
+        offset_kji = np.array([c.start for c in entry.crop])
+        added_ijk = (np.argwhere(part & ~stored) + offset_kji)[:, ::-1]
+        sent_ijk = _extent_ijk(part, offset_kji)
         if beyond:
             outside = mask.copy()
             outside[entry.crop] = False
             added_ijk = np.concatenate([added_ijk, np.argwhere(outside)[:, ::-1]])
-        return Evidence(probability, _box_holding(entry.box_ijk, added_ijk))
+            sent_ijk = _extent_ijk(mask, np.zeros(3, int))
+        box = _box_within_erased(entry.box_ijk, _extent_ijk(stored, offset_kji), sent_ijk)
+        return Evidence(probability, _box_holding(box, added_ijk))
+
+
+def _extent_ijk(mask_kji: np.ndarray, offset_kji: np.ndarray) -> np.ndarray:
+    """The inclusive bounding box (ijk) of the true voxels of a non-empty mask placed at ``offset_kji``."""
+    bounds = []
+    for axis in range(3):
+        present = np.flatnonzero(mask_kji.any(axis=tuple(a for a in range(3) if a != axis)))
+        bounds.append((present[0] + offset_kji[axis], present[-1] + offset_kji[axis]))
+    return np.array(bounds).T[:, ::-1]
+
+
+def _box_within_erased(box_ijk: np.ndarray, stored_ijk: np.ndarray, sent_ijk: np.ndarray) -> np.ndarray:
+    """``box_ijk`` cut back to the sent segment's extent on each side where the user erased the stored result's end
+    (the segment no longer reaches as far): a refinement must not bring back what the user took away."""
+    low = np.where(sent_ijk[0] > stored_ijk[0], np.maximum(box_ijk[0], sent_ijk[0]), box_ijk[0])
+    high = np.where(sent_ijk[1] < stored_ijk[1], np.minimum(box_ijk[1], sent_ijk[1]), box_ijk[1])
+    return np.array([low, high])
 
 
 def _box_holding(box_ijk: np.ndarray, painted_ijk: np.ndarray) -> np.ndarray:
