@@ -157,7 +157,7 @@ def _extent_ijk(mask_kji: np.ndarray, offset_kji: np.ndarray) -> np.ndarray:
 
 def _box_within_erased(box_ijk: np.ndarray, stored_ijk: np.ndarray, sent_ijk: np.ndarray) -> np.ndarray:
     """``box_ijk`` cut back to the sent segment's extent on each side where the user erased the stored result's end
-    (the segment no longer reaches as far): a refinement must not bring back what the user took away."""
+    (the segment no longer reaches as far): the refinement is not to bring back what the user took away."""
     low = np.where(sent_ijk[0] > stored_ijk[0], np.maximum(box_ijk[0], sent_ijk[0]), box_ijk[0])
     high = np.where(sent_ijk[1] < stored_ijk[1], np.minimum(box_ijk[1], sent_ijk[1]), box_ijk[1])
     return np.array([low, high])
