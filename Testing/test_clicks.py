@@ -267,3 +267,31 @@ def test_refine_asks_the_model_again_only_for_the_clicks_the_segment_contradicts
     model.calls.clear()
     session.refine(thick, result.mask_kji, positive_ijk=np.array([earlier, new], float), learn=False)
     assert len(model.calls) == 1  # nothing contradicted: one slice is asked, not every clicked one
+
+
+def test_refine_corrects_in_the_box_and_from_the_probability_the_evidence_holds():
+    """With the engine's evidence behind the segment, the correction keeps to the stored box (not the mask's own box)
+    and starts from the stored probability; the segment tag's report says which evidence a Refine had."""
+    from MedFoundationSegLib.workflow.evidence import Evidence
+
+    truth = cylinder()
+    shown = truth.copy()
+    shown[12, :, 24:] = False
+    session = Session()
+    session.segmenter = lambda volume, options=None, **changes: TruthModel(truth)
+    given = []
+    session.refine_result = lambda volume, result, **kwargs: given.append((result, kwargs)) or result
+    thick = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 5.0))
+    probability = np.where(shown, 0.97, 0.02).astype(np.float32)
+    stored_box = np.array([[12, 12, 5], [36, 36, 20]])
+    result = session.refine(thick, shown, positive_ijk=np.array([[30, 24, 12]], float), learn=False,
+                            evidence=Evidence(probability, stored_box))
+    outcome, kwargs = given[-1]
+    assert np.array_equal(kwargs["box_ijk"], stored_box)
+    untouched = np.ones(SHAPE, bool)
+    untouched[12] = False  # the re-prompted slice holds the model's new answer
+    assert np.array_equal(outcome.probability_kji[untouched], probability[untouched])
+    assert result.report_summary()["evidence"] == "model probability"
+    bare = session.refine(thick, shown, positive_ijk=np.array([[30, 24, 12]], float), learn=False)
+    assert not np.array_equal(given[-1][1]["box_ijk"], stored_box)  # the mask's own box, with a margin
+    assert bare.report_summary()["evidence"] == "bare mask"

@@ -18,5 +18,5 @@ class CaseResult:
 
     def report_summary(self) -> dict:
         """The part of the report worth storing in a segment tag (no per-voxel data)."""
-        keys = ("mode", "model", "slices", "stop_reasons", "seconds", "refine", "voxels")
+        keys = ("mode", "model", "slices", "stop_reasons", "seconds", "refine", "voxels", "evidence")
         return {k: self.report[k] for k in keys if k in self.report}
