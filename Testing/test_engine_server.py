@@ -137,6 +137,7 @@ def test_a_second_client_is_queued_behind_the_first(server, small_volume):
     assert job_two.wait(300) and job_one.wait(300)
     assert job_one.error is None and job_two.error is None
     assert job_one.result.case_result().mask_kji.shape == small_volume.image.shape_kji
+    assert first.health()["evidence_bytes"] > 0  # the segment's probability is kept for the next Refine
 
 
 def test_remote_mode_with_tls_and_a_token(tmp_path, small_volume, mrml):

@@ -65,7 +65,8 @@ class Engine:
         return {"version": __version__, "pid": os.getpid(), "device": str(select_device("auto")),
                 "cuda": torch.cuda.is_available(), "models": sorted({p.model_name for p in predictors}),
                 "slices_encoded": self.session.slices_encoded(), "volumes": len(self.volumes),
-                "volume_bytes": self.volumes.nbytes(), "queue": self.worker.queued(),
+                "volume_bytes": self.volumes.nbytes(), "evidence_bytes": self.session.evidence.nbytes(),
+                "queue": self.worker.queued(),
                 "rss_mb": round(_rss_bytes() / 2 ** 20, 1)}
 
 

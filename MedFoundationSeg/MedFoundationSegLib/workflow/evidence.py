@@ -103,6 +103,10 @@ class EvidenceStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(entry.nbytes for entry in self._entries.values())
+
     def recall(self, volume_key: str, mask_kji: np.ndarray) -> Evidence | None:
         """The evidence behind ``mask_kji``, or None when no stored result of this volume overlaps it by
         ``MIN_OVERLAP``. Its probability is the stored one where the mask is unchanged, the bare mask's 0.9 / 0.1
