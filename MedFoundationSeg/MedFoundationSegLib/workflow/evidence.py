@@ -22,6 +22,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from MedFoundationSegLib.segment.graphcut import mask_box_kji
+
 # A stored result is used for a sent mask only when their intersection over union reaches this: a segment of
 # another structure, or one redrawn by hand, starts from its bare mask.
 MIN_OVERLAP = 0.5
@@ -58,14 +60,8 @@ class _Entry:
 
 
 def _crop_of(mask: np.ndarray, probability: np.ndarray) -> tuple[slice, slice, slice] | None:
-    support = mask | (probability >= FLOOR)
-    if not support.any():
-        return None
-    crop = []
-    for axis in range(3):
-        present = np.flatnonzero(support.any(axis=tuple(a for a in range(3) if a != axis)))
-        crop.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(crop)
+    box = mask_box_kji(mask | (probability >= FLOOR))
+    return None if box is None else tuple(slice(low, high + 1) for low, high in box)
 
 
 class EvidenceStore:
@@ -152,11 +148,7 @@ class EvidenceStore:
 
 def _extent_ijk(mask_kji: np.ndarray, offset_kji: np.ndarray) -> np.ndarray:
     """The inclusive bounding box (ijk) of the true voxels of a non-empty mask placed at ``offset_kji``."""
-    bounds = []
-    for axis in range(3):
-        present = np.flatnonzero(mask_kji.any(axis=tuple(a for a in range(3) if a != axis)))
-        bounds.append((present[0] + offset_kji[axis], present[-1] + offset_kji[axis]))
-    return np.array(bounds).T[:, ::-1]
+    return (np.array(mask_box_kji(mask_kji)).T + offset_kji)[:, ::-1]
 
 
 def _box_within_erased(box_ijk: np.ndarray, stored_ijk: np.ndarray, sent_ijk: np.ndarray) -> np.ndarray:
