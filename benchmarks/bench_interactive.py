@@ -19,10 +19,11 @@ Procedures (``--procedures``):
 - ``graphcut``: the graph cut alone with every click as a hard seed (the Refine action before clicks re-prompted).
 - ``panel``: the engine's requests as the panel sends them (``workflow.actions.run_request``): a ``segment_box``
   request for the initial segmentation, then per click a ``refine`` request with the segment shown and every click
-  so far, corrected in the segment's box (``workflow.fusion.segment_box_ijk``), not the protocol box; the engine
-  finds the model's probability behind the segment in its ``EvidenceStore``.
-- ``panel_bare``: ``panel`` with the segment alone as the evidence (``Session.refine`` without the probability, as
-  the engine answered before it kept it).
+  so far; the engine finds the model's probability behind the segment and the box it was made in in its
+  ``EvidenceStore``.
+- ``panel_bare``: ``panel`` with the segment alone as the evidence (``Session.refine`` without the probability),
+  corrected in the segment's own box (``workflow.fusion.segment_box_ijk``), as the engine answered before it kept
+  them.
 
 The initial segmentation is the panel's for a box the user drew (``INITIALS["panel"]``: box-guided propagation
 whose z-range is taken as the structure's, ``Options.exact_range``); ``--initial guided`` gives the one the figures
@@ -107,33 +108,32 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
                                     learn=LEARN.get(procedure, True), tuning=TUNINGS[procedure],
                                     click_reach_mm=click_reach_mm)
         elif procedure == "panel":  # as the panel's Refine sends it: the segment shown and every click so far
-            params = {"positive_ijk": [list(c[::-1]) for c, p in clicks if p],
-                      "negative_ijk": [list(c[::-1]) for c, p in clicks if not p]}
+            params = {"positive_ijk": clicks_ijk(clicks, True), "negative_ijk": clicks_ijk(clicks, False)}
             request = EngineRequest("refine", image, Options(model=model, refine="graphcut",
                                                              click_reach_mm=click_reach_mm), params,
                                     {"mask_kji": shown.mask_kji})
             shown = run_request(session, request).case_result()
-        elif procedure == "panel_bare":  # the segment shown is the only evidence
-            positive = [c[::-1] for c, p in clicks if p]
-            negative = [c[::-1] for c, p in clicks if not p]
-            shown = session.refine(image, shown.mask_kji, model=model, refine="graphcut",
-                                   positive_ijk=np.array(positive, float) if positive else None,
-                                   negative_ijk=np.array(negative, float) if negative else None,
-                                   click_reach_mm=click_reach_mm)
         else:
-            positive = [c[::-1] for c, p in clicks if p]
-            negative = [c[::-1] for c, p in clicks if not p]
-            refined = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk,
-                                            positive_ijk=np.array(positive, float) if positive else None,
-                                            negative_ijk=np.array(negative, float) if negative else None,
-                                            click_reach_mm=click_reach_mm)
-            shown = type(first)(refined.mask_kji, first.probability_kji, refined.report)
+            points = {"positive_ijk": clicks_ijk(clicks, True), "negative_ijk": clicks_ijk(clicks, False)}
+            points = {key: np.array(chosen, float) if chosen else None for key, chosen in points.items()}
+            if procedure == "panel_bare":  # the segment shown is the only evidence
+                shown = session.refine(image, shown.mask_kji, model=model, refine="graphcut",
+                                       click_reach_mm=click_reach_mm, **points)
+            else:
+                refined = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk,
+                                                click_reach_mm=click_reach_mm, **points)
+                shown = type(first)(refined.mask_kji, first.probability_kji, refined.report)
         seconds.append(time.perf_counter() - t0)
         encoded.append(session.slices_encoded() - encoded_before)
         dices.append(dice(shown.mask_kji, truth))
     return dict(dices=dices, seconds=seconds, encoded=encoded, initial_s=initial_s, initial=initial,
                 click_reach_mm=click_reach_mm,
                 clicks=[[list(c), p] for c, p in clicks], slices=int(box_ijk[1][2] - box_ijk[0][2] + 1))
+
+
+def clicks_ijk(clicks: list, positive: bool) -> list[list[int]]:
+    """The (i, j, k) points of the include (``positive``) or exclude clicks among ((k, j, i), positive) clicks."""
+    return [list(point[::-1]) for point, is_positive in clicks if is_positive == positive]
 
 
 def summary(rows: list[dict]) -> str:
