@@ -54,7 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from click_sim import next_click, noc  # noqa: E402
-from MedFoundationSegLib.runtime.encoder_runtime import resolve_precision  # noqa: E402
+from MedFoundationSegLib.runtime.encoder_runtime import resolve_precision, select_device  # noqa: E402
 from MedFoundationSegLib.workflow.actions import EngineRequest, run_request  # noqa: E402
 from MedFoundationSegLib.workflow.options import Options  # noqa: E402
 from MedFoundationSegLib.workflow.session import Session  # noqa: E402
@@ -174,8 +174,10 @@ def main() -> None:
     if args.summary_only:
         print_summaries(json.loads(args.json.read_text()), args.models, args.procedures)
         return
-    print(f"{machine_description()}; {torch.get_num_threads()} torch threads, encoder precision "
-          f"{resolve_precision('auto', torch.device('cpu'))}", flush=True)
+    device = select_device("auto")  # the Session's default (Options.device "auto")
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"{machine_description()}; {torch.get_num_threads()} torch threads, encoder on {device}{gpu} in "
+          f"{resolve_precision('auto', device)}", flush=True)
     rows = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
     done = {(r["case"], r["structure"], r["model"], r["procedure"]) for r in rows}
     datasets = []

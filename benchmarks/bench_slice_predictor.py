@@ -3,6 +3,7 @@
     python benchmarks/bench_slice_predictor.py                       # LiteMedSAM, 40 slices of a 512x512 phantom
     python benchmarks/bench_slice_predictor.py --model mobilesam
     python benchmarks/bench_slice_predictor.py --device cuda         # ms per slice on a GPU
+    python benchmarks/bench_slice_predictor.py --device cuda --reference-device cpu   # GPU masks against CPU fp32
     python benchmarks/bench_slice_predictor.py --model sam_vit_h --random-init --slices 3   # timing only, no weights
 
 Both run in one process on the same slices with the same box per slice (the box of the largest labelled organ on
@@ -101,6 +102,9 @@ def main(argv=None) -> int:
                         help="run the optimized predictor in one persistent background thread, as Slicer does")
     parser.add_argument("--no-optimize", action="store_true", help="optimized predictor without graph tweaks")
     parser.add_argument("--skip-reference", action="store_true", help="time only the optimized predictor")
+    parser.add_argument("--reference-device", default=None,
+                        help="device of the fp32 reference loop (default: the optimized predictor's); "
+                             "'cpu' with --device cuda checks the GPU's masks against the CPU's")
     parser.add_argument("--escalate", action="store_true",
                         help="re-encode in fp32 the slices whose masks reduced precision is expected to move")
     parser.add_argument("--random-init", action="store_true",
@@ -138,7 +142,8 @@ def main(argv=None) -> int:
     reference = None
     if not args.skip_reference:
         torch.manual_seed(0)  # with --random-init: the same random weights as the optimized predictor's
-        reference = ReferenceLoop(build_model(args.model, weights=weights, device=device), predictor)
+        reference_device = torch.device(args.reference_device) if args.reference_device else device
+        reference = ReferenceLoop(build_model(args.model, weights=weights, device=reference_device), predictor)
     print(f"models ready in {time.perf_counter() - t0:.1f} s")
 
     # Warm-up outside the timings (first-call allocations, oneDNN primitive creation, compilation).
@@ -180,7 +185,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         ref_results = [reference.segment(i, boxes[i]) for i in range(start, stop)]
         ref_masks = [mask for mask, _ in ref_results]
-        synchronize(device)
+        synchronize(reference.device)
         time_ref += time.perf_counter() - t0
         for i, (a, b) in enumerate(zip(masks, ref_masks), start):
             d = dice(a, b)
@@ -203,7 +208,7 @@ def main(argv=None) -> int:
           f"compilation {runtime.compile_seconds:.1f} s not included)")
     print(f"escalated to fp32: {predictor.slices_escalated} of {n} slices {escalated}")
     if reference is not None:
-        print(f"plain fp32 batch-1 no-cache loop: {1000 * time_ref / n:.1f} ms/slice")
+        print(f"plain fp32 batch-1 no-cache loop on {reference.device}: {1000 * time_ref / n:.1f} ms/slice")
         print(f"speed-up: {time_ref / time_opt:.2f}x")
         print(f"Dice optimized vs fp32 loop: worst {worst:.4f} (slice {worst_index}), mean {np.mean(dices):.4f}")
     print(f"peak RSS: {peak_rss_mib:.0f} MiB")
