@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 from MedFoundationSegLib.core.volume import Volume
-from MedFoundationSegLib.segment.clicks import Click, correct_with_clicks
+from MedFoundationSegLib.segment.clicks import RIM_PX, Click, correct_with_clicks
 from MedFoundationSegLib.workflow.results import CaseResult
 from MedFoundationSegLib.workflow.session import Session
 
@@ -65,6 +65,22 @@ def test_a_negative_click_takes_away_and_never_adds_beyond_the_clicked_slice():
     assert not (result.mask[10:15] & ~truth[10:15]).any()  # the blob is gone on every slice it was on
     assert not (result.mask & ~shown).any()  # a negative click's spread only takes away
     assert np.array_equal(result.mask[16], shown[16])
+
+
+def test_an_exclude_clicks_walk_takes_the_blob_and_leaves_the_rim_the_first_cut_drew():
+    """The shown mask reaches 2 px past the model's edge (a cautious model's first cut, see refinement's probability
+    shift) and holds a false blob on slices 10-14: the walk takes the blob away and keeps the rim."""
+    from scipy import ndimage
+    from skimage.morphology import disk
+
+    truth = cylinder()
+    grown = np.stack([ndimage.binary_dilation(plane, disk(RIM_PX)) for plane in truth])
+    shown = grown.copy()
+    shown[10:15, 6:16, 6:16] = True
+    result, _ = run(shown, truth, [Click((12, 9, 9), False)])
+    walked = [10, 11, 13, 14]
+    assert set(walked) <= set(result.changed)
+    assert np.array_equal(result.mask[walked], grown[walked])
 
 
 def test_a_walk_re_prompts_at_most_the_spread_limit_of_slices_each_way():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from MedFoundationSegLib.core.progress import Cancelled
 from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.segment.graphcut import agree_with_mask, probability_shift
 from MedFoundationSegLib.segment.refine import (
     Annotations,
     GraphCutParams,
@@ -194,3 +195,52 @@ def test_bad_inputs_and_cancel(phantom):
         refine(image, phantom.mask("liver"), method="magic")
     with pytest.raises(Cancelled):
         refine_graphcut(image, phantom.mask("liver").astype(np.float32), cancelled=lambda: True)
+
+
+def cautious_probability(shape=(5, 64, 64), radius=14.0, core=9.0):
+    """A faint disk (contrast twice the noise) whose 'model' is sure of the core only: 0.9 inside ``core``, 0.35 on
+    the ring out to the disk's edge, 0.05 outside, as a model whose masks stop short of the edge gives."""
+    yy, xx = np.mgrid[:shape[1], :shape[2]]
+    r = np.hypot(yy - shape[1] / 2, xx - shape[2] / 2)
+    truth = np.broadcast_to(r <= radius, shape).copy()
+    image = np.where(truth, 30.0, 20.0) + np.random.default_rng(0).normal(0, 5.0, shape)
+    prob = np.broadcast_to(np.where(r <= core, 0.9, np.where(r <= radius, 0.35, 0.05)), shape).astype(np.float32)
+    return image.astype(np.float32), prob, truth
+
+
+def test_the_registry_shifts_litemedsams_probability_only():
+    assert probability_shift("litemedsam") == 0.375
+    assert probability_shift("mobilesam") == probability_shift(None) == probability_shift("no_such_model") == 0.0
+
+
+def test_a_shifted_probability_lets_the_cut_reach_the_edge_a_cautious_model_stops_short_of():
+    image, prob, truth = cautious_probability()
+    box = ((0, 4), (16, 47), (16, 47))
+    as_given = refine_graphcut(image, prob, Annotations(box_kji=box)).mask
+    shifted = refine_graphcut(image, prob, Annotations(box_kji=box), params=GraphCutParams(probability_shift=0.375))
+    assert dice(as_given, truth) < 0.9 and as_given.sum() < 0.8 * truth.sum()  # it keeps near the sure core
+    assert dice(shifted.mask, truth) > 0.97
+
+
+def test_agree_with_mask_overrides_the_probability_only_where_the_mask_decided_otherwise():
+    prob = np.array([0.1, 0.4, 0.6, 0.9], np.float32)
+    mask = np.array([False, True, False, True])
+    np.testing.assert_allclose(agree_with_mask(prob, mask), [0.1, 0.75, 0.25, 0.9])
+
+
+def test_a_later_cut_keeps_what_the_shifted_first_cut_decided():
+    from MedFoundationSegLib.core.volume import Volume
+    from MedFoundationSegLib.workflow.results import CaseResult
+    from MedFoundationSegLib.workflow.session import Session
+
+    image, prob, truth = cautious_probability()
+    volume = Volume(image, (1.0, 1.0, 1.0))
+    box_ijk = np.array([[16, 16, 0], [47, 47, 4]])
+    first = Session.refine_result(volume, CaseResult(prob > 0.5, prob, {"model": "litemedsam"}), method="graphcut",
+                                  box_ijk=box_ijk, probability_shift=probability_shift("litemedsam"))
+    assert dice(first.mask_kji, truth) > 0.97
+    again = Session.refine_result(volume, first, method="graphcut", box_ijk=box_ijk)
+    assert dice(again.mask_kji, first.mask_kji) > 0.98
+    # The model's own probability would have taken the next cut back to the sure core.
+    undone = Session.refine_result(volume, CaseResult(first.mask_kji, prob, {}), method="graphcut", box_ijk=box_ijk)
+    assert dice(undone.mask_kji, truth) < 0.9

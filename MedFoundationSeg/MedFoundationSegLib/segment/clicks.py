@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy import ndimage
+from skimage.morphology import disk
 
 from MedFoundationSegLib.core.progress import CancelCheck, check, show_slice
 from MedFoundationSegLib.segment.propagate import (
@@ -29,6 +31,10 @@ MIN_CHANGE_PX = 4  # a walk stops where the model changes fewer pixels than this
 # A walk re-prompts at most this many slices per direction: it keeps a click on a large structure within the time of
 # an interaction (one decode per slice); the structure head then carries the correction further (workflow/learning.py).
 MAX_SPREAD_SLICES = 8
+# After an exclude click a walk keeps the shown mask within this many pixels of the model's answer: the first cut of a
+# cautious model's segmentation reaches past the model's own edge (refinement's probability shift), and the model's
+# answer on the next slices would take that rim back.
+RIM_PX = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +164,11 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
     return CorrectionResult(mask, probability, sorted(set(changed)), reasons)
 
 
+def with_rim(mask_hw: np.ndarray, rim_px: int = RIM_PX) -> np.ndarray:
+    """A slice's mask grown by a rim of ``rim_px`` pixels (a dilation with a disk)."""
+    return ndimage.binary_dilation(mask_hw, disk(rim_px)) if mask_hw.any() else mask_hw
+
+
 def _spread(segmenter, mask, probability, start: int, step: int, limit: int, clicked: set[int], changed: list[int],
             cap, agree_px: float, margin_px: float, margin_fraction: float, rules: StopRules, cancelled,
             adds: bool) -> str:
@@ -185,11 +196,12 @@ def _spread(segmenter, mask, probability, start: int, step: int, limit: int, cli
             reason = _stop_reason(answer, float(result.predicted_iou), prev, max_area, rules, None, None)
             if reason is not None:
                 return f"{reason} at slice {k}; the old masks beyond are kept"
-        m = (mask[k] | answer) if adds else (mask[k] & answer)
+        m = (mask[k] | answer) if adds else (mask[k] & with_rim(answer))
         if int((m ^ mask[k]).sum()) < agree_px:
             return f"agrees with the old mask at slice {k}"
         p = np.asarray(result.probability, np.float32)
-        mask[k], probability[k] = m, np.maximum(probability[k], p) if adds else np.minimum(probability[k], p)
+        mask[k], probability[k] = m, np.maximum(probability[k], p) if adds else \
+            np.where(m != mask[k], np.minimum(probability[k], p), probability[k])
         show_slice(k, m)
         changed.append(k)
         max_area = max(max_area, int(m.sum()))

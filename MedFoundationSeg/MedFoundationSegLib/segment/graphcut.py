@@ -60,6 +60,10 @@ class GraphCutParams:
     # elsewhere they stand (segment/min_cut.py). None: over the whole crop.
     band_radius_vox: int | None = 8
     band_weak_cost: float = 0.5
+    # Added to the model's probability before the cut (clipped to [0, 1]), for a model whose masks stop short of the
+    # structure's edge (registry: ``refinement.cut_probability_shift``, see ``probability_shift``): the voxels it is
+    # unsure of lean to the structure, and the image's edges decide where the mask ends.
+    probability_shift: float = 0.0
 
 
 @dataclasses.dataclass
@@ -68,6 +72,22 @@ class RefineResult:
     crop: tuple[slice, ...]  # region that was solved
     seconds: float
     method: str
+
+
+def probability_shift(model: str | None) -> float:
+    """The registry's ``refinement.cut_probability_shift`` of ``model`` (0 for models without one, or no model)."""
+    from MedFoundationSegLib.core.weights import load_registry
+
+    entry = load_registry()["models"].get(model or "", {})
+    return float(entry.get("refinement", {}).get("cut_probability_shift", 0.0))
+
+
+def agree_with_mask(prob: np.ndarray, mask: np.ndarray, sure: float = 0.75) -> np.ndarray:
+    """The probability where it agrees with ``mask`` (taken at 0.5), ``sure`` or ``1 - sure`` where the mask decided
+    otherwise: what a cut decided, carried to later cuts that do not repeat its settings."""
+    prob = np.asarray(prob, np.float32)
+    mask = np.asarray(mask, bool)
+    return np.where(mask & (prob < 0.5), sure, np.where(~mask & (prob >= 0.5), 1.0 - sure, prob)).astype(np.float32)
 
 
 # --- input handling ------------------------------------------------------------------------------------------------
@@ -168,6 +188,8 @@ def _prepare(image, prob, annotations: Annotations | None, params: GraphCutParam
     prob3 = np.asarray(prob3, np.float32)
     if prob3.dtype != bool and (np.nanmin(prob3) < 0 or np.nanmax(prob3) > 1 or not np.isfinite(prob3).all()):
         raise RefineError("probability must hold finite values in [0, 1] (pass sigmoid(logits) or a mask)")
+    if params.probability_shift:
+        prob3 = np.clip(prob3 + params.probability_shift, 0.0, 1.0)
     ann = annotations or Annotations()
     shape = image3.shape
     box = _check_box(ann.box_kji, shape)

@@ -21,6 +21,7 @@ from MedFoundationSegLib.runtime.retained_heap import retained_heap
 from MedFoundationSegLib.segment import clicks as click_correction
 from MedFoundationSegLib.segment import keyslices, propagate, refine, repropagate
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
+from MedFoundationSegLib.segment.graphcut import agree_with_mask, probability_shift
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow import learning
@@ -117,7 +118,8 @@ class Session:
             check(cancelled, "refinement")
             report(progress, 0.95, f"refining ({o.refine})")
             outcome = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
-                                         extreme_points_ijk=extreme_points_ijk)
+                                         extreme_points_ijk=extreme_points_ijk,
+                                         probability_shift=probability_shift(outcome.report.get("model")))
         outcome.report["seconds"] = round(time.perf_counter() - start, 3)
         outcome.report["voxels"] = int(outcome.mask_kji.sum())
         report(progress, 1.0, "done")
@@ -361,8 +363,11 @@ class Session:
     def refine_result(volume: Volume, result: CaseResult, *, method: str, box_ijk=None, extreme_points_ijk=None,
                       positive_ijk=None, negative_ijk=None, scribble_kji=None, click_reach_mm: float | None = None,
                       exclude_reach_mm: float | None = None, exclude_pull_axis: int | None = None,
-                      smoothness: float | None = None, progress: ProgressCallback | None = None,
-                      cancelled: CancelCheck | None = None) -> CaseResult:
+                      smoothness: float | None = None, probability_shift: float = 0.0,
+                      progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> CaseResult:
+        """``result`` refined with the annotations given. With a ``probability_shift`` (the first cut of a model's
+        segmentation, ``segment.graphcut.probability_shift``) the probability handed on agrees with the cut's mask
+        (``agree_with_mask``), so later cuts, which take the probability as it is, start from what this one decided."""
         probability = result.probability_kji if result.probability_kji is not None else \
             result.mask_kji.astype(np.float32)
         clicks, positive = [], []
@@ -381,8 +386,11 @@ class Session:
         if smoothness is not None:
             tuned["smoothness"] = float(smoothness)
         params = refine.GraphCutParams(exclude_pull_axis=exclude_pull_axis, exclude_influence_mm=exclude_reach_mm,
-                                       **tuned)
+                                       probability_shift=probability_shift, **tuned)
         refined = refine.refine(volume.array, probability, annotations, method=method,
                                 spacing_mm=volume.spacing_mm, params=params, progress=progress, cancelled=cancelled)
         report_ = dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum()))
-        return CaseResult(np.asarray(refined.mask, bool), probability, report_, head=result.head)
+        mask = np.asarray(refined.mask, bool)
+        if probability_shift:
+            probability = agree_with_mask(probability, mask)
+        return CaseResult(mask, probability, report_, head=result.head)
