@@ -188,8 +188,7 @@ def _prepare(image, prob, annotations: Annotations | None, params: GraphCutParam
     prob3 = np.asarray(prob3, np.float32)
     if prob3.dtype != bool and (np.nanmin(prob3) < 0 or np.nanmax(prob3) > 1 or not np.isfinite(prob3).all()):
         raise RefineError("probability must hold finite values in [0, 1] (pass sigmoid(logits) or a mask)")
-    if params.probability_shift:
-        prob3 = np.clip(prob3 + params.probability_shift, 0.0, 1.0)
+    prob3 = np.clip(prob3 + params.probability_shift, 0.0, 1.0) if params.probability_shift else prob3
     ann = annotations or Annotations()
     shape = image3.shape
     box = _check_box(ann.box_kji, shape)
