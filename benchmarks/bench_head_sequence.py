@@ -44,8 +44,9 @@ BUDGET = 10
 def annotate(session: Session, image, truth, model: str, prior: StructureHead | None) -> dict:
     """One structure in one volume: first segmentation, then clicks until Dice >= TARGET; the signed mask."""
     box_ijk = protocol_box_ijk(truth)
-    first = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, prior_head=prior, **INITIALS["panel"])
-    shown = session.refine_result(image, first, method="graphcut", box_ijk=box_ijk)
+    # The graph cut inside segment_box, as the panel's request runs it (LiteMedSAM's first cut is shifted there).
+    shown = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, refine="graphcut", prior_head=prior,
+                                **INITIALS["panel"])
     dices, clicks = [dice(shown.mask_kji, truth)], []
     while dices[-1] < TARGET and len(clicks) < BUDGET:
         click = next_click(shown.mask_kji, truth, tuple(image.spacing_mm[::-1]))

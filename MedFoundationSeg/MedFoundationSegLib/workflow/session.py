@@ -110,7 +110,8 @@ class Session:
             outcome = parts[0] if same else fuse_models(volume, parts, box_ijk)
         else:
             outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled)
-        if prior_head is not None and o.learn:
+        from_prior = prior_head is not None and o.learn
+        if from_prior:
             report(progress, 0.9, "adding what earlier volumes taught about the structure")
             outcome = learning.start_from_prior(lambda model: self.segmenter(volume, o.replace(model=model)), outcome,
                                                 geometry.slice_box(box_ijk, o.axis), o.axis, prior_head)
@@ -119,7 +120,9 @@ class Session:
             report(progress, 0.95, f"refining ({o.refine})")
             outcome = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                          extreme_points_ijk=extreme_points_ijk,
-                                         probability_shift=probability_shift(outcome.report.get("model")))
+                                         # the shift suits the model's own probability, not a prior head's
+                                         probability_shift=0.0 if from_prior else
+                                         probability_shift(outcome.report.get("model")))
         outcome.report["seconds"] = round(time.perf_counter() - start, 3)
         outcome.report["voxels"] = int(outcome.mask_kji.sum())
         report(progress, 1.0, "done")
