@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from MedFoundationSegLib.core.progress import Cancelled
 from MedFoundationSegLib.sampledata.phantoms import make_phantom
-from MedFoundationSegLib.segment.graphcut import agree_with_mask, probability_shift
+from MedFoundationSegLib.segment.graphcut import agree_with_mask, cut_probability_shift
 from MedFoundationSegLib.segment.refine import (
     Annotations,
     GraphCutParams,
@@ -209,8 +209,9 @@ def cautious_probability(shape=(5, 64, 64), radius=14.0, core=9.0):
 
 
 def test_the_registry_shifts_litemedsams_probability_only():
-    assert probability_shift("litemedsam") == 0.375
-    assert probability_shift("mobilesam") == probability_shift(None) == probability_shift("no_such_model") == 0.0
+    assert cut_probability_shift("litemedsam") == 0.375
+    for model in ("mobilesam", None, "no_such_model"):
+        assert cut_probability_shift(model) == 0.0
 
 
 def test_a_shifted_probability_lets_the_cut_reach_the_edge_a_cautious_model_stops_short_of():
@@ -236,8 +237,8 @@ def test_a_later_cut_keeps_what_the_shifted_first_cut_decided():
     image, prob, truth = cautious_probability()
     volume = Volume(image, (1.0, 1.0, 1.0))
     box_ijk = np.array([[16, 16, 0], [47, 47, 4]])
-    first = Session.refine_result(volume, CaseResult(prob > 0.5, prob, {"model": "litemedsam"}), method="graphcut",
-                                  box_ijk=box_ijk, probability_shift=probability_shift("litemedsam"))
+    first = Session.refine_result(volume, CaseResult(prob > 0.5, prob, {}), method="graphcut",
+                                  box_ijk=box_ijk, probability_shift=cut_probability_shift("litemedsam"))
     assert dice(first.mask_kji, truth) > 0.97
     again = Session.refine_result(volume, first, method="graphcut", box_ijk=box_ijk)
     assert dice(again.mask_kji, first.mask_kji) > 0.98

@@ -61,7 +61,7 @@ class GraphCutParams:
     band_radius_vox: int | None = 8
     band_weak_cost: float = 0.5
     # Added to the model's probability before the cut (clipped to [0, 1]), for a model whose masks stop short of the
-    # structure's edge (registry: ``refinement.cut_probability_shift``, see ``probability_shift``): the voxels it is
+    # structure's edge (registry: ``refinement.cut_probability_shift``, see ``cut_probability_shift``): the voxels it is
     # unsure of lean to the structure, and the image's edges decide where the mask ends.
     probability_shift: float = 0.0
 
@@ -74,7 +74,7 @@ class RefineResult:
     method: str
 
 
-def probability_shift(model: str | None) -> float:
+def cut_probability_shift(model: str | None) -> float:
     """The registry's ``refinement.cut_probability_shift`` of ``model`` (0 for models without one, or no model)."""
     from MedFoundationSegLib.core.weights import load_registry
 

@@ -21,7 +21,7 @@ from MedFoundationSegLib.runtime.retained_heap import retained_heap
 from MedFoundationSegLib.segment import clicks as click_correction
 from MedFoundationSegLib.segment import keyslices, propagate, refine, repropagate
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
-from MedFoundationSegLib.segment.graphcut import agree_with_mask, probability_shift
+from MedFoundationSegLib.segment.graphcut import agree_with_mask, cut_probability_shift
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow import learning
@@ -122,7 +122,7 @@ class Session:
                                          extreme_points_ijk=extreme_points_ijk,
                                          # the shift suits the model's own probability, not a prior head's
                                          probability_shift=0.0 if from_prior else
-                                         probability_shift(outcome.report.get("model")))
+                                         cut_probability_shift(outcome.report.get("model")))
         outcome.report["seconds"] = round(time.perf_counter() - start, 3)
         outcome.report["voxels"] = int(outcome.mask_kji.sum())
         report(progress, 1.0, "done")
@@ -369,7 +369,7 @@ class Session:
                       smoothness: float | None = None, probability_shift: float = 0.0,
                       progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> CaseResult:
         """``result`` refined with the annotations given. With a ``probability_shift`` (the first cut of a model's
-        segmentation, ``segment.graphcut.probability_shift``) the probability handed on agrees with the cut's mask
+        segmentation, ``segment.graphcut.cut_probability_shift``) the probability handed on agrees with the cut's mask
         (``agree_with_mask``), so later cuts, which take the probability as it is, start from what this one decided."""
         probability = result.probability_kji if result.probability_kji is not None else \
             result.mask_kji.astype(np.float32)
