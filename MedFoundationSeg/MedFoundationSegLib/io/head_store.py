@@ -72,6 +72,9 @@ def head_to_json(arrays: dict) -> dict:
     out = {key: np.asarray(arrays[key], np.float32).reshape(-1).tolist() for key in _NUMBERS}
     out.update(format=str(arrays["format"]), model=str(arrays["model"]), bias=float(arrays["bias"]),
                volumes=int(arrays["volumes"]), cells=int(arrays["cells"]))
+    if "shape" in arrays:  # the shape grid, to 3 decimals: a share of volumes needs no more
+        out.update(shape=np.round(np.asarray(arrays["shape"], np.float32).reshape(-1), 3).tolist(),
+                   shape_volumes=int(arrays.get("shape_volumes", 1)))
     return out
 
 
@@ -84,6 +87,9 @@ def json_to_head_arrays(value) -> dict[str, np.ndarray]:
         arrays.update(format=np.array(str(value["format"])), model=np.array(str(value["model"])),
                       bias=np.array(float(value["bias"]), np.float32), volumes=np.array(int(value.get("volumes", 0))),
                       cells=np.array(int(value.get("cells", 0))))
+        if "shape" in value:
+            arrays.update(shape=np.asarray(value["shape"], np.float32).reshape(-1),
+                          shape_volumes=np.array(int(value.get("shape_volumes", 1))))
     except (TypeError, ValueError) as error:
         raise HeadStoreError(f"the structure head is not numeric ({error})") from None
     return arrays

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from MedFoundationSegLib.segment.preprocessing import SliceTransform
+from MedFoundationSegLib.segment.shape_prior import GRID_KJI
 
 HEAD_FORMAT = "medfoundationseg-structure-head"
 BOX_CONTEXT = 0.5  # cells are learned and predicted within the box grown by this share of its size per side
@@ -39,6 +40,10 @@ class StructureHead:
     scale: np.ndarray  # (C,)
     volumes: int = 0  # how many volumes' masks it has learned from
     cells: int = 0  # how many labelled cells
+    # The structure's shape in its box, averaged over ``shape_volumes`` signed masks (segment/shape_prior.py); None
+    # for a head stored before shapes were kept or learned from corrections within a volume.
+    shape: np.ndarray | None = None
+    shape_volumes: int = 0
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(N, C) embedding cells -> (N,) logits (the standardisation folded into the weights: one product)."""
@@ -49,7 +54,9 @@ class StructureHead:
         """Plain arrays for an ``.npz`` (no pickled objects)."""
         return {"format": np.array(HEAD_FORMAT), "model": np.array(self.model), "weights": self.weights,
                 "bias": np.array(self.bias, np.float32), "mean": self.mean, "scale": self.scale,
-                "volumes": np.array(self.volumes), "cells": np.array(self.cells)}
+                "volumes": np.array(self.volumes), "cells": np.array(self.cells)} | (
+            {} if self.shape is None else {"shape": np.asarray(self.shape, np.float32),
+                                           "shape_volumes": np.array(self.shape_volumes)})
 
     @classmethod
     def from_arrays(cls, arrays) -> "StructureHead":
@@ -61,8 +68,20 @@ class StructureHead:
         finite = all(np.all(np.isfinite(a)) for a in (weights, mean, scale, np.asarray(arrays["bias"], np.float32)))
         if not (len(weights) == len(mean) == len(scale)) or not finite or np.any(scale <= 0):
             raise HeadError("the structure head's arrays are inconsistent or not finite")
+        shape, shape_volumes = _shape(arrays)
         return cls(str(arrays["model"]), weights, float(arrays["bias"]), mean, scale, int(arrays["volumes"]),
-                   int(arrays["cells"]))
+                   int(arrays["cells"]), shape, shape_volumes)
+
+
+def _shape(arrays) -> tuple[np.ndarray | None, int]:
+    """The head's optional shape grid and its count of volumes, checked."""
+    if "shape" not in arrays:
+        return None, 0
+    shape = np.asarray(arrays["shape"], np.float32)
+    if shape.size != int(np.prod(GRID_KJI)) or not np.all(np.isfinite(shape)) or shape.min() < 0 or shape.max() > 1:
+        raise HeadError(f"the structure head's shape is not a {GRID_KJI} grid of values in [0, 1]")
+    volumes = int(arrays.get("shape_volumes", 1))
+    return shape.reshape(GRID_KJI), max(volumes, 1)
 
 
 # --- geometry between a slice and its embedding grid ---------------------------------------------------------------

@@ -7,11 +7,13 @@ their JSON form here, never as a path or a pickle.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from MedFoundationSegLib.core import geometry
 from MedFoundationSegLib.io.head_store import HeadStoreError, json_to_head_arrays
-from MedFoundationSegLib.segment import head_learning
+from MedFoundationSegLib.segment import head_learning, shape_prior
 from MedFoundationSegLib.segment.structure_head import HeadError, StructureHead
 from MedFoundationSegLib.workflow.results import CaseResult
 
@@ -49,17 +51,47 @@ def start_from_prior(segmenter_for, outcome: CaseResult, box: geometry.SliceBox,
     return apply_head(segmenter_for(model), outcome, box, axis, model, prior=prior)
 
 
-def learn_signed(segmenter, mask_kji: np.ndarray, box: geometry.SliceBox, axis: str, model: str, *,
+def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str, *,
                  prior: StructureHead | None = None) -> StructureHead | None:
-    """The head of a mask the user signed, warm-started from ``prior``: it has learned from one volume more. None when
-    the head cannot reproduce the mask (``head_learning.MIN_AGREEMENT``): such a head is not worth keeping."""
+    """The head of a mask the user signed in ``box_ijk``, warm-started from ``prior``: it has learned from one volume
+    more, and its shape (segment/shape_prior.py) holds the mask too. Where the head cannot reproduce the mask
+    (``head_learning.MIN_AGREEMENT``) the prior's weights stay and only the shape learns; None when there is no prior
+    then either: such a head is not worth keeping."""
+    box = geometry.slice_box(box_ijk, axis)
     mask_view = geometry.to_slices(np.asarray(mask_kji, bool), axis)
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), (), model,
                                          prior=prior)
-    if learned.agreement < head_learning.MIN_AGREEMENT:
+    shape_volumes = prior.shape_volumes if prior is not None and prior.shape is not None else 0
+    shape = shape_prior.updated(prior.shape if shape_volumes else None, shape_volumes, mask_kji, box_ijk)
+    if learned.agreement >= head_learning.MIN_AGREEMENT:
+        head = dataclasses.replace(learned.head, volumes=(prior.volumes if prior else 0) + 1)
+    elif prior is not None:
+        head = prior
+    else:
         return None
-    learned.head.volumes = (prior.volumes if prior else 0) + 1
-    return learned.head
+    return dataclasses.replace(head, shape=shape, shape_volumes=shape_volumes + 1)
+
+
+def add_shape(outcome: CaseResult, prior: StructureHead, box_ijk) -> CaseResult:
+    """A first segmentation with the shape of earlier volumes blended into its probability (unchanged when the head
+    holds no shape); the mask is the blend above 0.5."""
+    if prior.shape is None or outcome.probability_kji is None:
+        return outcome
+    blended = shape_prior.blend(outcome.probability_kji, prior.shape, prior.shape_volumes, box_ijk)
+    return CaseResult(blended >= 0.5, blended, dict(outcome.report, shape_prior={"volumes": prior.shape_volumes}),
+                      head=outcome.head)
+
+
+def with_shape(outcome: CaseResult, prior: StructureHead | None, box_ijk) -> CaseResult:
+    """``outcome`` whose learned head (if any) also holds the structure's shape: the prior's, averaged with this
+    outcome's mask in ``box_ijk`` (the box the user gave). The caller stores the head; each later action on the same
+    volume replaces it, so the volume's last mask is the one that counts."""
+    if outcome.head is None:
+        return outcome
+    count = prior.shape_volumes if prior is not None and prior.shape is not None else 0
+    shape = shape_prior.updated(prior.shape if count else None, count, outcome.mask_kji, box_ijk)
+    head = dict(outcome.head, shape=shape, shape_volumes=np.array(count + 1))
+    return CaseResult(outcome.mask_kji, outcome.probability_kji, outcome.report, head=head)
 
 
 def head_from_json(value: dict) -> StructureHead:

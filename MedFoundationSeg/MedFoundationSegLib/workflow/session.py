@@ -31,19 +31,15 @@ from MedFoundationSegLib.workflow.fusion import fuse_models, fuse_planes, segmen
 from MedFoundationSegLib.workflow.options import AXES, SEGMENTATION_MODES, Options
 from MedFoundationSegLib.workflow.results import CaseResult
 
-# Session calls without options return the model's own masks; refinement runs only when asked for.
 SESSION_DEFAULTS = Options(refine="none")
-# How far a click pulls the graph cut after a correction when Options.click_reach_mm is None, by slice thickness
-# (core.geometry.thick_slice_axis); measured in docs/benchmarks.md ("click reach").
+# How far a click pulls the graph cut when Options.click_reach_mm is None, by slice thickness (docs/benchmarks.md).
 CLICK_REACH_MM = {"thick": 14.0, "thin": 8.0}
-# The graph cut's smoothness after a correction, by slice thickness: on thin slices the default (5) shrinks what the
-# clicks corrected (Colin27 and 2 mm CT phantoms gained with 2); on thick slices 2 lost the pancreas (docs/benchmarks.md).
+# The graph cut's smoothness after a correction, by slice thickness (docs/benchmarks.md): 5 shrinks thin-slice clicks.
 CLICK_SMOOTHNESS = {"thick": 5.0, "thin": 2.0}
 # ... and on thin slices, where it pulls in 3D, an exclude click reaches at most this fraction of the structure's
 # equivalent-sphere radius: on a small structure a full-reach 3D exclude pull empties the slices around the click.
 EXCLUDE_REACH_PER_RADIUS = 0.5
-# How many slices a correction's walk re-prompts each way, by slice thickness (segment/clicks.py): on thick slices it
-# copied the clicked slice's answer to other cross-sections and cost Dice (the CT phantoms); on thin slices it gains.
+# Slices a correction's walk re-prompts each way, by slice thickness (segment/clicks.py): it cost Dice on thick slices.
 WALK_SLICES = {"thick": 0, "thin": click_correction.MAX_SPREAD_SLICES}
 # A segmentation or a click keeps the C heap it used this long (runtime/retained_heap.py) for the next click to reuse.
 CLICK_HEAP_LINGER_S = 120.0
@@ -90,8 +86,9 @@ class Session:
         """Segment a structure from its 3D box, slice by slice as ``options.mode`` says (SEGMENTATION_MODES), then
         refine it when ``options.refine`` asks. ``options.padding_fraction`` caps the padding at that fraction of
         the box's smaller in-plane side (a small structure's localized box is padded less). With ``prior_head`` (a
-        ``StructureHead`` learned from earlier volumes) and ``options.learn``, the head, adjusted to this volume's
-        masks, predicts the box's slices before the refinement."""
+        ``StructureHead`` from earlier volumes) and ``options.learn``, the structure's shape is blended into the
+        model's probability and, for a model whose cut is not shifted, the head adjusted to this volume predicts the
+        box's slices, before the refinement; the result's ``head`` holds this mask's shape too (workflow/learning.py)."""
         o = _resolve(options, changes)
         start = time.perf_counter()
         if o.mode not in SEGMENTATION_MODES:
@@ -110,19 +107,22 @@ class Session:
             outcome = parts[0] if same else fuse_models(volume, parts, box_ijk)
         else:
             outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled)
-        from_prior = prior_head is not None and o.learn
-        if from_prior:
+        learned = prior_head if o.learn else None
+        shift = cut_probability_shift(outcome.report.get("model"))
+        if learned is not None:
             report(progress, 0.9, "adding what earlier volumes taught about the structure")
-            outcome = learning.start_from_prior(lambda model: self.segmenter(volume, o.replace(model=model)), outcome,
-                                                geometry.slice_box(box_ijk, o.axis), o.axis, prior_head)
+            if not shift:  # the head's probability replaces the one a shifted model's cut was measured on
+                outcome = learning.start_from_prior(lambda model: self.segmenter(volume, o.replace(model=model)),
+                                                    outcome, geometry.slice_box(box_ijk, o.axis), o.axis, learned)
+            outcome = learning.add_shape(outcome, learned, box_ijk)
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.95, f"refining ({o.refine})")
             outcome = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
-                                         extreme_points_ijk=extreme_points_ijk,
-                                         # the shift suits the model's own probability, not a prior head's
-                                         probability_shift=0.0 if from_prior else
-                                         cut_probability_shift(outcome.report.get("model")))
+                                         extreme_points_ijk=extreme_points_ijk, probability_shift=shift)
+        if learned is not None:  # the head to store: the one adjusted here, else the prior, with this mask's shape
+            outcome.head = outcome.head or learned.to_arrays()
+            outcome = learning.with_shape(outcome, learned, box_ijk)
         outcome.report["seconds"] = round(time.perf_counter() - start, 3)
         outcome.report["voxels"] = int(outcome.mask_kji.sum())
         report(progress, 1.0, "done")
@@ -252,8 +252,8 @@ class Session:
             if np.any(np.asarray(point) < 0) or np.any(np.asarray(point) > upper):
                 raise ValueError(f"the click {tuple(int(v) for v in point)} (k, j, i) lies outside the volume "
                                  f"(0..{upper.tolist()})")
-        box_ijk = geometry.box_holding_clicks_ijk(box_ijk, [p[::-1] for p, pos in clicks_kji if pos], o.axis,
-                                                  volume.shape_kji)
+        given_box_ijk, box_ijk = box_ijk, geometry.box_holding_clicks_ijk(
+            box_ijk, [p[::-1] for p, pos in clicks_kji if pos], o.axis, volume.shape_kji)
         frame = geometry.slice_frame(o.axis)
         box = geometry.slice_box(box_ijk, o.axis)
         others = [axis for axis in range(3) if axis != frame.array_axis]
@@ -281,6 +281,7 @@ class Session:
             check(cancelled, "refinement")
             report(progress, 0.7, f"refining ({o.refine}) with {len(clicks)} clicks")
             outcome = self._refine_correction(volume, outcome, box_ijk, clicks_kji, o, thick_axis)
+        outcome = learning.with_shape(outcome, prior_head, given_box_ijk) if o.learn else outcome
         outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
         report(progress, 1.0, "correction done")
         return outcome
@@ -317,7 +318,7 @@ class Session:
         if not np.asarray(mask_kji, bool).any():
             raise ValueError("nothing to learn from: the segment is empty")
         box_ijk = geometry.check_box_ijk(volume, box_ijk)
-        return learning.learn_signed(self.segmenter(volume, o), mask_kji, geometry.slice_box(box_ijk, o.axis),
+        return learning.learn_signed(self.segmenter(volume, o), mask_kji, box_ijk,
                                      o.axis, o.model, prior=prior_head)
 
     def refine(self, volume: Volume, mask_kji: np.ndarray, options: Options | None = None, *, positive_ijk=None,
