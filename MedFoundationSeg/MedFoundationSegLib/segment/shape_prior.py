@@ -30,19 +30,39 @@ def _grid_frame(box_ijk) -> tuple[np.ndarray, np.ndarray]:
     return origin + step / 2, step
 
 
+def _extent(box_ijk, shape_kji) -> tuple[slice, ...]:
+    """The voxels of a volume of ``shape_kji`` the grid of ``box_ijk`` spans (the work stays near the structure)."""
+    origin, step = _grid_frame(box_ijk)
+    lo = np.clip(np.floor(origin - step).astype(int), 0, np.array(shape_kji))  # one node more: the filter's reach
+    hi = np.clip(np.ceil(origin + step * np.array(GRID_KJI)).astype(int) + 1, 0, np.array(shape_kji))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
 def to_box_grid(mask_kji: np.ndarray, box_ijk) -> np.ndarray:
     """A mask's occupancy on the box grid (float32 in [0, 1]); voxels outside the volume count as outside the mask."""
     origin, step = _grid_frame(box_ijk)
-    smooth = ndimage.uniform_filter(np.asarray(mask_kji, np.float32), size=np.maximum(np.rint(step), 1).astype(int))
-    return ndimage.affine_transform(smooth, step, origin, output_shape=GRID_KJI, order=1, mode="constant",
+    region = _extent(box_ijk, np.shape(mask_kji))
+    crop = np.asarray(mask_kji[region], np.float32)
+    if crop.size == 0:
+        return np.zeros(GRID_KJI, np.float32)
+    smooth = ndimage.uniform_filter(crop, size=np.maximum(np.rint(step), 1).astype(int), mode="constant")
+    start = np.array([s.start for s in region])
+    return ndimage.affine_transform(smooth, step, origin - start, output_shape=GRID_KJI, order=1, mode="constant",
                                     cval=0.0).astype(np.float32)
 
 
 def from_box_grid(grid: np.ndarray, box_ijk, shape_kji) -> np.ndarray:
     """The grid mapped into a volume of ``shape_kji`` by its box (float32; 0 beyond the grid)."""
     origin, step = _grid_frame(box_ijk)
-    return ndimage.affine_transform(np.asarray(grid, np.float32), 1 / step, -origin / step, output_shape=tuple(shape_kji),
-                                    order=1, mode="constant", cval=0.0).astype(np.float32)
+    region = _extent(box_ijk, shape_kji)
+    out = np.zeros(tuple(shape_kji), np.float32)
+    size = tuple(s.stop - s.start for s in region)
+    if 0 in size:
+        return out
+    start = np.array([s.start for s in region])
+    out[region] = ndimage.affine_transform(np.asarray(grid, np.float32), 1 / step, (start - origin) / step,
+                                           output_shape=size, order=1, mode="constant", cval=0.0)
+    return out
 
 
 def updated(grid: np.ndarray | None, volumes: int, mask_kji: np.ndarray, box_ijk) -> np.ndarray:
