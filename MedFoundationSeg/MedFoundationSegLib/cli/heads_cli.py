@@ -57,6 +57,7 @@ def run_learn_heads(args: argparse.Namespace) -> int:
                 continue
             path = store.save(name, args.model, head.to_arrays())
             learned += 1
-            print(f"{template.name}: {name} -> {path} (learned from {head.volumes} volume(s))")
+            print(f"{template.name}: {name} -> {path} (head from {head.volumes} volume(s), shape from "
+                  f"{head.shape_volumes})")
     print(f"learn-heads: {learned} head(s) stored in {store.folder}")
     return 0
