@@ -37,17 +37,18 @@ def test_a_shape_maps_into_another_box_by_its_position_and_size():
     assert dice(mapped, moved) > 0.9 and dice(mapped, first) < 0.6
 
 
-def test_the_shape_is_the_mean_of_the_signed_masks_and_weighs_more_with_more_volumes():
+def test_the_shape_is_the_mean_of_the_signed_masks_and_counts_more_with_more_volumes():
     a, b = ellipsoid((15, 50, 50), (8, 20, 20)), ellipsoid((15, 50, 50), (8, 20, 20)) & (np.arange(100) < 50)
     box = box_of(a)
     mean = sp.updated(sp.updated(None, 0, a, box), 1, b, box)
     np.testing.assert_allclose(mean, (sp.to_box_grid(a, box) + sp.to_box_grid(b, box)) / 2, atol=1e-6)
-    inside = (15, 50, 45)
-    full = sp.to_box_grid(a, box)
-    for volumes, weight in ((1, 0.25), (3, 0.375)):
-        blended = sp.blend(np.zeros(SHAPE, np.float32), full, volumes, box)
-        assert blended[inside] == pytest.approx(weight * sp.from_box_grid(full, box, SHAPE)[inside], abs=1e-6)
-        assert blended[0, 0, 0] == 0.0
+    unsure = np.full(SHAPE, 0.5, np.float32)
+    inside, outside = (15, 50, 50), (15, 50, 5)
+    shape = sp.to_box_grid(a, box)
+    one, three = sp.blend(unsure, shape, 1, box), sp.blend(unsure, shape, 3, box)
+    assert 0.5 < one[inside] < three[inside] < 1 and 0 < three[outside] < one[outside] < 0.5
+    sure = np.where(a, 0.999, 0.001).astype(np.float32)  # where the model is sure, the shape does not overrule it
+    assert np.array_equal(sp.blend(sure, sp.to_box_grid(b, box), 3, box) >= 0.5, a)
 
 
 def _head(shape=None, shape_volumes=0) -> sh.StructureHead:

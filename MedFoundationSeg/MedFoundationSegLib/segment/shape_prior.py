@@ -3,8 +3,8 @@
 Why: the model sees one slice at a time and knows nothing of the structure's shape; a structure's shape varies little
 between the volumes of a dataset once its box is known. Each signed mask is resampled onto a fixed grid spanning its
 box grown by ``CONTEXT`` of the box's size per side (box coordinates, so the box fixes position and scale); the mean of
-those grids, mapped into the next volume's box, is the share of earlier volumes holding each voxel. Blended into the
-model's probability before the graph cut, it fills what the model missed where earlier volumes agree.
+those grids, mapped into the next volume's box, is the share of earlier volumes holding each voxel. Added to the
+model's evidence before the graph cut, it fills what the model missed where earlier volumes agree.
 
 Arrays are (k, j, i) volumes; boxes are ((i0, j0, k0), (i1, j1, k1)) inclusive voxels.
 """
@@ -16,9 +16,11 @@ from scipy import ndimage
 
 GRID_KJI = (16, 40, 40)
 CONTEXT = 0.5  # the grid spans the box grown by this share of its size on every side
-# The prior's weight against the model's probability after n signed volumes: MAX_WEIGHT * n / (n + 1), so one earlier
-# volume counts for less than several.
-MAX_WEIGHT = 0.5
+# The blend adds the shape's log-odds to the model's, times PRIOR_GAIN * n / (n + 1) after n signed volumes (one earlier
+# volume counts for less than several); the shape's share is taken within [SURE, 1 - SURE], so no number of volumes
+# makes a voxel certain.
+PRIOR_GAIN = 2.0
+SURE = 0.05
 
 
 def _grid_frame(box_ijk) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +76,10 @@ def updated(grid: np.ndarray | None, volumes: int, mask_kji: np.ndarray, box_ijk
 
 
 def blend(probability_kji: np.ndarray, grid: np.ndarray, volumes: int, box_ijk) -> np.ndarray:
-    """The model's probability blended with the shape of ``volumes`` earlier volumes mapped into this box."""
-    weight = MAX_WEIGHT * volumes / (volumes + 1)
-    prior = from_box_grid(grid, box_ijk, np.shape(probability_kji))
-    return ((1 - weight) * np.asarray(probability_kji, np.float32) + weight * prior).astype(np.float32)
+    """The model's probability with the shape of ``volumes`` earlier volumes, mapped into this box, as further evidence:
+    their log-odds added (a product of experts), so the shape decides where the model is unsure and the model where it
+    is sure."""
+    prior = SURE + (1 - 2 * SURE) * from_box_grid(grid, box_ijk, np.shape(probability_kji))
+    model = np.clip(np.asarray(probability_kji, np.float32), 1e-3, 1 - 1e-3)
+    log_odds = np.log(model / (1 - model)) + PRIOR_GAIN * volumes / (volumes + 1) * np.log(prior / (1 - prior))
+    return (1 / (1 + np.exp(-log_odds))).astype(np.float32)
