@@ -61,15 +61,20 @@ def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str
     mask_view = geometry.to_slices(np.asarray(mask_kji, bool), axis)
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), (), model,
                                          prior=prior)
-    shape_volumes = prior.shape_volumes if prior is not None and prior.shape is not None else 0
-    shape = shape_prior.updated(prior.shape if shape_volumes else None, shape_volumes, mask_kji, box_ijk)
+    shape, shape_volumes = _next_shape(prior, mask_kji, box_ijk)
     if learned.agreement >= head_learning.MIN_AGREEMENT:
         head = dataclasses.replace(learned.head, volumes=(prior.volumes if prior else 0) + 1)
     elif prior is not None:
         head = prior
     else:
         return None
-    return dataclasses.replace(head, shape=shape, shape_volumes=shape_volumes + 1)
+    return dataclasses.replace(head, shape=shape, shape_volumes=shape_volumes)
+
+
+def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk) -> tuple[np.ndarray, int]:
+    """(shape, volumes): the prior's shape, if it has one, averaged with ``mask_kji`` in ``box_ijk``."""
+    count = prior.shape_volumes if prior is not None and prior.shape is not None else 0
+    return shape_prior.updated(prior.shape if count else None, count, mask_kji, box_ijk), count + 1
 
 
 def add_shape(outcome: CaseResult, prior: StructureHead, box_ijk) -> CaseResult:
@@ -88,9 +93,8 @@ def with_shape(outcome: CaseResult, prior: StructureHead | None, box_ijk) -> Cas
     volume replaces it, so the volume's last mask is the one that counts."""
     if outcome.head is None:
         return outcome
-    count = prior.shape_volumes if prior is not None and prior.shape is not None else 0
-    shape = shape_prior.updated(prior.shape if count else None, count, outcome.mask_kji, box_ijk)
-    head = dict(outcome.head, shape=shape, shape_volumes=np.array(count + 1))
+    shape, volumes = _next_shape(prior, outcome.mask_kji, box_ijk)
+    head = dict(outcome.head, shape=shape, shape_volumes=np.array(volumes))
     return CaseResult(outcome.mask_kji, outcome.probability_kji, outcome.report, head=head)
 
 
