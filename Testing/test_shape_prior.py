@@ -105,7 +105,8 @@ def test_a_first_segmentation_takes_the_shape_where_the_model_missed_it():
 
 
 def test_a_signed_mask_the_head_cannot_learn_still_teaches_the_shape():
-    """learn_signed: where the head cannot reproduce the signed mask, the prior's weights stay and the shape learns."""
+    """learn_signed: where the head cannot reproduce the signed mask, the prior's weights stay and the shape learns;
+    without a prior the head holds only the shape, and the next volume learns the weights afresh."""
     import types
 
     from test_head_learning import SHAPE as HEAD_SHAPE
@@ -122,4 +123,10 @@ def test_a_signed_mask_the_head_cannot_learn_still_teaches_the_shape():
     np.testing.assert_array_equal(again.weights, learned.weights)
     assert again.volumes == 1 and again.shape_volumes == 2
     np.testing.assert_allclose(again.shape, sp.updated(learned.shape, 1, noise, box))
-    assert learning.learn_signed(segmenter, noise, box, "axial", "litemedsam") is None
+    shape_only = learning.learn_signed(segmenter, noise, box, "axial", "litemedsam")  # no prior: the shape alone
+    assert shape_only.volumes == 0 and shape_only.shape_volumes == 1
+    assert learning.weights_prior(shape_only) is None and learning.weights_prior(learned) is learned
+    grown = learning.learn_signed(segmenter, truth, box, "axial", "litemedsam", prior=shape_only)
+    assert grown.volumes == 1 and grown.shape_volumes == 2  # its weights learned afresh, not from the shape-only head
+    assert not np.array_equal(grown.weights, shape_only.weights)
+

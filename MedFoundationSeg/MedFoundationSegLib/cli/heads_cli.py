@@ -52,12 +52,10 @@ def run_learn_heads(args: argparse.Namespace) -> int:
             prior = StructureHead.from_arrays(stored) if stored is not None else None
             head = session.learn_signed(template.image, mask, box_ijk, model=args.model, device=args.device,
                                         prior_head=prior)
-            if head is None:
-                print(f"{template.name}: {name} is too fine for a head on {args.model}'s embedding grid; not stored")
-                continue
             path = store.save(name, args.model, head.to_arrays())
             learned += 1
-            print(f"{template.name}: {name} -> {path} (head from {head.volumes} volume(s), shape from "
-                  f"{head.shape_volumes})")
+            weights = f"head from {head.volumes} volume(s)" if head.volumes else \
+                f"too fine for a head on {args.model}'s embedding grid"
+            print(f"{template.name}: {name} -> {path} ({weights}, shape from {head.shape_volumes})")
     print(f"learn-heads: {learned} head(s) stored in {store.folder}")
     return 0

@@ -27,6 +27,7 @@ def apply_head(segmenter, outcome: CaseResult, box: geometry.SliceBox, axis: str
     mask_view = geometry.to_slices(outcome.mask_kji, axis) if shown_view is None else shown_view
     probability = outcome.probability_kji if outcome.probability_kji is not None else \
         outcome.mask_kji.astype(np.float32)
+    prior = weights_prior(prior)
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), clicks,
                                          model, prior=prior)
     report = dict(outcome.report, head={"slices": list(learned.slices), "cells": learned.head.cells,
@@ -55,20 +56,25 @@ def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str
                  prior: StructureHead | None = None) -> StructureHead | None:
     """The head of a mask the user signed in ``box_ijk``, warm-started from ``prior``: it has learned from one volume
     more, and its shape (segment/shape_prior.py) holds the mask too. Where the head cannot reproduce the mask
-    (``head_learning.MIN_AGREEMENT``) the prior's weights stay and only the shape learns; None when there is no prior
-    then either: such a head is not worth keeping."""
+    (``head_learning.MIN_AGREEMENT``: a structure too fine for the embedding's cells) the prior's weights stay, or,
+    without a prior, the head holds only the shape (``volumes`` 0: its weights are never used)."""
     box = geometry.slice_box(box_ijk, axis)
     mask_view = geometry.to_slices(np.asarray(mask_kji, bool), axis)
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), (), model,
-                                         prior=prior)
+                                         prior=weights_prior(prior))
     shape, shape_volumes = _next_shape(prior, mask_kji, box_ijk)
     if learned.agreement >= head_learning.MIN_AGREEMENT:
         head = dataclasses.replace(learned.head, volumes=(prior.volumes if prior else 0) + 1)
     elif prior is not None:
         head = prior
     else:
-        return None
+        head = dataclasses.replace(learned.head, volumes=0)
     return dataclasses.replace(head, shape=shape, shape_volumes=shape_volumes)
+
+
+def weights_prior(prior: StructureHead | None) -> StructureHead | None:
+    """``prior`` where its weights learned from at least one volume, else None (a head holding only a shape)."""
+    return prior if prior is not None and prior.volumes > 0 else None
 
 
 def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk) -> tuple[np.ndarray, int]:

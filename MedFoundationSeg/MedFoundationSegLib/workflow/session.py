@@ -111,7 +111,7 @@ class Session:
         shift = cut_probability_shift(outcome.report.get("model"))
         if learned is not None:
             report(progress, 0.9, "adding what earlier volumes taught about the structure")
-            if not shift:  # the head's probability replaces the one a shifted model's cut was measured on
+            if not shift and learned.volumes:  # the head's probability replaces what a shifted cut was measured on
                 outcome = learning.start_from_prior(lambda model: self.segmenter(volume, o.replace(model=model)),
                                                     outcome, geometry.slice_box(box_ijk, o.axis), o.axis, learned)
             outcome = learning.add_shape(outcome, learned, box_ijk)
@@ -120,8 +120,8 @@ class Session:
             report(progress, 0.95, f"refining ({o.refine})")
             outcome = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                          extreme_points_ijk=extreme_points_ijk, probability_shift=shift)
-        if learned is not None:  # the head to store: the one adjusted here, else the prior, with this mask's shape
-            outcome.head = outcome.head or learned.to_arrays()
+        if learned is not None and (outcome.head or learned.volumes):  # the head adjusted here, else the prior's,
+            outcome.head = outcome.head or learned.to_arrays()  # with this mask's shape (a shape alone is not stored)
             outcome = learning.with_shape(outcome, learned, box_ijk)
         outcome.report["seconds"] = round(time.perf_counter() - start, 3)
         outcome.report["voxels"] = int(outcome.mask_kji.sum())
