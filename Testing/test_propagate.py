@@ -455,3 +455,26 @@ def test_exact_limits_ask_again_where_a_stop_rule_fires_and_never_leave_the_rang
                                                               for reason in exact.stop_reasons.values())
     guided = box_guided(Troubled(gt), gt.shape, ((8, 21), (20, 39), (20, 39)), exact_limits=True)
     assert _range(guided.mask) == (8, 21) and dice(guided.mask, gt) > 0.97
+
+
+class FittingOracle(Oracle):
+    """An Oracle that also offers a mask fitting a tight box, as PredictorSegmenter does; records the tight boxes."""
+
+    def __init__(self, gt):
+        super().__init__(gt)
+        self.tight = []
+
+    def segment_fitting_box(self, k, box, tight):
+        self.tight.append((k, tuple(tight)))
+        return self.segment(k, box)
+
+
+def test_box_guided_asks_the_middle_slice_for_a_mask_fitting_the_drawn_box():
+    """The box is tight on its middle slice (where the user drew it): that slice alone is asked for the candidate
+    fitting the box, with the box itself (not the padded prompt); later slices are prompted as before."""
+    gt = _cone()
+    (k0, k1), (j0, j1), (i0, i1) = _range(gt), _range(gt.transpose(1, 0, 2)), _range(gt.transpose(2, 0, 1))
+    fitting = FittingOracle(gt)
+    guided = box_guided(fitting, gt.shape, ((k0, k1), (j0, j1), (i0, i1)), pad_mm=2.0)
+    assert fitting.tight == [((k0 + k1) // 2, (i0, j0, i1, j1))]
+    assert fitting.calls[0][1] == (i0 - 2, j0 - 2, i1 + 2, j1 + 2) and dice(guided.mask, gt) > 0.85

@@ -174,12 +174,14 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
     pad_px = pad_mm / float(min(spacing_mm[0], spacing_mm[1]))
     rect = _grow_box((i0, j0, i1, j1), pad_px, shape[1:])
     middle = (k0 + k1) // 2
-    seed_rect = rect
+    tight = (i0, j0, i1, j1)
     for first, last, slab_box in slabs or []:
         if first <= middle <= last:
-            seed_rect = _grow_box(tuple(int(v) for v in slab_box), pad_px, shape[1:])
+            tight = tuple(int(v) for v in slab_box)
+    seed_rect = _grow_box(tight, pad_px, shape[1:])
     check(cancelled, "box-guided segmentation")
-    m, iou = segmenter.segment(middle, seed_rect)
+    fitting = getattr(segmenter, "segment_fitting_box", None)  # the structure fills the box on the middle slice
+    m, iou = fitting(middle, seed_rect, tight) if fitting else segmenter.segment(middle, seed_rect)
     m = np.asarray(m, bool)
     if int(m.sum()) < rules.min_area_px:  # nothing to follow: fall back to one prompt per slice
         result = box_per_slice(segmenter, shape, box_kji, spacing_mm=spacing_mm, pad_mm=pad_mm, slabs=slabs,
