@@ -470,11 +470,14 @@ class FittingOracle(Oracle):
 
 
 def test_box_guided_asks_the_middle_slice_for_a_mask_fitting_the_drawn_box():
-    """The box is tight on its middle slice (where the user drew it): that slice alone is asked for the candidate
-    fitting the box, with the box itself (not the padded prompt); later slices are prompted as before."""
+    """A drawn box is tight on its middle slice: that slice alone is asked for the candidate fitting the box, with the
+    box itself (not the padded prompt); later slices are prompted as before. A localized box is not."""
     gt = _cone()
     (k0, k1), (j0, j1), (i0, i1) = _range(gt), _range(gt.transpose(1, 0, 2)), _range(gt.transpose(2, 0, 1))
     fitting = FittingOracle(gt)
-    guided = box_guided(fitting, gt.shape, ((k0, k1), (j0, j1), (i0, i1)), pad_mm=2.0)
+    guided = box_guided(fitting, gt.shape, ((k0, k1), (j0, j1), (i0, i1)), pad_mm=2.0, exact_limits=True)
     assert fitting.tight == [((k0 + k1) // 2, (i0, j0, i1, j1))]
     assert fitting.calls[0][1] == (i0 - 2, j0 - 2, i1 + 2, j1 + 2) and dice(guided.mask, gt) > 0.85
+    estimated = FittingOracle(gt)  # a box that is an estimate (a localized one) is not taken as tight
+    box_guided(estimated, gt.shape, ((k0, k1), (j0, j1), (i0, i1)), pad_mm=2.0)
+    assert estimated.tight == [] and estimated.calls[0][1] == (i0 - 2, j0 - 2, i1 + 2, j1 + 2)

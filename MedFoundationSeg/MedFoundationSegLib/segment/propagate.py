@@ -163,8 +163,9 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
     the box's end slice or earlier by the stop rules (an organ that ended inside a loose box). The margin is
     ``max(margin_px, margin_fraction * the previous box's larger side)``. No positive point by default: on the
     phantoms the deepest-point click made LiteMedSAM alternate between the whole liver and a part of it.
-    ``exact_limits``: the box's first and last slices are the structure's (a box the user drew): no walk stops
-    before them.
+    ``exact_limits``: the box is the structure's (a box the user drew): no walk stops before its first and last
+    slices, and on the middle slice a mask that fits the box is asked for (``segment_fitting_box``, when the segmenter
+    offers it).
     """
     shape = _check_volume_shape(shape_kji)
     rules = rules or StopRules.preset("box_guided")
@@ -180,7 +181,8 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
             tight = tuple(int(v) for v in slab_box)
     seed_rect = _grow_box(tight, pad_px, shape[1:])
     check(cancelled, "box-guided segmentation")
-    fitting = getattr(segmenter, "segment_fitting_box", None)  # the structure fills the box on the middle slice
+    # a drawn box is tight on its middle slice: the structure reaches its four sides there
+    fitting = getattr(segmenter, "segment_fitting_box", None) if exact_limits else None
     m, iou = fitting(middle, seed_rect, tight) if fitting else segmenter.segment(middle, seed_rect)
     m = np.asarray(m, bool)
     if int(m.sum()) < rules.min_area_px:  # nothing to follow: fall back to one prompt per slice

@@ -52,7 +52,8 @@ class Options:
     padding_fraction: float | None = _option(None, None)  # cap padding at this fraction of the smaller box side
     drawn_box_padding_mm: float = _option(0.0, None)
     # The box's first and last slices are the structure's (a box the user drew around it): slice propagation neither
-    # leaves them nor stops inside them (segment/propagate.py). A localized box's range is an estimate: False.
+    # leaves them nor stops inside them (segment/propagate.py), and on its middle slice the structure reaches the box's
+    # four sides (PredictorSegmenter.segment_fitting_box). A localized box is an estimate: False.
     exact_range: bool = _option(False, None)
     # A box covering at least this share of the slice (a body outline, a whole head) is segmented with
     # large_box_model when its weights are cached (LiteMedSAM, trained on organ crops, segments what is inside such
