@@ -6,8 +6,8 @@ CVPR 2025 protocol box (middle-slice 2D box + z-range), segmented as the panel s
 earlier volumes (none on the 1st); simulated clicks (click_sim.py) until Dice >= 0.85 or 10 clicks, each corrected
 by Session.correct with the same prior; the mask reached then (what the user signs) teaches the head that the next
 volume starts from (Session.learn_signed, kept in a HeadStore in a temporary folder, as the panel keeps it beside the
-template set; a head that cannot reproduce the signed mask is not stored). Arm ``fresh`` runs the same volumes
-without any stored head (learning within each volume only).
+template set; where the head cannot reproduce the signed mask, the earlier head's weights or only the shape are
+stored). Arm ``fresh`` runs the same volumes without any stored head (learning within each volume only).
 
 Prints per structure and volume the Dice of the first segmentation, the clicks to 0.85 and the final Dice, then per
 arm the mean clicks and first Dice on each volume of the sequence.
@@ -92,12 +92,13 @@ def main() -> None:
                     if arm == "stored":
                         head = session.learn_signed(image, run["signed"], run["box_ijk"], model=args.model,
                                                     prior_head=prior)
-                        if head is not None:  # else the structure is too fine for the head: the old one stays
-                            store.save(name, args.model, head.to_arrays())
+                        store.save(name, args.model, head.to_arrays())
                     row = dict(case=case, position=position, structure=name, arm=arm, dices=run["dices"],
-                               clicks_to_target=run["clicks_to_target"], prior_volumes=prior.volumes if prior else 0)
+                               clicks_to_target=run["clicks_to_target"], prior_volumes=prior.volumes if prior else 0,
+                               prior_shape_volumes=prior.shape_volumes if prior else 0)
                     rows.append(row)
-                    print(f"{case:<12}{name:<14}{arm:<7} volume {position} (prior of {row['prior_volumes']}) first "
+                    print(f"{case:<12}{name:<14}{arm:<7} volume {position} (prior of {row['prior_volumes']}, shape of "
+                          f"{row['prior_shape_volumes']}) first "
                           f"{run['dices'][0]:.3f} clicks to {TARGET} {run['clicks_to_target']:>2} final "
                           f"{run['dices'][-1]:.3f}", flush=True)
                     if args.json:

@@ -313,7 +313,7 @@ class Session:
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
                      prior_head=None, **changes):
         """The structure head of a mask the user signed in its box, warm-started from ``prior_head``, to store per
-        structure (io/head_store.py) so the next volume starts from it; None when the head cannot reproduce the mask."""
+        structure (io/head_store.py) so the next volume starts from it; only the shape where the head cannot learn it."""
         o = _resolve(options, changes)
         if not np.asarray(mask_kji, bool).any():
             raise ValueError("nothing to learn from: the segment is empty")
