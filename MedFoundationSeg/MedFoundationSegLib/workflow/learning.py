@@ -53,7 +53,7 @@ def start_from_prior(segmenter_for, outcome: CaseResult, box: geometry.SliceBox,
 
 
 def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str, *,
-                 prior: StructureHead | None = None) -> StructureHead | None:
+                 prior: StructureHead | None = None) -> StructureHead:
     """The head of a mask the user signed in ``box_ijk``, warm-started from ``prior``: it has learned from one volume
     more, and its shape (segment/shape_prior.py) holds the mask too. Where the head cannot reproduce the mask
     (``head_learning.MIN_AGREEMENT``: a structure too fine for the embedding's cells) the prior's weights stay, or,
