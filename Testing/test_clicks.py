@@ -311,3 +311,38 @@ def test_refine_corrects_in_the_box_and_from_the_probability_the_evidence_holds(
     bare = session.refine(thick, shown, positive_ijk=np.array([[30, 24, 12]], float), learn=False)
     assert not np.array_equal(given[-1][1]["box_ijk"], stored_box)  # the mask's own box, with a margin
     assert bare.report_summary()["evidence"] == "bare mask"
+
+
+def test_a_model_that_reads_points_asks_the_clicked_slice_and_the_segmenting_model_walks():
+    """``click_segmenter`` answers the clicked slice (with its click); the walk to the neighbours prompts the
+    segmenting model with boxes."""
+    truth = cylinder()
+    shown = truth.copy()
+    shown[10:15, :, 24:] = False
+    walker, clicked = TruthModel(truth), TruthModel(truth)
+    result = correct_with_clicks(walker, shown, shown.astype(np.float32), (10, 10, 38, 38), (5, 20),
+                                 [Click((12, 24, 30), True)], click_segmenter=clicked)
+    assert np.array_equal(result.mask, truth)
+    assert clicked.calls == [(12, 1, True)]
+    assert sorted(call[0] for call in walker.calls) == [9, 10, 11, 13, 14, 15] and \
+        all(points is None for _, points, _ in walker.calls)
+
+
+def test_the_click_model_is_the_registrys_when_its_weights_are_cached(monkeypatch):
+    """LiteMedSAM (trained with boxes only) hands clicked slices to MobileSAM when its weights are cached, and says
+    so when they are not; a model without a click model, an explicit name and "" are taken as they are."""
+    from pathlib import Path
+
+    from MedFoundationSegLib.core import weights
+    from MedFoundationSegLib.workflow.box_modes import click_model_route
+    from MedFoundationSegLib.workflow.options import Options
+
+    status = {"mobilesam": "ok"}
+    monkeypatch.setattr(weights, "cached_status", lambda name, **_: (Path(name), status.get(name, "missing")))
+    assert click_model_route(Options(model="litemedsam")) == ("mobilesam", None)
+    assert click_model_route(Options(model="mobilesam")) == ("mobilesam", None)
+    assert click_model_route(Options(model="litemedsam", click_model="")) == ("litemedsam", None)
+    assert click_model_route(Options(model="mobilesam", click_model="litemedsam")) == ("litemedsam", None)
+    status.clear()
+    model, note = click_model_route(Options(model="litemedsam"))
+    assert model == "litemedsam" and "mobilesam weights are not cached" in note

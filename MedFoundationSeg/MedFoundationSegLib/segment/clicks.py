@@ -120,7 +120,7 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
                         clicks: list[Click], new_slices: list[int] | None = None, *, agree_fraction: float = 0.2,
                         margin_px: float = 5.0, margin_fraction: float = 0.1, use_mask_prompt: bool = True,
                         monotone_clicked_slice: bool = False, max_spread_slices: int = MAX_SPREAD_SLICES,
-                        rules: StopRules | None = None,
+                        rules: StopRules | None = None, click_segmenter=None,
                         cancelled: CancelCheck | None = None) -> CorrectionResult:
     """Re-prompt the slices in ``new_slices`` (default: every clicked slice) with all their clicks, then spread each
     correction outwards within ``slice_range`` until the new masks agree with the old ones: the walk stops at the first
@@ -129,7 +129,9 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
     and after ``max_spread_slices`` slices at most.
 
     ``monotone_clicked_slice``: the clicked slice, too, only gains (after an include click) or loses (after an
-    exclude click) voxels. ``mask``/``probability`` are what the user sees now; they are not modified. A walk never enters another clicked
+    exclude click) voxels. ``click_segmenter``: the model asked again on the clicked slices (one that reads point
+    prompts), when not ``segmenter``; the walk beyond them prompts ``segmenter`` with boxes. ``mask``/``probability``
+    are what the user sees now; they are not modified. A walk never enters another clicked
     slice (it holds its own correction) and never ends a structure the old mask continued: when the model's answer
     fails the stop rules the old masks beyond are kept."""
     rules = rules or StopRules.preset("box_guided")
@@ -142,7 +144,8 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
     for k in redo:
         check(cancelled, "correction")
         prompt = slice_prompt_box(mask, k, by_slice[k], cap, margin_px, margin_fraction)
-        m, p = reprompt_slice(segmenter, k, prompt, by_slice[k], mask[k], use_mask_prompt=use_mask_prompt)
+        m, p = reprompt_slice(click_segmenter or segmenter, k, prompt, by_slice[k], mask[k],
+                              use_mask_prompt=use_mask_prompt)
         if monotone_clicked_slice:  # the clicked slice too only changes the way its last click asks
             m = (m | mask[k]) if by_slice[k][-1].positive else (m & mask[k])
         if not _clicks_hold(m, by_slice[k]):  # the model ignored a click: the graph cut's hard seeds will hold it

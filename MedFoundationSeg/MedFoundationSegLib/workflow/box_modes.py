@@ -81,3 +81,16 @@ def large_box_route(volume: Volume, box_ijk: np.ndarray, o: Options) -> tuple[Op
         else:
             decision["note"] = f"{o.large_box_model} weights are not cached; {o.model} used"
     return o, decision
+
+
+def click_model_route(o: Options) -> tuple[str, str | None]:
+    """(model, note): the model a clicked slice is asked again with (``Options.click_model``) and, when "auto" falls
+    back to the segmenting model for want of weights, why."""
+    if o.click_model != "auto":
+        return o.click_model or o.model, None
+    wanted = weights.load_registry()["models"].get(o.model, {}).get("prompting", {}).get("click_model")
+    if not wanted or wanted == o.model:
+        return o.model, None
+    if weights.cached_status(wanted)[1].startswith("ok"):
+        return wanted, None
+    return o.model, f"{wanted} weights are not cached; the clicked slices were asked again with {o.model}"

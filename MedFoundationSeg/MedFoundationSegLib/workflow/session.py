@@ -25,7 +25,7 @@ from MedFoundationSegLib.segment.graphcut import agree_with_mask, cut_probabilit
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow import learning
-from MedFoundationSegLib.workflow.box_modes import large_box_route, run_box_mode
+from MedFoundationSegLib.workflow.box_modes import click_model_route, large_box_route, run_box_mode
 from MedFoundationSegLib.workflow.evidence import Evidence, EvidenceStore
 from MedFoundationSegLib.workflow.fusion import fuse_models, fuse_planes, segment_box_ijk
 from MedFoundationSegLib.workflow.options import AXES, SEGMENTATION_MODES, Options
@@ -231,17 +231,14 @@ class Session:
                 **changes) -> CaseResult:
         """Corrective clicks on a structure the user sees (``shown``: its mask and the model probability behind it).
 
-        The slices of the last ``new_clicks`` clicks are re-prompted with the box, all their clicks and the shown mask,
-        on thin slices each correction spreads outwards until it agrees with the shown masks (segment/clicks.py; up to
-        ``WALK_SLICES`` slices each way, none on thick slices), and then, unless
-        ``options.refine`` is "none", a 3D graph cut holds every click as a hard constraint. Clicks are ((k, j, i),
-        positive) in voxels; a click may come from any view, it corrects the slice of the model's axis it lies on.
-        An include click outside the box grows the box past it (``geometry.box_holding_clicks_ijk``; the report's
-        ``correction.box_ijk``): the box is no longer a hard limit where the user says the structure goes on.
-        With ``options.learn`` a structure head is then fitted on the corrected mask and the clicks (warm-started from
-        ``prior_head``, a ``StructureHead`` from earlier volumes) and predicts the box's slices before the graph cut
-        (segment/head_learning.py); the result carries it in ``head``.
-        ``tuning``: keyword arguments of ``segment.clicks.correct_with_clicks`` (benchmarks compare them)."""
+        The slices of the last ``new_clicks`` clicks are asked again with the box, their clicks and the shown mask, by
+        ``options.click_model`` (one that reads points); on thin slices each correction spreads outwards until it
+        agrees with the shown masks (segment/clicks.py, ``WALK_SLICES``); then, unless ``options.refine`` is "none", a
+        3D graph cut holds every click. Clicks are ((k, j, i), positive) voxels from any view: each corrects the slice
+        of the model's axis it lies on. An include click outside the box grows the box past it (the report's
+        ``correction.box_ijk``). With ``options.learn`` a structure head fitted on the corrected mask and the clicks
+        (warm-started from ``prior_head``) predicts the box's slices before the graph cut (segment/head_learning.py);
+        the result carries it in ``head``. ``tuning``: keyword arguments of ``segment.clicks.correct_with_clicks``."""
         o = _resolve(options, changes)
         start = time.perf_counter()
         if not clicks_kji:
@@ -262,17 +259,20 @@ class Session:
         probability = shown.probability_kji if shown.probability_kji is not None else \
             shown.mask_kji.astype(np.float32)
         segmenter = self.segmenter(volume, o)
+        click_model, click_note = click_model_route(o)  # a model that reads points asks the clicked slices again
+        click_segmenter = self.segmenter(volume, o.replace(model=click_model)) if click_model != o.model else None
         report(progress, 0.1, "re-prompting the clicked slice")
         thick_axis = geometry.thick_slice_axis(volume.spacing_mm, o.axis)  # the walk and the graph cut's reach
         corrected = click_correction.correct_with_clicks(
             segmenter, geometry.to_slices(shown.mask_kji, o.axis), geometry.to_slices(probability, o.axis), box.xyxy,
             (box.first, box.last), clicks, sorted({c.srk[0] for c in clicks[-max(int(new_clicks), 1):]}),
-            cancelled=cancelled, **{"max_spread_slices": WALK_SLICES["thin" if thick_axis is None else "thick"], **(tuning or {})})
+            click_segmenter=click_segmenter, cancelled=cancelled, **{"max_spread_slices": WALK_SLICES["thin" if thick_axis is None else "thick"], **(tuning or {})})
         outcome = CaseResult(geometry.from_slices(corrected.mask, o.axis),
                              geometry.from_slices(corrected.probability, o.axis),
                              dict(shown.report, correction={"clicks": len(clicks), "box_ijk": box_ijk.tolist(),
                                                             "changed": corrected.changed,
-                                                            "stop_reasons": corrected.stop_reasons}))
+                                                            "stop_reasons": corrected.stop_reasons,
+                                                            "click_model": click_note or click_model}))
         if o.learn:
             report(progress, 0.5, "learning the structure from the shown mask and the clicks")
             outcome = learning.apply_head(segmenter, outcome, box, o.axis, o.model, clicks, prior=prior_head,
