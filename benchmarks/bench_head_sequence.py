@@ -80,7 +80,7 @@ def main() -> None:
         store = HeadStore(folder)
         for position, (case, make) in enumerate(cases, start=1):
             image, labels, ids = make()
-            session = Session(max_predictors=1)
+            session = Session(max_predictors=2)  # the segmenting model and the one asked on clicked slices
             for name in args.structures:
                 truth = labels.array == ids[name]
                 if not truth.any():

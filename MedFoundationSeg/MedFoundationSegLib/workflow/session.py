@@ -259,7 +259,7 @@ class Session:
         probability = shown.probability_kji if shown.probability_kji is not None else \
             shown.mask_kji.astype(np.float32)
         segmenter = self.segmenter(volume, o)
-        click_model, click_note = click_model_route(o)  # a model that reads points asks the clicked slices again
+        click_model, click_note = click_model_route(o) if self.max_predictors > 1 else (o.model, None)  # one that reads points
         click_segmenter = self.segmenter(volume, o.replace(model=click_model)) if click_model != o.model else None
         report(progress, 0.1, "re-prompting the clicked slice")
         thick_axis = geometry.thick_slice_axis(volume.spacing_mm, o.axis)  # the walk and the graph cut's reach
