@@ -329,8 +329,8 @@ def test_a_model_that_reads_points_asks_the_clicked_slice_and_the_segmenting_mod
 
 
 def test_the_click_model_is_the_registrys_when_its_weights_are_cached(monkeypatch):
-    """LiteMedSAM (trained with boxes only) hands clicked slices to MobileSAM when its weights are cached, and says
-    so when they are not; a model without a click model, an explicit name and "" are taken as they are."""
+    """With "auto", LiteMedSAM (trained with boxes only) hands clicked slices to MobileSAM when its weights are cached,
+    and says so when they are not; off by default; a model without a click model, an explicit name and "" are taken as they are."""
     from pathlib import Path
 
     from MedFoundationSegLib.core import weights
@@ -339,10 +339,11 @@ def test_the_click_model_is_the_registrys_when_its_weights_are_cached(monkeypatc
 
     status = {"mobilesam": "ok"}
     monkeypatch.setattr(weights, "cached_status", lambda name, **_: (Path(name), status.get(name, "missing")))
-    assert click_model_route(Options(model="litemedsam")) == ("mobilesam", None)
-    assert click_model_route(Options(model="mobilesam")) == ("mobilesam", None)
+    assert click_model_route(Options(model="litemedsam", click_model="auto")) == ("mobilesam", None)
+    assert click_model_route(Options(model="mobilesam", click_model="auto")) == ("mobilesam", None)
+    assert click_model_route(Options(model="litemedsam")) == ("litemedsam", None)  # off by default
     assert click_model_route(Options(model="litemedsam", click_model="")) == ("litemedsam", None)
     assert click_model_route(Options(model="mobilesam", click_model="litemedsam")) == ("litemedsam", None)
     status.clear()
-    model, note = click_model_route(Options(model="litemedsam"))
+    model, note = click_model_route(Options(model="litemedsam", click_model="auto"))
     assert model == "litemedsam" and "mobilesam weights are not cached" in note
