@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from MedFoundationSegLib.segment.predictor import SlicePrediction
-from MedFoundationSegLib.segment.segmenter import PredictorSegmenter, box_fit
+from MedFoundationSegLib.segment.propagate import box_fit
+from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 
 
 def _rect(shape, x0, y0, x1, y1) -> np.ndarray:
@@ -26,7 +27,8 @@ class CandidatePredictor:
     def __init__(self, shape=(40, 40)):
         self.shape, self.calls = shape, []
 
-    def predict(self, index, boxes=None, multimask=False, with_probability=False):
+    def predict(self, index, boxes=None, points=None, point_labels=None, mask_input=None, *, multimask=False,
+                with_probability=False, box_frame="slice"):
         self.calls.append((index, tuple(boxes), multimask))
         masks = [_rect(self.shape, 13, 13, 16, 16)] if not multimask else [
             _rect(self.shape, 14, 14, 15, 15), _rect(self.shape, 10, 10, 19, 19), _rect(self.shape, 5, 5, 30, 30)]

@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from MedFoundationSegLib.segment.predictor import SlicePredictor
+from MedFoundationSegLib.segment.propagate import box_fit
 
 FITS_BOX = 0.5  # an answer whose bounding box overlaps the drawn box at least this much is kept as it is
 
@@ -55,16 +56,14 @@ class PredictorSegmenter:
         bounding box overlaps ``tight_xyxy`` most (the answer on a tie). Why: a cautious model's answer can cover a
         part of the box while a candidate reaches its edges. The IoU is the answer's: the multimask IoU head of a
         model fine-tuned without multimask output (LiteMedSAM) was not trained."""
-        single = self.predictor.predict(slice_index, boxes=box_xyxy, with_probability=True)
-        if box_fit(single.masks[0, 0], tight_xyxy) >= FITS_BOX:
-            self.probabilities[int(slice_index)] = single.probability[0, 0]
-            return single.masks[0, 0], float(single.iou[0, 0])
-        multi = self.predictor.predict(slice_index, boxes=box_xyxy, multimask=True, with_probability=True)
-        masks = [single.masks[0, 0], *multi.masks[0]]
-        probabilities = [single.probability[0, 0], *multi.probability[0]]
+        answer = self.segment_slice(slice_index, box_xyxy)
+        masks, probabilities = [answer.mask], [answer.probability]
+        if box_fit(answer.mask, tight_xyxy) < FITS_BOX:
+            multi = self.predictor.predict(slice_index, boxes=box_xyxy, multimask=True, with_probability=True)
+            masks, probabilities = masks + list(multi.masks[0]), probabilities + list(multi.probability[0])
         pick = int(np.argmax([box_fit(mask, tight_xyxy) for mask in masks]))
         self.probabilities[int(slice_index)] = probabilities[pick]
-        return masks[pick], float(single.iou[0, 0])
+        return masks[pick], answer.predicted_iou
 
     def segment(self, slice_index: int, box_xyxy=None, points_xy=None, point_labels=None, mask_prompt=None,
                 box_frame: str = "slice"):
@@ -95,14 +94,3 @@ class PredictorSegmenter:
         size = transform.input_size
         return np.array([max(0, cols.min() - grow_px), max(0, rows.min() - grow_px),
                          min(size, cols.max() + grow_px), min(size, rows.max() + grow_px)], float)
-
-
-def box_fit(mask_hw: np.ndarray, box_xyxy) -> float:
-    """Intersection over union of a mask's bounding box and ``box_xyxy`` (inclusive pixels); 0 for an empty mask."""
-    rows, cols = np.flatnonzero(np.any(mask_hw, axis=1)), np.flatnonzero(np.any(mask_hw, axis=0))
-    if not len(rows):
-        return 0.0
-    x0, y0, x1, y1 = (int(v) for v in box_xyxy)
-    inter = max(0, min(cols[-1], x1) - max(cols[0], x0) + 1) * max(0, min(rows[-1], y1) - max(rows[0], y0) + 1)
-    area = (cols[-1] - cols[0] + 1) * (rows[-1] - rows[0] + 1) + (x1 - x0 + 1) * (y1 - y0 + 1)
-    return float(inter) / float(area - inter)

@@ -75,7 +75,7 @@ def large_box_route(volume: Volume, box_ijk: np.ndarray, o: Options) -> tuple[Op
         return o, None
     decision = {"box_fraction": round(fraction, 3), "model": o.model}
     if o.large_box_model != o.model:
-        if weights.cached_status(o.large_box_model)[1].startswith("ok"):
+        if _weights_cached(o.large_box_model):
             o = o.replace(model=o.large_box_model)
             decision["model"] = o.model
         else:
@@ -91,6 +91,10 @@ def click_model_route(o: Options) -> tuple[str, str | None]:
     wanted = weights.load_registry()["models"].get(o.model, {}).get("prompting", {}).get("click_model")
     if not wanted or wanted == o.model:
         return o.model, None
-    if weights.cached_status(wanted)[1].startswith("ok"):
+    if _weights_cached(wanted):
         return wanted, None
     return o.model, f"{wanted} weights are not cached; the clicked slices were asked again with {o.model}"
+
+
+def _weights_cached(model: str) -> bool:
+    return weights.cached_status(model)[1].startswith("ok")
