@@ -31,8 +31,8 @@ TORCH_VERSION = "2.13.0"
 # Where PyTorch publishes its CPU-only and CUDA builds (used only when the normal index would give the wrong build).
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
-DEFAULT_WEIGHTS = ("litemedsam",)
-TEST_WEIGHTS = ("litemedsam", "mobilesam")
+# LiteMedSAM segments; MobileSAM answers its clicked slices (Options.click_model) and the tests use both.
+WEIGHTS = ("litemedsam", "mobilesam")
 STAMP_NAME = "medfoundationseg-setup.json"
 
 
@@ -245,9 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         ensure_torch(python, variant)
         extras = ("test", "ray") if args.test else ()
         ensure_project(python, extras, site_stamp_dir(python))
-        wanted = TEST_WEIGHTS if args.test else DEFAULT_WEIGHTS
-        say(f"weights: {', '.join(wanted)} (cache: $MEDFOUNDATIONSEG_CACHE or the user cache folder)")
-        run("weights", engine(python, "weights", "fetch", *wanted),
+        say(f"weights: {', '.join(WEIGHTS)} (cache: $MEDFOUNDATIONSEG_CACHE or the user cache folder)")
+        run("weights", engine(python, "weights", "fetch", *WEIGHTS),
             "check the internet connection to PyPI; a checksum mismatch means the download was damaged: rerun")
         say("self-check")
         run("self-check", engine(python, "selfcheck"), "see the lines above for the missing piece")

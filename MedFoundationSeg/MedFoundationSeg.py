@@ -479,7 +479,9 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def done(job):
             if job.error is None:
-                self._setStatus(f"Weights of {name} downloaded and verified: {job.result.meta['path']}")
+                helper = job.result.meta.get("click_model_path")
+                self._setStatus(f"Weights of {name} downloaded and verified: {job.result.meta['path']}"
+                                + (f" (and of the model that answers its clicks: {helper})" if helper else ""))
             self._onModelChanged()
 
         from MedFoundationSegLib.workflow.actions import EngineRequest

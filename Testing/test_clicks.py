@@ -330,7 +330,8 @@ def test_a_model_that_reads_points_asks_the_clicked_slice_and_the_segmenting_mod
 
 def test_the_click_model_is_the_registrys_when_its_weights_are_cached(monkeypatch):
     """With "auto", LiteMedSAM (trained with boxes only) hands clicked slices to MobileSAM when its weights are cached,
-    and says so when they are not; off by default; a model without a click model, an explicit name and "" are taken as they are."""
+    and says so when they are not; "auto" is the default; a model without a click model, an explicit name and "" are
+    taken as they are."""
     from pathlib import Path
 
     from MedFoundationSegLib.core import weights
@@ -341,9 +342,56 @@ def test_the_click_model_is_the_registrys_when_its_weights_are_cached(monkeypatc
     monkeypatch.setattr(weights, "cached_status", lambda name, **_: (Path(name), status.get(name, "missing")))
     assert click_model_route(Options(model="litemedsam", click_model="auto")) == ("mobilesam", None)
     assert click_model_route(Options(model="mobilesam", click_model="auto")) == ("mobilesam", None)
-    assert click_model_route(Options(model="litemedsam")) == ("litemedsam", None)  # off by default
+    assert click_model_route(Options(model="litemedsam")) == ("mobilesam", None)  # the default is "auto"
     assert click_model_route(Options(model="litemedsam", click_model="")) == ("litemedsam", None)
     assert click_model_route(Options(model="mobilesam", click_model="litemedsam")) == ("litemedsam", None)
     status.clear()
     model, note = click_model_route(Options(model="litemedsam", click_model="auto"))
     assert model == "litemedsam" and "mobilesam weights are not cached" in note
+
+
+def test_a_segmentation_readies_the_click_model_so_the_first_click_waits_for_no_load(monkeypatch):
+    """After the panel's segmentation the click model is loaded and has encoded the box's middle slice; nothing is
+    loaded where clicks go to the segmenting model (the default, a Session keeping one predictor, fused models)."""
+    from pathlib import Path
+
+    from MedFoundationSegLib.core import weights
+    from MedFoundationSegLib.workflow.options import Options
+
+    monkeypatch.setattr(weights, "cached_status", lambda name, **_: (Path(name), "ok"))
+    encoded = []
+
+    class Predictor:
+        def __init__(self, model):
+            self.model = model
+
+        def embedding(self, index):
+            encoded.append((self.model, index))
+
+    volume = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 1.0))
+    box_ijk = [[10, 10, 4], [30, 30, 13]]
+    for session, options, model in ((Session(), Options(model="litemedsam", click_model="auto"), "mobilesam"),
+                                    (Session(), Options(model="litemedsam", click_model=""), None),
+                                    (Session(max_predictors=1), Options(model="litemedsam", click_model="auto"), None),
+                                    (Session(), Options(model="litemedsam", click_model="auto", fusion="models"), None)):
+        session.predictor = lambda volume, options=None, **changes: Predictor(options.model)
+        encoded.clear()
+        assert session.ready_click_model(volume, box_ijk, options) == model
+        assert encoded == ([(model, 8)] if model else [])
+
+
+def test_downloading_a_models_weights_downloads_the_model_that_answers_its_clicks_too(monkeypatch):
+    """The panel's "Download weights" of LiteMedSAM also fetches MobileSAM (its registry click model), so the default
+    "auto" takes effect; a model that reads points itself fetches only its own."""
+    from MedFoundationSegLib.core import weights
+    from MedFoundationSegLib.workflow.actions import EngineRequest, run_request
+
+    fetched = []
+    monkeypatch.setattr(weights, "fetch_job", lambda name, **_: fetched.append(name) or f"/cache/{name}.pt")
+    meta = run_request(Session(), EngineRequest("fetch_weights", params={"name": "litemedsam"})).meta
+    assert fetched == ["litemedsam", "mobilesam"]
+    assert meta == {"path": "/cache/litemedsam.pt", "click_model_path": "/cache/mobilesam.pt"}
+    fetched.clear()
+    assert run_request(Session(), EngineRequest("fetch_weights", params={"name": "mobilesam"})).meta == \
+        {"path": "/cache/mobilesam.pt"}
+    assert fetched == ["mobilesam"]

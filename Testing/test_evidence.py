@@ -112,6 +112,9 @@ class RecordingSession:
         mask = ball((6, 20, 20), 5)
         return CaseResult(mask, model_probability(mask), {"mode": "box_guided"})
 
+    def ready_click_model(self, volume, box_ijk, options):
+        self.given.append(("click model readied", np.asarray(box_ijk).tolist()))
+
     def refine(self, volume, mask_kji, options, *, evidence=None, **kwargs):
         self.given.append(evidence)
         grown = mask_kji | ball((6, 20, 20), 6)
@@ -124,6 +127,7 @@ def test_a_refine_request_gets_the_probability_of_the_segment_the_engine_returne
     volume = Volume(np.random.default_rng(0).integers(0, 100, SHAPE).astype(np.int16), (1.0, 1.0, 1.0))
     first = run_request(session, EngineRequest("segment_box", volume, Options(),
                                                {"box_ijk": [[14, 14, 1], [26, 26, 11]]})).case_result()
+    assert session.given == [("click model readied", [[14, 14, 1], [26, 26, 11]])]  # before the first click
     refine = {"positive_ijk": [[20, 20, 6]]}
     run_request(session, EngineRequest("refine", volume, Options(), refine, {"mask_kji": first.mask_kji}))
     expected = model_probability(first.mask_kji)

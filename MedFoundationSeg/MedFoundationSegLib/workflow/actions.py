@@ -15,6 +15,7 @@ import numpy as np
 from MedFoundationSegLib.core.boxes import StructureBox
 from MedFoundationSegLib.core.progress import CancelCheck, Cancelled, ProgressCallback, slices_to
 from MedFoundationSegLib.core.volume import Volume
+from MedFoundationSegLib.workflow.box_modes import registry_click_model
 from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLib.workflow.results import CaseResult
 
@@ -140,6 +141,7 @@ def _segment_box(session, request, progress, cancelled) -> EngineResult:
                                  extreme_points_ijk=None if extreme is None else np.asarray(extreme, float),
                                  prior_head=_prior_head(request), progress=progress, cancelled=cancelled)
     session.evidence.remember(request.volume.identity(), result.mask_kji, result.probability_kji, params["box_ijk"])
+    session.ready_click_model(request.volume, params["box_ijk"], request.options)  # the panel's clicks come next
     return _case(result, request)
 
 
@@ -194,10 +196,15 @@ def _localize(session, request, progress, cancelled) -> EngineResult:
 
 
 def _fetch_weights(session, request, progress, cancelled) -> EngineResult:
+    """The model's weights, and those of the model that answers its clicked slices (Options.click_model "auto")."""
     from MedFoundationSegLib.core.weights import fetch_job
 
-    return EngineResult({"path": str(fetch_job(str(request.params["name"]), progress=progress,
-                                               cancelled=cancelled))})
+    name = str(request.params["name"])
+    paths = {"path": str(fetch_job(name, progress=progress, cancelled=cancelled))}
+    helper = registry_click_model(name)
+    if helper:
+        paths["click_model_path"] = str(fetch_job(helper, progress=progress, cancelled=cancelled))
+    return EngineResult(paths)
 
 
 def _jsonable(value):

@@ -15,6 +15,7 @@ from MedFoundationSegLib.core.progress import report, scaled
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.segment import keyslices, propagate, reference
 from MedFoundationSegLib.workflow.options import Options
+from MedFoundationSegLib.workflow.results import CaseResult
 
 
 def run_box_mode(volume, segmenter, box: geometry.SliceBox, o: Options, padding_mm: float, slab_boxes, progress,
@@ -88,13 +89,53 @@ def click_model_route(o: Options) -> tuple[str, str | None]:
     back to the segmenting model for want of weights, why."""
     if o.click_model != "auto":
         return o.click_model or o.model, None
-    wanted = weights.load_registry()["models"].get(o.model, {}).get("prompting", {}).get("click_model")
-    if not wanted or wanted == o.model:
+    wanted = registry_click_model(o.model)
+    if not wanted:
         return o.model, None
     if _weights_cached(wanted):
         return wanted, None
     return o.model, f"{wanted} weights are not cached; the clicked slices were asked again with {o.model}"
 
 
+def registry_click_model(model: str) -> str | None:
+    """The registry's ``prompting.click_model`` of ``model``: another model that reads point prompts, or None."""
+    wanted = weights.load_registry()["models"].get(model, {}).get("prompting", {}).get("click_model")
+    return wanted if wanted and wanted != model else None
+
+
 def _weights_cached(model: str) -> bool:
     return weights.cached_status(model)[1].startswith("ok")
+
+
+def box_outcome(segmenter, result: propagate.PropagationResult, box: geometry.SliceBox, o: Options,
+                padding_mm: float) -> CaseResult:
+    """The CaseResult of a box mode's propagation result: the mask and the model's probability in the volume's
+    (k, j, i) frame, and the report of how they were made."""
+    probability_view = segmenter.probability_volume(result.segmented)
+    for k in result.interpolated:  # no model output there: the interpolated contour is moderate evidence
+        probability_view[k] = np.where(result.mask[k], 0.8, 0.2)
+    return CaseResult(geometry.from_slices(result.mask, o.axis), geometry.from_slices(probability_view, o.axis), {
+        "mode": o.mode, "model": o.model, "axis": o.axis, "slices": [box.first, box.last],
+        "segmented": result.segmented, "predicted_iou": {int(k): round(v, 4) for k, v in result.iou.items()},
+        "stop_reasons": result.stop_reasons, "interpolated": result.interpolated, "padding_mm": padding_mm,
+        "slices_encoded": segmenter.predictor.slices_encoded})
+
+def box_padding_mm(volume: Volume, box: geometry.SliceBox, o: Options) -> float:
+    """The padding of ``box``: ``o.padding_mm``, capped at ``o.padding_fraction`` of its smaller in-plane side."""
+    if o.padding_fraction is None:
+        return float(o.padding_mm)
+    frame = geometry.slice_frame(o.axis)
+    spacing = np.asarray(volume.spacing_mm)
+    side_mm = min((box.cols[1] - box.cols[0] + 1) * spacing[frame.x_ijk],
+                  (box.rows[1] - box.rows[0] + 1) * spacing[frame.y_ijk])
+    return min(float(o.padding_mm), float(o.padding_fraction) * side_mm)
+
+
+def slab_boxes(slabs, axis: str) -> list:
+    """SPL slabs as (first, last, xyxy) in the slice frame of ``axis``."""
+    out = []
+    for slab in slabs or []:
+        if getattr(slab, "box_ijk", None) is not None:
+            part = geometry.slice_box(slab.box_ijk, axis)
+            out.append((part.first, part.last, part.xyxy))
+    return out

@@ -68,11 +68,11 @@ class Options:
     # Include/exclude clicks on a segment re-prompt the model on the clicked slices and spread the correction before
     # the refinement (Session.correct); False: the refinement alone, with the clicks as hard seeds.
     reprompt_clicks: bool = _option(True, None)
-    # The model asked again on a clicked slice: "auto" is the registry's `prompting.click_model` of the segmenting model
-    # (one trained with point prompts) when its weights are cached, else the model itself; "" (the default) is the
-    # model itself: "auto" raised LiteMedSAM's Dice after 5 clicks but took a click past 2 s (docs/benchmarks.md).
-    # A Session keeping one predictor uses the model itself (two models would evict each other's embeddings).
-    click_model: str = _option("", None)
+    # The model asked again on a clicked slice: "auto" (the default) is the registry's `prompting.click_model` of the
+    # segmenting model (one trained with point prompts) when its weights are cached, else the model itself; "" is the
+    # model itself. A Session keeping one predictor uses the model itself (two models would evict each other's
+    # embeddings).
+    click_model: str = _option("auto", None)
     # After the re-prompt, a structure head learned from the shown mask and the clicks predicts the box's slices, so
     # a correction reaches the slices where the same error recurs (segment/head_learning.py).
     learn: bool = _option(True, None)

@@ -25,7 +25,14 @@ from MedFoundationSegLib.segment.graphcut import agree_with_mask, cut_probabilit
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow import learning
-from MedFoundationSegLib.workflow.box_modes import click_model_route, large_box_route, run_box_mode
+from MedFoundationSegLib.workflow.box_modes import (
+    box_outcome,
+    box_padding_mm,
+    click_model_route,
+    large_box_route,
+    run_box_mode,
+    slab_boxes,
+)
 from MedFoundationSegLib.workflow.evidence import Evidence, EvidenceStore
 from MedFoundationSegLib.workflow.fusion import fuse_models, fuse_planes, segment_box_ijk
 from MedFoundationSegLib.workflow.options import AXES, SEGMENTATION_MODES, Options
@@ -77,6 +84,23 @@ class Session:
     def slices_encoded(self) -> int:
         """Encoder passes made by the predictors this session still holds."""
         return sum(p.slices_encoded for p in self._predictors.values())
+
+    def _click_model(self, o: Options) -> tuple[str, str | None]:
+        """The model clicked slices are asked of, and why not the one asked for (box_modes.click_model_route); the
+        segmenting model where this Session keeps one predictor (two models would evict each other's embeddings)."""
+        return click_model_route(o) if self.max_predictors > 1 else (o.model, None)
+
+    def ready_click_model(self, volume: Volume, box_ijk, options: Options | None = None, **changes) -> str | None:
+        """Load the model the clicks on this box will be asked of, when it is not the segmenting one, and encode the
+        box's middle slice with it (the slice a user drew the box on), so that the first click waits for neither.
+        Returns that model, or None when clicks go to the segmenting model."""
+        o = _resolve(options, changes)
+        model = self._click_model(o)[0]
+        if model == o.model or o.fusion != "none":  # fused models already fill the predictors a Session keeps
+            return None
+        box = geometry.slice_box(geometry.check_box_ijk(volume, box_ijk), o.axis)
+        self.predictor(volume, o.replace(model=model)).embedding((box.first + box.last) // 2)
+        return model
 
     # --- one structure ------------------------------------------------------------------------------------------
     @retained_heap(linger_s=CLICK_HEAP_LINGER_S)
@@ -134,10 +158,10 @@ class Session:
         o, large_box = large_box_route(volume, box_ijk, o)
         segmenter = self.segmenter(volume, o)
         box = geometry.slice_box(box_ijk, o.axis)
-        padding_mm = 0.0 if large_box else self._padding_mm(volume, box, o)
-        result = run_box_mode(volume, segmenter, box, o, padding_mm, self._slab_boxes(slabs, o.axis), progress,
+        padding_mm = 0.0 if large_box else box_padding_mm(volume, box, o)
+        result = run_box_mode(volume, segmenter, box, o, padding_mm, slab_boxes(slabs, o.axis), progress,
                               cancelled)
-        outcome = self._box_outcome(volume, segmenter, result, box, o, padding_mm)
+        outcome = box_outcome(segmenter, result, box, o, padding_mm)
         if large_box is not None:
             window = segmenter.predictor.window
             kept, large_box["exterior_voxels_removed"] = drop_exterior_background(
@@ -146,37 +170,6 @@ class Session:
             outcome.mask_kji = kept
             outcome.report["large_box"] = large_box
         return outcome
-
-    @staticmethod
-    def _padding_mm(volume: Volume, box: geometry.SliceBox, o: Options) -> float:
-        if o.padding_fraction is None:
-            return float(o.padding_mm)
-        frame = geometry.slice_frame(o.axis)
-        spacing = np.asarray(volume.spacing_mm)
-        side_mm = min((box.cols[1] - box.cols[0] + 1) * spacing[frame.x_ijk],
-                      (box.rows[1] - box.rows[0] + 1) * spacing[frame.y_ijk])
-        return min(float(o.padding_mm), float(o.padding_fraction) * side_mm)
-
-    @staticmethod
-    def _slab_boxes(slabs, axis: str) -> list:
-        """SPL slabs as (first, last, xyxy) in the slice frame."""
-        out = []
-        for slab in slabs or []:
-            if getattr(slab, "box_ijk", None) is not None:
-                part = geometry.slice_box(slab.box_ijk, axis)
-                out.append((part.first, part.last, part.xyxy))
-        return out
-
-    @staticmethod
-    def _box_outcome(volume, segmenter, result, box: geometry.SliceBox, o: Options, padding_mm) -> CaseResult:
-        probability_view = segmenter.probability_volume(result.segmented)
-        for k in result.interpolated:  # no model output there: the interpolated contour is moderate evidence
-            probability_view[k] = np.where(result.mask[k], 0.8, 0.2)
-        return CaseResult(geometry.from_slices(result.mask, o.axis), geometry.from_slices(probability_view, o.axis), {
-            "mode": o.mode, "model": o.model, "axis": o.axis, "slices": [box.first, box.last],
-            "segmented": result.segmented, "predicted_iou": {int(k): round(v, 4) for k, v in result.iou.items()},
-            "stop_reasons": result.stop_reasons, "interpolated": result.interpolated, "padding_mm": padding_mm,
-            "slices_encoded": segmenter.predictor.slices_encoded})
 
     def propagate(self, volume: Volume, seed_kji: np.ndarray, options: Options | None = None, *,
                   slice_index: int | None = None, outward_only: bool = False,
@@ -259,7 +252,7 @@ class Session:
         probability = shown.probability_kji if shown.probability_kji is not None else \
             shown.mask_kji.astype(np.float32)
         segmenter = self.segmenter(volume, o)
-        click_model, click_note = click_model_route(o) if self.max_predictors > 1 else (o.model, None)  # one that reads points
+        click_model, click_note = self._click_model(o)
         click_segmenter = self.segmenter(volume, o.replace(model=click_model)) if click_model != o.model else None
         report(progress, 0.1, "re-prompting the clicked slice")
         thick_axis = geometry.thick_slice_axis(volume.spacing_mm, o.axis)  # the walk and the graph cut's reach
