@@ -43,9 +43,10 @@ SESSION_DEFAULTS = Options(refine="none")
 CLICK_REACH_MM = {"thick": 14.0, "thin": 8.0}
 # The graph cut's smoothness after a correction, by slice thickness (docs/benchmarks.md): 5 shrinks thin-slice clicks.
 CLICK_SMOOTHNESS = {"thick": 5.0, "thin": 2.0}
-# ... and on thin slices, where it pulls in 3D, an exclude click reaches at most this fraction of the structure's
-# equivalent-sphere radius: on a small structure a full-reach 3D exclude pull empties the slices around the click.
-EXCLUDE_REACH_PER_RADIUS = 0.5
+# ... and an exclude click reaches at most this fraction of the structure's equivalent-sphere radius: on thin slices,
+# where it pulls in 3D, a full-reach pull empties a small structure's slices around the click; on thick slices it
+# emptied the small cross-sections near an organ's ends (docs/benchmarks.md).
+EXCLUDE_REACH_PER_RADIUS = {"thick": 0.3, "thin": 0.5}
 # Slices a correction's walk re-prompts each way, by slice thickness (segment/clicks.py): it cost Dice on thick slices.
 WALK_SLICES = {"thick": 0, "thin": click_correction.MAX_SPREAD_SLICES}
 # A segmentation or a click keeps the C heap it used this long (runtime/retained_heap.py) for the next click to reuse.
@@ -283,24 +284,24 @@ class Session:
                            thick_axis: int | None) -> CaseResult:
         """The refinement after a correction, with every click as a hard constraint. On thick slices an exclude
         click pulls only on its own slice (there the next slice is another cross-section, and what it loses the
-        re-prompted model has already decided) and a click reaches farther; on thin slices clicks pull in 3D, an
-        exclude click at most half the structure's radius, and the cut is less smooth (``CLICK_SMOOTHNESS``)."""
+        re-prompted model has already decided) and a click reaches farther; on thin slices clicks pull in 3D and the
+        cut is less smooth (``CLICK_SMOOTHNESS``). An exclude click reaches at most a fraction of the structure's
+        radius (``EXCLUDE_REACH_PER_RADIUS``)."""
         positive = [p[::-1] for p, pos in clicks_kji if pos]
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
+        thickness = "thin" if thick_axis is None else "thick"
         if o.click_reach_mm is not None:
             reach_mm = exclude_reach_mm = o.click_reach_mm
-        elif thick_axis is not None:
-            reach_mm = exclude_reach_mm = CLICK_REACH_MM["thick"]
         else:
-            reach_mm = CLICK_REACH_MM["thin"]
-            exclude_reach_mm = min(reach_mm, EXCLUDE_REACH_PER_RADIUS *
+            reach_mm = CLICK_REACH_MM[thickness]
+            exclude_reach_mm = min(reach_mm, EXCLUDE_REACH_PER_RADIUS[thickness] *
                                    geometry.equivalent_radius_mm(outcome.mask_kji, volume.spacing_mm))
         refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                      positive_ijk=np.array(positive, float) if positive else None,
                                      negative_ijk=np.array(negative, float) if negative else None,
                                      click_reach_mm=reach_mm, exclude_reach_mm=exclude_reach_mm,
                                      exclude_pull_axis=thick_axis,
-                                     smoothness=CLICK_SMOOTHNESS["thin" if thick_axis is None else "thick"])
+                                     smoothness=CLICK_SMOOTHNESS[thickness])
         return CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
