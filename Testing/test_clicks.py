@@ -355,7 +355,8 @@ def test_the_click_model_is_the_registrys_when_its_weights_are_cached(monkeypatc
 
 def test_a_segmentation_readies_the_click_model_so_the_first_click_waits_for_no_load(monkeypatch):
     """After the panel's segmentation the click model is loaded and has encoded the box's middle slice; nothing is
-    loaded where clicks go to the segmenting model (the default, a Session keeping one predictor, fused models)."""
+    loaded where clicks go to the segmenting model (``click_model: ""``, a Session keeping one predictor, fused
+    models)."""
     from pathlib import Path
 
     from MedFoundationSegLib.core import weights

@@ -120,6 +120,7 @@ def box_outcome(segmenter, result: propagate.PropagationResult, box: geometry.Sl
         "stop_reasons": result.stop_reasons, "interpolated": result.interpolated, "padding_mm": padding_mm,
         "slices_encoded": segmenter.predictor.slices_encoded})
 
+
 def box_padding_mm(volume: Volume, box: geometry.SliceBox, o: Options) -> float:
     """The padding of ``box``: ``o.padding_mm``, capped at ``o.padding_fraction`` of its smaller in-plane side."""
     if o.padding_fraction is None:
