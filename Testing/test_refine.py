@@ -223,6 +223,23 @@ def test_a_shifted_probability_lets_the_cut_reach_the_edge_a_cautious_model_stop
     assert dice(shifted.mask, truth) > 0.97
 
 
+def test_the_shift_carries_the_mask_to_a_nearby_edge_but_does_not_flood_what_the_model_was_unsure_of():
+    """A faint disk in a wide region the model gave a probability of 0.2 (as LiteMedSAM does around a pancreas at CT
+    resolution): shifted everywhere, that region crosses 0.5 and the cut takes it all."""
+    shape, radius = (5, 96, 96), 10.0
+    yy, xx = np.mgrid[:shape[1], :shape[2]]
+    r = np.hypot(yy - shape[1] / 2, xx - shape[2] / 2)
+    truth = np.broadcast_to(r <= radius, shape).copy()
+    image = (np.where(truth, 30.0, 24.0) + np.random.default_rng(0).normal(0, 5.0, shape)).astype(np.float32)
+    prob = np.broadcast_to(np.where(r <= 7.0, 0.9, np.where(r <= radius, 0.35, 0.2)), shape).astype(np.float32)
+    box = ((0, 4), (4, 91), (4, 91))
+    flooded = refine_graphcut(image, prob, Annotations(box_kji=box),
+                              params=GraphCutParams(probability_shift=0.375, shift_reach_per_radius=None)).mask
+    near = refine_graphcut(image, prob, Annotations(box_kji=box), params=GraphCutParams(probability_shift=0.375)).mask
+    assert flooded.sum() > 10 * truth.sum()
+    assert dice(near, truth) > 0.95
+
+
 def test_agree_with_mask_overrides_the_probability_only_where_the_mask_decided_otherwise():
     prob = np.array([0.1, 0.4, 0.6, 0.9], np.float32)
     mask = np.array([False, True, False, True])

@@ -64,6 +64,9 @@ class GraphCutParams:
     # structure's edge (registry: ``refinement.cut_probability_shift``, see ``cut_probability_shift``): the voxels it is
     # unsure of lean to the structure, and the image's edges decide where the mask ends.
     probability_shift: float = 0.0
+    # The shift reaches this many equivalent radii (of the model's mask on each slice) beyond that mask: it carries
+    # the mask to a nearby edge, but does not flood low-contrast surroundings the model was unsure of. None: everywhere.
+    shift_reach_per_radius: float | None = 1.5
 
 
 @dataclasses.dataclass
@@ -88,6 +91,24 @@ def agree_with_mask(prob: np.ndarray, mask: np.ndarray, sure: float = 0.75) -> n
     prob = np.asarray(prob, np.float32)
     mask = np.asarray(mask, bool)
     return np.where(mask & (prob < 0.5), sure, np.where(~mask & (prob >= 0.5), 1.0 - sure, prob)).astype(np.float32)
+
+
+def shifted_probability(prob_kji: np.ndarray, shift: float, reach_per_radius: float | None) -> np.ndarray:
+    """``prob_kji`` plus ``shift`` (clipped to [0, 1]) on each slice within ``reach_per_radius`` equivalent radii of
+    the slice's mask (``prob >= 0.5``; a slice without one is not shifted), or everywhere with ``None``."""
+    if not shift:
+        return prob_kji
+    shifted = np.clip(prob_kji + shift, 0.0, 1.0)
+    if reach_per_radius is None:
+        return shifted
+    out = prob_kji.copy()
+    for k, (prob_hw, shifted_hw) in enumerate(zip(prob_kji, shifted)):
+        mask_hw = prob_hw >= 0.5
+        if mask_hw.any():
+            reach_px = max(2.0, reach_per_radius * np.sqrt(mask_hw.sum() / np.pi))
+            near = ndimage.distance_transform_edt(~mask_hw) <= reach_px
+            out[k][near] = shifted_hw[near]
+    return out
 
 
 # --- input handling ------------------------------------------------------------------------------------------------
@@ -188,7 +209,7 @@ def _prepare(image, prob, annotations: Annotations | None, params: GraphCutParam
     prob3 = np.asarray(prob3, np.float32)
     if prob3.dtype != bool and (np.nanmin(prob3) < 0 or np.nanmax(prob3) > 1 or not np.isfinite(prob3).all()):
         raise RefineError("probability must hold finite values in [0, 1] (pass sigmoid(logits) or a mask)")
-    prob3 = np.clip(prob3 + params.probability_shift, 0.0, 1.0) if params.probability_shift else prob3
+    prob3 = shifted_probability(prob3, params.probability_shift, params.shift_reach_per_radius)
     ann = annotations or Annotations()
     shape = image3.shape
     box = _check_box(ann.box_kji, shape)
