@@ -98,16 +98,15 @@ def shifted_probability(prob_kji: np.ndarray, shift: float, reach_per_radius: fl
     the slice's mask (``prob >= 0.5``; a slice without one is not shifted), or everywhere with ``None``."""
     if not shift:
         return prob_kji
-    shifted = np.clip(prob_kji + shift, 0.0, 1.0)
     if reach_per_radius is None:
-        return shifted
+        return np.clip(prob_kji + shift, 0.0, 1.0)
     out = prob_kji.copy()
-    for k, (prob_hw, shifted_hw) in enumerate(zip(prob_kji, shifted)):
+    for prob_hw, out_hw in zip(prob_kji, out):
         mask_hw = prob_hw >= 0.5
         if mask_hw.any():
             reach_px = max(2.0, reach_per_radius * np.sqrt(mask_hw.sum() / np.pi))
             near = ndimage.distance_transform_edt(~mask_hw) <= reach_px
-            out[k][near] = shifted_hw[near]
+            out_hw[near] = np.clip(prob_hw[near] + shift, 0.0, 1.0)
     return out
 
 
