@@ -262,3 +262,17 @@ def test_a_later_cut_keeps_what_the_shifted_first_cut_decided():
     # The model's own probability would have taken the next cut back to the sure core.
     undone = Session.refine_result(volume, CaseResult(first.mask_kji, prob, {}), method="graphcut", box_ijk=box_ijk)
     assert dice(undone.mask_kji, truth) < 0.9
+
+
+def test_a_cut_without_clicks_never_empties_what_the_model_found():
+    """The cut's smoothness takes a structure two voxels high whole; without clicks the model's mask stands instead
+    (with a click the user decides, and the cut may empty it)."""
+    bar = np.zeros((5, 32, 32), bool)
+    bar[1:4, 15:17, 6:26] = True
+    image = (100 + np.random.default_rng(1).normal(0, 10, bar.shape)).astype(np.float32)
+    prob = np.where(bar, 0.7, 0.2).astype(np.float32)
+    box = ((0, 4), (10, 21), (2, 29))
+    kept = refine_graphcut(image, prob, Annotations(box_kji=box)).mask
+    np.testing.assert_array_equal(kept, bar)
+    far_click = Annotations(box_kji=box, clicks_kji=np.array([[2, 11, 3]]), click_positive=np.array([False]))
+    assert not refine_graphcut(image, prob, far_click).mask.any()

@@ -54,8 +54,17 @@ def refine_graphcut(image: np.ndarray, prob: np.ndarray, annotations: Annotation
                     spacing_mm, params)
     check(cancelled, "refinement")
     sub = _postprocess(sub, problem.hard_fg, params, problem.hard_bg)
+    if not sub.any() and not len(problem.clicks_kji):
+        sub = _model_mask(prob, problem)
     report(progress, 1.0, "graph cut: done")
     return _finish(problem, sub, start, "graphcut")
+
+
+def _model_mask(prob: np.ndarray, problem) -> np.ndarray:
+    """The model's mask (``prob`` at 0.5) on the problem's crop, within its hard constraints: what a cut without
+    clicks returns instead of nothing. Why: the cut's smoothness can take a thin structure (a pancreas a few voxels
+    high) whole, and an empty result would lose what the model found where the user's box says a structure is."""
+    return ((_as_3d(np.asarray(prob, np.float32))[problem.crop] >= 0.5) | problem.hard_fg) & ~problem.hard_bg
 
 
 def _geodesic_distance(image: np.ndarray, seeds: np.ndarray, spacing_xyz, gradient_weight: float) -> np.ndarray:
