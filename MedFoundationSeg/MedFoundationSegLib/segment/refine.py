@@ -34,6 +34,7 @@ from MedFoundationSegLib.segment.graphcut import (
     _points,
     _postprocess,
     _prepare,
+    _Problem,
     click_influence,
     mask_box_kji,
 )
@@ -60,11 +61,11 @@ def refine_graphcut(image: np.ndarray, prob: np.ndarray, annotations: Annotation
     return _finish(problem, sub, start, "graphcut")
 
 
-def _model_mask(prob: np.ndarray, problem) -> np.ndarray:
+def _model_mask(prob: np.ndarray, problem: _Problem) -> np.ndarray:
     """The model's mask (``prob`` at 0.5) on the problem's crop, within its hard constraints: what a cut without
     clicks returns instead of nothing. Why: the cut's smoothness can take a thin structure (a pancreas a few voxels
     high) whole, and an empty result would lose what the model found where the user's box says a structure is."""
-    return ((_as_3d(np.asarray(prob, np.float32))[problem.crop] >= 0.5) | problem.hard_fg) & ~problem.hard_bg
+    return ((_as_3d(prob)[problem.crop] >= 0.5) | problem.hard_fg) & ~problem.hard_bg
 
 
 def _geodesic_distance(image: np.ndarray, seeds: np.ndarray, spacing_xyz, gradient_weight: float) -> np.ndarray:
