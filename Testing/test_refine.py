@@ -276,3 +276,19 @@ def test_a_cut_without_clicks_never_empties_what_the_model_found():
     np.testing.assert_array_equal(kept, bar)
     far_click = Annotations(box_kji=box, clicks_kji=np.array([[2, 11, 3]]), click_positive=np.array([False]))
     assert not refine_graphcut(image, prob, far_click).mask.any()
+
+
+@pytest.mark.parametrize("method", ["geodesic", "growcut"])
+def test_other_refinements_without_clicks_never_empty_what_the_model_found(method):
+    """The geodesic cut and GrowCut (nothing deep enough to grow from) keep the model's thin structure too; with an
+    exclude click and nothing to grow from, GrowCut says so."""
+    bar = np.zeros((5, 32, 32), bool)
+    bar[1:4, 15:17, 6:26] = True
+    image = (100 + np.random.default_rng(1).normal(0, 10, bar.shape)).astype(np.float32)
+    prob = np.where(bar, 0.7, 0.2).astype(np.float32)
+    box = ((0, 4), (10, 21), (2, 29))
+    np.testing.assert_array_equal(refine(image, prob, Annotations(box_kji=box), method=method).mask, bar)
+    if method == "growcut":
+        far_click = Annotations(box_kji=box, clicks_kji=np.array([[2, 11, 3]]), click_positive=np.array([False]))
+        with pytest.raises(RefineError, match="no include click"):
+            refine(image, prob, far_click, method=method)

@@ -62,8 +62,8 @@ def refine_graphcut(image: np.ndarray, prob: np.ndarray, annotations: Annotation
 
 
 def _model_mask(prob: np.ndarray, problem: _Problem) -> np.ndarray:
-    """The model's mask (``prob`` at 0.5) on the problem's crop, within its hard constraints: what a cut without
-    clicks returns instead of nothing. Why: the cut's smoothness can take a thin structure (a pancreas a few voxels
+    """The model's mask (``prob`` at 0.5) on the problem's crop, within its hard constraints: what a refinement
+    without clicks returns instead of nothing. Why: the cut's smoothness can take a thin structure (a pancreas a few voxels
     high) whole, and an empty result would lose what the model found where the user's box says a structure is."""
     return ((_as_3d(prob)[problem.crop] >= 0.5) | problem.hard_fg) & ~problem.hard_bg
 
@@ -118,6 +118,8 @@ def refine_geodesic(image: np.ndarray, prob: np.ndarray, annotations: Annotation
     report(progress, 0.6, "geodesic: graph cut")
     sub = _max_flow(fused, norm, problem.hard_fg, problem.hard_bg, spacing_mm, params)
     sub = _postprocess(sub, problem.hard_fg, params, problem.hard_bg)
+    if not sub.any() and not len(problem.clicks_kji):
+        sub = _model_mask(prob, problem)
     report(progress, 1.0, "geodesic: done")
     return _finish(problem, sub, start, "geodesic")
 
@@ -139,7 +141,10 @@ def refine_growcut(image: np.ndarray, prob: np.ndarray, annotations: Annotations
     fg = (ndimage.binary_erosion(mask, iterations=core_erosion_vox) & ~problem.hard_bg) | problem.hard_fg
     seeds[fg] = 1
     if not (seeds == 1).any():
-        raise RefineError("growcut needs foreground seeds: the mask is too thin to erode and no click was given")
+        if mask.any() and not len(problem.clicks_kji):  # nothing to grow from: the model's mask stands
+            return _finish(problem, _model_mask(prob, problem), start, "growcut")
+        raise RefineError("growcut needs foreground seeds: the mask is too thin to erode and no include click "
+                          "was given")
     report(progress, 0.2, "growcut: growing")
     check(cancelled, "refinement")
     itk_image = itk.image_from_array(np.ascontiguousarray(problem.image, np.float32))
