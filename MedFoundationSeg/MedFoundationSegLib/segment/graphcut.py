@@ -50,6 +50,8 @@ class GraphCutParams:
     exclude_pull_axis: int | None = None
     # How far an exclude click pulls (mm); None: as far as an include click (click_influence_mm).
     exclude_influence_mm: float | None = None
+    # An exclude click on tissue unlike the structure takes that tissue's region in the mask (segment/click_regions.py)
+    exclude_unlike_tissue: bool = True
     crop_margin_vox: tuple[int, int, int] = (3, 12, 12)  # (k, j, i)
     appearance_weight: float = 0.5  # weight of the intensity-histogram likelihood learnt from the model's mask
     core_seed_fraction: float = 0.6  # per slice, voxels deeper than this fraction of the mask's max depth are fg

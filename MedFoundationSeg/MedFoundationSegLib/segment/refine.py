@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report
+from MedFoundationSegLib.segment import click_regions
 from MedFoundationSegLib.segment.graphcut import (
     Annotations,
     GraphCutParams,
@@ -49,6 +50,10 @@ def refine_graphcut(image: np.ndarray, prob: np.ndarray, annotations: Annotation
     problem = _prepare(image, prob, annotations, params)
     local = click_influence(problem.prob, problem.clicks_kji, problem.click_positive, spacing_mm,
                             params.click_influence_mm, params.exclude_pull_axis, params.exclude_influence_mm)
+    if params.exclude_unlike_tissue:
+        unlike = click_regions.exclude_regions(problem.prob, problem.image, problem.clicks_kji,
+                                               problem.click_positive)
+        local = np.where(unlike, 0.0, local).astype(np.float32)
     report(progress, 0.1, "graph cut: building graph")
     check(cancelled, "refinement")
     sub = _max_flow(local, _normalise(problem.image, problem.prob), problem.hard_fg, problem.hard_bg,

@@ -1,0 +1,81 @@
+"""What an exclude click on tissue unlike the structure takes out: the whole region of that tissue inside the mask.
+
+Why: a click's pull fades within a few millimetres, so an exclude click on a rim of fat or a neighbour that the
+model took in changes a few dozen voxels, and the next cut keeps the rest because the model's probability there is
+high. Where the clicked tissue's intensity is clearly unlike the structure's, every voxel of the mask connected to
+the click that looks like the click rather than like the structure is what the user meant. Where the intensities are
+alike (a neighbour of the same tissue), the image cannot say where the click's region ends and nothing is added.
+
+Arrays are (z, y, x) crops; clicks are (k, j, i) indices in the crop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+# The click's tissue must lie this many robust standard deviations from the structure's median intensity ...
+DISTINCT_SIGMAS = 3.0
+# ... and a voxel joins its region only this many deviations away from that median, nearer the click's intensity.
+REGION_SIGMAS = 2.0
+# The clicked tissue is one tissue: around the click its spread is at most this fraction of its distance from the
+# structure's median (a click on an edge, where two tissues blur, takes nothing).
+MAX_SPREAD_FRACTION = 0.25
+# A tissue making up this share of the mask's interior is taken as part of the structure (a stomach's gas, a
+# cyst's fluid), not as a neighbour the model took in.
+MAX_INTERIOR_SHARE = 0.3
+# The region is connected to the click through the mask, or through this many voxels around the click on its slice
+# (a clicked slice the model answered again may have left the click's surroundings out of the mask already).
+CLICK_REACH_VOX = 6
+SMOOTHING_VOX = (0.0, 1.0, 1.0)  # in-plane Gaussian before comparing intensities (noise)
+IN_PLANE = np.ones((1, 3, 3), bool)
+
+
+def interior_values(image_smooth: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """The smoothed intensities of the mask's deep voxels (eroded once in-plane; all of a thin mask), or None for a
+    mask too small to tell."""
+    deep = ndimage.binary_erosion(mask, structure=IN_PLANE)
+    values = image_smooth[deep if deep.sum() >= 50 else mask]
+    return values if values.size >= 20 else None
+
+
+def robust_spread(values: np.ndarray) -> tuple[float, float]:
+    """Median and 1.4826 MAD (the standard deviation of a normal sample, robust to outliers) of ``values``."""
+    median = float(np.median(values))
+    return median, max(1.4826 * float(np.median(np.abs(values - median))), 1e-3)
+
+
+def exclude_regions(prob: np.ndarray, image: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Per exclude click on one distinct tissue that is not part of the structure, the voxels of that tissue connected
+    to the click within the mask: smoothed intensity within half the tissue's distance to the structure's median of
+    the click's, and at least ``REGION_SIGMAS`` from that median, where the mask (``prob >= 0.5``, dilated by one
+    voxel in-plane) holds at least three voxels' width of them in-plane (not the blurred rim of the structure's own
+    edge); their union (bool, the crop's shape)."""
+    region = np.zeros(prob.shape, bool)
+    exclude = np.asarray(clicks_kji).reshape(-1, 3)[~np.asarray(positive, bool)]
+    mask = prob >= 0.5
+    if not len(exclude) or not mask.any():
+        return region
+    smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), SMOOTHING_VOX)
+    interior = interior_values(smooth, mask)
+    if interior is None:
+        return region
+    median, sigma = robust_spread(interior)
+    allowed = ndimage.binary_dilation(mask, structure=IN_PLANE)
+    for k, j, i in exclude:
+        near = (k, slice(max(j - 2, 0), j + 3), slice(max(i - 2, 0), i + 3))
+        clicked, spread = robust_spread(np.asarray(image, np.float32)[near])
+        distance = abs(clicked - median)
+        if distance < DISTINCT_SIGMAS * sigma or spread > MAX_SPREAD_FRACTION * distance:
+            continue
+        if np.mean(np.abs(interior - clicked) < distance / 2) >= MAX_INTERIOR_SHARE:
+            continue
+        like_click = (np.abs(smooth - clicked) < distance / 2) & (np.abs(smooth - median) > REGION_SIGMAS * sigma)
+        reach = allowed.copy()  # the mask, and the click's surroundings on its slice
+        reach[k, max(j - CLICK_REACH_VOX, 0):j + CLICK_REACH_VOX + 1, max(i - CLICK_REACH_VOX, 0):i + CLICK_REACH_VOX + 1] = True
+        labels, _ = ndimage.label(like_click & reach)
+        touched = np.unique(labels[near])
+        touched = touched[touched > 0]
+        if len(touched):
+            region |= ndimage.binary_opening(np.isin(labels, touched) & allowed, structure=IN_PLANE)
+    return region
