@@ -61,9 +61,9 @@ def exclude_regions(prob: np.ndarray, image: np.ndarray, clicks_kji: np.ndarray,
     if interior is None:
         return region
     median, sigma = robust_spread(interior)
-    allowed = ndimage.binary_dilation(mask, structure=IN_PLANE)
+    allowed = None
     for k, j, i in exclude:
-        near = (k, slice(max(j - 2, 0), j + 3), slice(max(i - 2, 0), i + 3))
+        near = _window(k, j, i, 2)
         clicked, spread = robust_spread(np.asarray(image, np.float32)[near])
         distance = abs(clicked - median)
         if distance < DISTINCT_SIGMAS * sigma or spread > MAX_SPREAD_FRACTION * distance:
@@ -71,11 +71,18 @@ def exclude_regions(prob: np.ndarray, image: np.ndarray, clicks_kji: np.ndarray,
         if np.mean(np.abs(interior - clicked) < distance / 2) >= MAX_INTERIOR_SHARE:
             continue
         like_click = (np.abs(smooth - clicked) < distance / 2) & (np.abs(smooth - median) > REGION_SIGMAS * sigma)
+        if allowed is None:
+            allowed = ndimage.binary_dilation(mask, structure=IN_PLANE)
         reach = allowed.copy()  # the mask, and the click's surroundings on its slice
-        reach[k, max(j - CLICK_REACH_VOX, 0):j + CLICK_REACH_VOX + 1, max(i - CLICK_REACH_VOX, 0):i + CLICK_REACH_VOX + 1] = True
+        reach[_window(k, j, i, CLICK_REACH_VOX)] = True
         labels, _ = ndimage.label(like_click & reach)
         touched = np.unique(labels[near])
         touched = touched[touched > 0]
         if len(touched):
             region |= ndimage.binary_opening(np.isin(labels, touched) & allowed, structure=IN_PLANE)
     return region
+
+
+def _window(k: int, j: int, i: int, half: int) -> tuple:
+    """The in-plane square of ``2 * half + 1`` voxels around (k, j, i) on slice k, clipped at the crop's start."""
+    return k, slice(max(j - half, 0), j + half + 1), slice(max(i - half, 0), i + half + 1)
