@@ -53,6 +53,9 @@ def test_an_exclude_click_on_alike_tissue_or_an_edge_adds_nothing():
     # an include click is not an exclude click
     assert click_regions.exclude_regions(prob, image, np.array([[2, 19, 40]]), np.array([False])).any()
     assert not click_regions.exclude_regions(prob, image, np.array([[2, 19, 40]]), np.array([True])).any()
+    # an include click in the same tissue says it belongs to the structure there
+    both = np.array([[2, 19, 40], [3, 45, 40]])
+    assert not click_regions.exclude_regions(prob, image, both, np.array([False, True])).any()
 
 
 def test_an_exclude_click_on_a_tissue_the_structure_is_made_of_adds_nothing():

@@ -50,9 +50,10 @@ def exclude_regions(prob: np.ndarray, image: np.ndarray, clicks_kji: np.ndarray,
     to the click within the mask: smoothed intensity within half the tissue's distance to the structure's median of
     the click's, and at least ``REGION_SIGMAS`` from that median, where the mask (``prob >= 0.5``, dilated by one
     voxel in-plane) holds at least three voxels' width of them in-plane (not the blurred rim of the structure's own
-    edge); their union (bool, the crop's shape)."""
+    edge), unless an include click lies among them; their union (bool, the crop's shape)."""
     region = np.zeros(prob.shape, bool)
-    exclude = np.asarray(clicks_kji).reshape(-1, 3)[~np.asarray(positive, bool)]
+    clicks_kji, positive = np.asarray(clicks_kji).reshape(-1, 3), np.asarray(positive, bool)
+    exclude, include = clicks_kji[~positive], clicks_kji[positive]
     mask = prob >= 0.5
     if not len(exclude) or not mask.any():
         return region
@@ -77,9 +78,9 @@ def exclude_regions(prob: np.ndarray, image: np.ndarray, clicks_kji: np.ndarray,
         reach[_window(k, j, i, CLICK_REACH_VOX)] = True
         labels, _ = ndimage.label(like_click & reach)
         touched = np.unique(labels[near])
-        touched = touched[touched > 0]
-        if len(touched):
-            region |= ndimage.binary_opening(np.isin(labels, touched) & allowed, structure=IN_PLANE)
+        taken = ndimage.binary_opening(np.isin(labels, touched[touched > 0]) & allowed, structure=IN_PLANE)
+        if not taken[tuple(include.T)].any():  # an include click in that tissue says it belongs there
+            region |= taken
     return region
 
 
