@@ -50,7 +50,7 @@ class GraphCutParams:
     exclude_pull_axis: int | None = None
     # How far an exclude click pulls (mm); None: as far as an include click (click_influence_mm).
     exclude_influence_mm: float | None = None
-    # An exclude click on tissue unlike the structure takes that tissue's region in the mask (segment/click_regions.py)
+    # An exclude click on tissue unlike the structure takes that tissue's region in the mask (segment/click_evidence.py)
     exclude_unlike_tissue: bool = True
     crop_margin_vox: tuple[int, int, int] = (3, 12, 12)  # (k, j, i)
     appearance_weight: float = 0.5  # weight of the intensity-histogram likelihood learnt from the model's mask
@@ -345,42 +345,6 @@ def _postprocess(mask: np.ndarray, hard_fg: np.ndarray, params: GraphCutParams,
     if hard_bg is not None:  # filling must not undo a negative click
         mask &= ~hard_bg
     return mask
-
-
-OFF_SLICE_MM = 1e6  # a step across slices for a pull confined to its slice: exp(-1e6 / reach) is 0
-
-
-def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarray, spacing_xyz,
-                    influence_mm: float, exclude_axis: int | None = None,
-                    exclude_influence_mm: float | None = None) -> np.ndarray:
-    """Probability pulled towards each click's label: p' = p (1 - w) + label w, w = exp(-d / reach), with d the
-    distance in mm to the nearest click (whose label wins) and reach ``influence_mm`` (``exclude_influence_mm`` for
-    an exclude click, when given); an exclude click's d is infinite off its own slice along ``exclude_axis`` (when
-    given). Why: as hard disks alone, clicks on a region the model got wrong change only a few voxels."""
-    reach = {True: float(influence_mm), False: float(influence_mm if exclude_influence_mm is None
-                                                     else exclude_influence_mm)}
-    if max(reach.values()) <= 0 or len(clicks_kji) == 0:
-        return prob
-    sampling = np.asarray(spacing_xyz, float)[::-1]
-    distance = {}
-    for label in (True, False):
-        chosen = clicks_kji[np.asarray(positive, bool) == label]
-        if len(chosen):
-            seeds = np.ones(prob.shape, bool)
-            seeds[tuple(chosen.T)] = False
-            along = sampling.copy()
-            if not label and exclude_axis is not None:
-                along[exclude_axis] = OFF_SLICE_MM
-            distance[label] = ndimage.distance_transform_edt(seeds, sampling=along)
-    if len(distance) == 2:
-        nearest = distance[True] <= distance[False]
-        d = np.minimum(distance[True], distance[False])
-    else:
-        (label, d), = distance.items()
-        nearest = np.full(prob.shape, label)
-    reach_mm = np.where(nearest, reach[True], reach[False])
-    weight = np.where(reach_mm > 0, np.exp(-d / np.maximum(reach_mm, 1e-6)), 0.0).astype(np.float32)
-    return (prob * (1 - weight) + nearest.astype(np.float32) * weight).astype(np.float32)
 
 
 def _normalise(image: np.ndarray, prob: np.ndarray) -> np.ndarray:

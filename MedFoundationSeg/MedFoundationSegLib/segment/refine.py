@@ -20,7 +20,8 @@ import numpy as np
 from scipy import ndimage
 
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report
-from MedFoundationSegLib.segment import click_regions
+from MedFoundationSegLib.segment import click_evidence
+from MedFoundationSegLib.segment.click_evidence import click_influence
 from MedFoundationSegLib.segment.graphcut import (
     Annotations,
     GraphCutParams,
@@ -36,7 +37,6 @@ from MedFoundationSegLib.segment.graphcut import (
     _postprocess,
     _prepare,
     _Problem,
-    click_influence,
     mask_box_kji,
 )
 
@@ -51,7 +51,7 @@ def refine_graphcut(image: np.ndarray, prob: np.ndarray, annotations: Annotation
     local = click_influence(problem.prob, problem.clicks_kji, problem.click_positive, spacing_mm,
                             params.click_influence_mm, params.exclude_pull_axis, params.exclude_influence_mm)
     if params.exclude_unlike_tissue:
-        unlike = click_regions.exclude_regions(problem.prob, problem.image, problem.clicks_kji,
+        unlike = click_evidence.exclude_regions(problem.prob, problem.image, problem.clicks_kji,
                                                problem.click_positive)
         local = np.where(unlike, 0.0, local).astype(np.float32)
     report(progress, 0.1, "graph cut: building graph")

@@ -77,7 +77,7 @@ class Options:
     # a correction reaches the slices where the same error recurs (segment/head_learning.py).
     learn: bool = _option(True, None)
     # How far a click pulls the model's probability towards its label in the refinement after it, fading as
-    # exp(-distance / click_reach_mm) (segment/graphcut.py click_influence); 0: only the click's own disk. None: by
+    # exp(-distance / click_reach_mm) (segment/click_evidence.py click_influence); 0: only the click's own disk. None: by
     # the slices (Session.correct): on thick slices 14 mm, and an exclude click pulls only on its own slice there;
     # on thin slices 8 mm in 3D (docs/benchmarks.md, "click reach").
     click_reach_mm: float | None = _option(None, None)

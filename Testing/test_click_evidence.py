@@ -1,8 +1,8 @@
 """An exclude click on tissue unlike the structure takes that tissue out of the mask; on alike tissue or an edge it
-adds nothing (segment/click_regions.py), through the graph cut that uses it."""
+adds nothing (segment/click_evidence.py), through the graph cut that uses it."""
 
 import numpy as np
-from MedFoundationSegLib.segment import click_regions
+from MedFoundationSegLib.segment import click_evidence
 from MedFoundationSegLib.segment.refine import Annotations, GraphCutParams, refine_graphcut
 from scipy import ndimage
 
@@ -44,18 +44,18 @@ def test_an_exclude_click_on_alike_tissue_or_an_edge_adds_nothing():
     image, prob, truth, _ = _disk_with_fat_crescent()
     alike = image.copy()
     alike[:, 15:24, 36:45] = 100.0  # a neighbour of the structure's own intensity where the click lands
-    assert not click_regions.exclude_regions(prob, alike, np.array([[2, 19, 40]]), np.array([False])).any()
+    assert not click_evidence.exclude_regions(prob, alike, np.array([[2, 19, 40]]), np.array([False])).any()
     # on the structure's blurred edge with the other tissue, or beside it on that tissue: no rim of the edge
     blurred = ndimage.gaussian_filter(image, (0, 1.5, 1.5))
     disk_only = np.where(truth, 0.9, 0.1).astype(np.float32)
     for click in ([2, 32, 20], [2, 32, 12]):
-        assert not click_regions.exclude_regions(disk_only, blurred, np.array([click]), np.array([False])).any()
+        assert not click_evidence.exclude_regions(disk_only, blurred, np.array([click]), np.array([False])).any()
     # an include click is not an exclude click
-    assert click_regions.exclude_regions(prob, image, np.array([[2, 19, 40]]), np.array([False])).any()
-    assert not click_regions.exclude_regions(prob, image, np.array([[2, 19, 40]]), np.array([True])).any()
+    assert click_evidence.exclude_regions(prob, image, np.array([[2, 19, 40]]), np.array([False])).any()
+    assert not click_evidence.exclude_regions(prob, image, np.array([[2, 19, 40]]), np.array([True])).any()
     # an include click in the same tissue says it belongs to the structure there
     both = np.array([[2, 19, 40], [3, 45, 40]])
-    assert not click_regions.exclude_regions(prob, image, both, np.array([False, True])).any()
+    assert not click_evidence.exclude_regions(prob, image, both, np.array([False, True])).any()
 
 
 def test_an_exclude_click_on_a_tissue_the_structure_is_made_of_adds_nothing():
@@ -66,4 +66,4 @@ def test_an_exclude_click_on_a_tissue_the_structure_is_made_of_adds_nothing():
     j, i = np.mgrid[:64, :64]
     lumen = (np.hypot(j - 26, i - 37) <= 4.5) & truth[2]
     image[:, lumen | crescent] = -700.0
-    assert not click_regions.exclude_regions(prob, image, np.array([[2, 40, 44]]), np.array([False])).any()
+    assert not click_evidence.exclude_regions(prob, image, np.array([[2, 40, 44]]), np.array([False])).any()
