@@ -32,8 +32,6 @@ MAX_INTERIOR_SHARE = 0.3
 CLICK_REACH_VOX = 6
 SMOOTHING_VOX = (0.0, 1.0, 1.0)  # in-plane Gaussian before comparing intensities (noise)
 IN_PLANE = np.ones((1, 3, 3), bool)
-
-
 OFF_SLICE_MM = 1e6  # a step across slices for a pull confined to its slice: exp(-1e6 / reach) is 0
 
 
@@ -96,7 +94,8 @@ def exclude_regions(prob: np.ndarray, image: np.ndarray, clicks_kji: np.ndarray,
     mask = prob >= 0.5
     if not len(exclude) or not mask.any():
         return region
-    smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), SMOOTHING_VOX)
+    image = np.asarray(image, np.float32)
+    smooth = ndimage.gaussian_filter(image, SMOOTHING_VOX)
     interior = interior_values(smooth, mask)
     if interior is None:
         return region
@@ -104,7 +103,7 @@ def exclude_regions(prob: np.ndarray, image: np.ndarray, clicks_kji: np.ndarray,
     allowed = None
     for k, j, i in exclude:
         near = _window(k, j, i, 2)
-        clicked, spread = robust_spread(np.asarray(image, np.float32)[near])
+        clicked, spread = robust_spread(image[near])
         distance = abs(clicked - median)
         if distance < DISTINCT_SIGMAS * sigma or spread > MAX_SPREAD_FRACTION * distance:
             continue

@@ -20,8 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report
-from MedFoundationSegLib.segment import click_evidence
-from MedFoundationSegLib.segment.click_evidence import click_influence
+from MedFoundationSegLib.segment.click_evidence import click_influence, exclude_regions
 from MedFoundationSegLib.segment.graphcut import (
     Annotations,
     GraphCutParams,
@@ -51,17 +50,14 @@ def refine_graphcut(image: np.ndarray, prob: np.ndarray, annotations: Annotation
     local = click_influence(problem.prob, problem.clicks_kji, problem.click_positive, spacing_mm,
                             params.click_influence_mm, params.exclude_pull_axis, params.exclude_influence_mm)
     if params.exclude_unlike_tissue:
-        unlike = click_evidence.exclude_regions(problem.prob, problem.image, problem.clicks_kji,
-                                               problem.click_positive)
+        unlike = exclude_regions(problem.prob, problem.image, problem.clicks_kji, problem.click_positive)
         local = np.where(unlike, 0.0, local).astype(np.float32)
     report(progress, 0.1, "graph cut: building graph")
     check(cancelled, "refinement")
     sub = _max_flow(local, _normalise(problem.image, problem.prob), problem.hard_fg, problem.hard_bg,
                     spacing_mm, params)
     check(cancelled, "refinement")
-    sub = _postprocess(sub, problem.hard_fg, params, problem.hard_bg)
-    if not sub.any() and not len(problem.clicks_kji):
-        sub = _model_mask(prob, problem)
+    sub = _kept_if_emptied(_postprocess(sub, problem.hard_fg, params, problem.hard_bg), prob, problem)
     report(progress, 1.0, "graph cut: done")
     return _finish(problem, sub, start, "graphcut")
 
@@ -71,6 +67,11 @@ def _model_mask(prob: np.ndarray, problem: _Problem) -> np.ndarray:
     without clicks returns instead of nothing. Why: the cut's smoothness can take a thin structure (a pancreas a few voxels
     high) whole, and an empty result would lose what the model found where the user's box says a structure is."""
     return ((_as_3d(prob)[problem.crop] >= 0.5) | problem.hard_fg) & ~problem.hard_bg
+
+
+def _kept_if_emptied(sub: np.ndarray, prob: np.ndarray, problem: _Problem) -> np.ndarray:
+    """A cut's result, or the model's mask (``_model_mask``) where a cut without clicks came back empty."""
+    return _model_mask(prob, problem) if not sub.any() and not len(problem.clicks_kji) else sub
 
 
 def _geodesic_distance(image: np.ndarray, seeds: np.ndarray, spacing_xyz, gradient_weight: float) -> np.ndarray:
@@ -122,9 +123,7 @@ def refine_geodesic(image: np.ndarray, prob: np.ndarray, annotations: Annotation
     fused = (trust * p_geo + (1.0 - trust) * problem.prob).astype(np.float32)
     report(progress, 0.6, "geodesic: graph cut")
     sub = _max_flow(fused, norm, problem.hard_fg, problem.hard_bg, spacing_mm, params)
-    sub = _postprocess(sub, problem.hard_fg, params, problem.hard_bg)
-    if not sub.any() and not len(problem.clicks_kji):
-        sub = _model_mask(prob, problem)
+    sub = _kept_if_emptied(_postprocess(sub, problem.hard_fg, params, problem.hard_bg), prob, problem)
     report(progress, 1.0, "geodesic: done")
     return _finish(problem, sub, start, "geodesic")
 
