@@ -399,3 +399,46 @@ def test_downloading_a_models_weights_downloads_the_model_that_answers_its_click
     assert run_request(Session(), EngineRequest("fetch_weights", params={"name": "mobilesam"})).meta == \
         {"path": "/cache/mobilesam.pt"}
     assert fetched == ["mobilesam"]
+
+
+class JumpingModel(TruthModel):
+    """The truth everywhere but on ``jump_on``, where it answers another object: a disk in the box's corner."""
+
+    def __init__(self, truth: np.ndarray, jump_on: int, radius: int = 6, centre=(12, 36)):
+        super().__init__(truth)
+        self.jump_on, self.radius, self.centre = jump_on, radius, centre
+
+    def segment_slice(self, index, box_xyxy, points_xy=None, point_labels=None, mask_prompt=None):
+        result = super().segment_slice(index, box_xyxy, points_xy, point_labels, mask_prompt)
+        if index == self.jump_on:
+            j, i = np.mgrid[:SHAPE[1], :SHAPE[2]]
+            result.mask = (j - self.centre[0]) ** 2 + (i - self.centre[1]) ** 2 <= self.radius ** 2
+            result.probability = result.mask.astype(np.float32)
+        return result
+
+
+def test_an_answer_that_leaves_the_structure_keeps_the_shown_mask_and_spreads_nothing():
+    truth = cylinder()
+    shown = truth.copy()
+    shown[12, 30:36, 20:28] = True  # a bulge below the structure on slice 12
+    exclude = [Click((12, 33, 24), False)]
+    result, _ = run(shown, truth, exclude)  # the model takes the bulge away
+    assert np.array_equal(result.mask, truth) and "12" not in result.stop_reasons
+    model = JumpingModel(truth, jump_on=12)  # the model answers another object
+    result = correct_with_clicks(model, shown, shown.astype(np.float32), (10, 10, 38, 38), (5, 20), exclude)
+    assert np.array_equal(result.mask, shown) and result.changed == []
+    assert "outside the shown mask" in result.stop_reasons["12"]
+    assert result.probability[12, 33, 24] == 0.0  # the click still tells the graph cut
+    # an exclude click at the shown mask's centre says all of it is wrong: the model may answer elsewhere
+    centre = correct_with_clicks(JumpingModel(truth, jump_on=12), shown, shown.astype(np.float32), (10, 10, 38, 38),
+                                 (5, 20), [Click((12, 24, 24), False)])
+    assert "12" not in centre.stop_reasons and np.array_equal(centre.mask[12], model.segment_slice(12, (0, 0, 47, 47)).mask)
+    # an include click past the structure's end: the end continues, a larger object does not
+    ended = truth.copy()
+    ended[20] = False
+    include = [Click((20, 24, 24), True)]
+    result, _ = run(ended, truth, include)
+    assert np.array_equal(result.mask, truth)
+    model = JumpingModel(truth, jump_on=20, radius=16, centre=(24, 24))  # 797 pixels against the largest slice's 317
+    result = correct_with_clicks(model, ended, ended.astype(np.float32), (10, 10, 38, 38), (5, 20), include)
+    assert not result.mask[20].any() and "outgrows the structure's largest slice" in result.stop_reasons["20"]

@@ -35,6 +35,13 @@ MAX_SPREAD_SLICES = 8
 # cautious model's segmentation reaches past the model's own edge (refinement's probability shift), and the model's
 # answer on the next slices would take that rim back.
 RIM_PX = 2
+# The model's answer on a clicked slice is another object when, after an exclude click that trims the shown mask
+# (it lies less deep in the mask than this fraction of the mask's deepest point), more than this share of the answer
+# lies outside the shown mask ...
+TRIM_DEPTH = 0.5
+MAX_OUTSIDE_SHARE = 0.5
+# ... or, after an include click on a slice the mask does not reach, it is this many times the mask's largest slice.
+MAX_END_GROWTH = 1.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +108,34 @@ def slice_prompt_box(mask: np.ndarray, index: int, clicks: list[Click], cap, mar
     return _grown_within(box, mask.shape[1:], cap, margin_px, margin_fraction) or cap
 
 
+def left_the_structure(answer_hw: np.ndarray, mask: np.ndarray, index: int, click: Click) -> str | None:
+    """Why the model's answer on slice ``index`` after ``click`` is another object than the structure shown in
+    ``mask``, or None. After an exclude click near the shown mask's edge (not deeper than ``TRIM_DEPTH`` of the mask's
+    deepest point: it trims the mask, where a click at its centre says the whole mask is wrong) the answer should be
+    part of the shown mask (within ``RIM_PX``): at most ``MAX_OUTSIDE_SHARE`` of it may lie outside. After an include
+    click on a slice the mask did not reach, the answer continues the structure: at most ``MAX_END_GROWTH`` times the
+    largest slice of the shown mask."""
+    area = int(answer_hw.sum())
+    shown = mask[index]
+    if not area:
+        return None
+    if not click.positive and shown.any() and _trims(shown, click.srk[1:]):
+        outside = int((answer_hw & ~with_rim(shown)).sum())
+        if outside > MAX_OUTSIDE_SHARE * area:
+            return f"slice {index}: {outside} of the answer's {area} pixels lie outside the shown mask; kept it"
+    if click.positive and not shown.any():
+        largest = int(mask.sum(axis=(1, 2)).max())
+        if largest and area > MAX_END_GROWTH * largest:
+            return f"slice {index}: the answer ({area} pixels) outgrows the structure's largest slice ({largest}); kept it"
+    return None
+
+
+def _trims(shown_hw: np.ndarray, row_column) -> bool:
+    """Whether a click at ``row_column`` lies outside ``shown_hw`` or in its outer part (``TRIM_DEPTH``)."""
+    depth = ndimage.distance_transform_edt(shown_hw)
+    return bool(depth[tuple(row_column)] < TRIM_DEPTH * depth.max())
+
+
 def _clear_beyond(mask: np.ndarray, probability: np.ndarray, index: int, changed: list[int]) -> str:
     """Slice ``index`` was corrected to empty: the structure ends before it, so the old masks beyond it on the side
     holding less of the structure (a run that overshot its end) are removed."""
@@ -148,6 +183,12 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
                               use_mask_prompt=use_mask_prompt)
         if monotone_clicked_slice:  # the clicked slice too only changes the way its last click asks
             m = (m | mask[k]) if by_slice[k][-1].positive else (m & mask[k])
+        left = left_the_structure(m, mask, k, by_slice[k][-1])
+        if left:  # the shown mask stands, nothing spreads; the clicks' hard seeds in the graph cut correct it
+            reasons[f"{k}"] = left
+            for click in by_slice[k]:
+                probability[k][click.srk[1], click.srk[2]] = 1.0 if click.positive else 0.0
+            continue
         if not _clicks_hold(m, by_slice[k]):  # the model ignored a click: the graph cut's hard seeds will hold it
             for click in by_slice[k]:
                 p[click.srk[1], click.srk[2]] = 1.0 if click.positive else 0.0
