@@ -575,20 +575,10 @@ class MedFoundationSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         logging.info("MedFoundationSeg: %s", text)
 
     def _showReport(self, report):
-        """Per-slice stop reasons of a propagation (why it stopped where it did), plus a one-line summary."""
-        lines = []
-        reasons = report.get("stop_reasons")
-        if isinstance(reasons, dict):
-            lines += [f"{where}: {why}" for where, why in reasons.items()]
-        elif isinstance(reasons, (list, tuple)):
-            lines += [str(reason) for reason in reasons]
-        elif reasons:
-            lines.append(str(reasons))
-        summary = ", ".join(f"{key} {report[key]}" for key in ("mode", "model", "slices", "seconds", "voxels")
-                            if key in report)
-        if summary:
-            lines.append(summary)
-        self.ui.stopReasonsText.plainText = "\n".join(lines)
+        """Why propagations and corrections stopped where they did, and a one-line summary (workflow.results)."""
+        from MedFoundationSegLib.workflow.results import report_lines
+
+        self.ui.stopReasonsText.plainText = "\n".join(report_lines(report))
 
     def _hasStoredPrompts(self):
         segmentationNode = self.ui.segmentSelector.currentNode()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.segment.clicks import RIM_PX, Click, correct_with_clicks
-from MedFoundationSegLib.workflow.results import CaseResult
+from MedFoundationSegLib.workflow.results import CaseResult, report_lines
 from MedFoundationSegLib.workflow.session import Session
 
 SHAPE = (30, 48, 48)
@@ -433,6 +433,12 @@ def test_an_answer_that_leaves_the_structure_keeps_the_shown_mask_and_spreads_no
     centre = correct_with_clicks(JumpingModel(truth, jump_on=12), shown, shown.astype(np.float32), (10, 10, 38, 38),
                                  (5, 20), [Click((12, 24, 24), False)])
     assert "12" not in centre.stop_reasons and np.array_equal(centre.mask[12], model.segment_slice(12, (0, 0, 47, 47)).mask)
+    # the panel tells the user which answer was not taken, as Session.correct reports it
+    report = {"mode": "refine", "correction": {"clicks": 1, "stop_reasons": result.stop_reasons,
+                                               "click_model": "mobilesam"}}
+    lines = report_lines(report)
+    assert any(line.startswith("click correction, 12: slice 12: ") and "outside the shown mask" in line for line in lines)
+    assert lines[-1] == "mode refine, 1 clicks (clicked slices asked of mobilesam)"
     # an include click past the structure's end: the end continues, a larger object does not
     ended = truth.copy()
     ended[20] = False

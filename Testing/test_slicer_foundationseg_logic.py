@@ -10,6 +10,7 @@ import slicer.util
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.sampledata.phantoms import make_phantom
 from MedFoundationSegLib.workflow.options import Options
+from MedFoundationSegLib.workflow.results import report_lines
 from MedFoundationSegLogic import mrml_bridge
 from MedFoundationSegLogic.logic import MedFoundationSegLogic
 from MedFoundationSegLogic.node_attributes import ENGINE_ATTRIBUTE
@@ -72,6 +73,7 @@ def test_roi_to_segment_matches_engine_mask_voxel_for_voxel(mrml, phantom, logic
     refine = logic.prepare_refine(volume_node, segmentation, edit.segment_id, negative_node=negative)
     corrected = refine.compute(progress=None, cancelled=None)
     assert corrected.report["correction"]["clicks"] == 1  # the model was re-prompted on the clicked slice
+    assert "1 clicks (clicked slices asked of " in report_lines(corrected.report)[-1]  # what the panel shows
     logic.apply(refine, corrected)
     refined = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, edit.segment_id, volume_node) > 0
     assert not refined[kk, jj, ii]

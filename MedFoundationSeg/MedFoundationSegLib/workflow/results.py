@@ -20,3 +20,26 @@ class CaseResult:
         """The part of the report worth storing in a segment tag (no per-voxel data)."""
         keys = ("mode", "model", "slices", "stop_reasons", "seconds", "refine", "voxels", "evidence")
         return {k: self.report[k] for k in keys if k in self.report}
+
+
+def report_lines(report: dict) -> list[str]:
+    """What a result's report tells the user, one line each: why each propagation or correction walk stopped where
+    it did, a correction's clicked slices where the model's answer was not taken, and a one-line summary."""
+    lines = _reason_lines(report.get("stop_reasons"))
+    correction = report.get("correction") or {}
+    lines += [f"click correction, {line}" for line in _reason_lines(correction.get("stop_reasons"))]
+    summary = ", ".join(f"{key} {report[key]}" for key in ("mode", "model", "slices", "seconds", "voxels")
+                        if key in report)
+    if correction:
+        summary += f"{', ' if summary else ''}{correction.get('clicks', 0)} clicks"
+        if correction.get("click_model"):
+            summary += f" (clicked slices asked of {correction['click_model']})"
+    return lines + ([summary] if summary else [])
+
+
+def _reason_lines(reasons) -> list[str]:
+    if isinstance(reasons, dict):
+        return [f"{where}: {why}" for where, why in reasons.items()]
+    if isinstance(reasons, (list, tuple)):
+        return [str(reason) for reason in reasons]
+    return [str(reasons)] if reasons else []
