@@ -89,6 +89,12 @@ def _clicks_hold(mask_hw: np.ndarray, clicks: list[Click]) -> bool:
     return all(bool(mask_hw[c.srk[1], c.srk[2]]) == c.positive for c in clicks)
 
 
+def _label_clicks(probability_hw: np.ndarray, clicks: list[Click]) -> None:
+    """Set each click's pixel of ``probability_hw`` to its label (in place), for the graph cut's hard seeds."""
+    for click in clicks:
+        probability_hw[click.srk[1], click.srk[2]] = 1.0 if click.positive else 0.0
+
+
 def slice_prompt_box(mask: np.ndarray, index: int, clicks: list[Click], cap, margin_px: float,
                      margin_fraction: float) -> tuple[int, int, int, int]:
     """The box prompt of a clicked slice: the shown mask's box there (else the nearest non-empty slice's), grown to
@@ -186,12 +192,10 @@ def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, bo
         left = left_the_structure(m, mask, k, by_slice[k][-1])
         if left:  # the shown mask stands, nothing spreads; the clicks' hard seeds in the graph cut correct it
             reasons[f"{k}"] = left
-            for click in by_slice[k]:
-                probability[k][click.srk[1], click.srk[2]] = 1.0 if click.positive else 0.0
+            _label_clicks(probability[k], by_slice[k])
             continue
         if not _clicks_hold(m, by_slice[k]):  # the model ignored a click: the graph cut's hard seeds will hold it
-            for click in by_slice[k]:
-                p[click.srk[1], click.srk[2]] = 1.0 if click.positive else 0.0
+            _label_clicks(p, by_slice[k])
         change = int((m ^ mask[k]).sum())
         if change:
             changed.append(k)
