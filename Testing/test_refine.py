@@ -292,3 +292,31 @@ def test_other_refinements_without_clicks_never_empty_what_the_model_found(metho
         far_click = Annotations(box_kji=box, clicks_kji=np.array([[2, 11, 3]]), click_positive=np.array([False]))
         with pytest.raises(RefineError, match="no include click"):
             refine(image, prob, far_click, method=method)
+
+
+def test_a_cut_keeps_to_the_slices_of_a_box_whose_range_is_the_structures():
+    """A tube the model sees on slices 2-9 and a box over slices 4-7: a localized box lets the cut reach its margin
+    (2 slices each way); a drawn box or a correction's box (``exact_slices_axis``) keeps the cut to its slices, grown
+    to every slice the shown mask fills (``box_holding_slices_ijk``), so no slice the user sees is taken away."""
+    from MedFoundationSegLib.core import geometry
+    from MedFoundationSegLib.core.volume import Volume
+    from MedFoundationSegLib.workflow.results import CaseResult
+    from MedFoundationSegLib.workflow.session import Session
+
+    tube = np.zeros((12, 32, 32), bool)
+    tube[2:10, 10:22, 10:22] = True
+    image = np.where(tube, 200.0, 100.0).astype(np.float32) + np.random.default_rng(2).normal(0, 5, tube.shape)
+    volume = Volume(image.astype(np.float32), (1.0, 1.0, 3.0))
+    shown = CaseResult(tube, np.where(tube, 0.9, 0.1).astype(np.float32), {})
+    box_ijk = np.array([[8, 8, 4], [23, 23, 7]])
+
+    def slices(result):
+        return np.flatnonzero(result.mask_kji.any(axis=(1, 2))).tolist()
+
+    assert slices(Session.refine_result(volume, shown, method="graphcut", box_ijk=box_ijk)) == list(range(2, 10))
+    exact = Session.refine_result(volume, shown, method="graphcut", box_ijk=box_ijk, exact_slices_axis=0)
+    assert slices(exact) == [4, 5, 6, 7]
+    grown = geometry.box_holding_slices_ijk(box_ijk, tube[:6], "axial")  # the mask fills slices 2-5
+    np.testing.assert_array_equal(grown, [[8, 8, 2], [23, 23, 7]])
+    assert slices(Session.refine_result(volume, shown, method="graphcut", box_ijk=grown, exact_slices_axis=0)) == \
+        list(range(2, 8))

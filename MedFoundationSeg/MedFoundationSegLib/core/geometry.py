@@ -112,6 +112,17 @@ def box_holding_clicks_ijk(box_ijk, clicks_ijk, axis: str, shape_kji, min_margin
     return np.clip(box, 0, np.array(shape_kji[::-1]) - 1)
 
 
+def box_holding_slices_ijk(box_ijk, mask_kji: np.ndarray, axis: str) -> np.ndarray:
+    """``box_ijk`` whose slice range along ``axis`` is grown to hold every slice ``mask_kji`` fills: a cut that keeps
+    to the box's slices then never takes away a slice the user sees."""
+    box, frame = np.array(box_ijk, int), slice_frame(axis)
+    filled = np.flatnonzero(to_slices(np.asarray(mask_kji, bool), axis).any(axis=(1, 2)))
+    if len(filled):
+        box[0, frame.ijk_axis] = min(box[0, frame.ijk_axis], int(filled[0]))
+        box[1, frame.ijk_axis] = max(box[1, frame.ijk_axis], int(filled[-1]))
+    return box
+
+
 def equivalent_radius_mm(mask_kji: np.ndarray, spacing_xyz_mm) -> float:
     """The radius of the sphere holding as much as ``mask_kji`` (mm): a structure's size in one number."""
     volume_mm3 = float(np.count_nonzero(mask_kji)) * float(np.prod(np.asarray(spacing_xyz_mm, float)))

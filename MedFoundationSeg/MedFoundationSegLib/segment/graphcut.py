@@ -38,7 +38,9 @@ class Annotations:
 class GraphCutParams:
     smoothness: float = 5.0  # lambda: weight of the pairwise term against the unary
     softness: float = 0.8  # p' = 0.5 + (p - 0.5) * softness, so the image can overrule the model
-    box_margin_vox: int = 2  # outside the box dilated by this much is certain background
+    # Outside the box grown by this much is certain background: voxels, or (k, j, i) voxels per axis (0 along the
+    # slice axis where the box's slice range is the structure's: a drawn box, a correction's box).
+    box_margin_vox: int | tuple[int, int, int] = 2
     click_radius_vox: int = 2  # clicks become small disks
     # A click also pulls the model's probability towards its label around it, fading as exp(-distance / this), so
     # one click can correct a whole wrong region instead of a disk (0: clicks are hard disks only). A wider reach makes

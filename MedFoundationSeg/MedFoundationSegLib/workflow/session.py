@@ -144,7 +144,9 @@ class Session:
             check(cancelled, "refinement")
             report(progress, 0.95, f"refining ({o.refine})")
             outcome = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
-                                         extreme_points_ijk=extreme_points_ijk, probability_shift=shift)
+                                         extreme_points_ijk=extreme_points_ijk, probability_shift=shift,
+                                         exact_slices_axis=geometry.slice_frame(o.axis).array_axis
+                                         if o.exact_range else None)
         if learned is not None and (outcome.head or learned.volumes):  # the head adjusted here, else the prior's,
             outcome.head = outcome.head or learned.to_arrays()  # with this mask's shape (a shape alone is not stored)
             outcome = learning.with_shape(outcome, learned, box_ijk)
@@ -286,9 +288,8 @@ class Session:
         click pulls only on its own slice (there the next slice is another cross-section, and what it loses the
         re-prompted model has already decided) and a click reaches farther; on thin slices clicks pull in 3D and the
         cut is less smooth (``CLICK_SMOOTHNESS``). An exclude click reaches at most a fraction of the structure's
-        radius (``EXCLUDE_REACH_PER_RADIUS``)."""
-        positive = [p[::-1] for p, pos in clicks_kji if pos]
-        negative = [p[::-1] for p, pos in clicks_kji if not pos]
+        radius (``EXCLUDE_REACH_PER_RADIUS``). The cut keeps to the slices of the box and of the mask."""
+        positive, negative = ([p[::-1] for p, pos in clicks_kji if pos == want] for want in (True, False))
         thickness = "thin" if thick_axis is None else "thick"
         if o.click_reach_mm is not None:
             reach_mm = exclude_reach_mm = o.click_reach_mm
@@ -296,12 +297,13 @@ class Session:
             reach_mm = CLICK_REACH_MM[thickness]
             exclude_reach_mm = min(reach_mm, EXCLUDE_REACH_PER_RADIUS[thickness] *
                                    geometry.equivalent_radius_mm(outcome.mask_kji, volume.spacing_mm))
+        box_ijk = geometry.box_holding_slices_ijk(box_ijk, outcome.mask_kji, o.axis)
         refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                      positive_ijk=np.array(positive, float) if positive else None,
                                      negative_ijk=np.array(negative, float) if negative else None,
                                      click_reach_mm=reach_mm, exclude_reach_mm=exclude_reach_mm,
-                                     exclude_pull_axis=thick_axis,
-                                     smoothness=CLICK_SMOOTHNESS[thickness])
+                                     exclude_pull_axis=thick_axis, smoothness=CLICK_SMOOTHNESS[thickness],
+                                     exact_slices_axis=geometry.slice_frame(o.axis).array_axis)
         return CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
@@ -361,11 +363,12 @@ class Session:
     def refine_result(volume: Volume, result: CaseResult, *, method: str, box_ijk=None, extreme_points_ijk=None,
                       positive_ijk=None, negative_ijk=None, scribble_kji=None, click_reach_mm: float | None = None,
                       exclude_reach_mm: float | None = None, exclude_pull_axis: int | None = None,
-                      smoothness: float | None = None, probability_shift: float = 0.0,
+                      smoothness: float | None = None, probability_shift: float = 0.0, exact_slices_axis: int | None = None,
                       progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> CaseResult:
         """``result`` refined with the annotations given. With a ``probability_shift`` (the first cut of a model's
         segmentation, ``segment.graphcut.cut_probability_shift``) the probability handed on agrees with the cut's mask
-        (``agree_with_mask``), so later cuts, which take the probability as it is, start from what this one decided."""
+        (``agree_with_mask``), so later cuts, which take the probability as it is, start from what this one decided.
+        ``exact_slices_axis``: the (z, y, x) axis along which the box's slices are the structure's; the cut keeps to them."""
         probability = result.probability_kji if result.probability_kji is not None else \
             result.mask_kji.astype(np.float32)
         clicks, positive = [], []
@@ -383,6 +386,9 @@ class Session:
         tuned = {} if click_reach_mm is None else {"click_influence_mm": float(click_reach_mm)}
         if smoothness is not None:
             tuned["smoothness"] = float(smoothness)
+        if exact_slices_axis is not None:  # no margin along it
+            tuned["box_margin_vox"] = tuple(0 if a == exact_slices_axis else refine.GraphCutParams.box_margin_vox
+                                            for a in range(3))
         params = refine.GraphCutParams(exclude_pull_axis=exclude_pull_axis, exclude_influence_mm=exclude_reach_mm,
                                        probability_shift=probability_shift, **tuned)
         refined = refine.refine(volume.array, probability, annotations, method=method,
