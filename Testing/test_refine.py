@@ -305,7 +305,7 @@ def test_a_cut_keeps_to_the_slices_of_a_box_whose_range_is_the_structures():
 
     tube = np.zeros((12, 32, 32), bool)
     tube[2:10, 10:22, 10:22] = True
-    image = np.where(tube, 200.0, 100.0).astype(np.float32) + np.random.default_rng(2).normal(0, 5, tube.shape)
+    image = np.where(tube, 200.0, 100.0) + np.random.default_rng(2).normal(0, 5, tube.shape)
     volume = Volume(image.astype(np.float32), (1.0, 1.0, 3.0))
     shown = CaseResult(tube, np.where(tube, 0.9, 0.1).astype(np.float32), {})
     box_ijk = np.array([[8, 8, 4], [23, 23, 7]])

@@ -89,6 +89,12 @@ def cut_probability_shift(model: str | None) -> float:
     return float(entry.get("refinement", {}).get("cut_probability_shift", 0.0))
 
 
+def box_margin_without(axis_kji: int) -> tuple[int, int, int]:
+    """``GraphCutParams.box_margin_vox`` per (k, j, i) axis, with none along ``axis_kji``: where the box's slices along
+    it are the structure's (a drawn box, a correction's box), the cut keeps to them."""
+    return tuple(0 if axis == axis_kji else GraphCutParams.box_margin_vox for axis in range(3))
+
+
 def agree_with_mask(prob: np.ndarray, mask: np.ndarray, sure: float = 0.75) -> np.ndarray:
     """The probability where it agrees with ``mask`` (taken at 0.5), ``sure`` or ``1 - sure`` where the mask decided
     otherwise: what a cut decided, carried to later cuts that do not repeat its settings."""

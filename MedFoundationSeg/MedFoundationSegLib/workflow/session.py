@@ -21,7 +21,7 @@ from MedFoundationSegLib.runtime.retained_heap import retained_heap
 from MedFoundationSegLib.segment import clicks as click_correction
 from MedFoundationSegLib.segment import keyslices, propagate, refine, repropagate
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
-from MedFoundationSegLib.segment.graphcut import agree_with_mask, cut_probability_shift
+from MedFoundationSegLib.segment.graphcut import agree_with_mask, box_margin_without, cut_probability_shift
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow import learning
@@ -289,7 +289,8 @@ class Session:
         re-prompted model has already decided) and a click reaches farther; on thin slices clicks pull in 3D and the
         cut is less smooth (``CLICK_SMOOTHNESS``). An exclude click reaches at most a fraction of the structure's
         radius (``EXCLUDE_REACH_PER_RADIUS``). The cut keeps to the slices of the box and of the mask."""
-        positive, negative = ([p[::-1] for p, pos in clicks_kji if pos == want] for want in (True, False))
+        positive = [p[::-1] for p, pos in clicks_kji if pos]
+        negative = [p[::-1] for p, pos in clicks_kji if not pos]
         thickness = "thin" if thick_axis is None else "thick"
         if o.click_reach_mm is not None:
             reach_mm = exclude_reach_mm = o.click_reach_mm
@@ -386,9 +387,8 @@ class Session:
         tuned = {} if click_reach_mm is None else {"click_influence_mm": float(click_reach_mm)}
         if smoothness is not None:
             tuned["smoothness"] = float(smoothness)
-        if exact_slices_axis is not None:  # no margin along it
-            tuned["box_margin_vox"] = tuple(0 if a == exact_slices_axis else refine.GraphCutParams.box_margin_vox
-                                            for a in range(3))
+        if exact_slices_axis is not None:
+            tuned["box_margin_vox"] = box_margin_without(exact_slices_axis)
         params = refine.GraphCutParams(exclude_pull_axis=exclude_pull_axis, exclude_influence_mm=exclude_reach_mm,
                                        probability_shift=probability_shift, **tuned)
         refined = refine.refine(volume.array, probability, annotations, method=method,
