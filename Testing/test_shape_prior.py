@@ -82,11 +82,12 @@ def test_the_head_a_result_hands_back_holds_the_prior_shape_averaged_with_its_ma
     box = box_of(earlier)
     prior = _head(sp.to_box_grid(earlier, box), 1)
     learned = CaseResult(now, now.astype(np.float32), {}, head=_head().to_arrays())
-    head = learning.with_shape(learned, prior, box).head
+    image = now.astype(np.float32) * 100
+    head = learning.with_shape(learned, prior, box, image).head
     np.testing.assert_allclose(head["shape"], sp.updated(prior.shape, 1, now, box))
-    assert int(head["shape_volumes"]) == 2
-    assert learning.with_shape(CaseResult(now), prior, box).head is None  # nothing learned, nothing to store
-    first = learning.with_shape(learned, None, box).head  # the first volume starts the shape
+    assert int(head["shape_volumes"]) == 2 and head["atlas_masks"].shape[0] == 1  # the prior held no atlas
+    assert learning.with_shape(CaseResult(now), prior, box, image).head is None  # nothing learned, nothing to store
+    first = learning.with_shape(learned, None, box, image).head  # the first volume starts the shape
     np.testing.assert_allclose(first["shape"], sp.to_box_grid(now, box))
     assert int(first["shape_volumes"]) == 1
 
@@ -98,10 +99,12 @@ def test_a_first_segmentation_takes_the_shape_where_the_model_missed_it():
     model_probability = np.where(structure, 0.9, 0.05).astype(np.float32)
     model_probability[:, :, 50:] = np.where(structure[:, :, 50:], 0.4, 0.05)  # unsure of one half
     shown = CaseResult(model_probability >= 0.5, model_probability, {"model": "litemedsam"})
-    started = learning.add_shape(shown, prior, box)
+    image, spacing = structure.astype(np.float32), (1.0, 1.0, 1.0)
+    started = learning.add_shape(shown, prior, box, image, spacing)
     assert dice(shown.mask_kji, structure) < 0.75
-    assert dice(started.mask_kji, structure) > 0.9 and started.report["shape_prior"] == {"volumes": 3}
-    assert learning.add_shape(shown, _head(), box) is shown  # a head without a shape changes nothing
+    assert dice(started.mask_kji, structure) > 0.9
+    assert started.report["shape_prior"] == {"volumes": 3, "from": "mean shape in the box"}
+    assert learning.add_shape(shown, _head(), box, image, spacing) is shown  # a head without a shape changes nothing
 
 
 def test_a_signed_mask_the_head_cannot_learn_still_teaches_the_shape():

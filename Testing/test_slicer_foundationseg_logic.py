@@ -189,11 +189,14 @@ def test_heads_learned_from_corrections_are_stored_per_structure_and_start_the_n
     second_node = add_volume_node(scene, image, "ct 2")
     second = logic.prepare_segment_in_roi(second_node, roi, segmentation)
     assert second.request.params["prior_head"]["volumes"] == 1
+    assert second.request.arrays["prior_head.atlas_images"].shape[0] == 1  # the first volume, as an atlas
     result = second.compute()
-    # LiteMedSAM's cut is shifted, so the stored shape, not the head, adjusts its first segmentation
-    assert result.report["shape_prior"] == {"volumes": 1} and "head" not in result.report
+    # LiteMedSAM's cut is shifted, so the stored shape (its atlas registered here), not the head, adjusts its first
+    # segmentation
+    assert result.report["shape_prior"] == {"volumes": 1, "from": "registered atlases (1)"}
+    assert "head" not in result.report
     logic.apply(second, result, segment_name="kidney 2")
     assert logic.head_warning is None and result.head is not None, logic.head_warning
     stored = store.load("kidney_right", "litemedsam")
-    assert int(stored["volumes"]) == 2 and int(stored["shape_volumes"]) == 2
+    assert int(stored["volumes"]) == 2 and int(stored["shape_volumes"]) == 2 and len(stored["atlas_masks"]) == 2
     assert 2 * (result.mask_kji & truth).sum() / (result.mask_kji.sum() + truth.sum()) >= 0.8

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 _NUMBERS = ("weights", "mean", "scale")
+ATLAS_KEYS = ("atlas_images", "atlas_masks")  # image grids: they travel as wire arrays, not in the JSON
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,99}$")
 
 
@@ -76,6 +77,16 @@ def head_to_json(arrays: dict) -> dict:
         out.update(shape=np.round(np.asarray(arrays["shape"], np.float32).reshape(-1), 3).tolist(),
                    shape_volumes=int(arrays.get("shape_volumes", 1)))
     return out
+
+
+def atlas_wire_arrays(arrays: dict | None, prefix: str) -> dict[str, np.ndarray]:
+    """A head's atlas grids as named wire arrays (``<prefix>.atlas_images`` ...), beside its JSON form."""
+    return {f"{prefix}.{key}": np.asarray(arrays[key]) for key in ATLAS_KEYS if arrays is not None and key in arrays}
+
+
+def with_wire_atlases(head_arrays: dict[str, np.ndarray], wire_arrays: dict, prefix: str) -> dict[str, np.ndarray]:
+    """A head's arrays from its JSON form, with the atlas grids that came as wire arrays under ``prefix``."""
+    return head_arrays | {key: wire_arrays[f"{prefix}.{key}"] for key in ATLAS_KEYS if f"{prefix}.{key}" in wire_arrays}
 
 
 def json_to_head_arrays(value) -> dict[str, np.ndarray]:

@@ -23,40 +23,40 @@ PRIOR_GAIN = 2.0
 SURE = 0.05
 
 
-def _grid_frame(box_ijk) -> tuple[np.ndarray, np.ndarray]:
+def grid_frame(box_ijk, grid_kji=GRID_KJI) -> tuple[np.ndarray, np.ndarray]:
     """(origin_kji, step_kji): voxel position of the grid's first node and the voxels between nodes."""
     lo, hi = np.asarray(box_ijk, float)[:, ::-1]
     size = hi - lo + 1
     origin = lo - 0.5 - CONTEXT * size  # the box's outer faces, grown
-    step = size * (1 + 2 * CONTEXT) / np.array(GRID_KJI)
+    step = size * (1 + 2 * CONTEXT) / np.array(grid_kji)
     return origin + step / 2, step
 
 
-def _extent(box_ijk, shape_kji) -> tuple[slice, ...]:
+def _extent(box_ijk, shape_kji, grid_kji) -> tuple[slice, ...]:
     """The voxels of a volume of ``shape_kji`` the grid of ``box_ijk`` spans (the work stays near the structure)."""
-    origin, step = _grid_frame(box_ijk)
+    origin, step = grid_frame(box_ijk, grid_kji)
     lo = np.clip(np.floor(origin - step).astype(int), 0, np.array(shape_kji))  # one node more: the filter's reach
-    hi = np.clip(np.ceil(origin + step * np.array(GRID_KJI)).astype(int) + 1, 0, np.array(shape_kji))
+    hi = np.clip(np.ceil(origin + step * np.array(grid_kji)).astype(int) + 1, 0, np.array(shape_kji))
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def to_box_grid(mask_kji: np.ndarray, box_ijk) -> np.ndarray:
-    """A mask's occupancy on the box grid (float32 in [0, 1]); voxels outside the volume count as outside the mask."""
-    origin, step = _grid_frame(box_ijk)
-    region = _extent(box_ijk, np.shape(mask_kji))
-    crop = np.asarray(mask_kji[region], np.float32)
+def to_box_grid(values_kji: np.ndarray, box_ijk, grid_kji=GRID_KJI) -> np.ndarray:
+    """A mask's occupancy (or an image's mean value) on the box grid, float32; voxels outside the volume count 0."""
+    origin, step = grid_frame(box_ijk, grid_kji)
+    region = _extent(box_ijk, np.shape(values_kji), grid_kji)
+    crop = np.asarray(values_kji[region], np.float32)
     if crop.size == 0:
-        return np.zeros(GRID_KJI, np.float32)
+        return np.zeros(grid_kji, np.float32)
     smooth = ndimage.uniform_filter(crop, size=np.maximum(np.rint(step), 1).astype(int), mode="constant")
     start = np.array([s.start for s in region])
-    return ndimage.affine_transform(smooth, step, origin - start, output_shape=GRID_KJI, order=1, mode="constant",
+    return ndimage.affine_transform(smooth, step, origin - start, output_shape=grid_kji, order=1, mode="constant",
                                     cval=0.0).astype(np.float32)
 
 
 def from_box_grid(grid: np.ndarray, box_ijk, shape_kji) -> np.ndarray:
-    """The grid mapped into a volume of ``shape_kji`` by its box (float32; 0 beyond the grid)."""
-    origin, step = _grid_frame(box_ijk)
-    region = _extent(box_ijk, shape_kji)
+    """The grid (any size) mapped into a volume of ``shape_kji`` by its box (float32; 0 beyond the grid)."""
+    origin, step = grid_frame(box_ijk, np.shape(grid))
+    region = _extent(box_ijk, shape_kji, np.shape(grid))
     out = np.zeros(tuple(shape_kji), np.float32)
     size = tuple(s.stop - s.start for s in region)
     if 0 in size:

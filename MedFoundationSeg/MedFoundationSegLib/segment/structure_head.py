@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from MedFoundationSegLib.segment import atlas_prior
 from MedFoundationSegLib.segment.preprocessing import SliceTransform
 from MedFoundationSegLib.segment.shape_prior import GRID_KJI
 
@@ -44,6 +45,10 @@ class StructureHead:
     # for a head stored before shapes were kept or learned from corrections within a volume.
     shape: np.ndarray | None = None
     shape_volumes: int = 0
+    # The latest signed volumes' images and masks around the box (segment/atlas_prior.py), (N, *atlas GRID_KJI)
+    # uint8 each; None for a head stored before atlases were kept.
+    atlas_images: np.ndarray | None = None
+    atlas_masks: np.ndarray | None = None
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(N, C) embedding cells -> (N,) logits (the standardisation folded into the weights: one product)."""
@@ -56,7 +61,8 @@ class StructureHead:
                 "bias": np.array(self.bias, np.float32), "mean": self.mean, "scale": self.scale,
                 "volumes": np.array(self.volumes), "cells": np.array(self.cells)} | (
             {} if self.shape is None else {"shape": np.asarray(self.shape, np.float32),
-                                           "shape_volumes": np.array(self.shape_volumes)})
+                                           "shape_volumes": np.array(self.shape_volumes)}) | (
+            {} if self.atlas_images is None else {"atlas_images": self.atlas_images, "atlas_masks": self.atlas_masks})
 
     @classmethod
     def from_arrays(cls, arrays) -> "StructureHead":
@@ -70,7 +76,7 @@ class StructureHead:
             raise HeadError("the structure head's arrays are inconsistent or not finite")
         shape, shape_volumes = _shape(arrays)
         return cls(str(arrays["model"]), weights, float(arrays["bias"]), mean, scale, int(arrays["volumes"]),
-                   int(arrays["cells"]), shape, shape_volumes)
+                   int(arrays["cells"]), shape, shape_volumes, *_atlases(arrays))
 
 
 def _shape(arrays) -> tuple[np.ndarray | None, int]:
@@ -82,6 +88,19 @@ def _shape(arrays) -> tuple[np.ndarray | None, int]:
         raise HeadError(f"the structure head's shape is not a {GRID_KJI} grid of values in [0, 1]")
     volumes = int(arrays.get("shape_volumes", 1))
     return shape.reshape(GRID_KJI), max(volumes, 1)
+
+
+def _atlases(arrays) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The head's optional atlas images and masks, checked: as many of each, uint8 grids of the atlas grid's size."""
+    if "atlas_images" not in arrays:
+        return None, None
+    images, masks = (np.asarray(arrays.get(key, ())) for key in ("atlas_images", "atlas_masks"))
+    grid = int(np.prod(atlas_prior.GRID_KJI))
+    fits = images.size == masks.size and images.size % grid == 0 and 0 < images.size <= atlas_prior.MAX_ATLASES * grid
+    if not fits or images.dtype != np.uint8 or masks.dtype != np.uint8:
+        raise HeadError(f"the structure head's atlases are not pairs of uint8 {atlas_prior.GRID_KJI} grids (at most "
+                        f"{atlas_prior.MAX_ATLASES})")
+    return images.reshape(-1, *atlas_prior.GRID_KJI), masks.reshape(-1, *atlas_prior.GRID_KJI)
 
 
 # --- geometry between a slice and its embedding grid ---------------------------------------------------------------

@@ -53,13 +53,14 @@ class EngineResult:
     arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def case_result(self) -> CaseResult:
-        from MedFoundationSegLib.io.head_store import json_to_head_arrays
+        from MedFoundationSegLib.io.head_store import json_to_head_arrays, with_wire_atlases
 
         probability = self.arrays.get("probability_kji")
         head = self.meta.get("head")
+        head = None if head is None else with_wire_atlases(json_to_head_arrays(head), self.arrays, "head")
         return CaseResult(np.asarray(self.arrays["mask_kji"], bool),
                           None if probability is None else np.asarray(probability, np.float32),
-                          dict(self.meta.get("report", {})), head=None if head is None else json_to_head_arrays(head))
+                          dict(self.meta.get("report", {})), head=head)
 
     def boxes(self) -> dict[str, StructureBox]:
         return {item["name"]: StructureBox.from_dict(item) for item in self.meta.get("boxes", [])}
@@ -105,20 +106,22 @@ def _case(result: CaseResult, request: EngineRequest) -> EngineResult:
         arrays["probability_kji"] = np.asarray(result.probability_kji, np.float16)
     meta = {"report": _jsonable(result.report)}
     if result.head is not None:
-        from MedFoundationSegLib.io.head_store import head_to_json
+        from MedFoundationSegLib.io.head_store import atlas_wire_arrays, head_to_json
 
         meta["head"] = head_to_json(result.head)
+        arrays.update(atlas_wire_arrays(result.head, "head"))
     return EngineResult(meta, arrays)
 
 
 def _prior_head(request: EngineRequest):
-    """The head from earlier volumes the caller sent (``params["prior_head"]``, JSON), or None."""
+    """The head from earlier volumes the caller sent (``params["prior_head"]``, JSON, and its atlas grids as arrays
+    ``prior_head.*``), or None."""
     value = request.params.get("prior_head")
     if value is None:
         return None
     from MedFoundationSegLib.workflow.learning import head_from_json
 
-    head = head_from_json(value)
+    head = head_from_json(value, request.arrays)
     if head.model != request.options.model:
         raise ValueError(f"the structure head was learned with {head.model}; this action uses "
                          f"{request.options.model}")

@@ -12,8 +12,8 @@ import dataclasses
 import numpy as np
 
 from MedFoundationSegLib.core import geometry
-from MedFoundationSegLib.io.head_store import HeadStoreError, json_to_head_arrays
-from MedFoundationSegLib.segment import head_learning, shape_prior
+from MedFoundationSegLib.io.head_store import HeadStoreError, json_to_head_arrays, with_wire_atlases
+from MedFoundationSegLib.segment import atlas_prior, head_learning, shape_prior
 from MedFoundationSegLib.segment.structure_head import HeadError, StructureHead
 from MedFoundationSegLib.workflow.results import CaseResult
 
@@ -53,23 +53,24 @@ def start_from_prior(segmenter_for, outcome: CaseResult, box: geometry.SliceBox,
 
 
 def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str, *,
-                 prior: StructureHead | None = None) -> StructureHead:
+                 prior: StructureHead | None = None, image_kji: np.ndarray | None = None) -> StructureHead:
     """The head of a mask the user signed in ``box_ijk``, warm-started from ``prior``: it has learned from one volume
-    more, and its shape (segment/shape_prior.py) holds the mask too. Where the head cannot reproduce the mask
+    more, and its shape (segment/shape_prior.py) and, with ``image_kji``, its atlases (segment/atlas_prior.py) hold
+    the mask too. Where the head cannot reproduce the mask
     (``head_learning.MIN_AGREEMENT``: a structure too fine for the embedding's cells) the prior's weights stay, or,
     without a prior, the head holds only the shape (``volumes`` 0: its weights are never used)."""
     box = geometry.slice_box(box_ijk, axis)
     mask_view = geometry.to_slices(np.asarray(mask_kji, bool), axis)
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), (), model,
                                          prior=weights_prior(prior))
-    shape, shape_volumes = _next_shape(prior, mask_kji, box_ijk)
+    shape = _next_shape(prior, mask_kji, box_ijk, image_kji)
     if learned.agreement >= head_learning.MIN_AGREEMENT:
         head = dataclasses.replace(learned.head, volumes=(prior.volumes if prior else 0) + 1)
     elif prior is not None:
         head = prior
     else:
         head = dataclasses.replace(learned.head, volumes=0)
-    return dataclasses.replace(head, shape=shape, shape_volumes=shape_volumes)
+    return dataclasses.replace(head, **shape)
 
 
 def weights_prior(prior: StructureHead | None) -> StructureHead | None:
@@ -77,36 +78,52 @@ def weights_prior(prior: StructureHead | None) -> StructureHead | None:
     return prior if prior is not None and prior.volumes > 0 else None
 
 
-def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk) -> tuple[np.ndarray, int]:
-    """(shape, volumes): the prior's shape, if it has one, averaged with ``mask_kji`` in ``box_ijk``."""
+def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk, image_kji) -> dict:
+    """The head's shape fields after one volume more: the prior's shape, if it has one, averaged with ``mask_kji``
+    in ``box_ijk``; with ``image_kji``, the prior's atlases and this volume's."""
     count = prior.shape_volumes if prior is not None and prior.shape is not None else 0
-    return shape_prior.updated(prior.shape if count else None, count, mask_kji, box_ijk), count + 1
+    fields = {"shape": shape_prior.updated(prior.shape if count else None, count, mask_kji, box_ijk),
+              "shape_volumes": count + 1}
+    if image_kji is not None:
+        images, masks = atlas_prior.appended(prior and prior.atlas_images, prior and prior.atlas_masks,
+                                             atlas_prior.image_grid(image_kji, box_ijk),
+                                             atlas_prior.mask_grid(mask_kji, box_ijk))
+        fields.update(atlas_images=images, atlas_masks=masks)
+    return fields
 
 
-def add_shape(outcome: CaseResult, prior: StructureHead, box_ijk) -> CaseResult:
+def add_shape(outcome: CaseResult, prior: StructureHead, box_ijk, image_kji: np.ndarray,
+              spacing_kji_mm) -> CaseResult:
     """A first segmentation with the shape of earlier volumes blended into its probability (unchanged when the head
-    holds no shape); the mask is the blend above 0.5."""
+    holds no shape): their atlases carried onto this image where the head keeps them, else their mean shape in the
+    box. The mask is the blend above 0.5."""
     if prior.shape is None or outcome.probability_kji is None:
         return outcome
-    blended = shape_prior.blend(outcome.probability_kji, prior.shape, prior.shape_volumes, box_ijk)
-    return CaseResult(blended >= 0.5, blended, dict(outcome.report, shape_prior={"volumes": prior.shape_volumes}),
+    shape, source = prior.shape, "mean shape in the box"
+    if prior.atlas_images is not None:
+        shape = atlas_prior.carried_shape(prior.atlas_images, prior.atlas_masks, image_kji, box_ijk, spacing_kji_mm)
+        source = f"registered atlases ({len(prior.atlas_images)})"
+    blended = shape_prior.blend(outcome.probability_kji, shape, prior.shape_volumes, box_ijk)
+    return CaseResult(blended >= 0.5, blended,
+                      dict(outcome.report, shape_prior={"volumes": prior.shape_volumes, "from": source}),
                       head=outcome.head)
 
 
-def with_shape(outcome: CaseResult, prior: StructureHead | None, box_ijk) -> CaseResult:
-    """``outcome`` whose learned head (if any) also holds the structure's shape: the prior's, averaged with this
+def with_shape(outcome: CaseResult, prior: StructureHead | None, box_ijk, image_kji: np.ndarray) -> CaseResult:
+    """``outcome`` whose learned head (if any) also holds the structure's shape and atlases: the prior's, with this
     outcome's mask in ``box_ijk`` (the box the user gave). The caller stores the head; each later action on the same
     volume replaces it, so the volume's last mask is the one that counts."""
     if outcome.head is None:
         return outcome
-    shape, volumes = _next_shape(prior, outcome.mask_kji, box_ijk)
-    head = dict(outcome.head, shape=shape, shape_volumes=np.array(volumes))
+    fields = _next_shape(prior, outcome.mask_kji, box_ijk, image_kji)
+    head = dict(outcome.head, **(fields | {"shape_volumes": np.array(fields["shape_volumes"])}))
     return CaseResult(outcome.mask_kji, outcome.probability_kji, outcome.report, head=head)
 
 
-def head_from_json(value: dict) -> StructureHead:
-    """A head sent with a request as JSON (``io.head_store.head_to_json``); a ``HeadError`` says what is wrong."""
+def head_from_json(value: dict, wire_arrays: dict | None = None) -> StructureHead:
+    """A head sent with a request as JSON (``io.head_store.head_to_json``), its atlas grids among the request's arrays
+    (``prior_head.*``); a ``HeadError`` says what is wrong."""
     try:
-        return StructureHead.from_arrays(json_to_head_arrays(value))
+        return StructureHead.from_arrays(with_wire_atlases(json_to_head_arrays(value), wire_arrays or {}, "prior_head"))
     except HeadStoreError as error:
         raise HeadError(str(error)) from None

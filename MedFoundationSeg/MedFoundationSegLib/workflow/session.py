@@ -139,7 +139,7 @@ class Session:
             if not shift and learned.volumes:  # the head's probability replaces what a shifted cut was measured on
                 outcome = learning.start_from_prior(lambda model: self.segmenter(volume, o.replace(model=model)),
                                                     outcome, geometry.slice_box(box_ijk, o.axis), o.axis, learned)
-            outcome = learning.add_shape(outcome, learned, box_ijk)
+            outcome = learning.add_shape(outcome, learned, box_ijk, volume.array, volume.spacing_mm[::-1])
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.95, f"refining ({o.refine})")
@@ -149,7 +149,7 @@ class Session:
                                          if o.exact_range else None)
         if learned is not None and (outcome.head or learned.volumes):  # the head adjusted here, else the prior's,
             outcome.head = outcome.head or learned.to_arrays()  # with this mask's shape (a shape alone is not stored)
-            outcome = learning.with_shape(outcome, learned, box_ijk)
+            outcome = learning.with_shape(outcome, learned, box_ijk, volume.array)
         outcome.report["seconds"] = round(time.perf_counter() - start, 3)
         outcome.report["voxels"] = int(outcome.mask_kji.sum())
         report(progress, 1.0, "done")
@@ -277,7 +277,7 @@ class Session:
             check(cancelled, "refinement")
             report(progress, 0.7, f"refining ({o.refine}) with {len(clicks)} clicks")
             outcome = self._refine_correction(volume, outcome, box_ijk, clicks_kji, o, thick_axis)
-        outcome = learning.with_shape(outcome, prior_head, given_box_ijk) if o.learn else outcome
+        outcome = learning.with_shape(outcome, prior_head, given_box_ijk, volume.array) if o.learn else outcome
         outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
         report(progress, 1.0, "correction done")
         return outcome
@@ -316,7 +316,7 @@ class Session:
             raise ValueError("nothing to learn from: the segment is empty")
         box_ijk = geometry.check_box_ijk(volume, box_ijk)
         return learning.learn_signed(self.segmenter(volume, o), mask_kji, box_ijk,
-                                     o.axis, o.model, prior=prior_head)
+                                     o.axis, o.model, prior=prior_head, image_kji=volume.array)
 
     def refine(self, volume: Volume, mask_kji: np.ndarray, options: Options | None = None, *, positive_ijk=None,
                negative_ijk=None, scribble_kji=None, evidence: Evidence | None = None, prior_head=None,

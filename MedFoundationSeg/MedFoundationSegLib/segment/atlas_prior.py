@@ -1,0 +1,102 @@
+"""Earlier volumes of a structure as atlases: each signed mask kept with its image around the box, registered to the
+next volume's image there, so that the shape follows this volume's anatomy and not only the box.
+
+Why: the mean shape in box coordinates (segment/shape_prior.py) puts each earlier mask where the box says; organs of
+one dataset differ in how they bend and where they touch their neighbours inside the box. The image around the box
+shows where: a deformable registration of each earlier volume's image onto this one (SimpleITK's demons, on the box
+grid, where the boxes have already aligned position and scale) carries its mask along, and the mean of the carried
+masks is the share of earlier volumes holding each voxel (the shape's meaning). The image and mask of the latest
+``MAX_ATLASES`` volumes are kept per structure in its stored head.
+
+Grids are (k, j, i) uint8 arrays on ``GRID_KJI`` spanning the box grown as the shape's grid; boxes are
+((i0, j0, k0), (i1, j1, k1)) inclusive voxels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from MedFoundationSegLib.segment import shape_prior
+
+GRID_KJI = (24, 64, 64)
+MAX_ATLASES = 6  # the latest volumes kept: their registration is the cost of a first segmentation (a few tenths of s)
+DEMONS_ITERATIONS = 60
+DEMONS_SMOOTHING_NODES = 1.5  # Gaussian smoothing of the displacement field, in grid nodes
+HISTOGRAM_LEVELS = 64
+WINDOW_PERCENTILES = (1, 99)  # the window of the image around the box: all but its extremes
+
+
+def image_grid(image_kji: np.ndarray, box_ijk) -> np.ndarray:
+    """The image around the box on the atlas grid, its ``WINDOW_PERCENTILES`` there mapped to 0-255 (uint8: what a
+    registration needs, and small to store and send): CT and MR alike, whatever the scanner's offset."""
+    grid = _on_grid(image_kji, box_ijk)
+    low, high = np.percentile(grid, WINDOW_PERCENTILES)
+    return _to_uint8((grid - low) / max(float(high - low), 1e-6))
+
+
+def mask_grid(mask_kji: np.ndarray, box_ijk) -> np.ndarray:
+    """The mask's occupancy on the atlas grid, 0-255 for 0-1 (uint8)."""
+    return _to_uint8(_on_grid(mask_kji, box_ijk))
+
+
+def _on_grid(values_kji: np.ndarray, box_ijk) -> np.ndarray:
+    """``values_kji`` on the atlas grid of the box: block means of the crop first (one pass over it, where a filter
+    would be one pass per voxel of its window: each action stores its volume's atlas), then linear interpolation."""
+    origin, step = shape_prior.grid_frame(box_ijk, GRID_KJI)
+    lo = np.clip(np.floor(origin - step).astype(int), 0, np.shape(values_kji))
+    hi = np.clip(np.ceil(origin + step * np.array(GRID_KJI)).astype(int) + 1, 0, np.shape(values_kji))
+    crop = np.asarray(values_kji[tuple(slice(a, b) for a, b in zip(lo, hi))], np.float32)
+    if crop.size == 0:
+        return np.zeros(GRID_KJI, np.float32)
+    block = np.maximum(np.floor(step), 1).astype(int)
+    crop = crop[tuple(slice(0, n - n % b or n) for n, b in zip(crop.shape, block))]
+    blocks = crop.reshape(*[x for n, b in zip(crop.shape, block) for x in (n // b, b)]).mean(axis=(1, 3, 5))
+    # a block's mean sits at its centre: grid node -> crop voxel -> block index
+    return ndimage.affine_transform(blocks, step / block, (origin - lo - (block - 1) / 2) / block,
+                                    output_shape=GRID_KJI, order=1, mode="nearest").astype(np.float32)
+
+
+def _to_uint8(share: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(share, 0, 1) * 255).astype(np.uint8)
+
+
+def appended(images: np.ndarray | None, masks: np.ndarray | None, image: np.ndarray,
+             mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The atlases with one more volume's grids, the oldest dropped beyond ``MAX_ATLASES``."""
+    if images is None or masks is None or len(images) == 0:
+        return image[None], mask[None]
+    return (np.concatenate([images, image[None]])[-MAX_ATLASES:],
+            np.concatenate([masks, mask[None]])[-MAX_ATLASES:])
+
+
+def carried_shape(images: np.ndarray, masks: np.ndarray, image_kji: np.ndarray, box_ijk,
+                  spacing_kji_mm) -> np.ndarray:
+    """The mean of the atlases' masks, each carried onto this volume by registering its image to this volume's image
+    around ``box_ijk`` (float32 on ``GRID_KJI``)."""
+    _, step = shape_prior.grid_frame(box_ijk, GRID_KJI)
+    fixed = _itk(image_grid(image_kji, box_ijk), step * np.asarray(spacing_kji_mm, float))
+    carried = [_carry(fixed, atlas_image, atlas_mask) for atlas_image, atlas_mask in zip(images, masks)]
+    return np.clip(np.mean(carried, axis=0), 0, 1).astype(np.float32)
+
+
+def _itk(grid: np.ndarray, spacing_kji_mm) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.asarray(grid, np.float32))
+    image.SetSpacing(tuple(float(s) for s in spacing_kji_mm[::-1]))
+    return image
+
+
+def _carry(fixed: sitk.Image, atlas_image: np.ndarray, atlas_mask: np.ndarray) -> np.ndarray:
+    """One atlas's mask on the fixed grid, after its image's intensities are matched to the fixed image's (another
+    contrast phase or scanner) and its image registered onto it."""
+    moving = _itk(atlas_image, fixed.GetSpacing()[::-1])
+    moving = sitk.HistogramMatching(moving, fixed, HISTOGRAM_LEVELS, 7, True)
+    demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
+    demons.SetNumberOfIterations(DEMONS_ITERATIONS)
+    demons.SetStandardDeviations(DEMONS_SMOOTHING_NODES)  # ITK smooths the field in grid nodes
+    demons.SetSmoothDisplacementField(True)
+    field = demons.Execute(fixed, moving)
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    mask = _itk(atlas_mask, fixed.GetSpacing()[::-1])
+    return sitk.GetArrayFromImage(sitk.Resample(mask, fixed, transform, sitk.sitkLinear, 0.0)) / 255.0
