@@ -160,7 +160,8 @@ def test_learn_heads_command_teaches_heads_from_template_labels_and_adds_to_stor
     assert main(["learn-heads", "--templates", str(tmp_path / "T.yaml"), "--device", "cpu"]) == 0
     again = store.load("liver", "litemedsam")
     assert int(again["volumes"]) == 2 and int(again["shape_volumes"]) == 2  # the stored head was the prior
-    assert "shape from 2" in capsys.readouterr().out
+    assert len(again["atlas_images"]) == 2  # each template's image and mask, an atlas for the query volumes
+    assert "shape from 2, 2 atlas(es)" in capsys.readouterr().out
 
 
 def test_a_bad_prior_head_in_a_request_is_refused_before_any_work():

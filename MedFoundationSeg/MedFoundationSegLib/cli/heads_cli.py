@@ -56,6 +56,8 @@ def run_learn_heads(args: argparse.Namespace) -> int:
             learned += 1
             weights = f"head from {head.volumes} volume(s)" if head.volumes else \
                 f"too fine for a head on {args.model}'s embedding grid"
-            print(f"{template.name}: {name} -> {path} ({weights}, shape from {head.shape_volumes})")
+            atlases = 0 if head.atlas_images is None else len(head.atlas_images)
+            print(f"{template.name}: {name} -> {path} ({weights}, shape from {head.shape_volumes}, "
+                  f"{atlases} atlas(es))")
     print(f"learn-heads: {learned} head(s) stored in {store.folder}")
     return 0
