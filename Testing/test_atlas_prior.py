@@ -50,6 +50,18 @@ def test_an_atlas_registered_onto_the_image_puts_the_structure_where_this_volume
     assert dice(carried >= 0.5, truth) > 0.85
 
 
+def test_an_atlas_whose_image_does_not_match_after_registration_counts_for_little():
+    earlier_image, earlier = volume(30, 0)
+    image, truth = volume(36, 1)
+    unlike = np.random.default_rng(2).normal(0, 50, SHAPE).astype(np.float32)  # no anatomy this volume shares
+    elsewhere = ellipsoid((15, 40, 55), (5, 10, 9))
+    images, masks = ap.appended(None, None, ap.image_grid(earlier_image, BOX_IJK), ap.mask_grid(earlier, BOX_IJK))
+    images, masks = ap.appended(images, masks, ap.image_grid(unlike, BOX_IJK), ap.mask_grid(elsewhere, BOX_IJK))
+    carried = sp.from_box_grid(ap.carried_shape(images, masks, image, BOX_IJK, (2.0, 1.0, 1.0)), BOX_IJK, SHAPE)
+    assert dice(carried >= 0.5, truth) > 0.85  # an equal vote would halve the structure's share, to the threshold
+    assert carried[elsewhere & ~truth].max() < 0.2
+
+
 def test_a_first_segmentation_takes_the_registered_atlases_where_the_head_keeps_them():
     earlier_image, earlier = volume(30, 0)
     image, truth = volume(36, 1)

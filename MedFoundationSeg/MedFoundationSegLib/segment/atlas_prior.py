@@ -5,7 +5,9 @@ Why: the mean shape in box coordinates (segment/shape_prior.py) puts each earlie
 one dataset differ in how they bend and where they touch their neighbours inside the box. The image around the box
 shows where: a deformable registration of each earlier volume's image onto this one (SimpleITK's demons, on the box
 grid, where the boxes have already aligned position and scale) carries its mask along, and the mean of the carried
-masks is the share of earlier volumes holding each voxel (the shape's meaning). The image and mask of the latest
+masks, each weighted by how well its registered image matches this one inside the box, is the share of earlier volumes
+holding each voxel (the shape's meaning): an atlas of another contrast phase, whose registration followed the wrong
+edges, counts for less. The image and mask of the latest
 ``MAX_ATLASES`` volumes are kept per structure in its stored head.
 
 Grids are (k, j, i) uint8 arrays on ``GRID_KJI`` spanning the box grown as the shape's grid; boxes are
@@ -25,7 +27,8 @@ MAX_ATLASES = 6  # the latest volumes kept: their registration is the cost of a 
 DEMONS_ITERATIONS = 60
 DEMONS_SMOOTHING_NODES = 1.5  # Gaussian smoothing of the displacement field, in grid nodes
 HISTOGRAM_LEVELS = 64
-WINDOW_PERCENTILES = (1, 99)  # the window of the image around the box: all but its extremes
+WINDOW_PERCENTILES = (1, 99)
+MATCH_POWER = 8  # an atlas's weight: its registered image's correlation with this one inside the box, to this power  # the window of the image around the box: all but its extremes
 
 
 def image_grid(image_kji: np.ndarray, box_ijk) -> np.ndarray:
@@ -73,12 +76,23 @@ def appended(images: np.ndarray | None, masks: np.ndarray | None, image: np.ndar
 
 def carried_shape(images: np.ndarray, masks: np.ndarray, image_kji: np.ndarray, box_ijk,
                   spacing_kji_mm) -> np.ndarray:
-    """The mean of the atlases' masks, each carried onto this volume by registering its image to this volume's image
-    around ``box_ijk`` (float32 on ``GRID_KJI``)."""
+    """The weighted mean of the atlases' masks, each carried onto this volume by registering its image to this
+    volume's image around ``box_ijk`` (float32 on ``GRID_KJI``)."""
     _, step = shape_prior.grid_frame(box_ijk, GRID_KJI)
     fixed = _itk(image_grid(image_kji, box_ijk), step * np.asarray(spacing_kji_mm, float))
-    carried = [_carry(fixed, atlas_image, atlas_mask) for atlas_image, atlas_mask in zip(images, masks)]
-    return np.clip(np.mean(carried, axis=0), 0, 1).astype(np.float32)
+    carried, matches = zip(*(_carry(fixed, atlas_image, atlas_mask) for atlas_image, atlas_mask in zip(images, masks)))
+    weights = np.clip(matches, 0, None) ** MATCH_POWER
+    weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(carried), 1 / len(carried))
+    return np.clip(np.tensordot(weights, np.asarray(carried), axes=1), 0, 1).astype(np.float32)
+
+
+def _box_correlation(fixed: np.ndarray, registered: np.ndarray) -> float:
+    """Pearson correlation of two grids over the box's own nodes (the grid's middle half along each axis)."""
+    inner = tuple(slice(n // 4, n - n // 4) for n in fixed.shape)
+    a, b = (np.asarray(g[inner], np.float64).ravel() for g in (fixed, registered))
+    a, b = a - a.mean(), b - b.mean()
+    scale = np.sqrt((a @ a) * (b @ b))
+    return float(a @ b / scale) if scale > 0 else 0.0
 
 
 def _itk(grid: np.ndarray, spacing_kji_mm) -> sitk.Image:
@@ -87,9 +101,9 @@ def _itk(grid: np.ndarray, spacing_kji_mm) -> sitk.Image:
     return image
 
 
-def _carry(fixed: sitk.Image, atlas_image: np.ndarray, atlas_mask: np.ndarray) -> np.ndarray:
-    """One atlas's mask on the fixed grid, after its image's intensities are matched to the fixed image's (another
-    contrast phase or scanner) and its image registered onto it."""
+def _carry(fixed: sitk.Image, atlas_image: np.ndarray, atlas_mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """One atlas's mask on the fixed grid, and how well its registered image matches the fixed one, after its image's
+    intensities are matched to the fixed image's (another contrast phase or scanner) and registered onto it."""
     moving = _itk(atlas_image, fixed.GetSpacing()[::-1])
     moving = sitk.HistogramMatching(moving, fixed, HISTOGRAM_LEVELS, 7, True)
     demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
@@ -98,5 +112,7 @@ def _carry(fixed: sitk.Image, atlas_image: np.ndarray, atlas_mask: np.ndarray) -
     demons.SetSmoothDisplacementField(True)
     field = demons.Execute(fixed, moving)
     transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    registered = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0))
     mask = _itk(atlas_mask, fixed.GetSpacing()[::-1])
-    return sitk.GetArrayFromImage(sitk.Resample(mask, fixed, transform, sitk.sitkLinear, 0.0)) / 255.0
+    carried = sitk.GetArrayFromImage(sitk.Resample(mask, fixed, transform, sitk.sitkLinear, 0.0)) / 255.0
+    return carried, _box_correlation(sitk.GetArrayFromImage(fixed), registered)
