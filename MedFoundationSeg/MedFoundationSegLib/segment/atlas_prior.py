@@ -7,8 +7,8 @@ shows where: a deformable registration of each earlier volume's image onto this 
 grid, where the boxes have already aligned position and scale) carries its mask along, and the mean of the carried
 masks, each weighted by how well its registered image matches this one inside the box, is the share of earlier volumes
 holding each voxel (the shape's meaning): an atlas of another contrast phase, whose registration followed the wrong
-edges, counts for less. The image and mask of the latest
-``MAX_ATLASES`` volumes are kept per structure in its stored head.
+edges, counts for less. The image and mask of the latest ``MAX_ATLASES`` volumes are kept per structure in its stored
+head.
 
 Grids are (k, j, i) uint8 arrays on ``GRID_KJI`` spanning the box grown as the shape's grid; boxes are
 ((i0, j0, k0), (i1, j1, k1)) inclusive voxels.
@@ -27,8 +27,8 @@ MAX_ATLASES = 6  # the latest volumes kept: their registration is the cost of a 
 DEMONS_ITERATIONS = 60
 DEMONS_SMOOTHING_NODES = 1.5  # Gaussian smoothing of the displacement field, in grid nodes
 HISTOGRAM_LEVELS = 64
-WINDOW_PERCENTILES = (1, 99)
-MATCH_POWER = 8  # an atlas's weight: its registered image's correlation with this one inside the box, to this power  # the window of the image around the box: all but its extremes
+WINDOW_PERCENTILES = (1, 99)  # the window of the image around the box: all but its extremes
+MATCH_POWER = 8  # an atlas's weight: its registered image's correlation with this one inside the box, to this power
 
 
 def image_grid(image_kji: np.ndarray, box_ijk) -> np.ndarray:
@@ -48,9 +48,9 @@ def _on_grid(values_kji: np.ndarray, box_ijk) -> np.ndarray:
     """``values_kji`` on the atlas grid of the box: block means of the crop first (one pass over it, where a filter
     would be one pass per voxel of its window: each action stores its volume's atlas), then linear interpolation."""
     origin, step = shape_prior.grid_frame(box_ijk, GRID_KJI)
-    lo = np.clip(np.floor(origin - step).astype(int), 0, np.shape(values_kji))
-    hi = np.clip(np.ceil(origin + step * np.array(GRID_KJI)).astype(int) + 1, 0, np.shape(values_kji))
-    crop = np.asarray(values_kji[tuple(slice(a, b) for a, b in zip(lo, hi))], np.float32)
+    region = shape_prior.grid_extent(box_ijk, np.shape(values_kji), GRID_KJI)
+    lo = np.array([s.start for s in region])
+    crop = np.asarray(values_kji[region], np.float32)
     if crop.size == 0:
         return np.zeros(GRID_KJI, np.float32)
     block = np.maximum(np.floor(step), 1).astype(int)

@@ -32,7 +32,7 @@ def grid_frame(box_ijk, grid_kji=GRID_KJI) -> tuple[np.ndarray, np.ndarray]:
     return origin + step / 2, step
 
 
-def _extent(box_ijk, shape_kji, grid_kji) -> tuple[slice, ...]:
+def grid_extent(box_ijk, shape_kji, grid_kji=GRID_KJI) -> tuple[slice, ...]:
     """The voxels of a volume of ``shape_kji`` the grid of ``box_ijk`` spans (the work stays near the structure)."""
     origin, step = grid_frame(box_ijk, grid_kji)
     lo = np.clip(np.floor(origin - step).astype(int), 0, np.array(shape_kji))  # one node more: the filter's reach
@@ -43,7 +43,7 @@ def _extent(box_ijk, shape_kji, grid_kji) -> tuple[slice, ...]:
 def to_box_grid(values_kji: np.ndarray, box_ijk, grid_kji=GRID_KJI) -> np.ndarray:
     """A mask's occupancy (or an image's mean value) on the box grid, float32; voxels outside the volume count 0."""
     origin, step = grid_frame(box_ijk, grid_kji)
-    region = _extent(box_ijk, np.shape(values_kji), grid_kji)
+    region = grid_extent(box_ijk, np.shape(values_kji), grid_kji)
     crop = np.asarray(values_kji[region], np.float32)
     if crop.size == 0:
         return np.zeros(grid_kji, np.float32)
@@ -56,7 +56,7 @@ def to_box_grid(values_kji: np.ndarray, box_ijk, grid_kji=GRID_KJI) -> np.ndarra
 def from_box_grid(grid: np.ndarray, box_ijk, shape_kji) -> np.ndarray:
     """The grid (any size) mapped into a volume of ``shape_kji`` by its box (float32; 0 beyond the grid)."""
     origin, step = grid_frame(box_ijk, np.shape(grid))
-    region = _extent(box_ijk, shape_kji, np.shape(grid))
+    region = grid_extent(box_ijk, shape_kji, np.shape(grid))
     out = np.zeros(tuple(shape_kji), np.float32)
     size = tuple(s.stop - s.start for s in region)
     if 0 in size:
