@@ -43,7 +43,8 @@ def _head(**atlases) -> sh.StructureHead:
 def test_an_atlas_registered_onto_the_image_puts_the_structure_where_this_volume_has_it():
     earlier_image, earlier = volume(30, 0)
     image, truth = volume(36, 1)  # the structure sits 6 voxels further along i in the same box
-    images, masks = ap.appended(None, None, ap.image_grid(earlier_image, BOX_IJK), ap.mask_grid(earlier, BOX_IJK))
+    images, masks, _ = ap.appended(None, ap.image_grid(earlier_image, BOX_IJK), ap.mask_grid(earlier, BOX_IJK),
+                                   ap.volume_digest(earlier_image))
     carried = sp.from_box_grid(ap.carried_shape(images, masks, image, BOX_IJK, (2.0, 1.0, 1.0)), BOX_IJK, SHAPE)
     in_the_box = sp.from_box_grid(ap.mask_grid(earlier, BOX_IJK) / 255.0, BOX_IJK, SHAPE)  # where the box alone puts it
     assert dice(in_the_box >= 0.5, truth) < 0.6
@@ -55,8 +56,10 @@ def test_an_atlas_whose_image_does_not_match_after_registration_counts_for_littl
     image, truth = volume(36, 1)
     unlike = np.random.default_rng(2).normal(0, 50, SHAPE).astype(np.float32)  # no anatomy this volume shares
     elsewhere = ellipsoid((15, 40, 55), (5, 10, 9))
-    images, masks = ap.appended(None, None, ap.image_grid(earlier_image, BOX_IJK), ap.mask_grid(earlier, BOX_IJK))
-    images, masks = ap.appended(images, masks, ap.image_grid(unlike, BOX_IJK), ap.mask_grid(elsewhere, BOX_IJK))
+    atlases = ap.appended(None, ap.image_grid(earlier_image, BOX_IJK), ap.mask_grid(earlier, BOX_IJK),
+                          ap.volume_digest(earlier_image))
+    images, masks, _ = ap.appended(atlases, ap.image_grid(unlike, BOX_IJK), ap.mask_grid(elsewhere, BOX_IJK),
+                                   ap.volume_digest(unlike))
     carried = sp.from_box_grid(ap.carried_shape(images, masks, image, BOX_IJK, (2.0, 1.0, 1.0)), BOX_IJK, SHAPE)
     assert dice(carried >= 0.5, truth) > 0.85  # an equal vote would halve the structure's share, to the threshold
     assert carried[elsewhere & ~truth].max() < 0.2
@@ -77,9 +80,11 @@ def test_a_first_segmentation_takes_the_registered_atlases_where_the_head_keeps_
 
 
 def test_a_head_keeps_the_latest_volumes_as_atlases():
-    images = masks = None
+    atlases = None
     for n in range(ap.MAX_ATLASES + 2):
-        images, masks = ap.appended(images, masks, np.full(ap.GRID_KJI, n, np.uint8), np.full(ap.GRID_KJI, n, np.uint8))
+        grid = np.full(ap.GRID_KJI, n, np.uint8)
+        atlases = ap.appended(atlases, grid, grid, np.full(ap.SOURCE_BYTES, n + 1, np.uint8))
+    images, masks, sources = atlases
     assert images.shape == masks.shape == (ap.MAX_ATLASES, *ap.GRID_KJI)
     assert [int(g[0, 0, 0]) for g in images] == list(range(2, ap.MAX_ATLASES + 2))
     image, mask = volume(30, 0)
@@ -87,11 +92,31 @@ def test_a_head_keeps_the_latest_volumes_as_atlases():
                                   _head(atlas_images=images, atlas_masks=masks), BOX_IJK, image).head
     assert learned["atlas_images"].shape[0] == ap.MAX_ATLASES
     np.testing.assert_array_equal(learned["atlas_masks"][-1], ap.mask_grid(mask, BOX_IJK))
+    assert not learned["atlas_sources"][:-1].any()  # atlases stored before their sources were kept: unknown
+    np.testing.assert_array_equal(learned["atlas_sources"][-1], ap.volume_digest(image))
+
+
+def test_a_volume_learned_again_replaces_its_atlas_and_counts_once():
+    image, mask = volume(30, 0)
+    other_image, other_mask = volume(36, 1)
+    result = CaseResult(mask, mask.astype(np.float32), {}, head=_head().to_arrays())
+    once = sh.StructureHead.from_arrays(learning.with_shape(result, None, BOX_IJK, image).head)
+    assert len(once.atlas_images) == 1 and once.shape_volumes == 1
+    smaller = mask & (np.arange(SHAPE[2]) < 30)  # corrected since: the later mask is the one that counts
+    again = learning.with_shape(CaseResult(smaller, None, {}, head=_head().to_arrays()), once, BOX_IJK,
+                                image.copy()).head  # the same voxels, loaded afresh
+    assert len(again["atlas_images"]) == 1 and int(again["shape_volumes"]) == 1
+    np.testing.assert_array_equal(again["atlas_masks"][0], ap.mask_grid(smaller, BOX_IJK))
+    other = learning.with_shape(CaseResult(other_mask, None, {}, head=_head().to_arrays()),
+                                sh.StructureHead.from_arrays(again), BOX_IJK, other_image).head
+    assert len(other["atlas_images"]) == 2 and int(other["shape_volumes"]) == 2
+    assert not np.array_equal(ap.volume_digest(image), ap.volume_digest(other_image))
 
 
 def _atlas_head() -> sh.StructureHead:
     image, mask = volume(30, 0)
-    return _head(atlas_images=ap.image_grid(image, BOX_IJK)[None], atlas_masks=ap.mask_grid(mask, BOX_IJK)[None])
+    return _head(atlas_images=ap.image_grid(image, BOX_IJK)[None], atlas_masks=ap.mask_grid(mask, BOX_IJK)[None],
+                 atlas_sources=ap.volume_digest(image)[None])
 
 
 def test_atlases_survive_the_store_the_result_and_the_request(tmp_path):
@@ -100,11 +125,13 @@ def test_atlases_survive_the_store_the_result_and_the_request(tmp_path):
     store.save("liver", "litemedsam", head.to_arrays())
     stored = sh.StructureHead.from_arrays(store.load("liver", "litemedsam"))
     np.testing.assert_array_equal(stored.atlas_images, head.atlas_images)
+    np.testing.assert_array_equal(stored.atlas_sources, head.atlas_sources)
     mask = np.zeros(SHAPE, bool)
     sent = transport.encode_result(actions._case(CaseResult(mask, head=head.to_arrays()),
                                                  actions.EngineRequest("segment_box")))
     back = sh.StructureHead.from_arrays(transport.decode_result(sent).case_result().head)
     np.testing.assert_array_equal(back.atlas_masks, head.atlas_masks)
+    np.testing.assert_array_equal(back.atlas_sources, head.atlas_sources)
     from MedFoundationSegLib.io.head_store import atlas_wire_arrays, head_to_json
 
     request = actions.EngineRequest("segment_box", None, Options(model="litemedsam"),
@@ -113,14 +140,16 @@ def test_atlases_survive_the_store_the_result_and_the_request(tmp_path):
     received = actions._prior_head(transport.decode_job(transport.encode_job(request, {}), {}, 1 << 30))
     np.testing.assert_array_equal(received.atlas_images, head.atlas_images)
     np.testing.assert_array_equal(received.atlas_masks, head.atlas_masks)
+    np.testing.assert_array_equal(received.atlas_sources, head.atlas_sources)
 
 
 @pytest.mark.parametrize("change", [
     {"atlas_images": np.zeros((1, *ap.GRID_KJI), np.float32)},  # not uint8
     {"atlas_masks": np.zeros((2, *ap.GRID_KJI), np.uint8)},  # not one mask per image
     {"atlas_images": np.zeros((1, 4, 4, 4), np.uint8)},  # another grid
+    {"atlas_sources": np.zeros((2, ap.SOURCE_BYTES), np.uint8)},  # not one source per atlas
 ])
 def test_bad_atlases_are_refused(change):
     arrays = _atlas_head().to_arrays() | change
-    with pytest.raises(sh.HeadError, match="atlases"):
+    with pytest.raises(sh.HeadError, match="atlas"):
         sh.StructureHead.from_arrays(arrays)

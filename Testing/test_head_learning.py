@@ -145,23 +145,28 @@ def test_learn_heads_command_teaches_heads_from_template_labels_and_adds_to_stor
     from MedFoundationSegLib.localize.templates import Template, TemplateSet
     from MedFoundationSegLib.sampledata.phantoms import make_phantom
 
-    phantom = make_phantom(5, (24, 96, 96))
-    write_volume(phantom.image, tmp_path / "t0.nii.gz")
-    write_volume(phantom.labels, tmp_path / "t0_labels.nii.gz")
-    TemplateSet([Template("t0", image_path=tmp_path / "t0.nii.gz", labels_path=tmp_path / "t0_labels.nii.gz",
-                          label_ids={"liver": phantom.label_ids["liver"]}),
-                 Template("unlabelled", image_path=tmp_path / "t0.nii.gz")]).save(tmp_path / "T.yaml")
+    templates = []
+    for n, seed in enumerate((5, 6)):
+        phantom = make_phantom(seed, (24, 96, 96))
+        write_volume(phantom.image, tmp_path / f"t{n}.nii.gz")
+        write_volume(phantom.labels, tmp_path / f"t{n}_labels.nii.gz")
+        templates.append(Template(f"t{n}", image_path=tmp_path / f"t{n}.nii.gz",
+                                  labels_path=tmp_path / f"t{n}_labels.nii.gz",
+                                  label_ids={"liver": phantom.label_ids["liver"]}))
+    TemplateSet([templates[0], Template("unlabelled", image_path=tmp_path / "t0.nii.gz")]).save(tmp_path / "T.yaml")
     assert main(["learn-heads", "--templates", str(tmp_path / "T.yaml"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "unlabelled: no label volume, skipped" in out and "1 head(s) stored" in out
     store = HeadStore(tmp_path)
     first = sh.StructureHead.from_arrays(store.load("liver", "litemedsam"))
     assert first.volumes == 1 and first.model == "litemedsam"
-    assert main(["learn-heads", "--templates", str(tmp_path / "T.yaml"), "--device", "cpu"]) == 0
+    TemplateSet(templates).save(tmp_path / "T2.yaml")  # t0 again (already learned), and t1
+    assert main(["learn-heads", "--templates", str(tmp_path / "T2.yaml"), "--device", "cpu"]) == 0
     again = store.load("liver", "litemedsam")
-    assert int(again["volumes"]) == 2 and int(again["shape_volumes"]) == 2  # the stored head was the prior
+    assert int(again["volumes"]) == 2 and int(again["shape_volumes"]) == 2  # the stored head was the prior; t0 once
     assert len(again["atlas_images"]) == 2  # each template's image and mask, an atlas for the query volumes
-    assert "shape from 2, 2 atlas(es)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "t0: liver" in out and "shape from 1, 1 atlas(es)" in out and "shape from 2, 2 atlas(es)" in out
 
 
 def test_a_bad_prior_head_in_a_request_is_refused_before_any_work():

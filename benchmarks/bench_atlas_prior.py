@@ -32,17 +32,17 @@ from seg_metrics import dice  # noqa: E402
 
 def shape_heads(model: str, others, structure: str) -> dict[str, StructureHead]:
     """A head holding the mean shape of ``others``' truths, and one holding them also as atlases."""
-    shape = images = masks = None
+    shape = atlases = None
     for count, phantom in enumerate(others):
         mask = phantom.mask(structure)
         box_ijk = protocol_box_ijk(mask)
         shape = shape_prior.updated(shape, count, mask, box_ijk)
-        images, masks = atlas_prior.appended(images, masks, atlas_prior.image_grid(phantom.image.array, box_ijk),
-                                             atlas_prior.mask_grid(mask, box_ijk))
+        atlases = atlas_prior.appended(atlases, atlas_prior.image_grid(phantom.image.array, box_ijk),
+                                       atlas_prior.mask_grid(mask, box_ijk), atlas_prior.volume_digest(phantom.image.array))
     empty = dict(model=model, weights=np.zeros(4, np.float32), bias=0.0, mean=np.zeros(4, np.float32),
                  scale=np.ones(4, np.float32), volumes=0, cells=0, shape=shape, shape_volumes=len(others))
     return {"mean shape": StructureHead(**empty),
-            "atlases": StructureHead(**empty, atlas_images=images, atlas_masks=masks)}
+            "atlases": StructureHead(**empty, atlas_images=atlases[0], atlas_masks=atlases[1], atlas_sources=atlases[2])}
 
 
 def main() -> None:

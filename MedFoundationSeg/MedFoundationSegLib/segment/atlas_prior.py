@@ -16,6 +16,8 @@ Grids are (k, j, i) uint8 arrays on ``GRID_KJI`` spanning the box grown as the s
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -29,6 +31,8 @@ DEMONS_SMOOTHING_NODES = 1.5  # Gaussian smoothing of the displacement field, in
 HISTOGRAM_LEVELS = 64
 WINDOW_PERCENTILES = (1, 99)  # the window of the image around the box: all but its extremes
 MATCH_POWER = 8  # an atlas's weight: its registered image's correlation with this one inside the box, to this power
+SOURCE_BYTES = 8  # an atlas's source: a digest of its volume's voxels (``volume_digest``)
+SOURCE_STRIDE = 4  # the digest reads every this many voxels along each axis
 
 
 def image_grid(image_kji: np.ndarray, box_ijk) -> np.ndarray:
@@ -65,13 +69,35 @@ def _to_uint8(share: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(share, 0, 1) * 255).astype(np.uint8)
 
 
-def appended(images: np.ndarray | None, masks: np.ndarray | None, image: np.ndarray,
-             mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The atlases with one more volume's grids, the oldest dropped beyond ``MAX_ATLASES``."""
-    if images is None or masks is None or len(images) == 0:
-        return image[None], mask[None]
-    return (np.concatenate([images, image[None]])[-MAX_ATLASES:],
-            np.concatenate([masks, mask[None]])[-MAX_ATLASES:])
+def volume_digest(image_kji: np.ndarray) -> np.ndarray:
+    """``SOURCE_BYTES`` uint8 naming a volume by its voxels (every ``SOURCE_STRIDE``-th along each axis, with the
+    volume's shape and type): the same scan learned again, in a later Slicer session or by a second ``learn-heads``,
+    is known by it wherever it was loaded from."""
+    image = np.asarray(image_kji)
+    sample = np.ascontiguousarray(image[::SOURCE_STRIDE, ::SOURCE_STRIDE, ::SOURCE_STRIDE])
+    digest = hashlib.blake2b(f"{image.dtype.str}{image.shape}".encode(), digest_size=SOURCE_BYTES)
+    digest.update(memoryview(sample).cast("B"))
+    return np.frombuffer(digest.digest(), np.uint8).copy()
+
+
+def appended(atlases: tuple | None, image: np.ndarray, mask: np.ndarray,
+             source: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The atlases (images, masks, sources) with one more volume's grids: an atlas of the same volume (``source``)
+    is replaced, not kept twice, and the oldest are dropped beyond ``MAX_ATLASES``. Atlases stored before sources were
+    kept have an unknown source (zeros)."""
+    if atlases is None or atlases[0] is None or len(atlases[0]) == 0:
+        return image[None], mask[None], source[None]
+    images, masks, sources = atlases
+    if sources is None:
+        sources = np.zeros((len(images), SOURCE_BYTES), np.uint8)
+    other = ~np.all(sources == source, axis=1)
+    return tuple(np.concatenate([kept[other], new[None]])[-MAX_ATLASES:]
+                 for kept, new in ((images, image), (masks, mask), (sources, source)))
+
+
+def holds_source(sources: np.ndarray | None, source: np.ndarray) -> bool:
+    """Whether an atlas of the volume ``source`` names is among ``sources``."""
+    return sources is not None and bool(np.any(np.all(np.asarray(sources) == source, axis=1)))
 
 
 def carried_shape(images: np.ndarray, masks: np.ndarray, image_kji: np.ndarray, box_ijk,

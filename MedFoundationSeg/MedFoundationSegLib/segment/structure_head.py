@@ -46,9 +46,11 @@ class StructureHead:
     shape: np.ndarray | None = None
     shape_volumes: int = 0
     # The latest signed volumes' images and masks around the box (segment/atlas_prior.py), (N, *atlas GRID_KJI)
-    # uint8 each; None for a head stored before atlases were kept.
+    # uint8 each, and the volumes they came from ((N, SOURCE_BYTES) uint8 digests); None for a head stored before
+    # atlases (sources) were kept.
     atlas_images: np.ndarray | None = None
     atlas_masks: np.ndarray | None = None
+    atlas_sources: np.ndarray | None = None
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(N, C) embedding cells -> (N,) logits (the standardisation folded into the weights: one product)."""
@@ -62,7 +64,8 @@ class StructureHead:
                 "volumes": np.array(self.volumes), "cells": np.array(self.cells)} | (
             {} if self.shape is None else {"shape": np.asarray(self.shape, np.float32),
                                            "shape_volumes": np.array(self.shape_volumes)}) | (
-            {} if self.atlas_images is None else {"atlas_images": self.atlas_images, "atlas_masks": self.atlas_masks})
+            {} if self.atlas_images is None else {"atlas_images": self.atlas_images, "atlas_masks": self.atlas_masks}) | (
+            {} if self.atlas_sources is None else {"atlas_sources": self.atlas_sources})
 
     @classmethod
     def from_arrays(cls, arrays) -> "StructureHead":
@@ -90,17 +93,26 @@ def _shape(arrays) -> tuple[np.ndarray | None, int]:
     return shape.reshape(GRID_KJI), max(volumes, 1)
 
 
-def _atlases(arrays) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The head's optional atlas images and masks, checked: as many of each, uint8 grids of the atlas grid's size."""
+def _atlases(arrays) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The head's optional atlas images, masks and sources, checked: as many of each, uint8 grids of the atlas grid's
+    size and digests of ``SOURCE_BYTES``."""
     if "atlas_images" not in arrays:
-        return None, None
+        return None, None, None
     images, masks = (np.asarray(arrays.get(key, ())) for key in ("atlas_images", "atlas_masks"))
     grid = int(np.prod(atlas_prior.GRID_KJI))
     fits = images.size == masks.size and images.size % grid == 0 and 0 < images.size <= atlas_prior.MAX_ATLASES * grid
     if not fits or images.dtype != np.uint8 or masks.dtype != np.uint8:
         raise HeadError(f"the structure head's atlases are not pairs of uint8 {atlas_prior.GRID_KJI} grids (at most "
                         f"{atlas_prior.MAX_ATLASES})")
-    return images.reshape(-1, *atlas_prior.GRID_KJI), masks.reshape(-1, *atlas_prior.GRID_KJI)
+    count = images.size // grid
+    sources = arrays.get("atlas_sources")
+    if sources is not None:
+        sources = np.asarray(sources)
+        if sources.dtype != np.uint8 or sources.size != count * atlas_prior.SOURCE_BYTES:
+            raise HeadError(f"the structure head's atlas sources are not {count} uint8 digests of "
+                            f"{atlas_prior.SOURCE_BYTES} bytes")
+        sources = sources.reshape(count, atlas_prior.SOURCE_BYTES)
+    return images.reshape(-1, *atlas_prior.GRID_KJI), masks.reshape(-1, *atlas_prior.GRID_KJI), sources
 
 
 # --- geometry between a slice and its embedding grid ---------------------------------------------------------------

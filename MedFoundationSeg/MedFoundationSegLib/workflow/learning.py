@@ -55,7 +55,7 @@ def start_from_prior(segmenter_for, outcome: CaseResult, box: geometry.SliceBox,
 def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str, *,
                  prior: StructureHead | None = None, image_kji: np.ndarray | None = None) -> StructureHead:
     """The head of a mask the user signed in ``box_ijk``, warm-started from ``prior``: it has learned from one volume
-    more, and its shape (segment/shape_prior.py) and, with ``image_kji``, its atlases (segment/atlas_prior.py) hold
+    more (a volume it learned before counts once), and its shape (segment/shape_prior.py) and, with ``image_kji``, its atlases (segment/atlas_prior.py) hold
     the mask too. Where the head cannot reproduce the mask (``head_learning.MIN_AGREEMENT``: a structure too fine for
     the embedding's cells) the prior's weights stay, or, without a prior, the head holds only the shape (``volumes``
     0: its weights are never used)."""
@@ -64,8 +64,9 @@ def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), (), model,
                                          prior=weights_prior(prior))
     shape = _next_shape(prior, mask_kji, box_ijk, image_kji)
+    again = prior is not None and shape["shape_volumes"] == prior.shape_volumes  # a volume learned before
     if learned.agreement >= head_learning.MIN_AGREEMENT:
-        head = dataclasses.replace(learned.head, volumes=(prior.volumes if prior else 0) + 1)
+        head = dataclasses.replace(learned.head, volumes=(prior.volumes if prior else 0) + (0 if again else 1))
     elif prior is not None:
         head = prior
     else:
@@ -80,15 +81,20 @@ def weights_prior(prior: StructureHead | None) -> StructureHead | None:
 
 def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk, image_kji) -> dict:
     """The head's shape fields after one volume more: the prior's shape, if it has one, averaged with ``mask_kji``
-    in ``box_ijk``; with ``image_kji``, the prior's atlases and this volume's."""
+    in ``box_ijk``; with ``image_kji``, the prior's atlases and this volume's. A volume the prior's atlases already
+    hold (learned again) replaces its atlas and leaves the mean shape as it was: no volume counts twice."""
     count = prior.shape_volumes if prior is not None and prior.shape is not None else 0
-    fields = {"shape": shape_prior.updated(prior.shape if count else None, count, mask_kji, box_ijk),
-              "shape_volumes": count + 1}
+    source = None if image_kji is None else atlas_prior.volume_digest(image_kji)
+    if count and source is not None and atlas_prior.holds_source(prior.atlas_sources, source):
+        fields = {"shape": prior.shape, "shape_volumes": count}
+    else:
+        fields = {"shape": shape_prior.updated(prior.shape if count else None, count, mask_kji, box_ijk),
+                  "shape_volumes": count + 1}
     if image_kji is not None:
-        images, masks = atlas_prior.appended(prior and prior.atlas_images, prior and prior.atlas_masks,
-                                             atlas_prior.image_grid(image_kji, box_ijk),
-                                             atlas_prior.mask_grid(mask_kji, box_ijk))
-        fields.update(atlas_images=images, atlas_masks=masks)
+        atlases = None if prior is None else (prior.atlas_images, prior.atlas_masks, prior.atlas_sources)
+        images, masks, sources = atlas_prior.appended(atlases, atlas_prior.image_grid(image_kji, box_ijk),
+                                                      atlas_prior.mask_grid(mask_kji, box_ijk), source)
+        fields.update(atlas_images=images, atlas_masks=masks, atlas_sources=sources)
     return fields
 
 
