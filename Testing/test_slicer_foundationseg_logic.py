@@ -185,8 +185,9 @@ def test_heads_learned_from_corrections_are_stored_per_structure_and_start_the_n
     logic.apply(refine, corrected)
     assert logic.head_warning is None and int(store.load("kidney_right", "litemedsam")["volumes"]) == 1
 
-    # The next volume (here: the same voxels in a new node) starts from the stored head and stores one volume more.
-    second_node = add_volume_node(scene, image, "ct 2")
+    # The next volume (here: the same anatomy, one unit brighter, in a new node) starts from the stored head and stores
+    # one volume more.
+    second_node = add_volume_node(scene, image.with_array(image.array + 1), "ct 2")
     second = logic.prepare_segment_in_roi(second_node, roi, segmentation)
     assert second.request.params["prior_head"]["volumes"] == 1
     assert second.request.arrays["prior_head.atlas_images"].shape[0] == 1  # the first volume, as an atlas
@@ -200,3 +201,12 @@ def test_heads_learned_from_corrections_are_stored_per_structure_and_start_the_n
     stored = store.load("kidney_right", "litemedsam")
     assert int(stored["volumes"]) == 2 and int(stored["shape_volumes"]) == 2 and len(stored["atlas_masks"]) == 2
     assert 2 * (result.mask_kji & truth).sum() / (result.mask_kji.sum() + truth.sum()) >= 0.8
+
+    # The first volume opened again in a later session (a fresh Logic) and applied again counts once: its atlas is
+    # replaced, and neither the shape's count nor the head's grows.
+    later = MedFoundationSegLogic(scene, Options(mode="box_guided", padding_mm=3.0, drawn_box_padding_mm=3.0),
+                                  heads_folder=tmp_path / "templates")
+    reopened = later.prepare_segment_in_roi(volume_node, roi, segmentation)
+    later.apply(reopened, reopened.compute(), segment_name="kidney again")
+    stored = store.load("kidney_right", "litemedsam")
+    assert int(stored["volumes"]) == 2 and int(stored["shape_volumes"]) == 2 and len(stored["atlas_masks"]) == 2
