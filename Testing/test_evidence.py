@@ -143,3 +143,18 @@ def test_a_refine_request_gets_the_probability_of_the_segment_the_engine_returne
     other = Volume(volume.array + 1, volume.spacing_mm)  # other voxels: another volume
     run_request(session, EngineRequest("refine", other, Options(), refine, {"mask_kji": first.mask_kji}))
     assert session.given[-1] is None
+
+
+def test_a_volumes_identity_is_a_digest_of_its_voxels_computed_once(monkeypatch):
+    """What the engine keeps per volume is keyed by its voxels; a request's actions ask for the key several times."""
+    from MedFoundationSegLib.core import volume as volume_module
+    from MedFoundationSegLib.core.volume import Volume
+
+    voxels = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    volume = Volume(voxels, (1.0, 1.0, 1.0))
+    identity = volume.identity()
+    assert Volume(voxels.copy(), (1.0, 1.0, 1.0)).identity() == identity  # a fresh copy finds what was kept
+    other = volume.with_array(voxels + 1)
+    assert other.identity() != identity and Volume(voxels, (1.0, 1.0, 1.0), key="node@1").identity() == "node@1"
+    monkeypatch.setattr(volume_module.hashlib, "blake2b", None)  # no second digest
+    assert volume.identity() == identity and other.identity() != identity

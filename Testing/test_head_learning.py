@@ -218,6 +218,43 @@ def test_each_slice_window_is_converted_once_per_structure_until_its_embedding_c
     assert len(converted) == windows + 1 + 16 and converted[-1][2] < CELLS
 
 
+def test_a_segmentation_readies_the_heads_cells_so_the_first_click_converts_none(monkeypatch):
+    """The panel's segmentation converts the box's embedding cells for the head (right after the walk, while the
+    memory it freed is at hand), so the first click, which fits the head over every slice of the box, converts none."""
+    import types
+
+    from MedFoundationSegLib.core.volume import Volume
+    from MedFoundationSegLib.workflow import actions
+    from MedFoundationSegLib.workflow.options import Options
+    from MedFoundationSegLib.workflow.results import CaseResult
+
+    truth = disks()
+    predictor = EmbeddingPredictor(truth)
+    predictor.is_encoded = lambda k: True
+    converted = []
+    original = sh.embedding_cells
+    monkeypatch.setattr(sh, "embedding_cells", lambda e: converted.append(tuple(e.shape)) or original(e))
+    box_ijk = [[12, 10, 4], [36, 34, 19]]  # (i, j, k): columns 12-36, rows 10-34, slices 4-19
+    session = types.SimpleNamespace(
+        segment_box=lambda volume, box, options, **_: CaseResult(truth, truth.astype(np.float32),
+                                                                 {"model": options.model}),
+        evidence=types.SimpleNamespace(remember=lambda *args: None), ready_click_model=lambda *args: None,
+        segmenter=lambda volume, options: types.SimpleNamespace(predictor=predictor))
+    volume = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 1.0))
+    for learn, expected in ((False, 0), (True, 16)):
+        converted.clear()
+        actions.run_request(session, actions.EngineRequest("segment_box", volume, Options(learn=learn),
+                                                           {"box_ijk": box_ijk}))
+        assert len(converted) == expected  # one window per slice of the box when the head will learn
+    hl.learn_in_box(predictor, truth, (12, 10, 36, 34), (4, 19), [Click((7, 24, 22), True)], "litemedsam")
+    assert len(converted) == 16  # the first click converted nothing
+    converted.clear()
+    predictor.is_encoded = lambda k: k < 10  # slices not encoded (a mode that encodes key slices) stay so
+    hl._WINDOWS.clear()
+    actions.run_request(session, actions.EngineRequest("segment_box", volume, Options(), {"box_ijk": box_ijk}))
+    assert len(converted) == 6
+
+
 def test_the_blend_opens_only_where_the_head_and_the_mask_differ_and_gets_the_whole_volumes_answer():
     from scipy import ndimage
     from skimage.morphology import disk

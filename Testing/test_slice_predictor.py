@@ -258,6 +258,7 @@ def test_a_decoder_that_fails_to_compile_stays_eager(monkeypatch):
 # --- cache ------------------------------------------------------------------------------------------------------
 def test_cache_never_reencodes_a_slice(phantom, axial, liver_slice):
     axial.embedding(liver_slice)
+    assert axial.is_encoded(liver_slice) and not axial.is_encoded(liver_slice + 1)  # asking encodes nothing
     encoded, calls = axial.slices_encoded, axial.runtime.calls
     for _ in range(3):
         axial.predict(liver_slice, boxes=[10, 10, 60, 60])

@@ -34,6 +34,8 @@ class Volume:
     # A stable identity of these voxels chosen by whoever made the volume (the Slicer Logic: node ID + the image's
     # modification time), so the engine can keep slice embeddings across actions; None = identified by content.
     key: str | None = dataclasses.field(default=None, compare=False)
+    # The digest of the voxels, once ``identity`` has computed it (a volume's voxels are not changed in place).
+    _digest: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.array = np.asarray(self.array)
@@ -50,13 +52,15 @@ class Volume:
         return tuple(self.array.shape)
 
     def identity(self) -> str:
-        """``key`` or a digest of the voxels (shape and type included): what the engine keeps per volume is kept
-        under it, so a fresh copy of the same voxels finds it."""
+        """``key`` or a digest of the voxels (shape and type included, computed once per Volume): what the engine
+        keeps per volume is kept under it, so a fresh copy of the same voxels finds it."""
         if self.key:
             return self.key
-        array = np.ascontiguousarray(self.array)
-        digest = hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).hexdigest()
-        return f"voxels:{array.dtype.str}:{array.shape}:{digest}"
+        if self._digest is None:
+            array = np.ascontiguousarray(self.array)
+            digest = hashlib.blake2b(memoryview(array).cast("B"), digest_size=16).hexdigest()
+            self._digest = f"voxels:{array.dtype.str}:{array.shape}:{digest}"
+        return self._digest
 
     @property
     def ijk_to_lps(self) -> np.ndarray:

@@ -244,6 +244,11 @@ class SlicePredictor:
             self.cache.put(index, embedding)
             return embedding
 
+    def is_encoded(self, index: int) -> bool:
+        """Whether slice ``index``'s embedding is at hand (``embedding`` returns it without encoding)."""
+        with self._lock:
+            return self._check_index(index) in self.cache
+
     @property
     def encodes_one_slice_per_call(self) -> bool:
         """True where the encoder takes one slice per call (CPU): there encoding slices as a walk reaches them costs

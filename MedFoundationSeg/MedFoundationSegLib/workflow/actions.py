@@ -145,6 +145,12 @@ def _segment_box(session, request, progress, cancelled) -> EngineResult:
                                  prior_head=_prior_head(request), progress=progress, cancelled=cancelled)
     session.evidence.remember(request.volume.identity(), result.mask_kji, result.probability_kji, params["box_ijk"])
     session.ready_click_model(request.volume, params["box_ijk"], request.options)  # the panel's clicks come next
+    if request.options.learn and result.report.get("model") == request.options.model:  # the head fits its embeddings
+        from MedFoundationSegLib.core import geometry
+        from MedFoundationSegLib.workflow.learning import ready_cells
+
+        box = geometry.slice_box(geometry.check_box_ijk(request.volume, params["box_ijk"]), request.options.axis)
+        ready_cells(session.segmenter(request.volume, request.options), box)
     return _case(result, request)
 
 

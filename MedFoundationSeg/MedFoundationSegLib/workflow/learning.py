@@ -40,6 +40,19 @@ def apply_head(segmenter, outcome: CaseResult, box: geometry.SliceBox, axis: str
                       head=learned.head.to_arrays())
 
 
+def ready_cells(segmenter, box: geometry.SliceBox) -> None:
+    """The box's embedding cells converted for the structure head now, after a segmentation, so that the first click
+    on it (which fits the head over every slice of the box) does not wait for them: ``head_learning.CellWindows``
+    keeps them while the box's cell window and the slices' embeddings stay the same. Only slices already encoded are
+    converted: this encodes nothing."""
+    predictor = segmenter.predictor
+    encoded = [k for k in range(box.first, box.last + 1) if predictor.is_encoded(k)]
+    if encoded:
+        windows = head_learning.cell_windows(predictor, box.xyxy, encoded[0])
+        for k in encoded:
+            windows.window(k)
+
+
 def start_from_prior(segmenter_for, outcome: CaseResult, box: geometry.SliceBox, axis: str,
                      prior: StructureHead) -> CaseResult:
     """A first segmentation adjusted by a head from earlier volumes (``apply_head`` without clicks); unchanged when the
