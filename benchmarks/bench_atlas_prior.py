@@ -37,12 +37,14 @@ def shape_heads(model: str, others, structure: str) -> dict[str, StructureHead]:
         mask = phantom.mask(structure)
         box_ijk = protocol_box_ijk(mask)
         shape = shape_prior.updated(shape, count, mask, box_ijk)
-        atlases = atlas_prior.appended(atlases, atlas_prior.image_grid(phantom.image.array, box_ijk),
-                                       atlas_prior.mask_grid(mask, box_ijk), atlas_prior.volume_digest(phantom.image.array))
+        image = phantom.image.array
+        atlases = atlas_prior.appended(atlases, atlas_prior.image_grid(image, box_ijk),
+                                       atlas_prior.mask_grid(mask, box_ijk), atlas_prior.volume_digest(image))
     empty = dict(model=model, weights=np.zeros(4, np.float32), bias=0.0, mean=np.zeros(4, np.float32),
                  scale=np.ones(4, np.float32), volumes=0, cells=0, shape=shape, shape_volumes=len(others))
     return {"mean shape": StructureHead(**empty),
-            "atlases": StructureHead(**empty, atlas_images=atlases[0], atlas_masks=atlases[1], atlas_sources=atlases[2])}
+            "atlases": StructureHead(**empty, atlas_images=atlases[0], atlas_masks=atlases[1],
+                                     atlas_sources=atlases[2])}
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 _NUMBERS = ("weights", "mean", "scale")
-ATLAS_KEYS = ("atlas_images", "atlas_masks", "atlas_sources")  # image grids: they travel as wire arrays, not in the JSON
+# A head's atlas grids and their sources: they travel as wire arrays, not in the JSON
+ATLAS_KEYS = ("atlas_images", "atlas_masks", "atlas_sources")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,99}$")
 
 

@@ -64,7 +64,8 @@ class StructureHead:
                 "volumes": np.array(self.volumes), "cells": np.array(self.cells)} | (
             {} if self.shape is None else {"shape": np.asarray(self.shape, np.float32),
                                            "shape_volumes": np.array(self.shape_volumes)}) | (
-            {} if self.atlas_images is None else {"atlas_images": self.atlas_images, "atlas_masks": self.atlas_masks}) | (
+            {} if self.atlas_images is None else {"atlas_images": self.atlas_images,
+                                                  "atlas_masks": self.atlas_masks}) | (
             {} if self.atlas_sources is None else {"atlas_sources": self.atlas_sources})
 
     @classmethod
