@@ -111,6 +111,8 @@ def test_a_volume_learned_again_replaces_its_atlas_and_counts_once():
                                 sh.StructureHead.from_arrays(again), BOX_IJK, other_image).head
     assert len(other["atlas_images"]) == 2 and int(other["shape_volumes"]) == 2
     assert not np.array_equal(ap.volume_digest(image), ap.volume_digest(other_image))
+    whole = np.rint(image).astype(np.int16)  # the same scan, read by a loader that keeps its integer type
+    np.testing.assert_array_equal(ap.volume_digest(whole), ap.volume_digest(whole.astype(np.float32)))
 
 
 def _atlas_head() -> sh.StructureHead:

@@ -70,12 +70,12 @@ def _to_uint8(share: np.ndarray) -> np.ndarray:
 
 
 def volume_digest(image_kji: np.ndarray) -> np.ndarray:
-    """``SOURCE_BYTES`` uint8 naming a volume by its voxels (every ``SOURCE_STRIDE``-th along each axis, with the
-    volume's shape and type): the same scan learned again, in a later Slicer session or by a second ``learn-heads``,
-    is known by it wherever it was loaded from."""
+    """``SOURCE_BYTES`` uint8 naming a volume by its voxel values (every ``SOURCE_STRIDE``-th along each axis, as
+    float64, with the volume's shape): the same scan learned again, in a later Slicer session or by a second
+    ``learn-heads``, is known by it wherever it was loaded from and whatever type the loader gave its voxels."""
     image = np.asarray(image_kji)
-    sample = np.ascontiguousarray(image[::SOURCE_STRIDE, ::SOURCE_STRIDE, ::SOURCE_STRIDE])
-    digest = hashlib.blake2b(f"{image.dtype.str}{image.shape}".encode(), digest_size=SOURCE_BYTES)
+    sample = np.ascontiguousarray(image[::SOURCE_STRIDE, ::SOURCE_STRIDE, ::SOURCE_STRIDE], dtype=np.float64)
+    digest = hashlib.blake2b(f"{image.shape}".encode(), digest_size=SOURCE_BYTES)
     digest.update(memoryview(sample).cast("B"))
     return np.frombuffer(digest.digest(), np.uint8).copy()
 
