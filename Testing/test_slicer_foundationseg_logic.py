@@ -182,6 +182,13 @@ def test_heads_learned_from_corrections_are_stored_per_structure_and_start_the_n
     corrected = refine.compute()
     assert corrected.report["head"]["prior_volumes"] == 0, corrected.report["head"]
     assert corrected.head is not None, corrected.report["head"]
+    assert refine.request.options.head_shape and "atlas_images" in corrected.head  # a head to store holds its shape
+    # Without a Heads folder the engine is told not to build the shape and atlases of a head nobody stores.
+    bare = MedFoundationSegLogic(scene, Options(mode="box_guided", padding_mm=3.0, drawn_box_padding_mm=3.0))
+    unstored = bare.prepare_refine(volume_node, segmentation, edit.segment_id, positive_node=include)
+    assert not unstored.request.options.head_shape
+    unstored_head = unstored.compute().head
+    assert unstored_head is not None and "shape" not in unstored_head and "atlas_images" not in unstored_head
     logic.apply(refine, corrected)
     assert logic.head_warning is None and int(store.load("kidney_right", "litemedsam")["volumes"]) == 1
 

@@ -101,8 +101,11 @@ class MedFoundationSegLogic:
 
     def _attach_prior_head(self, request: EngineRequest, volume_node, structure: str | None) -> None:
         """Send the structure's stored head with the request. The head read when work on this volume began stays the
-        prior for every later action on it, so one volume counts once however many corrections it takes."""
-        if self.head_store is None or not structure or not self.options.learn:
+        prior for every later action on it, so one volume counts once however many corrections it takes. Without a
+        head to store, the engine is told not to build the head's shape."""
+        stores = self.head_store is not None and bool(structure) and self.options.learn
+        request.options = request.options.replace(head_shape=stores)
+        if not stores:
             return
         key = self._prior_key(volume_node.GetID(), structure, self.options.model)
         if key not in self._prior_heads:

@@ -76,6 +76,9 @@ class Options:
     # After the re-prompt, a structure head learned from the shown mask and the clicks predicts the box's slices, so
     # a correction reaches the slices where the same error recurs (segment/head_learning.py).
     learn: bool = _option(True, None)
+    # The head a result hands back also holds the structure's shape and atlases (workflow/learning.with_shape), for a
+    # caller that stores heads; False (the panel without a Heads folder) spares each correction building them.
+    head_shape: bool = _option(True, None)
     # How far a click pulls the model's probability towards its label in the refinement after it, fading as
     # exp(-distance / click_reach_mm) (segment/click_evidence.py click_influence); 0: only the click's own disk. None: by
     # the slices (Session.correct): on thick slices 14 mm, and an exclude click pulls only on its own slice there;

@@ -252,8 +252,7 @@ class Session:
         others = [axis for axis in range(3) if axis != frame.array_axis]
         clicks = [click_correction.Click((int(p[frame.array_axis]), int(p[others[0]]), int(p[others[1]])), bool(pos))
                   for p, pos in clicks_kji]
-        probability = shown.probability_kji if shown.probability_kji is not None else \
-            shown.mask_kji.astype(np.float32)
+        probability = shown.mask_kji.astype(np.float32) if shown.probability_kji is None else shown.probability_kji
         segmenter = self.segmenter(volume, o)
         click_model, click_note = self._click_model(o)
         click_segmenter = self.segmenter(volume, o.replace(model=click_model)) if click_model != o.model else None
@@ -277,7 +276,8 @@ class Session:
             check(cancelled, "refinement")
             report(progress, 0.7, f"refining ({o.refine}) with {len(clicks)} clicks")
             outcome = self._refine_correction(volume, outcome, box_ijk, clicks_kji, o, thick_axis)
-        outcome = learning.with_shape(outcome, prior_head, given_box_ijk, volume.array) if o.learn else outcome
+        outcome = learning.with_shape(outcome, prior_head, given_box_ijk, volume.array) if o.learn and o.head_shape \
+            else outcome
         outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
         report(progress, 1.0, "correction done")
         return outcome
