@@ -90,14 +90,19 @@ def appended(atlases: tuple | None, image: np.ndarray, mask: np.ndarray,
     images, masks, sources = atlases
     if sources is None:
         sources = np.zeros((len(images), SOURCE_BYTES), np.uint8)
-    other = ~np.all(sources == source, axis=1)
+    other = ~_of_volume(sources, source)
     return tuple(np.concatenate([kept[other], new[None]])[-MAX_ATLASES:]
                  for kept, new in ((images, image), (masks, mask), (sources, source)))
 
 
 def holds_source(sources: np.ndarray | None, source: np.ndarray) -> bool:
     """Whether an atlas of the volume ``source`` names is among ``sources``."""
-    return sources is not None and bool(np.any(np.all(np.asarray(sources) == source, axis=1)))
+    return sources is not None and bool(_of_volume(sources, source).any())
+
+
+def _of_volume(sources: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Per atlas source (rows of ``sources``), whether it names the volume ``source`` names."""
+    return np.all(np.asarray(sources) == source, axis=1)
 
 
 def carried_shape(images: np.ndarray, masks: np.ndarray, image_kji: np.ndarray, box_ijk,
