@@ -299,3 +299,33 @@ def test_stored_heads_are_read_once_for_the_template_structures_and_change_the_f
     options = Options()
     assert case_fingerprint(templates, options, heads=heads) != case_fingerprint(templates, options)
     assert batch_cli.parse(["--outputFolder", str(tmp_path), "--heads", str(tmp_path)]).heads == str(tmp_path)
+
+
+def test_a_batch_case_starts_from_its_heads_but_builds_no_head_shape_it_would_not_store(monkeypatch):
+    """A case reads stored heads and writes no head, so the engine is told not to build a head's shape and atlases."""
+    from MedFoundationSegLib.core.boxes import StructureBox
+    from MedFoundationSegLib.core.volume import Volume
+    from MedFoundationSegLib.workflow import case
+    from MedFoundationSegLib.workflow.options import Options
+    from MedFoundationSegLib.workflow.results import CaseResult
+
+    volume = Volume(np.zeros((8, 20, 20), np.float32), (1.0, 1.0, 1.0))
+    box = StructureBox("liver", np.zeros((6, 3)), np.array([[4, 4, 2], [12, 12, 5]]), None, 1.0, True, "registration")
+    monkeypatch.setattr(case, "localize", lambda *args, **kwargs: {"liver": box})
+    asked = []
+
+    def segment_box(volume, box_ijk, options, **kwargs):
+        asked.append(kwargs)
+        mask = np.zeros(volume.shape_kji, bool)
+        mask[2:6, 4:13, 4:13] = True
+        return CaseResult(mask, mask.astype(np.float32), {})
+
+    from MedFoundationSegLib.segment.structure_head import fit_head
+
+    rng = np.random.default_rng(0)
+    head = fit_head(rng.normal(0, 1, (40, 8)).astype(np.float32), (rng.random(40) > 0.5).astype(np.float32),
+                    "litemedsam")
+    report = case.run_case(types.SimpleNamespace(segment_box=segment_box), types.SimpleNamespace(templates=[]),
+                           volume, options=Options(engine="registration"), heads={"liver": head.to_arrays()})
+    assert asked[0]["prior_head"].volumes == head.volumes and asked[0]["head_shape"] is False
+    assert report["options"]["head_shape"] is True  # the options the case reports are the user's

@@ -54,7 +54,8 @@ def run_case(session: Session, template_set, query, case_dir=None, *, options: O
         results[name] = session.segment_box(
             volume, box.box_ijk, options, slabs=box.slabs, prior_head=_prior(heads, name),
             extreme_points_ijk=extreme_ijk if np.all(volume.contains_ijk(extreme_ijk)) else None,
-            progress=scaled(progress, 0.3 + share * n, 0.3 + share * (n + 1)), cancelled=cancelled)
+            progress=scaled(progress, 0.3 + share * n, 0.3 + share * (n + 1)), cancelled=cancelled,
+            head_shape=False)  # a case stores no head: its shape and atlases are not built
     label_ids = {name: index + 1 for index, name in enumerate(boxes)}  # one map per template set, absent or not
     labels, overlaps = combine_structures(results, order=present, label_ids=label_ids, policy=options.overlap_policy)
     if labels is None:

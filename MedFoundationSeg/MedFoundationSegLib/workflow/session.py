@@ -147,9 +147,9 @@ class Session:
                                          extreme_points_ijk=extreme_points_ijk, probability_shift=shift,
                                          exact_slices_axis=geometry.slice_frame(o.axis).array_axis
                                          if o.exact_range else None)
-        if learned is not None and (outcome.head or learned.volumes):  # the head adjusted here, else the prior's,
-            outcome.head = outcome.head or learned.to_arrays()  # with this mask's shape (a shape alone is not stored)
-            outcome = learning.with_shape(outcome, learned, box_ijk, volume.array)
+        if learned is not None and o.head_shape and (outcome.head or learned.volumes):  # for a caller storing heads:
+            outcome.head = outcome.head or learned.to_arrays()  # the head adjusted here, else the prior's, with this
+            outcome = learning.with_shape(outcome, learned, box_ijk, volume.array)  # mask's shape (not a shape alone)
         outcome.report["seconds"] = round(time.perf_counter() - start, 3)
         outcome.report["voxels"] = int(outcome.mask_kji.sum())
         report(progress, 1.0, "done")
@@ -276,8 +276,8 @@ class Session:
             check(cancelled, "refinement")
             report(progress, 0.7, f"refining ({o.refine}) with {len(clicks)} clicks")
             outcome = self._refine_correction(volume, outcome, box_ijk, clicks_kji, o, thick_axis)
-        outcome = learning.with_shape(outcome, prior_head, given_box_ijk, volume.array) if o.learn and o.head_shape \
-            else outcome
+        if o.learn and o.head_shape:  # the head's shape and atlases, for a caller that stores the head
+            outcome = learning.with_shape(outcome, prior_head, given_box_ijk, volume.array)
         outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
         report(progress, 1.0, "correction done")
         return outcome
