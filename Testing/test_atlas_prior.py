@@ -101,15 +101,15 @@ def test_a_volume_learned_again_replaces_its_atlas_and_counts_once():
     other_image, other_mask = volume(36, 1)
     result = CaseResult(mask, mask.astype(np.float32), {}, head=_head().to_arrays())
     once = sh.StructureHead.from_arrays(learning.with_shape(result, None, BOX_IJK, image).head)
-    assert len(once.atlas_images) == 1 and once.shape_volumes == 1
+    assert len(once.atlas_images) == 1 and once.shape_volumes == 1 and once.volumes == 1
     smaller = mask & (np.arange(SHAPE[2]) < 30)  # corrected since: the later mask is the one that counts
     again = learning.with_shape(CaseResult(smaller, None, {}, head=_head().to_arrays()), once, BOX_IJK,
                                 image.copy()).head  # the same voxels, loaded afresh
-    assert len(again["atlas_images"]) == 1 and int(again["shape_volumes"]) == 1
+    assert len(again["atlas_images"]) == 1 and int(again["shape_volumes"]) == 1 and int(again["volumes"]) == 1
     np.testing.assert_array_equal(again["atlas_masks"][0], ap.mask_grid(smaller, BOX_IJK))
     other = learning.with_shape(CaseResult(other_mask, None, {}, head=_head().to_arrays()),
                                 sh.StructureHead.from_arrays(again), BOX_IJK, other_image).head
-    assert len(other["atlas_images"]) == 2 and int(other["shape_volumes"]) == 2
+    assert len(other["atlas_images"]) == 2 and int(other["shape_volumes"]) == 2 and int(other["volumes"]) == 2
     assert not np.array_equal(ap.volume_digest(image), ap.volume_digest(other_image))
     whole = np.rint(image).astype(np.int16)  # the same scan, read by a loader that keeps its integer type
     np.testing.assert_array_equal(ap.volume_digest(whole), ap.volume_digest(whole.astype(np.float32)))

@@ -12,7 +12,12 @@ stored). Arm ``fresh`` runs the same volumes without any stored head (learning w
 Prints per structure and volume the Dice of the first segmentation, the clicks to 0.85 and the final Dice, then per
 arm the mean clicks and first Dice on each volume of the sequence.
 
-    python benchmarks/bench_head_sequence.py [--model litemedsam] [--volumes 6] [--reverse] [--json rows.json]
+With ``--start N`` the sequence starts at phantom 101 + N and wraps around the ``--pool`` phantoms; running every
+start of the pool makes each phantom once the 1st and once the 6th volume of a sequence, so the volumes' own
+difficulty cancels out of 1st against 6th.
+
+    python benchmarks/bench_head_sequence.py [--model litemedsam] [--volumes 6] [--reverse] [--start N --pool 10]
+        [--json rows.json]
 """
 
 from __future__ import annotations
@@ -68,11 +73,14 @@ def main() -> None:
     parser.add_argument("--reverse", action="store_true",
                         help="annotate the volumes last to first (with a forward run, every volume is once the 1st "
                              "and once the last of a sequence, so their difficulty cancels out of 1st vs last)")
+    parser.add_argument("--start", type=int, default=0, help="begin at phantom 101 + START of the pool")
+    parser.add_argument("--pool", type=int, default=0, help="phantoms the sequence wraps around (default: --volumes)")
     parser.add_argument("--json", type=Path, help="also write every row here")
     args = parser.parse_args()
     print(f"{machine_description()}; {torch.get_num_threads()} torch threads, encoder precision "
           f"{resolve_precision('auto', torch.device('cpu'))}; model {args.model}", flush=True)
-    cases = phantom_cases(tuple(args.structures), args.volumes, (48, 128, 128))[1]
+    pool = phantom_cases(tuple(args.structures), max(args.pool, args.volumes), (48, 128, 128))[1]
+    cases = (pool[args.start:] + pool[:args.start])[:args.volumes]
     if args.reverse:
         cases = cases[::-1]
     rows = []

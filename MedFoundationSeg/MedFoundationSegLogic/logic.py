@@ -115,18 +115,14 @@ class MedFoundationSegLogic:
             request.arrays.update(atlas_wire_arrays(self._prior_heads[key], "prior_head"))
 
     def _store_head(self, prepared: PreparedAction, result: CaseResult) -> None:
-        """Store the head the engine learned from this result: one volume more than its prior, unless the prior had
-        learned this volume already (the engine kept the shape's count: opened and applied again in a later session)."""
+        """Store the head the engine learned from this result. The engine counted its volumes from the prior sent
+        with the request: one more, unless the prior had learned this volume already (opened and applied again in a
+        later session)."""
         self.head_warning = None
         if self.head_store is None or not prepared.structure or result.head is None:
             return
-        model = prepared.request.options.model
-        prior = self._prior_heads.get(self._prior_key(prepared.volume_node_id, prepared.structure, model))
-        again = prior is not None and "shape_volumes" in prior and \
-            int(result.head.get("shape_volumes", 0)) == int(prior["shape_volumes"])
-        learned = dict(result.head, volumes=np.array((int(prior["volumes"]) if prior is not None else 0) + (not again)))
         try:
-            self.head_store.save(prepared.structure, model, learned)
+            self.head_store.save(prepared.structure, prepared.request.options.model, result.head)
         except (OSError, HeadStoreError) as error:  # the segment is written all the same
             self.head_warning = f"the learned head of {prepared.structure} was not stored: {error}"
 

@@ -76,10 +76,9 @@ def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str
     mask_view = geometry.to_slices(np.asarray(mask_kji, bool), axis)
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), (), model,
                                          prior=weights_prior(prior))
-    shape = _next_shape(prior, mask_kji, box_ijk, image_kji)
-    again = prior is not None and shape["shape_volumes"] == prior.shape_volumes  # a volume learned before
+    shape, again = _next_shape(prior, mask_kji, box_ijk, image_kji)
     if learned.agreement >= head_learning.MIN_AGREEMENT:
-        head = dataclasses.replace(learned.head, volumes=(prior.volumes if prior else 0) + (0 if again else 1))
+        head = dataclasses.replace(learned.head, volumes=_volumes_after(prior, again))
     elif prior is not None:
         head = prior
     else:
@@ -92,13 +91,20 @@ def weights_prior(prior: StructureHead | None) -> StructureHead | None:
     return prior if prior is not None and prior.volumes > 0 else None
 
 
-def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk, image_kji) -> dict:
-    """The head's shape fields after one volume more: the prior's shape, if it has one, averaged with ``mask_kji``
-    in ``box_ijk``; with ``image_kji``, the prior's atlases and this volume's. A volume the prior's atlases already
-    hold (learned again) replaces its atlas and leaves the mean shape as it was: no volume counts twice."""
+def _volumes_after(prior: StructureHead | None, learned_before: bool) -> int:
+    """The head's count of volumes after learning one: the prior's, plus one unless the prior had learned it."""
+    return (prior.volumes if prior is not None else 0) + (0 if learned_before else 1)
+
+
+def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk, image_kji) -> tuple[dict, bool]:
+    """The head's shape fields after one volume more, and whether the prior had learned this volume before: the
+    prior's shape, if it has one, averaged with ``mask_kji`` in ``box_ijk``; with ``image_kji``, the prior's atlases
+    and this volume's. A volume the prior's atlases already hold (learned again) replaces its atlas and leaves the
+    mean shape as it was: no volume counts twice."""
     count = prior.shape_volumes if prior is not None and prior.shape is not None else 0
     source = None if image_kji is None else atlas_prior.volume_digest(image_kji)
-    if count and source is not None and atlas_prior.holds_source(prior.atlas_sources, source):
+    again = bool(count) and source is not None and atlas_prior.holds_source(prior.atlas_sources, source)
+    if again:
         fields = {"shape": prior.shape, "shape_volumes": count}
     else:
         fields = {"shape": shape_prior.updated(prior.shape if count else None, count, mask_kji, box_ijk),
@@ -108,7 +114,7 @@ def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk, imag
         images, masks, sources = atlas_prior.appended(atlases, atlas_prior.image_grid(image_kji, box_ijk),
                                                       atlas_prior.mask_grid(mask_kji, box_ijk), source)
         fields.update(atlas_images=images, atlas_masks=masks, atlas_sources=sources)
-    return fields
+    return fields, again
 
 
 def add_shape(outcome: CaseResult, prior: StructureHead, box_ijk, image_kji: np.ndarray,
@@ -130,12 +136,14 @@ def add_shape(outcome: CaseResult, prior: StructureHead, box_ijk, image_kji: np.
 
 def with_shape(outcome: CaseResult, prior: StructureHead | None, box_ijk, image_kji: np.ndarray) -> CaseResult:
     """``outcome`` whose learned head (if any) also holds the structure's shape and atlases: the prior's, with this
-    outcome's mask in ``box_ijk`` (the box the user gave). The caller stores the head; each later action on the same
-    volume replaces it, so the volume's last mask is the one that counts."""
+    outcome's mask in ``box_ijk`` (the box the user gave), and counts this volume once more than the prior did,
+    unless the prior had learned it before. The caller stores the head; each later action on the same volume
+    replaces it (with the same prior), so the volume's last mask is the one that counts."""
     if outcome.head is None:
         return outcome
-    fields = _next_shape(prior, outcome.mask_kji, box_ijk, image_kji)
-    head = dict(outcome.head, **(fields | {"shape_volumes": np.array(fields["shape_volumes"])}))
+    fields, again = _next_shape(prior, outcome.mask_kji, box_ijk, image_kji)
+    counts = {"shape_volumes": np.array(fields["shape_volumes"]), "volumes": np.array(_volumes_after(prior, again))}
+    head = dict(outcome.head, **(fields | counts))
     return CaseResult(outcome.mask_kji, outcome.probability_kji, outcome.report, head=head)
 
 
