@@ -70,3 +70,18 @@ def test_click_session_and_noc():
     assert noc(dices, 0.9, 3) == 1
     assert noc([0.5, 0.6, 0.7], 0.9, 10) == 10
     assert noc([0.95], 0.9, 10) == 0
+
+
+def test_the_sequence_summary_sets_each_volume_as_1st_against_the_same_volume_as_last():
+    from bench_head_sequence import summary
+
+    def row(case, start, position, clicks):
+        return dict(case=case, start=start, position=position, structure="liver", arm="stored",
+                    dices=[0.5] * (clicks + 1), clicks_to_target=clicks)
+
+    # two sequences of 2 volumes over a pool of 2: A then B, B then A
+    rows = [row("A", 0, 1, 4), row("B", 0, 2, 1), row("B", 1, 1, 6), row("A", 1, 2, 2)]
+    figures = summary(rows)["stored"]
+    assert figures["first"] == 10 and figures["last"] == 3
+    assert figures["same"] == (10, 3)  # A: 4 fresh -> 2 last; B: 6 -> 1
+    assert summary(rows[:2])["stored"]["same"] == (0, 0)  # one sequence: no volume was both

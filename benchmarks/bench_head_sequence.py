@@ -12,12 +12,13 @@ stored). Arm ``fresh`` runs the same volumes without any stored head (learning w
 Prints per structure and volume the Dice of the first segmentation, the clicks to 0.85 and the final Dice, then per
 arm the mean clicks and first Dice on each volume of the sequence.
 
-With ``--start N`` the sequence starts at phantom 101 + N and wraps around the ``--pool`` phantoms; running every
-start of the pool makes each phantom once the 1st and once the 6th volume of a sequence, so the volumes' own
-difficulty cancels out of 1st against 6th.
+``--starts 0 1 ... 9 --pool 10`` runs one sequence from each of the 10 phantoms, wrapping around: each phantom is
+then once the 1st and once the 6th volume of a sequence, so the volumes' own difficulty cancels out of 1st against
+6th, and each structure-volume is seen both fresh and after five others.
 
-    python benchmarks/bench_head_sequence.py [--model litemedsam] [--volumes 6] [--reverse] [--start N --pool 10]
-        [--json rows.json]
+    python benchmarks/bench_head_sequence.py [--model litemedsam] [--volumes 6] [--reverse] [--starts N ...]
+        [--pool 10] [--json rows.json]
+    python benchmarks/bench_head_sequence.py --summary rows.json ...
 """
 
 from __future__ import annotations
@@ -64,23 +65,10 @@ def annotate(session: Session, image, truth, model: str, prior: StructureHead | 
     return dict(dices=dices, clicks_to_target=reached, signed=shown.mask_kji, box_ijk=box_ijk)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="litemedsam")
-    parser.add_argument("--volumes", type=int, default=6)
-    parser.add_argument("--structures", nargs="+", default=list(PHANTOM_FULL))
-    parser.add_argument("--arms", nargs="+", default=["stored", "fresh"])
-    parser.add_argument("--reverse", action="store_true",
-                        help="annotate the volumes last to first (with a forward run, every volume is once the 1st "
-                             "and once the last of a sequence, so their difficulty cancels out of 1st vs last)")
-    parser.add_argument("--start", type=int, default=0, help="begin at phantom 101 + START of the pool")
-    parser.add_argument("--pool", type=int, default=0, help="phantoms the sequence wraps around (default: --volumes)")
-    parser.add_argument("--json", type=Path, help="also write every row here")
-    args = parser.parse_args()
-    print(f"{machine_description()}; {torch.get_num_threads()} torch threads, encoder precision "
-          f"{resolve_precision('auto', torch.device('cpu'))}; model {args.model}", flush=True)
+def run_sequence(args, start: int) -> list[dict]:
+    """One sequence of ``args.volumes`` phantoms from ``start`` of the pool, with its own empty head store."""
     pool = phantom_cases(tuple(args.structures), max(args.pool, args.volumes), (48, 128, 128))[1]
-    cases = (pool[args.start:] + pool[:args.start])[:args.volumes]
+    cases = (pool[start:] + pool[:start])[:args.volumes]
     if args.reverse:
         cases = cases[::-1]
     rows = []
@@ -101,24 +89,74 @@ def main() -> None:
                         head = session.learn_signed(image, run["signed"], run["box_ijk"], model=args.model,
                                                     prior_head=prior)
                         store.save(name, args.model, head.to_arrays())
-                    row = dict(case=case, position=position, structure=name, arm=arm, dices=run["dices"],
-                               clicks_to_target=run["clicks_to_target"], prior_volumes=prior.volumes if prior else 0,
+                    row = dict(case=case, start=start, position=position, structure=name, arm=arm,
+                               dices=run["dices"], clicks_to_target=run["clicks_to_target"],
+                               prior_volumes=prior.volumes if prior else 0,
                                prior_shape_volumes=prior.shape_volumes if prior else 0)
                     rows.append(row)
                     print(f"{case:<12}{name:<14}{arm:<7} volume {position} (prior of {row['prior_volumes']}, shape of "
                           f"{row['prior_shape_volumes']}) first "
                           f"{run['dices'][0]:.3f} clicks to {TARGET} {run['clicks_to_target']:>2} final "
                           f"{run['dices'][-1]:.3f}", flush=True)
-                    if args.json:
-                        args.json.write_text(json.dumps(rows))
-    print()
-    for arm in args.arms:
+    return rows
+
+
+def summary(rows: list[dict]) -> dict[str, dict]:
+    """Per arm: mean clicks and first Dice on each volume of the sequences, then the clicks on their last volumes
+    against their 1st and, where a structure-volume was both, the same ones as 1st and as last (printed, and
+    returned as ``{arm: {"first": clicks, "last": clicks, "same": (as 1st, as last)}}``)."""
+    volumes = max(r["position"] for r in rows)
+    figures = {}
+    for arm in sorted({r["arm"] for r in rows}):
         chosen = [r for r in rows if r["arm"] == arm]
-        per_volume = [[r for r in chosen if r["position"] == p] for p in range(1, args.volumes + 1)]
+        per_volume = [[r for r in chosen if r["position"] == p] for p in range(1, volumes + 1)]
         print(f"{arm:<7} mean clicks to {TARGET} by volume: " +
               " ".join(f"{np.mean([r['clicks_to_target'] for r in v]):.1f}" for v in per_volume if v) +
               "  first Dice by volume: " +
               " ".join(f"{np.mean([r['dices'][0] for r in v]):.3f}" for v in per_volume if v))
+        first, last = per_volume[0], per_volume[-1]
+        clicks_first, clicks_last = (sum(r["clicks_to_target"] for r in v) for v in (first, last))
+        print(f"{arm:<7} clicks on the {len(first)} runs of a 1st volume {clicks_first}, on the {len(last)} of a "
+              f"{volumes}th {clicks_last}: {clicks_last / max(clicks_first, 1):.0%}")
+        as_first = {(r["case"], r["structure"]): r["clicks_to_target"] for r in first}
+        same = [(as_first[(r["case"], r["structure"])], r["clicks_to_target"]) for r in last
+                if (r["case"], r["structure"]) in as_first]
+        before, after = (sum(pair[n] for pair in same) for n in (0, 1))
+        if same:
+            print(f"{arm:<7} the same {len(same)} structure-volumes as 1st and as {volumes}th: {before} -> {after} "
+                  f"clicks ({after / max(before, 1):.0%})")
+        figures[arm] = {"first": clicks_first, "last": clicks_last, "same": (before, after)}
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="litemedsam")
+    parser.add_argument("--volumes", type=int, default=6)
+    parser.add_argument("--structures", nargs="+", default=list(PHANTOM_FULL))
+    parser.add_argument("--arms", nargs="+", default=["stored", "fresh"])
+    parser.add_argument("--reverse", action="store_true",
+                        help="annotate the volumes last to first (with a forward run, every volume is once the 1st "
+                             "and once the last of a sequence, so their difficulty cancels out of 1st vs last)")
+    parser.add_argument("--starts", type=int, nargs="+", default=[0],
+                        help="one sequence from each phantom 101 + START of the pool")
+    parser.add_argument("--pool", type=int, default=0, help="phantoms the sequences wrap around (default: --volumes)")
+    parser.add_argument("--json", type=Path, help="also write every row here")
+    parser.add_argument("--summary", type=Path, nargs="+",
+                        help="print the summary of rows written before (--json files) and run nothing")
+    args = parser.parse_args()
+    if args.summary:
+        summary([row for path in args.summary for row in json.loads(path.read_text())])
+        return
+    print(f"{machine_description()}; {torch.get_num_threads()} torch threads, encoder precision "
+          f"{resolve_precision('auto', torch.device('cpu'))}; model {args.model}", flush=True)
+    rows = []
+    for start in args.starts:
+        rows += run_sequence(args, start)
+        if args.json:
+            args.json.write_text(json.dumps(rows))
+    print()
+    summary(rows)
 
 
 if __name__ == "__main__":
