@@ -126,6 +126,21 @@ def test_200_mutated_requests_never_take_the_engine_down(server, small_volume):
     assert client.health()["queue"] >= 0
 
 
+def test_a_client_refuses_an_engine_that_speaks_another_protocol_before_sending_anything(server, monkeypatch):
+    unseen = make_phantom(6, (16, 64, 64))  # a volume the engine does not hold yet: sending it would add one
+    request = EngineRequest("fill_between", unseen.image, Options(), {}, {"mask_kji": unseen.mask("liver")})
+    assert EngineClient(server["url"], TOKEN).health()["protocol"] == transport.PROTOCOL
+    volumes_before = EngineClient(server["url"], TOKEN).health()["volumes"]
+    monkeypatch.setattr(transport, "PROTOCOL", transport.PROTOCOL + 1)  # this side updated, the engine not
+    client = EngineClient(server["url"], TOKEN)
+    with pytest.raises(EngineError, match="speaking protocol .*; this extension speaks protocol") as refused:
+        client.run(request)
+    assert refused.value.code == "engine_version" and "\n" not in str(refused.value)
+    assert EngineClient(server["url"], TOKEN).health()["volumes"] == volumes_before  # nothing was sent
+    monkeypatch.undo()
+    assert client.run(request).case_result().mask_kji.any()  # the same client, once both sides agree
+
+
 def test_a_second_client_is_queued_behind_the_first(server, small_volume):
     first, second = EngineClient(server["url"], TOKEN), EngineClient(server["url"], TOKEN)
     box = np.array([[20, 20, 2], [45, 45, 13]])

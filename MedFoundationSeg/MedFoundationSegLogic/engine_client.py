@@ -38,6 +38,7 @@ class EngineClient:
         self.verify = verify  # given with every request: a session-wide setting loses to $REQUESTS_CA_BUNDLE
         self.timeout_s = timeout_s
         self._sent: dict[str, str] = {}  # Volume.key -> the engine's id for it
+        self._engine_checked = False
 
     # --- plain calls -----------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, data: bytes | None = None, timeout_s: float | None = None):
@@ -60,6 +61,21 @@ class EngineClient:
     def health(self) -> dict:
         return self._call("GET", "/health", timeout_s=5.0).json()
 
+    def check_engine(self) -> None:
+        """Refuse an engine that speaks another protocol than this side (``transport.PROTOCOL``): an engine installed
+        before the extension was updated, or a remote one not updated with it, would misread requests or hand back
+        results this side misreads. Asked once per client, before its first job."""
+        if self._engine_checked:
+            return
+        health = self.health()
+        if health.get("protocol") != transport.PROTOCOL:
+            raise EngineError("engine_version", f"the engine at {self.url} is MedFoundationSeg "
+                                                f"{health.get('version', '(unknown version)')} speaking protocol "
+                                                f"{health.get('protocol', 1)}; this extension speaks protocol "
+                                                f"{transport.PROTOCOL}: install the same MedFoundationSeg version for "
+                                                "the engine and restart it")
+        self._engine_checked = True
+
     def ensure_volume(self, volume) -> str:
         """The engine's id for ``volume``: sent once per voxel content (and again if the engine lost it)."""
         known = self._sent.get(volume.key) if volume.key else None
@@ -78,6 +94,7 @@ class EngineClient:
 
     # --- jobs ----------------------------------------------------------------------------------------------------
     def submit(self, request: EngineRequest, name: str | None = None, *, on_stuck=None) -> RemoteJob:
+        self.check_engine()
         volumes = [request.volume] if request.volume is not None else []
         for template in request.templates:
             volumes += [template.image] + ([template.labels] if template.labels is not None else [])

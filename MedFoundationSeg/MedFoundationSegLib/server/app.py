@@ -28,7 +28,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from MedFoundationSegLib import __version__
 from MedFoundationSegLib.core import wire
 from MedFoundationSegLib.server.store import JobTable, VolumeStore
-from MedFoundationSegLib.workflow.transport import decode_job, encode_result, job_status, volume_from_message
+from MedFoundationSegLib.workflow.transport import (
+    PROTOCOL,
+    decode_job,
+    encode_result,
+    job_status,
+    volume_from_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ class Engine:
         from MedFoundationSegLib.runtime.encoder_runtime import select_device
 
         predictors = list(self.session._predictors.values())
-        return {"version": __version__, "pid": os.getpid(), "device": str(select_device("auto")),
+        return {"version": __version__, "protocol": PROTOCOL, "pid": os.getpid(), "device": str(select_device("auto")),
                 "cuda": torch.cuda.is_available(), "models": sorted({p.model_name for p in predictors}),
                 "slices_encoded": self.session.slices_encoded(), "volumes": len(self.volumes),
                 "volume_bytes": self.volumes.nbytes(), "evidence_bytes": self.session.evidence.nbytes(),

@@ -16,6 +16,10 @@ from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.workflow.actions import ACTIONS, EngineRequest, EngineResult, TemplateSpec
 from MedFoundationSegLib.workflow.options import Options
 
+# The contract between the Slicer side and the engine: what a request asks and what a result holds (the engine, for
+# one, counts a learned head's volumes). Raised whenever either side's reading of them changes; a client refuses an
+# engine that speaks another (engine_client.EngineClient.check_engine).
+PROTOCOL = 2
 VOLUME_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 # Weights a request may name: registry names only (a path from a request is never opened).
 REQUEST_WEIGHTS = ("medlam",)
