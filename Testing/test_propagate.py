@@ -451,10 +451,32 @@ def test_exact_limits_ask_again_where_a_stop_rule_fires_and_never_leave_the_rang
     assert _range(exact.mask) == (8, 21) and dice(exact.mask, gt) > 0.97
     assert [c[2] is not None for c in segmenter.calls if c[0] == 16] == [False, False, True]  # asked again twice
     assert exact.mask[12].sum() <= gt[12].sum() + 4 * 20 * 2 + 4  # the leak was cut near the previous mask
+    held = _with_probabilities(Troubled)(gt)
+    propagate_from_seeds(held, gt.shape, {15: gt[15]}, limits=(8, 21), exact_limits=True)
+    kept = held.probabilities[12] > 0.5  # the kept mask held moderately; far from it the model's background stands
+    assert np.all(held.probabilities[12][kept] == np.float32(0.7)) and held.probabilities[12][~kept].max() <= 0.3
+    assert float(held.probabilities[12][0, 0]) == np.float32(0.01)
     assert {"up", "down"} == set(exact.stop_reasons) and all("left the localized range" in reason
                                                               for reason in exact.stop_reasons.values())
     guided = box_guided(Troubled(gt), gt.shape, ((8, 21), (20, 39), (20, 39)), exact_limits=True)
     assert _range(guided.mask) == (8, 21) and dice(guided.mask, gt) > 0.97
+
+
+def _with_probabilities(segmenter_class):
+    """``segmenter_class`` that also keeps, per slice, a probability of its last answer (as PredictorSegmenter
+    does): 0.99 inside, 0.01 beyond."""
+
+    class Kept(segmenter_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.probabilities = {}
+
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            m, iou = super().segment(k, box, points, labels, mask_prompt)
+            self.probabilities[k] = np.where(m, 0.99, 0.01).astype(np.float32)
+            return m, iou
+
+    return Kept
 
 
 class FittingOracle(Oracle):

@@ -22,10 +22,12 @@ def test_box_fit_is_the_overlap_of_bounding_boxes():
 
 
 class CandidatePredictor:
-    """Answers a box with a small mask; its multimask candidates are a smaller one, one filling the box, one beyond."""
+    """Answers a box with a small mask; its multimask candidates are a smaller one, one filling the box, one beyond.
+    ``candidate_background``: the candidates' probability beyond their masks (near 0.5 for a model whose multimask
+    head was not trained, as LiteMedSAM's)."""
 
-    def __init__(self, shape=(40, 40)):
-        self.shape, self.calls = shape, []
+    def __init__(self, shape=(40, 40), candidate_background=0.05):
+        self.shape, self.calls, self.candidate_background = shape, [], candidate_background
 
     def predict(self, index, boxes=None, points=None, point_labels=None, mask_input=None, *, multimask=False,
                 with_probability=False, box_frame="slice"):
@@ -34,8 +36,9 @@ class CandidatePredictor:
             _rect(self.shape, 14, 14, 15, 15), _rect(self.shape, 10, 10, 19, 19), _rect(self.shape, 5, 5, 30, 30)]
         masks = np.array(masks)[None]
         iou = np.array([[0.9]] if not multimask else [[0.2, 0.25, 0.3]], np.float32)
+        background = self.candidate_background if multimask else 0.05
         return SlicePrediction(masks, iou, np.zeros(masks.shape[:2] + (256, 256), np.float32),
-                               masks.astype(np.float32) * 0.9 + 0.05)
+                               np.where(masks, 0.95, background).astype(np.float32))
 
 
 def test_the_candidate_that_fills_the_drawn_box_is_kept_with_its_probability_and_the_answers_iou():
@@ -52,3 +55,13 @@ def test_an_answer_that_fits_the_box_well_enough_is_kept_without_asking_for_cand
     segmenter = PredictorSegmenter(predictor)
     mask, _ = segmenter.segment_fitting_box(3, (12, 12, 17, 17), (12, 13, 17, 16))  # fit 16 / 24
     assert np.array_equal(mask, _rect((40, 40), 13, 13, 16, 16)) and [c[2] for c in predictor.calls] == [False]
+
+
+def test_beyond_the_kept_candidate_the_answers_surer_background_stands():
+    """An untrained multimask head (LiteMedSAM's) gives its candidates a background near 0.5 over the whole slice;
+    taken as it is, every later graph cut could grow the mask anywhere on that slice."""
+    segmenter = PredictorSegmenter(CandidatePredictor(candidate_background=0.45))
+    mask, _ = segmenter.segment_fitting_box(7, (8, 8, 21, 21), (10, 10, 19, 19))
+    probability = segmenter.probabilities[7]
+    assert np.array_equal(probability > 0.5, mask) and np.all(probability[mask] == np.float32(0.95))
+    assert float(probability[~mask].max()) == np.float32(0.05)  # the answer's, not the candidate's 0.45

@@ -271,8 +271,9 @@ def _answer_inside(segmenter, k: int, prev: np.ndarray, answer: np.ndarray, prom
     if int(kept.sum()) < min_area_px:
         kept = prev.copy()
     probabilities = getattr(segmenter, "probabilities", None)
-    if probabilities is not None:  # the refinement's evidence there: the kept mask, held moderately
-        probabilities[k] = np.where(kept, 0.7, 0.3).astype(np.float32)
+    if probabilities is not None:  # the refinement's evidence there: the kept mask, held moderately; the model's
+        # background where it is surer
+        probabilities[k] = np.where(kept, 0.7, np.minimum(0.3, probabilities.get(k, 0.3))).astype(np.float32)
     return kept, 0.0
 
 

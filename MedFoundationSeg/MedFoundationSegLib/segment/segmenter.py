@@ -62,7 +62,10 @@ class PredictorSegmenter:
             multi = self.predictor.predict(slice_index, boxes=box_xyxy, multimask=True, with_probability=True)
             masks, probabilities = masks + list(multi.masks[0]), probabilities + list(multi.probability[0])
         pick = int(np.argmax([box_fit(mask, tight_xyxy) for mask in masks]))
-        self.probabilities[int(slice_index)] = probabilities[pick]
+        # beyond a candidate's mask, the answer's background stands where it is surer (an untrained multimask head's
+        # background is near 0.5 across the whole slice)
+        self.probabilities[int(slice_index)] = np.where(masks[pick], probabilities[pick],
+                                                        np.minimum(probabilities[pick], answer.probability))
         return masks[pick], answer.predicted_iou
 
     def segment(self, slice_index: int, box_xyxy=None, points_xy=None, point_labels=None, mask_prompt=None,
