@@ -354,9 +354,9 @@ def test_the_click_model_is_the_registrys_when_its_weights_are_cached(monkeypatc
 
 
 def test_a_segmentation_readies_the_click_model_so_the_first_click_waits_for_no_load(monkeypatch):
-    """After the panel's segmentation the click model is loaded and has encoded the box's middle slice; nothing is
-    loaded where clicks go to the segmenting model (``click_model: ""``, a Session keeping one predictor, fused
-    models)."""
+    """After the panel's segmentation the click model is loaded and has encoded the box's middle slice, and the box's
+    slices wait as idle work; nothing is loaded where clicks go to the segmenting model (``click_model: ""``, a
+    Session keeping one predictor, fused models)."""
     from pathlib import Path
 
     from MedFoundationSegLib.core import weights
@@ -366,11 +366,17 @@ def test_a_segmentation_readies_the_click_model_so_the_first_click_waits_for_no_
     encoded = []
 
     class Predictor:
+        model_name = "fake"
+
         def __init__(self, model):
             self.model = model
 
         def embedding(self, index):
             encoded.append((self.model, index))
+
+        def encode_range(self, first, last, cancelled=None):
+            encoded.append((self.model, first, last))
+            return last - first + 1
 
     volume = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 1.0))
     box_ijk = [[10, 10, 4], [30, 30, 13]]
@@ -378,10 +384,17 @@ def test_a_segmentation_readies_the_click_model_so_the_first_click_waits_for_no_
                                     (Session(), Options(model="litemedsam", click_model=""), None),
                                     (Session(max_predictors=1), Options(model="litemedsam", click_model="auto"), None),
                                     (Session(), Options(model="litemedsam", click_model="auto", fusion="models"), None)):
-        session.predictor = lambda volume, options=None, **changes: Predictor(options.model)
+        held = {}  # the Session holds its predictors
+        session.predictor = lambda volume, options=None, **changes: held.setdefault(options.model,
+                                                                                    Predictor(options.model))
         encoded.clear()
         assert session.ready_click_model(volume, box_ijk, options) == model
         assert encoded == ([(model, 8)] if model else [])
+        task = session.idle_work.next()  # the box's other slices, in the engine's idle time
+        assert (task is not None) == bool(model)
+        if task:
+            task(lambda: False)
+            assert encoded == [(model, 8), (model, 4, 13)]
 
 
 def test_downloading_a_models_weights_downloads_the_model_that_answers_its_clicks_too(monkeypatch):

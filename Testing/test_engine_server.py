@@ -296,3 +296,19 @@ def test_the_panel_points_both_modules_at_a_remote_engine_or_a_local_one(server)
         assert isinstance(local, LocalEngine) and local.python == sys.executable and not local.running
     finally:
         engine_process.set_default_engine(previous)
+
+
+def test_the_engines_worker_does_the_sessions_idle_work():
+    """Between requests the engine's worker runs what its Session queued for idle time (the click model's slices)."""
+    import threading
+
+    from MedFoundationSegLib.server.app import Engine
+
+    engine = Engine(token=None, max_body_bytes=1 << 20, volume_budget_bytes=1 << 20)
+    ran = threading.Event()
+    try:
+        job = engine.worker.submit("segment", lambda progress, cancelled:
+                                   engine.session.idle_work.replace(lambda cancelled: ran.set()))
+        assert job.wait(5) and ran.wait(5)
+    finally:
+        engine.worker.shutdown()

@@ -90,3 +90,48 @@ def test_predictor_cancel_is_the_shared_cancel():
     from MedFoundationSegLib.segment import predictor
 
     assert predictor.Cancelled is progress.Cancelled
+
+
+def test_idle_work_runs_between_jobs_yields_to_a_new_job_and_resumes():
+    """A job queues idle work (the click model's slices): it runs once no job waits; a job submitted meanwhile starts
+    after the task's current step, the task then finishes the rest; a newer box's task replaces an older one; a
+    failing task is logged and the worker goes on."""
+    from MedFoundationSegLib.workflow.idle_work import IdleWork
+
+    idle = IdleWork()
+    worker = Worker(idle=idle.next)
+    steps, in_step, release, finished = [], threading.Event(), threading.Event(), threading.Event()
+
+    def encode(name, count, *, hold_at=None):
+        def task(cancelled):
+            for index in range(count):
+                if (name, index) in steps:
+                    continue  # done before an interruption, as an encoder skips cached slices
+                check(cancelled, "idle encoding")
+                if index == hold_at and not release.is_set():
+                    in_step.set()
+                    release.wait(5)
+                steps.append((name, index))
+            finished.set()
+        return task
+
+    try:
+        job = worker.submit("segment", lambda progress, cancelled: idle.replace(encode("box", 6, hold_at=2)))
+        assert job.wait(5) and in_step.wait(5)  # the task started by itself after the job, and now holds a step
+        click = worker.submit("click", lambda progress, cancelled: list(steps))
+        release.set()
+        assert click.wait(5) and click.result == [("box", 0), ("box", 1), ("box", 2)]  # it waited for one step only
+        assert finished.wait(5) and steps == [("box", index) for index in range(6)]  # resumed, every slice once
+        finished.clear()
+        idle.replace(encode("old", 3))
+        worker.submit("segment another box", lambda progress, cancelled: idle.replace(encode("new", 2))).wait(5)
+        assert finished.wait(5)
+        assert [name for name, _ in steps[6:]] == ["new", "new"] and len(idle) == 0
+
+        def fails(cancelled):
+            raise RuntimeError("broken")
+        worker.submit("queue a failing task", lambda progress, cancelled: idle.replace(fails)).wait(5)
+        after = worker.submit("after it", lambda progress, cancelled: 7)
+        assert after.wait(5) and after.result == 7
+    finally:
+        worker.shutdown()

@@ -81,8 +81,17 @@ def protocol_box_ijk(truth_kji: np.ndarray) -> np.ndarray:
     return np.array([[cols[0], rows[0], k0], [cols[-1], rows[-1], k1]])
 
 
+def drain_idle_work(session: Session) -> float:
+    """Run the work the engine does while the user looks at a result (``Session.idle_work``, as the engine's worker
+    does between requests); returns its seconds."""
+    start = time.perf_counter()
+    while (task := session.idle_work.next()) is not None:
+        task(lambda: False)
+    return time.perf_counter() - start
+
+
 def run_structure(session: Session, image, truth: np.ndarray, model: str, procedure: str, budget: int,
-                  initial: str = "panel", click_reach_mm: float | None = None) -> dict:
+                  initial: str = "panel", click_reach_mm: float | None = None, idle_work: bool = False) -> dict:
     box_ijk = protocol_box_ijk(truth)
     start = time.perf_counter()
     if procedure == "panel":
@@ -94,8 +103,10 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
                                             **INITIALS[initial])
     initial_s = time.perf_counter() - start
     spacing_kji = tuple(image.spacing_mm[::-1])
-    dices, seconds, encoded, clicks = [dice(shown.mask_kji, truth)], [], [], []
+    dices, seconds, encoded, clicks, idle_s = [dice(shown.mask_kji, truth)], [], [], [], []
     for step in range(budget):
+        if idle_work:  # the user looks at the result before the next click
+            idle_s.append(drain_idle_work(session))
         click = next_click(shown.mask_kji, truth, spacing_kji)
         if click is None or (step >= PROTOCOL_CLICKS and dices[-1] >= 0.90):  # nothing left that NoC could count
             dices.append(dices[-1])
@@ -126,7 +137,7 @@ def run_structure(session: Session, image, truth: np.ndarray, model: str, proced
         seconds.append(time.perf_counter() - t0)
         encoded.append(session.slices_encoded() - encoded_before)
         dices.append(dice(shown.mask_kji, truth))
-    return dict(dices=dices, seconds=seconds, encoded=encoded, initial_s=initial_s, initial=initial,
+    return dict(dices=dices, seconds=seconds, encoded=encoded, initial_s=initial_s, idle_s=idle_s, initial=initial,
                 click_reach_mm=click_reach_mm,
                 clicks=[[list(c), p] for c, p in clicks], slices=int(box_ijk[1][2] - box_ijk[0][2] + 1))
 
@@ -168,6 +179,9 @@ def main() -> None:
     parser.add_argument("--click-reach-mm", type=float, default=None,
                         help="how far a click pulls the probability in the graph cut after it (Options.click_reach_mm; "
                              "default: by the slice thickness)")
+    parser.add_argument("--idle-work", action="store_true",
+                        help="before each click, run the work the engine does while the user looks at the result "
+                             "(Session.idle_work: the click model's box slices); its seconds are the rows' idle_s")
     parser.add_argument("--json", type=Path, help="also write every row here (and resume from it)")
     parser.add_argument("--summary-only", action="store_true", help="print the summary of the rows in --json")
     args = parser.parse_args()
@@ -200,7 +214,7 @@ def main() -> None:
                         if not truth.any():
                             continue
                         row = dict(run_structure(session, image, truth, model, procedure, args.clicks,
-                                                 args.initial, args.click_reach_mm),
+                                                 args.initial, args.click_reach_mm, args.idle_work),
                                    dataset=dataset, case=case, structure=name, model=model, procedure=procedure)
                         rows.append(row)
                         print(f"{case:<12}{name:<16}{model:<11}{procedure:<9} " +

@@ -58,7 +58,7 @@ class Engine:
         self.token = token
         self.max_body_bytes = int(max_body_bytes)
         self.session = Session()
-        self.worker = Worker("MedFoundationSeg engine")
+        self.worker = Worker("MedFoundationSeg engine", idle=self.session.idle_work.next)
         self.volumes = VolumeStore(volume_budget_bytes)
         self.jobs = JobTable()
 

@@ -35,6 +35,7 @@ from MedFoundationSegLib.workflow.box_modes import (
 )
 from MedFoundationSegLib.workflow.evidence import Evidence, EvidenceStore
 from MedFoundationSegLib.workflow.fusion import fuse_models, fuse_planes, segment_box_ijk
+from MedFoundationSegLib.workflow.idle_work import IdleWork, encode_later
 from MedFoundationSegLib.workflow.options import AXES, SEGMENTATION_MODES, Options
 from MedFoundationSegLib.workflow.results import CaseResult
 
@@ -43,9 +44,8 @@ SESSION_DEFAULTS = Options(refine="none")
 CLICK_REACH_MM = {"thick": 14.0, "thin": 8.0}
 # The graph cut's smoothness after a correction, by slice thickness (docs/benchmarks.md): 5 shrinks thin-slice clicks.
 CLICK_SMOOTHNESS = {"thick": 5.0, "thin": 2.0}
-# ... and an exclude click reaches at most this fraction of the structure's equivalent-sphere radius: on thin slices,
-# where it pulls in 3D, a full-reach pull empties a small structure's slices around the click; on thick slices it
-# emptied the small cross-sections near an organ's ends (docs/benchmarks.md).
+# ... and an exclude click at most this fraction of the structure's equivalent-sphere radius: a full reach emptied a
+# small structure's slices around the click (thin) or the small cross-sections near an organ's ends (thick).
 EXCLUDE_REACH_PER_RADIUS = {"thick": 0.3, "thin": 0.5}
 # Slices a correction's walk re-prompts each way, by slice thickness (segment/clicks.py): it cost Dice on thick slices.
 WALK_SLICES = {"thick": 0, "thin": click_correction.MAX_SPREAD_SLICES}
@@ -64,6 +64,7 @@ class Session:
         self.max_predictors = max_predictors
         self._predictors: OrderedDict[tuple, SlicePredictor] = OrderedDict()
         self.evidence = EvidenceStore()  # the model's probability behind the results the engine handed out
+        self.idle_work = IdleWork()  # what a worker does between jobs (workflow/idle_work.py)
 
     def predictor(self, volume: Volume, options: Options | None = None, **changes) -> SlicePredictor:
         o = _resolve(options, changes)
@@ -92,15 +93,17 @@ class Session:
         return click_model_route(o) if self.max_predictors > 1 else (o.model, None)
 
     def ready_click_model(self, volume: Volume, box_ijk, options: Options | None = None, **changes) -> str | None:
-        """Load the model the clicks on this box will be asked of, when it is not the segmenting one, and encode the
-        box's middle slice with it (the slice a user drew the box on), so that the first click waits for neither.
+        """Load the model the clicks on this box will be asked of, when it is not the segmenting one; encode the box's
+        middle slice (where the box was drawn) now, the others in idle time (``idle_work``), so clicks wait for neither.
         Returns that model, or None when clicks go to the segmenting model."""
         o = _resolve(options, changes)
         model = self._click_model(o)[0]
         if model == o.model or o.fusion != "none":  # fused models already fill the predictors a Session keeps
             return None
         box = geometry.slice_box(geometry.check_box_ijk(volume, box_ijk), o.axis)
-        self.predictor(volume, o.replace(model=model)).embedding((box.first + box.last) // 2)
+        predictor = self.predictor(volume, o.replace(model=model))
+        predictor.embedding((box.first + box.last) // 2)
+        self.idle_work.replace(encode_later(predictor, box.first, box.last))
         return model
 
     # --- one structure ------------------------------------------------------------------------------------------
@@ -179,7 +182,6 @@ class Session:
                   progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
                   **changes) -> CaseResult:
         """Propagate a structure drawn on some slices to the rest of it, both ways, with stop rules.
-
         The seeds are the non-empty slices of ``seed_kji`` (or only ``slice_index``). ``outward_only``: the user
         corrected ``slice_index``; keep everything between it and the other seeds and redo only the slices beyond."""
         o = _resolve(options, changes)
@@ -385,16 +387,14 @@ class Session:
             click_positive=np.array(positive) if clicks else None,
             fg_scribble=scribble_kji)
         tuned = {} if click_reach_mm is None else {"click_influence_mm": float(click_reach_mm)}
-        if smoothness is not None:
-            tuned["smoothness"] = float(smoothness)
+        tuned.update({} if smoothness is None else {"smoothness": float(smoothness)})
         if exact_slices_axis is not None:
             tuned["box_margin_vox"] = box_margin_without(exact_slices_axis)
         params = refine.GraphCutParams(exclude_pull_axis=exclude_pull_axis, exclude_influence_mm=exclude_reach_mm,
                                        probability_shift=probability_shift, **tuned)
         refined = refine.refine(volume.array, probability, annotations, method=method,
                                 spacing_mm=volume.spacing_mm, params=params, progress=progress, cancelled=cancelled)
-        report_ = dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum()))
         mask = np.asarray(refined.mask, bool)
-        if probability_shift:
-            probability = agree_with_mask(probability, mask)
-        return CaseResult(mask, probability, report_, head=result.head)
+        probability = agree_with_mask(probability, mask) if probability_shift else probability
+        return CaseResult(mask, probability, dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum())),
+                          head=result.head)

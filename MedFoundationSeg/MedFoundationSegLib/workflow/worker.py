@@ -82,9 +82,12 @@ class Job:
 
 
 class Worker:
-    """A single daemon thread that runs submitted jobs in order."""
+    """A single daemon thread that runs submitted jobs in order. ``idle``: where it asks for work to do while no job
+    waits (``IdleWork.next``: a task taking a cancel check, or None); a job submitted meanwhile makes the task's
+    cancel check true, so the job waits at most for the task's current step."""
 
-    def __init__(self, name: str = "MedFoundationSeg worker"):
+    def __init__(self, name: str = "MedFoundationSeg worker", idle: Callable[[], Callable | None] | None = None):
+        self._idle = idle
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._waiting: list[Job] = []  # submitted, not started yet (in order)
         self._lock = threading.Lock()
@@ -112,12 +115,25 @@ class Worker:
 
     def _loop(self) -> None:
         while True:
+            if self._idle is not None and self._queue.empty() and self._run_idle():
+                continue
             job = self._queue.get()
             if job is None:
                 return
             with self._lock:
                 self._waiting.remove(job)
             job._run()
+
+    def _run_idle(self) -> bool:
+        """Run one idle task; False when there is none. A failing task is logged, never fatal: it only warms caches."""
+        task = self._idle()
+        if task is None:
+            return False
+        try:
+            task(lambda: not self._queue.empty())
+        except Exception:  # noqa: BLE001 - nothing the user asked for is lost
+            log.warning("idle work failed:\n%s", traceback.format_exc())
+        return True
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         self._queue.put(None)
