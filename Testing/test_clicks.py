@@ -374,9 +374,16 @@ def test_a_segmentation_readies_the_click_model_so_the_first_click_waits_for_no_
         def embedding(self, index):
             encoded.append((self.model, index))
 
-        def encode_range(self, first, last, cancelled=None):
-            encoded.append((self.model, first, last))
-            return last - first + 1
+        class cache:  # room for 6 slices
+            budget_bytes = 12
+
+            @staticmethod
+            def size_of(embedding):
+                return 2
+
+        def encode_slices(self, indices, cancelled=None):
+            encoded.append((self.model, sorted(indices)))
+            return len(indices)
 
     volume = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 1.0))
     box_ijk = [[10, 10, 4], [30, 30, 13]]
@@ -394,7 +401,7 @@ def test_a_segmentation_readies_the_click_model_so_the_first_click_waits_for_no_
         assert (task is not None) == bool(model)
         if task:
             task(lambda: False)
-            assert encoded == [(model, 8), (model, 4, 13)]
+            assert encoded == [(model, 8), (model, 8), (model, [5, 6, 7, 8, 9, 10])]  # the 6 nearest the middle
 
 
 def test_downloading_a_models_weights_downloads_the_model_that_answers_its_clicks_too(monkeypatch):

@@ -51,12 +51,17 @@ class IdleWork:
 
 def encode_later(predictor, first: int, last: int) -> IdleTask:
     """A task encoding slices ``first``..``last`` with ``predictor`` (held weakly: a predictor the Session let go is
-    not brought back)."""
+    not brought back): those nearest the middle slice, as many as its embedding cache holds (a larger box would evict
+    the slices it encoded first)."""
     held = weakref.ref(predictor)
 
     def encode(cancelled: CancelCheck) -> None:
         target = held()
-        if target is not None:
-            done = target.encode_range(first, last, cancelled=cancelled)
-            log.debug("idle time: %d %s slices encoded", done, target.model_name)
+        if target is None:
+            return
+        middle = (first + last) // 2
+        room = target.cache.budget_bytes // max(target.cache.size_of(target.embedding(middle)), 1)
+        nearest = sorted(range(first, last + 1), key=lambda k: abs(k - middle))[:room]
+        done = target.encode_slices(nearest, cancelled=cancelled)
+        log.debug("idle time: %d %s slices encoded", done, target.model_name)
     return encode
