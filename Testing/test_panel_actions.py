@@ -4,6 +4,8 @@ with progress and cancel, and undo that never wipes a later manual edit."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import slicer.util
@@ -114,11 +116,22 @@ def _roi(scene, volume: Volume, mask, name):
     return roi
 
 
+def _wait_until_idle(engine, timeout_s: float = 300.0) -> dict:
+    """The engine's health once it has no idle work left (workflow/idle_work.py): encoder counts then stay put."""
+    deadline = time.monotonic() + timeout_s
+    while (health := engine.health())["idle_work"]:
+        assert time.monotonic() < deadline, "the engine's idle work did not finish"
+        time.sleep(0.1)
+    return health
+
+
 def test_second_action_on_a_volume_encodes_no_slice_again(mrml, phantom):
-    """Every action copies the volume out of the scene; the embeddings must follow the volume, not the copy."""
+    """Every action copies the volume out of the scene; the embeddings must follow the volume, not the copy. (Clicks
+    stay with the segmenting model here, so only its encoder passes are counted.)"""
     scene, _ = mrml
     volume_node, segmentation = _segmentation_scene(scene, phantom)
-    logic = MedFoundationSegLogic(scene, Options(refine="none"))
+    logic = MedFoundationSegLogic(scene, Options(refine="none", click_model=""))
+    _wait_until_idle(logic.engine)  # an earlier test's idle work would count here
     liver = _roi(scene, phantom.image, phantom.mask("liver"), "liver box")
     spleen = _roi(scene, phantom.image, phantom.mask("spleen"), "spleen box")
 
@@ -150,6 +163,32 @@ def test_second_action_on_a_volume_encodes_no_slice_again(mrml, phantom):
     slicer.util.arrayFromVolumeModified(volume_node)
     again = logic.prepare_segment_in_roi(volume_node, liver, segmentation)
     assert again.compute(progress=None, cancelled=None).report["slices_encoded"] == len(liver_slices)
+
+
+def test_the_engine_encodes_the_click_models_slices_while_the_user_looks(mrml, phantom):
+    """After a segmentation whose clicks go to MobileSAM, the engine encodes the box's slices with it between
+    requests; the same box segmented again then costs neither model an encoder pass, and a click encodes nothing."""
+    scene, _ = mrml
+    volume_node, segmentation = _segmentation_scene(scene, phantom)
+    logic = MedFoundationSegLogic(scene, Options(refine="none"))
+    liver = _roi(scene, phantom.image, phantom.mask("liver"), "liver box for clicks")
+    first = logic.prepare_segment_in_roi(volume_node, liver, segmentation)
+    edit = logic.apply(first, first.compute(progress=None, cancelled=None), segment_name="liver")
+    health = _wait_until_idle(logic.engine)
+    assert {"litemedsam", "mobilesam"} <= set(health["models"])
+    rerun = logic.prepare_rerun(volume_node, segmentation, edit.segment_id)
+    logic.apply(rerun, rerun.compute(progress=None, cancelled=None))
+    assert _wait_until_idle(logic.engine)["slices_encoded"] == health["slices_encoded"]
+    ks = np.flatnonzero(phantom.mask("liver").any(axis=(1, 2)))
+    k = int(ks[len(ks) // 4])  # a slice away from the middle, which the segmentation's own readying encodes
+    j, i = (int(v) for v in np.argwhere(phantom.mask("liver")[k]).mean(axis=0))
+    point_ras = (mrml_bridge.ijk_to_ras_of(volume_node) @ np.array([i, j, k, 1.0]))[:3]
+    clicks = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "liver clicks")
+    mrml_bridge.set_control_points_ras(clicks, point_ras[None])
+    click = logic.prepare_refine(volume_node, segmentation, edit.segment_id, positive_node=clicks)
+    result = click.compute(progress=None, cancelled=None)
+    assert result.report["correction"]["click_model"] == "mobilesam"
+    assert _wait_until_idle(logic.engine)["slices_encoded"] == health["slices_encoded"]
 
 
 @pytest.mark.parametrize("action, mode", [("box", "every_k"), ("box", "reference"), ("propagate", "box_guided"),

@@ -72,7 +72,7 @@ class Engine:
                 "cuda": torch.cuda.is_available(), "models": sorted({p.model_name for p in predictors}),
                 "slices_encoded": self.session.slices_encoded(), "volumes": len(self.volumes),
                 "volume_bytes": self.volumes.nbytes(), "evidence_bytes": self.session.evidence.nbytes(),
-                "queue": self.worker.queued(),
+                "queue": self.worker.queued(), "idle_work": len(self.session.idle_work) + int(self.worker.idle_running),
                 "rss_mb": round(_rss_bytes() / 2 ** 20, 1)}
 
 

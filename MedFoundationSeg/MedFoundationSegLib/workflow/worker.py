@@ -88,6 +88,7 @@ class Worker:
 
     def __init__(self, name: str = "MedFoundationSeg worker", idle: Callable[[], Callable | None] | None = None):
         self._idle = idle
+        self.idle_running = False  # an idle task is being looked for or run (the engine's /health reports it)
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._waiting: list[Job] = []  # submitted, not started yet (in order)
         self._lock = threading.Lock()
@@ -126,13 +127,16 @@ class Worker:
 
     def _run_idle(self) -> bool:
         """Run one idle task; False when there is none. A failing task is logged, never fatal: it only warms caches."""
-        task = self._idle()
-        if task is None:
-            return False
+        self.idle_running = True
         try:
+            task = self._idle()
+            if task is None:
+                return False
             task(lambda: not self._queue.empty())
         except Exception:  # noqa: BLE001 - nothing the user asked for is lost
             log.warning("idle work failed:\n%s", traceback.format_exc())
+        finally:
+            self.idle_running = False
         return True
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
