@@ -459,6 +459,14 @@ def test_an_answer_that_leaves_the_structure_keeps_the_shown_mask_and_spreads_no
     lines = report_lines(report)
     assert any(line.startswith("click correction, 12: slice 12: ") and "outside the shown mask" in line for line in lines)
     assert lines[-1] == "mode refine, 1 clicks (clicked slices asked of mobilesam)"
+    # on a slice mask a few pixels across (a structure's end) a click 3 px from its edge trims it: deeper than half
+    # the mask's depth, yet the model's answer elsewhere is still another object
+    small = truth.copy()
+    small[20] = False
+    small[20, 20:29, 20:29] = True  # deepest point 5 px from the edge
+    trimmed = correct_with_clicks(JumpingModel(truth, jump_on=20), small, small.astype(np.float32), (10, 10, 38, 38),
+                                  (5, 20), [Click((20, 22, 24), False)])
+    assert np.array_equal(trimmed.mask, small) and "outside the shown mask" in trimmed.stop_reasons["20"]
     # an include click past the structure's end: the end continues, a larger object does not
     ended = truth.copy()
     ended[20] = False

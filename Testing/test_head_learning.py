@@ -270,6 +270,21 @@ def test_the_blend_opens_only_where_the_head_and_the_mask_differ_and_gets_the_wh
         assert np.array_equal(hl.blend(given, learned), np.where(opened, head, given))
 
 
+def test_an_unsure_head_of_a_model_whose_masks_reach_the_edge_only_takes_away():
+    given = np.zeros((3, 40, 40), np.float32)
+    given[:, 10:30, 10:30] = 0.9
+    head = np.zeros_like(given)
+    head[:, 14:34, 14:34] = 0.9  # misses the mask's top left, adds past its bottom right
+    both = hl.blend(given, hl.LearnedHead(None, head, (0, 2), 0.85, cell_px=1.0)) > 0.5
+    assert both[:, 31, 31].all() and not both[:, 11, 11].any()  # it adds and takes away
+    taken = hl.blend(given, hl.LearnedHead(None, head, (0, 2), 0.85, cell_px=1.0), adds_from=0.9) > 0.5
+    assert not taken[:, 31, 31].any() and not taken[:, 11, 11].any()  # it only takes away
+    sure = hl.blend(given, hl.LearnedHead(None, head, (0, 2), 0.95, cell_px=1.0), adds_from=0.9) > 0.5
+    assert np.array_equal(sure, both)  # a head agreeing more, or one from earlier volumes, does both
+    assert np.array_equal(hl.blend(given, hl.LearnedHead(None, head, (0, 2), 0.85, True, 1.0), adds_from=0.9) > 0.5, both)
+    assert hl.head_adds_from("mobilesam") == 0.9 and hl.head_adds_from("litemedsam") == hl.MIN_AGREEMENT
+
+
 def test_the_blends_opening_by_opencv_equals_scipys_with_the_same_disk():
     from scipy import ndimage
     from skimage.morphology import disk

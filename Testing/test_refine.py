@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from MedFoundationSegLib.core.progress import Cancelled
 from MedFoundationSegLib.sampledata.phantoms import make_phantom
+from MedFoundationSegLib.segment.click_evidence import slice_reach_mm
 from MedFoundationSegLib.segment.graphcut import agree_with_mask, cut_probability_shift
 from MedFoundationSegLib.segment.refine import (
     Annotations,
@@ -136,10 +137,29 @@ def test_an_exclude_click_confined_to_its_slice_leaves_the_neighbouring_slices_a
     spacing = (1.0, 1.0, 3.0)  # thick slices
     in_3d = click_influence(prob, clicks, positive, spacing, 8.0)
     flat = click_influence(prob, clicks, positive, spacing, 8.0, exclude_axis=0)
-    assert flat[2, 4, 4] == pytest.approx(0.0) and flat[2, 4, 6] < 0.9  # on its slice it pulls as before
-    assert np.array_equal(flat[2], in_3d[2])
+    assert flat[2, 4, 4] == pytest.approx(0.0) and flat[2, 4, 6] < 0.9  # on its slice it pulls ...
+    slice_reach_mm = 0.3 * np.sqrt(81 / np.pi)  # ... as far as a fraction of the slice mask's radius
+    alone = click_influence(prob[2:3], clicks[:1] * [0, 1, 1], positive[:1], spacing, 8.0,
+                            exclude_influence_mm=slice_reach_mm)
+    assert np.allclose(flat[2], alone[0]) and flat[2, 4, 6] > in_3d[2, 4, 6]
     assert in_3d[3, 4, 4] < 0.5 and flat[3, 4, 4] >= 0.9  # off its slice it does not pull (the include click may)
     assert flat[1, 4, 4] > 0.9 and np.array_equal(flat[1], in_3d[1])  # the include click still pulls across slices
+
+
+def test_an_exclude_click_confined_to_its_slice_reaches_less_far_on_a_small_slice_mask():
+    k, j, i = np.mgrid[:3, :80, :80]
+    radius_px = np.array([30, 0, 4])[k]  # a large slice, an empty one, the small end of the structure
+    prob = np.where(((j - 40) ** 2 + (i - 40) ** 2 <= radius_px ** 2) & (k != 1), 0.9, 0.1).astype(np.float32)
+    clicks, positive = np.array([[0, 40, 40], [1, 40, 40], [2, 40, 40]]), np.zeros(3, bool)
+    spacing = (0.5, 0.5, 5.0)  # mm: a small slice's mask is 2 mm across
+    out = click_influence(prob, clicks, positive, spacing, 8.0, exclude_axis=0, exclude_influence_mm=4.0)
+    assert np.allclose(slice_reach_mm(prob >= 0.5, 0, spacing[::-1], 4.0).ravel(),
+                       [4.0, 4.0, 0.3 * np.sqrt((prob[2] >= 0.5).sum() * 0.25 / np.pi)])
+    for index, reach_mm in enumerate(slice_reach_mm(prob >= 0.5, 0, spacing[::-1], 4.0).ravel()):
+        alone = click_influence(prob[index:index + 1], clicks[:1] * [0, 1, 1], positive[:1], spacing, 8.0,
+                                exclude_influence_mm=float(reach_mm))
+        assert np.allclose(out[index], alone[0])
+    assert out[2, 40, 43] > 0.5 > out[0, 40, 43]  # 1.5 mm off the click: the small slice keeps its voxel
 
 
 def test_positive_click_recuts_locally(phantom):

@@ -33,6 +33,9 @@ CLICK_REACH_VOX = 6
 SMOOTHING_VOX = (0.0, 1.0, 1.0)  # in-plane Gaussian before comparing intensities (noise)
 IN_PLANE = np.ones((1, 3, 3), bool)
 OFF_SLICE_MM = 1e6  # a step across slices for a pull confined to its slice: exp(-1e6 / reach) is 0
+# An exclude click confined to its slice reaches at most this fraction of the equivalent radius of the slice's mask: a
+# reach set by the whole structure's size covers a small end slice and the cut then empties it.
+SLICE_REACH_PER_RADIUS = 0.3
 
 
 def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarray, spacing_xyz,
@@ -41,7 +44,8 @@ def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarr
     """Probability pulled towards each click's label: p' = p (1 - w) + label w, w = exp(-d / reach), with d the
     distance in mm to the nearest click (whose label wins) and reach ``influence_mm`` (``exclude_influence_mm`` for
     an exclude click, when given); an exclude click's d is infinite off its own slice along ``exclude_axis`` (when
-    given). Why: as hard disks alone, clicks on a region the model got wrong change only a few voxels."""
+    given), and there its reach is at most ``SLICE_REACH_PER_RADIUS`` of the slice mask's radius. Why: as hard disks
+    alone, clicks on a region the model got wrong change only a few voxels."""
     reach = {True: float(influence_mm), False: float(influence_mm if exclude_influence_mm is None
                                                      else exclude_influence_mm)}
     if max(reach.values()) <= 0 or len(clicks_kji) == 0:
@@ -64,8 +68,22 @@ def click_influence(prob: np.ndarray, clicks_kji: np.ndarray, positive: np.ndarr
         (label, d), = distance.items()
         nearest = np.full(prob.shape, label)
     reach_mm = np.where(nearest, reach[True], reach[False])
+    if exclude_axis is not None and False in distance:
+        reach_mm = np.where(nearest, reach_mm, slice_reach_mm(prob >= 0.5, exclude_axis, sampling, reach[False]))
     weight = np.where(reach_mm > 0, np.exp(-d / np.maximum(reach_mm, 1e-6)), 0.0).astype(np.float32)
     return (prob * (1 - weight) + nearest.astype(np.float32) * weight).astype(np.float32)
+
+
+def slice_reach_mm(mask: np.ndarray, axis: int, sampling_kji, cap_mm: float) -> np.ndarray:
+    """Per slice along ``axis``, an exclude click's reach (mm): ``SLICE_REACH_PER_RADIUS`` of the radius of a disk of
+    the slice mask's area, at most ``cap_mm`` (``cap_mm`` on an empty slice); shaped to broadcast over the volume."""
+    areas = np.moveaxis(np.asarray(mask, bool), axis, 0).sum(axis=(1, 2))
+    pixel_mm2 = float(np.prod(np.delete(np.asarray(sampling_kji, float), axis)))
+    radius_mm = np.sqrt(areas * pixel_mm2 / np.pi)
+    reach = np.where(areas > 0, np.minimum(cap_mm, SLICE_REACH_PER_RADIUS * radius_mm), cap_mm)
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    return reach.reshape(shape)
 
 
 def interior_values(image_smooth: np.ndarray, mask: np.ndarray) -> np.ndarray | None:

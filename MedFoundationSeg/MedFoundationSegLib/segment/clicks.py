@@ -39,6 +39,9 @@ RIM_PX = 2
 # (it lies less deep in the mask than this fraction of the mask's deepest point), more than this share of the answer
 # lies outside the shown mask ...
 TRIM_DEPTH = 0.5
+# A click this few pixels from the mask's edge trims it whatever the mask's size: on a slice mask a few pixels across
+# (a structure's end), the fraction alone would call a click 3 px from the edge its centre.
+TRIM_MIN_DEPTH_PX = 4.0
 MAX_OUTSIDE_SHARE = 0.5
 # ... or, after an include click on a slice the mask does not reach, it is this many times the mask's largest slice.
 MAX_END_GROWTH = 1.2
@@ -116,8 +119,8 @@ def slice_prompt_box(mask: np.ndarray, index: int, clicks: list[Click], cap, mar
 
 def left_the_structure(answer_hw: np.ndarray, mask: np.ndarray, index: int, click: Click) -> str | None:
     """Why the model's answer on slice ``index`` after ``click`` is another object than the structure shown in
-    ``mask``, or None. After an exclude click near the shown mask's edge (not deeper than ``TRIM_DEPTH`` of the mask's
-    deepest point: it trims the mask, where a click at its centre says the whole mask is wrong) the answer should be
+    ``mask``, or None. After an exclude click near the shown mask's edge (see ``_trims``: it trims the mask, where a
+    click at its centre says the whole mask is wrong) the answer should be
     part of the shown mask (within ``RIM_PX``): at most ``MAX_OUTSIDE_SHARE`` of it may lie outside. After an include
     click on a slice the mask did not reach, the answer continues the structure: at most ``MAX_END_GROWTH`` times the
     largest slice of the shown mask."""
@@ -137,9 +140,10 @@ def left_the_structure(answer_hw: np.ndarray, mask: np.ndarray, index: int, clic
 
 
 def _trims(shown_hw: np.ndarray, row_column) -> bool:
-    """Whether a click at ``row_column`` lies outside ``shown_hw`` or in its outer part (``TRIM_DEPTH``)."""
+    """Whether a click at ``row_column`` lies outside ``shown_hw`` or in its outer part (``TRIM_DEPTH`` of its deepest
+    point, or less than ``TRIM_MIN_DEPTH_PX`` deep)."""
     depth = ndimage.distance_transform_edt(shown_hw)
-    return bool(depth[tuple(row_column)] < TRIM_DEPTH * depth.max())
+    return bool(depth[tuple(row_column)] < max(TRIM_DEPTH * depth.max(), TRIM_MIN_DEPTH_PX))
 
 
 def _clear_beyond(mask: np.ndarray, probability: np.ndarray, index: int, changed: list[int]) -> str:

@@ -183,10 +183,21 @@ def learn_in_box(predictor, mask_view: np.ndarray, box_xyxy, slice_range: tuple[
     return LearnedHead(head, probability, (first, last), agreement, prior is not None, cell_px)
 
 
-def blend(probability_view: np.ndarray, learned: LearnedHead, clicks=()) -> np.ndarray:
+def head_adds_from(model: str | None) -> float:
+    """The registry's ``learning.head_adds_from_agreement`` of ``model``: a head learned in the volume alone that
+    reproduces the shown mask less closely (Dice) only takes away (``blend``); ``MIN_AGREEMENT`` without one."""
+    from MedFoundationSegLib.core.weights import load_registry
+
+    entry = load_registry()["models"].get(model or "", {})
+    return float(entry.get("learning", {}).get("head_adds_from_agreement", MIN_AGREEMENT))
+
+
+def blend(probability_view: np.ndarray, learned: LearnedHead, clicks=(), *,
+          adds_from: float = MIN_AGREEMENT) -> np.ndarray:
     """The head's probability where it disagrees with the given one over a region at least ``BOUNDARY_CELLS``
     embedding cells wide (a part the model missed, a neighbour it leaked into), the given probability elsewhere: the
-    model draws a boundary on the slice's pixels, the head only on its coarser grid. Every click's voxel holds its
+    model draws a boundary on the slice's pixels, the head only on its coarser grid. A head learned in this volume
+    alone whose agreement is below ``adds_from`` only takes away (``head_adds_from``). Every click's voxel holds its
     label (1 or 0), so a mask taken at 0.5 keeps the clicks."""
     out = np.array(probability_view, np.float32)
     first, last = learned.slices
@@ -197,6 +208,8 @@ def blend(probability_view: np.ndarray, learned: LearnedHead, clicks=()) -> np.n
     region = _within(differ, radius)
     if region is not None:  # an opening never reaches beyond what it opens: only that region (and a margin) is opened
         wide[region] = open_slices(differ[region], radius)
+    if not learned.from_prior and learned.agreement < adds_from:
+        wide &= head < given
     out[first:last + 1] = np.where(wide, head, given)
     for click in clicks:
         out[tuple(int(v) for v in click.srk)] = 1.0 if click.positive else 0.0

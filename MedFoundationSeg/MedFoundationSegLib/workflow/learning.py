@@ -35,7 +35,8 @@ def apply_head(segmenter, outcome: CaseResult, box: geometry.SliceBox, axis: str
                                         "agreement": round(learned.agreement, 4), "used": learned.usable})
     if not learned.usable:  # the model's masks stand; nothing worth storing was learned
         return CaseResult(outcome.mask_kji, outcome.probability_kji, report)
-    blended = head_learning.blend(geometry.to_slices(probability, axis), learned, clicks)
+    blended = head_learning.blend(geometry.to_slices(probability, axis), learned, clicks,
+                                  adds_from=head_learning.head_adds_from(model))
     return CaseResult(geometry.from_slices(blended > 0.5, axis), geometry.from_slices(blended, axis), report,
                       head=learned.head.to_arrays())
 
