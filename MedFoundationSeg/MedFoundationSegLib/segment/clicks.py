@@ -120,10 +120,9 @@ def slice_prompt_box(mask: np.ndarray, index: int, clicks: list[Click], cap, mar
 def left_the_structure(answer_hw: np.ndarray, mask: np.ndarray, index: int, click: Click) -> str | None:
     """Why the model's answer on slice ``index`` after ``click`` is another object than the structure shown in
     ``mask``, or None. After an exclude click near the shown mask's edge (see ``_trims``: it trims the mask, where a
-    click at its centre says the whole mask is wrong) the answer should be
-    part of the shown mask (within ``RIM_PX``): at most ``MAX_OUTSIDE_SHARE`` of it may lie outside. After an include
-    click on a slice the mask did not reach, the answer continues the structure: at most ``MAX_END_GROWTH`` times the
-    largest slice of the shown mask."""
+    click at its centre says the whole mask is wrong) the answer should be part of the shown mask (within ``RIM_PX``):
+    at most ``MAX_OUTSIDE_SHARE`` of it may lie outside. After an include click on a slice the mask did not reach, the
+    answer continues the structure: at most ``MAX_END_GROWTH`` times the largest slice of the shown mask."""
     area = int(answer_hw.sum())
     shown = mask[index]
     if not area:
