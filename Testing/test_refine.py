@@ -138,9 +138,9 @@ def test_an_exclude_click_confined_to_its_slice_leaves_the_neighbouring_slices_a
     in_3d = click_influence(prob, clicks, positive, spacing, 8.0)
     flat = click_influence(prob, clicks, positive, spacing, 8.0, exclude_axis=0)
     assert flat[2, 4, 4] == pytest.approx(0.0) and flat[2, 4, 6] < 0.9  # on its slice it pulls ...
-    slice_reach_mm = 0.3 * np.sqrt(81 / np.pi)  # ... as far as a fraction of the slice mask's radius
+    reach_mm = 0.3 * np.sqrt(81 / np.pi)  # ... as far as a fraction of the slice mask's radius
     alone = click_influence(prob[2:3], clicks[:1] * [0, 1, 1], positive[:1], spacing, 8.0,
-                            exclude_influence_mm=slice_reach_mm)
+                            exclude_influence_mm=reach_mm)
     assert np.allclose(flat[2], alone[0]) and flat[2, 4, 6] > in_3d[2, 4, 6]
     assert in_3d[3, 4, 4] < 0.5 and flat[3, 4, 4] >= 0.9  # off its slice it does not pull (the include click may)
     assert flat[1, 4, 4] > 0.9 and np.array_equal(flat[1], in_3d[1])  # the include click still pulls across slices
@@ -153,9 +153,9 @@ def test_an_exclude_click_confined_to_its_slice_reaches_less_far_on_a_small_slic
     clicks, positive = np.array([[0, 40, 40], [1, 40, 40], [2, 40, 40]]), np.zeros(3, bool)
     spacing = (0.5, 0.5, 5.0)  # mm: a small slice's mask is 2 mm across
     out = click_influence(prob, clicks, positive, spacing, 8.0, exclude_axis=0, exclude_influence_mm=4.0)
-    assert np.allclose(slice_reach_mm(prob >= 0.5, 0, spacing[::-1], 4.0).ravel(),
-                       [4.0, 4.0, 0.3 * np.sqrt((prob[2] >= 0.5).sum() * 0.25 / np.pi)])
-    for index, reach_mm in enumerate(slice_reach_mm(prob >= 0.5, 0, spacing[::-1], 4.0).ravel()):
+    reaches_mm = slice_reach_mm(prob >= 0.5, 0, spacing[::-1], 4.0).ravel()
+    assert np.allclose(reaches_mm, [4.0, 4.0, 0.3 * np.sqrt((prob[2] >= 0.5).sum() * 0.25 / np.pi)])
+    for index, reach_mm in enumerate(reaches_mm):
         alone = click_influence(prob[index:index + 1], clicks[:1] * [0, 1, 1], positive[:1], spacing, 8.0,
                                 exclude_influence_mm=float(reach_mm))
         assert np.allclose(out[index], alone[0])
