@@ -133,3 +133,16 @@ def test_a_signed_mask_the_head_cannot_learn_still_teaches_the_shape():
     assert grown.volumes == 1 and grown.shape_volumes == 2  # its weights learned afresh, not from the shape-only head
     assert not np.array_equal(grown.weights, shape_only.weights)
 
+
+
+def test_the_grid_holds_block_means_inside_the_volume_and_nothing_beyond_it():
+    mask = np.zeros(SHAPE, bool)
+    mask[:6, 40:60, 30:70] = True  # a structure cut by the volume's first slice
+    box = box_of(mask)
+    grid = sp.to_box_grid(mask, box)
+    origin, step = sp.grid_frame(box)
+    beyond = origin[0] + step[0] * np.arange(sp.GRID_KJI[0]) < -0.5
+    assert beyond.any() and not grid[beyond].any()  # the grown box reaches past slice 0: no structure there
+    node = np.rint(origin + step * (np.array(sp.GRID_KJI) // 2)).astype(int)  # the box's middle node, inside
+    assert grid[tuple(np.array(sp.GRID_KJI) // 2)] == pytest.approx(1.0) and mask[tuple(node)]
+    assert dice(sp.from_box_grid(grid, box, SHAPE) >= 0.5, mask) > 0.9

@@ -20,7 +20,6 @@ import hashlib
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from MedFoundationSegLib.segment import shape_prior
 
@@ -38,31 +37,14 @@ SOURCE_STRIDE = 4  # the digest reads every this many voxels along each axis
 def image_grid(image_kji: np.ndarray, box_ijk) -> np.ndarray:
     """The image around the box on the atlas grid, its ``WINDOW_PERCENTILES`` there mapped to 0-255 (uint8: what a
     registration needs, and small to store and send): CT and MR alike, whatever the scanner's offset."""
-    grid = _on_grid(image_kji, box_ijk)
+    grid = shape_prior.block_mean_grid(image_kji, box_ijk, GRID_KJI)
     low, high = np.percentile(grid, WINDOW_PERCENTILES)
     return _to_uint8((grid - low) / max(float(high - low), 1e-6))
 
 
 def mask_grid(mask_kji: np.ndarray, box_ijk) -> np.ndarray:
     """The mask's occupancy on the atlas grid, 0-255 for 0-1 (uint8)."""
-    return _to_uint8(_on_grid(mask_kji, box_ijk))
-
-
-def _on_grid(values_kji: np.ndarray, box_ijk) -> np.ndarray:
-    """``values_kji`` on the atlas grid of the box: block means of the crop first (one pass over it, where a filter
-    would be one pass per voxel of its window: each action stores its volume's atlas), then linear interpolation."""
-    origin, step = shape_prior.grid_frame(box_ijk, GRID_KJI)
-    region = shape_prior.grid_extent(box_ijk, np.shape(values_kji), GRID_KJI)
-    lo = np.array([s.start for s in region])
-    crop = np.asarray(values_kji[region], np.float32)
-    if crop.size == 0:
-        return np.zeros(GRID_KJI, np.float32)
-    block = np.maximum(np.floor(step), 1).astype(int)
-    crop = crop[tuple(slice(0, n - n % b or n) for n, b in zip(crop.shape, block))]
-    blocks = crop.reshape(*[x for n, b in zip(crop.shape, block) for x in (n // b, b)]).mean(axis=(1, 3, 5))
-    # a block's mean sits at its centre: grid node -> crop voxel -> block index
-    return ndimage.affine_transform(blocks, step / block, (origin - lo - (block - 1) / 2) / block,
-                                    output_shape=GRID_KJI, order=1, mode="nearest").astype(np.float32)
+    return _to_uint8(shape_prior.block_mean_grid(mask_kji, box_ijk, GRID_KJI))
 
 
 def _to_uint8(share: np.ndarray) -> np.ndarray:
