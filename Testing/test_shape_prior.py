@@ -134,7 +134,6 @@ def test_a_signed_mask_the_head_cannot_learn_still_teaches_the_shape():
     assert not np.array_equal(grown.weights, shape_only.weights)
 
 
-
 def test_the_grid_holds_block_means_inside_the_volume_and_nothing_beyond_it():
     mask = np.zeros(SHAPE, bool)
     mask[:6, 40:60, 30:70] = True  # a structure cut by the volume's first slice
