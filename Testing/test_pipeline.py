@@ -202,3 +202,23 @@ def test_a_structure_cut_by_the_field_of_view_is_segmented_inside_and_reported_p
     points = template_set.templates[0].extreme_points("liver")
     outside = make_structure_box("liver", points + [0, 0, 1000.0], cropped, "registration", 0.5)
     assert not outside.present and outside.fraction_inside == 0 and "outside" in outside.details["reason"]
+
+
+def test_only_a_localized_box_walk_compares_answers_with_the_image(case, monkeypatch):
+    """A localized box may reach past the structure's end, where the model fills its prompt with other tissue: its
+    walk gets the image for the appearance stop rule. A drawn box's slices are the structure's: its walk does not."""
+    from MedFoundationSegLib.segment import propagate
+
+    phantom, session = case
+    _, box = _truth_box(phantom, "kidney_left")
+    seen = {}
+    real = propagate.box_guided
+
+    def spy(*args, image=None, exact_limits=False, **kwargs):
+        seen[exact_limits] = image
+        return real(*args, image=image, exact_limits=exact_limits, **kwargs)
+
+    monkeypatch.setattr(propagate, "box_guided", spy)
+    session.segment_box(phantom.image, box, padding_mm=3.0)
+    session.segment_box(phantom.image, box, padding_mm=3.0, exact_range=True)
+    assert np.array_equal(seen[False], phantom.image.array) and seen[True] is None

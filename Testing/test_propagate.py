@@ -147,6 +147,34 @@ def test_box_guided_stops_inside_a_loose_box_and_falls_back_without_an_object():
     assert "box on every slice" in fallback.stop_reasons["up"]
 
 
+def test_box_guided_with_the_image_ends_where_the_answer_is_unlike_the_middle_slice():
+    """Above a liver's dome the model fills its prompt with lung. Given the image, the walk ends at the first answer
+    whose mean intensity is unlike the middle slice's mask; without it, the walk fills every slice to the box's end."""
+    yy, xx = np.mgrid[:96, :96]
+    disk = (yy - 48) ** 2 + (xx - 48) ** 2 <= 15 ** 2
+    gt = np.zeros((24, 96, 96), bool)
+    gt[4:16] = disk
+    lo, hi = _range(gt)
+    image = np.where(gt, 100.0, 40.0) + np.random.default_rng(0).normal(0, 5, gt.shape)
+    image[hi + 1:] = -800.0  # lung above the organ's end
+
+    class LungFiller(Oracle):
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            if k <= hi:
+                return super().segment(k, box, points, labels, mask_prompt)
+            return disk.copy(), 0.9  # the organ's size and place: no other rule can tell
+
+    loose = ((lo, min(hi + 3, gt.shape[0] - 1)), _range(gt.transpose(1, 0, 2)), _range(gt.transpose(2, 0, 1)))
+    blind = box_guided(LungFiller(gt), gt.shape, loose, pad_mm=1.0)
+    assert _range(blind.mask)[1] == loose[0][1]  # the lung slices are taken
+    seeing = box_guided(LungFiller(gt), gt.shape, loose, pad_mm=1.0, image=image)
+    assert _range(seeing.mask)[1] == hi, seeing.stop_reasons
+    assert seeing.stop_reasons["up"].startswith("intensity"), seeing.stop_reasons
+    assert dice(seeing.mask, gt) > dice(blind.mask, gt) + 0.01
+    with pytest.raises(PropagationError, match="image shape"):
+        box_guided(LungFiller(gt), gt.shape, loose, image=image[:-1])
+
+
 def test_box_every_kth_asks_key_slices_only_and_interpolates():
     gt = _cone(n=30)
     box = (_range(gt), _range(gt.transpose(1, 0, 2)), _range(gt.transpose(2, 0, 1)))

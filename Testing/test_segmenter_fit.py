@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from MedFoundationSegLib.segment.predictor import SlicePrediction
-from MedFoundationSegLib.segment.propagate import box_fit
-from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
+from MedFoundationSegLib.segment.segmenter import PredictorSegmenter, box_fit
 
 
 def _rect(shape, x0, y0, x1, y1) -> np.ndarray:

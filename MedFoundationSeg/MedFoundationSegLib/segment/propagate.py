@@ -93,17 +93,6 @@ def mask_box_xyxy(mask2d: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
 
 
-def box_fit(mask2d: np.ndarray, box_xyxy) -> float:
-    """Intersection over union of a mask's bounding box and ``box_xyxy`` (inclusive pixels); 0 for an empty mask."""
-    own = mask_box_xyxy(np.asarray(mask2d, bool))
-    if own is None:
-        return 0.0
-    x0, y0, x1, y1 = (int(v) for v in box_xyxy)
-    inter = max(0, min(own[2], x1) - max(own[0], x0) + 1) * max(0, min(own[3], y1) - max(own[1], y0) + 1)
-    area = (own[2] - own[0] + 1) * (own[3] - own[1] + 1) + (x1 - x0 + 1) * (y1 - y0 + 1)
-    return float(inter) / float(area - inter)
-
-
 def _grow_box(box, margin_px: float, shape_hw) -> tuple[int, int, int, int]:
     x0, y0, x1, y1 = box
     m = int(round(margin_px))
@@ -163,8 +152,8 @@ def box_per_slice(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(
 def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0, 1.0), pad_mm: float = 4.0,
                slabs: list[tuple[int, int, tuple[int, int, int, int]]] | None = None, rules: StopRules | None = None,
                margin_px: float = 5.0, margin_fraction: float = 0.1, use_point: bool = False,
-               exact_limits: bool = False, progress: ProgressCallback | None = None,
-               cancelled: CancelCheck | None = None) -> PropagationResult:
+               exact_limits: bool = False, image: np.ndarray | None = None,
+               progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> PropagationResult:
     """The 3D box as prior and hard limit rather than every slice's prompt.
 
     Why: near its ends an organ covers a sliver of the box's rectangle and a box prompt makes SAM fill it (a "shelf"
@@ -176,7 +165,8 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
     phantoms the deepest-point click made LiteMedSAM alternate between the whole liver and a part of it.
     ``exact_limits``: the box is the structure's (a box the user drew): no walk stops before its first and last
     slices, and on the middle slice a mask that fits the box is asked for (``segment_fitting_box``, when the segmenter
-    offers it).
+    offers it). ``image`` (the slices): an answer unlike the middle slice's mask (``appearance_sigmas``) is a stop, as
+    with seeds: above a liver's dome the model fills its prompt with lung.
     """
     shape = _check_volume_shape(shape_kji)
     rules = rules or StopRules.preset("box_guided")
@@ -206,16 +196,28 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
     mask[middle] = m
     show_slice(middle, m)
     ious, segmented = {middle: float(iou)}, [middle]
+    stats = _appearance(image, shape, {middle: m})
     reasons = {}
     for side, step, limit in (("up", +1, k1), ("down", -1, k0)):
         reasons[side] = _walk(segmenter, mask, ious, segmented, middle, step, limit, rules, margin_px, use_point,
-                              None, None, set(), cancelled, cap_box=rect, margin_fraction=margin_fraction,
+                              stats, image, set(), cancelled, cap_box=rect, margin_fraction=margin_fraction,
                               present=(k0, k1) if exact_limits else None)
         report(progress, len(segmented) / (k1 - k0 + 1), f"{side} side: {reasons[side]}")
     return PropagationResult(mask=mask, iou=ious, segmented=sorted(segmented), stop_reasons=reasons, seeds=[middle])
 
 
 # --- mode 2: propagation from seed slices -------------------------------------------------------------------------------
+
+def _appearance(image, shape, masks: dict[int, np.ndarray]) -> tuple[float, float] | None:
+    """Mean and spread (at least 1) of ``image`` under the given slices' masks: what the appearance rule compares
+    each answer with; None without an image."""
+    if image is None:
+        return None
+    if np.shape(image) != tuple(shape):
+        raise PropagationError(f"image shape {np.shape(image)} does not match {tuple(shape)}")
+    values = np.concatenate([np.asarray(image[k], float)[m] for k, m in masks.items()])
+    return float(values.mean()), max(float(values.std()), 1.0)
+
 
 def _stop_reason(m: np.ndarray, iou: float, prev: np.ndarray, max_area: int, rules: StopRules, stats,
                  image_slice, typical_iou: float | None = None) -> str | None:
@@ -371,12 +373,7 @@ def propagate_from_seeds(segmenter: SliceSegmenter, shape_kji, seeds: dict, *, l
     for k, m in seed_masks.items():
         mask[k] = m
         show_slice(k, m)
-    stats = None
-    if image is not None:
-        if np.shape(image) != shape:
-            raise PropagationError(f"image shape {np.shape(image)} does not match {shape}")
-        values = np.concatenate([image[k][m] for k, m in seed_masks.items()]).astype(float)
-        stats = (float(values.mean()), max(float(values.std()), 1.0))
+    stats = _appearance(image, shape, seed_masks)
     tolerance = 0 if exact_limits else rules.range_tolerance_slices
     low, high = (0, shape[0] - 1) if limits is None else (limits[0] - tolerance, limits[1] + tolerance)
     present = tuple(limits) if exact_limits and limits is not None else None

@@ -11,9 +11,20 @@ import dataclasses
 import numpy as np
 
 from MedFoundationSegLib.segment.predictor import SlicePredictor
-from MedFoundationSegLib.segment.propagate import box_fit
+from MedFoundationSegLib.segment.propagate import mask_box_xyxy
 
 FITS_BOX = 0.5  # an answer whose bounding box overlaps the drawn box at least this much is kept as it is
+
+
+def box_fit(mask2d: np.ndarray, box_xyxy) -> float:
+    """Intersection over union of a mask's bounding box and ``box_xyxy`` (inclusive pixels); 0 for an empty mask."""
+    own = mask_box_xyxy(np.asarray(mask2d, bool))
+    if own is None:
+        return 0.0
+    x0, y0, x1, y1 = (int(v) for v in box_xyxy)
+    inter = max(0, min(own[2], x1) - max(own[0], x0) + 1) * max(0, min(own[3], y1) - max(own[1], y0) + 1)
+    area = (own[2] - own[0] + 1) * (own[3] - own[1] + 1) + (x1 - x0 + 1) * (y1 - y0 + 1)
+    return float(inter) / float(area - inter)
 
 
 @dataclasses.dataclass
