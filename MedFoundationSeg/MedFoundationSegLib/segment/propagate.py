@@ -111,6 +111,17 @@ def _deepest_point_xy(mask2d: np.ndarray) -> tuple[float, float]:
     return float(col), float(row)
 
 
+def _appearance(image, shape, masks: dict[int, np.ndarray]) -> tuple[float, float] | None:
+    """Mean and spread (at least 1) of ``image`` under the given slices' masks: what the appearance rule compares
+    each answer with; None without an image."""
+    if image is None:
+        return None
+    if np.shape(image) != tuple(shape):
+        raise PropagationError(f"image shape {np.shape(image)} does not match {tuple(shape)}")
+    values = np.concatenate([np.asarray(image[k], float)[m] for k, m in masks.items()])
+    return float(values.mean()), max(float(values.std()), 1.0)
+
+
 def _check_volume_shape(shape) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise PropagationError(f"volume shape must be (z, y, x); got {shape}")
@@ -207,17 +218,6 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
 
 
 # --- mode 2: propagation from seed slices -------------------------------------------------------------------------------
-
-def _appearance(image, shape, masks: dict[int, np.ndarray]) -> tuple[float, float] | None:
-    """Mean and spread (at least 1) of ``image`` under the given slices' masks: what the appearance rule compares
-    each answer with; None without an image."""
-    if image is None:
-        return None
-    if np.shape(image) != tuple(shape):
-        raise PropagationError(f"image shape {np.shape(image)} does not match {tuple(shape)}")
-    values = np.concatenate([np.asarray(image[k], float)[m] for k, m in masks.items()])
-    return float(values.mean()), max(float(values.std()), 1.0)
-
 
 def _stop_reason(m: np.ndarray, iou: float, prev: np.ndarray, max_area: int, rules: StopRules, stats,
                  image_slice, typical_iou: float | None = None) -> str | None:
