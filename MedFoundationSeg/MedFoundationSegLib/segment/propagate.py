@@ -118,7 +118,7 @@ def _appearance(image, shape, masks: dict[int, np.ndarray]) -> tuple[float, floa
         return None
     if np.shape(image) != tuple(shape):
         raise PropagationError(f"image shape {np.shape(image)} does not match {tuple(shape)}")
-    values = np.concatenate([np.asarray(image[k], float)[m] for k, m in masks.items()])
+    values = np.concatenate([np.asarray(image[k])[m] for k, m in masks.items()]).astype(float)
     return float(values.mean()), max(float(values.std()), 1.0)
 
 
