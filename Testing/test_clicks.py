@@ -353,10 +353,10 @@ def test_the_click_model_is_the_registrys_when_its_weights_are_cached(monkeypatc
     assert model == "litemedsam" and "mobilesam weights are not cached" in note
 
 
-def test_a_segmentation_readies_the_click_model_so_the_first_click_waits_for_no_load(monkeypatch):
-    """After the panel's segmentation the click model is loaded and has encoded the box's middle slice, and the box's
-    slices wait as idle work; nothing is loaded where clicks go to the segmenting model (``click_model: ""``, a
-    Session keeping one predictor, fused models)."""
+def test_a_segmentation_readies_the_click_model_in_idle_time_so_neither_the_answer_nor_a_click_waits(monkeypatch):
+    """After the panel's segmentation the click model's loading and its encoding of the box's slices (the middle one
+    first) wait as idle work, so the segmentation's answer is not held back; nothing is queued where clicks go to the
+    segmenting model (``click_model: ""``, a Session keeping one predictor, fused models)."""
     from pathlib import Path
 
     from MedFoundationSegLib.core import weights
@@ -396,12 +396,13 @@ def test_a_segmentation_readies_the_click_model_so_the_first_click_waits_for_no_
                                                                                     Predictor(options.model))
         encoded.clear()
         assert session.ready_click_model(volume, box_ijk, options) == model
-        assert encoded == ([(model, 8)] if model else [])
-        task = session.idle_work.next()  # the box's other slices, in the engine's idle time
+        assert encoded == [] and held == {}  # nothing loaded nor encoded before the answer goes back
+        task = session.idle_work.next()  # loading and encoding, in the engine's idle time
         assert (task is not None) == bool(model)
         if task:
             task(lambda: False)
-            assert encoded == [(model, 8), (model, 8), (model, [5, 6, 7, 8, 9, 10])]  # the 6 nearest the middle
+            assert list(held) == [model]
+            assert encoded == [(model, 8), (model, [5, 6, 7, 8, 9, 10])]  # the middle slice, then the 6 nearest it
 
 
 def test_downloading_a_models_weights_downloads_the_model_that_answers_its_clicks_too(monkeypatch):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import weakref
 from collections.abc import Callable
 
 from MedFoundationSegLib.core.progress import CancelCheck, Cancelled
@@ -49,16 +48,14 @@ class IdleWork:
         return run
 
 
-def encode_later(predictor, first: int, last: int) -> IdleTask:
-    """A task encoding slices ``first``..``last`` with ``predictor`` (held weakly: a predictor the Session let go is
-    not brought back): those nearest the middle slice, as many as its embedding cache holds (a larger box would evict
-    the slices it encoded first)."""
-    held = weakref.ref(predictor)
+def encode_later(load_predictor: Callable[[], object], first: int, last: int) -> IdleTask:
+    """A task that loads a predictor (``load_predictor``: the Session's, so a loaded one is reused) and encodes slices
+    ``first``..``last`` with it: those nearest the middle slice first, as many as its embedding cache holds (a larger
+    box would evict the slices it encoded first). An interrupted task resumes where it stopped: encoded slices are
+    cached."""
 
     def encode(cancelled: CancelCheck) -> None:
-        target = held()
-        if target is None:
-            return
+        target = load_predictor()
         middle = (first + last) // 2
         room = target.cache.budget_bytes // max(target.cache.size_of(target.embedding(middle)), 1)
         nearest = sorted(range(first, last + 1), key=lambda k: abs(k - middle))[:room]

@@ -93,17 +93,16 @@ class Session:
         return click_model_route(o) if self.max_predictors > 1 else (o.model, None)
 
     def ready_click_model(self, volume: Volume, box_ijk, options: Options | None = None, **changes) -> str | None:
-        """Load the model the clicks on this box will be asked of, when it is not the segmenting one; encode the box's
-        middle slice (where the box was drawn) now, the others in idle time (``idle_work``), so clicks wait for neither.
+        """Queue as idle work (``idle_work``) the loading of the model the clicks on this box will be asked of, when it
+        is not the segmenting one, and its encoding of the box's slices, the middle one (where the box was drawn)
+        first: the segmentation's answer waits for neither, and nor does a click made after a moment's look.
         Returns that model, or None when clicks go to the segmenting model."""
         o = _resolve(options, changes)
         model = self._click_model(o)[0]
         if model == o.model or o.fusion != "none":  # fused models already fill the predictors a Session keeps
             return None
         box = geometry.slice_box(geometry.check_box_ijk(volume, box_ijk), o.axis)
-        predictor = self.predictor(volume, o.replace(model=model))
-        predictor.embedding((box.first + box.last) // 2)
-        self.idle_work.replace(encode_later(predictor, box.first, box.last))
+        self.idle_work.replace(encode_later(lambda: self.predictor(volume, o.replace(model=model)), box.first, box.last))
         return model
 
     # --- one structure ------------------------------------------------------------------------------------------
