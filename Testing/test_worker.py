@@ -135,3 +135,30 @@ def test_idle_work_runs_between_jobs_yields_to_a_new_job_and_resumes():
         assert after.wait(5) and after.result == 7
     finally:
         worker.shutdown()
+
+
+def test_idle_loading_of_the_click_model_stops_once_another_model_or_volume_took_over():
+    """The click model's idle task loads it while the user works with the box's model (its walk, its clicks), and
+    never once another model or volume is the Session's newest predictor: it would evict that one."""
+    import collections
+
+    from MedFoundationSegLib.workflow.idle_work import while_newest
+
+    class Predictor:  # a Session's predictors are plain objects, held least recently used first
+        pass
+
+    segmenting, click, other = Predictor(), Predictor(), Predictor()
+    predictors = collections.OrderedDict(box_model=segmenting)
+    loads = []
+
+    def load():
+        loads.append("click model")
+        predictors["click_model"] = click
+        return click
+
+    loader = while_newest(predictors, load)
+    assert loader() is click and loader() is click  # after the segmentation, and again once loaded
+    predictors.move_to_end("box_model")  # a click's walk used the box's model
+    assert loader() is click
+    predictors["other"] = other  # the user went on with another model or volume
+    assert loader() is None and loads == ["click model"] * 3

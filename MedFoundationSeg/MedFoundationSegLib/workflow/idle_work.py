@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import weakref
 from collections.abc import Callable
 
 from MedFoundationSegLib.core.progress import CancelCheck, Cancelled
@@ -48,17 +49,34 @@ class IdleWork:
         return run
 
 
-def encode_later(load_predictor: Callable[[], object], first: int, last: int) -> IdleTask:
-    """A task that loads a predictor (``load_predictor``: the Session's, so a loaded one is reused) and encodes slices
-    ``first``..``last`` with it: those nearest the middle slice first, as many as its embedding cache holds (a larger
-    box would evict the slices it encoded first). An interrupted task resumes where it stopped: encoded slices are
-    cached."""
+def encode_later(load_predictor: Callable[[], object | None], first: int, last: int) -> IdleTask:
+    """A task that loads a predictor (``load_predictor``: the Session's, so a loaded one is reused; None ends the
+    task) and encodes slices ``first``..``last`` with it: those nearest the middle slice first, as many as its
+    embedding cache holds (a larger box would evict the slices it encoded first). An interrupted task resumes where it
+    stopped: encoded slices are cached."""
 
     def encode(cancelled: CancelCheck) -> None:
         target = load_predictor()
+        if target is None:
+            return
         middle = (first + last) // 2
         room = target.cache.budget_bytes // max(target.cache.size_of(target.embedding(middle)), 1)
         nearest = sorted(range(first, last + 1), key=lambda k: abs(k - middle))[:room]
         done = target.encode_slices(nearest, cancelled=cancelled)
         log.debug("idle time: %d %s slices encoded", done, target.model_name)
     return encode
+
+
+def while_newest(predictors: collections.OrderedDict, load: Callable[[], object]) -> Callable[[], object | None]:
+    """``load`` as a loader that gives None once the newest of ``predictors`` (a Session's, least recently used first)
+    is neither the one newest now nor one ``load`` gave: another model or volume took over, and loading would evict
+    what the user works with now."""
+    allowed = weakref.WeakSet(list(predictors.values())[-1:])
+
+    def loader():
+        if predictors and next(reversed(predictors.values())) not in allowed:
+            return None
+        target = load()
+        allowed.add(target)
+        return target
+    return loader

@@ -35,7 +35,7 @@ from MedFoundationSegLib.workflow.box_modes import (
 )
 from MedFoundationSegLib.workflow.evidence import Evidence, EvidenceStore
 from MedFoundationSegLib.workflow.fusion import fuse_models, fuse_planes, segment_box_ijk
-from MedFoundationSegLib.workflow.idle_work import IdleWork, encode_later
+from MedFoundationSegLib.workflow.idle_work import IdleWork, encode_later, while_newest
 from MedFoundationSegLib.workflow.options import AXES, SEGMENTATION_MODES, Options
 from MedFoundationSegLib.workflow.results import CaseResult
 
@@ -102,7 +102,8 @@ class Session:
         if model == o.model or o.fusion != "none":  # fused models already fill the predictors a Session keeps
             return None
         box = geometry.slice_box(geometry.check_box_ijk(volume, box_ijk), o.axis)
-        self.idle_work.replace(encode_later(lambda: self.predictor(volume, o.replace(model=model)), box.first, box.last))
+        load = while_newest(self._predictors, lambda: self.predictor(volume, o.replace(model=model)))
+        self.idle_work.replace(encode_later(load, box.first, box.last))
         return model
 
     # --- one structure ------------------------------------------------------------------------------------------
