@@ -267,7 +267,9 @@ def test_ctrl_c_stops_the_batch_writes_the_summary_and_exits_130(world, tmp_path
     out = tmp_path / "out"
     command = [sys.executable, "-m", "MedFoundationSegLib.cli.main", "batch", f"--templates={world}/T.yaml",
                f"--queries={queries}", f"--outputFolder={out}", "--refine=none", "--engine=registration"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A terminal's foreground command takes Ctrl-C; a test run started in the background inherits SIGINT ignored.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not (out / "case1" / "manifest.json").exists() and process.poll() is None:
