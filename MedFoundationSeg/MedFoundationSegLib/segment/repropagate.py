@@ -11,6 +11,7 @@ from MedFoundationSegLib.segment.propagate import (
     PropagationResult,
     SliceSegmenter,
     StopRules,
+    _appearance,
     _walk,
 )
 
@@ -39,10 +40,7 @@ def repropagate_from_edit(segmenter: SliceSegmenter, result: PropagationResult, 
     ious[k] = 1.0
     rules = kwargs.pop("rules", None) or StopRules.preset("seeds")
     image = kwargs.pop("image", None)
-    stats = None
-    if image is not None:
-        values = image[k][edited_mask].astype(float)
-        stats = (float(values.mean()), max(float(values.std()), 1.0))
+    stats = _appearance(image, mask.shape, {k: edited_mask})
     limits = kwargs.pop("limits", None)
     low, high = (0, mask.shape[0] - 1) if limits is None else (limits[0] - rules.range_tolerance_slices,
                                                                limits[1] + rules.range_tolerance_slices)
