@@ -134,11 +134,11 @@ def test_atlases_survive_the_store_the_result_and_the_request(tmp_path):
     back = sh.StructureHead.from_arrays(transport.decode_result(sent).case_result().head)
     np.testing.assert_array_equal(back.atlas_masks, head.atlas_masks)
     np.testing.assert_array_equal(back.atlas_sources, head.atlas_sources)
-    from MedFoundationSegLib.io.head_store import atlas_wire_arrays, head_to_json
+    from MedFoundationSegLib.io.head_store import head_to_json, head_wire_arrays
 
     request = actions.EngineRequest("segment_box", None, Options(model="litemedsam"),
                                     {"prior_head": head_to_json(head.to_arrays())},
-                                    atlas_wire_arrays(head.to_arrays(), "prior_head"))
+                                    head_wire_arrays(head.to_arrays(), "prior_head"))
     received = actions._prior_head(transport.decode_job(transport.encode_job(request, {}), {}, 1 << 30))
     np.testing.assert_array_equal(received.atlas_images, head.atlas_images)
     np.testing.assert_array_equal(received.atlas_masks, head.atlas_masks)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from MedFoundationSegLib.core import terminology
 from MedFoundationSegLib.core.volume import Volume
-from MedFoundationSegLib.io.head_store import HeadStore, HeadStoreError, atlas_wire_arrays, head_to_json
+from MedFoundationSegLib.io.head_store import HeadStore, HeadStoreError, head_to_json, head_wire_arrays
 from MedFoundationSegLib.workflow.actions import EngineRequest, EngineResult
 from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLib.workflow.results import CaseResult
@@ -112,7 +112,7 @@ class MedFoundationSegLogic:
             self._prior_heads[key] = self.head_store.load(structure, self.options.model)
         if self._prior_heads[key] is not None:
             request.params["prior_head"] = head_to_json(self._prior_heads[key])
-            request.arrays.update(atlas_wire_arrays(self._prior_heads[key], "prior_head"))
+            request.arrays.update(head_wire_arrays(self._prior_heads[key], "prior_head"))
 
     def _store_head(self, prepared: PreparedAction, result: CaseResult) -> None:
         """Store the head the engine learned from this result. The engine counted its volumes from the prior sent

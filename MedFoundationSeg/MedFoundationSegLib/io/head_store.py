@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 _NUMBERS = ("weights", "mean", "scale")
-# A head's atlas grids and their sources: they travel as wire arrays, not in the JSON
-ATLAS_KEYS = ("atlas_images", "atlas_masks", "atlas_sources")
+# A head's keys that travel in its JSON form; the rest (atlas grids and their sources, adapted decoder layers) are
+# bulk arrays and travel beside it as wire arrays.
+JSON_KEYS = (*_NUMBERS, "format", "model", "bias", "volumes", "cells", "shape", "shape_volumes")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,99}$")
 
 
@@ -80,14 +81,16 @@ def head_to_json(arrays: dict) -> dict:
     return out
 
 
-def atlas_wire_arrays(arrays: dict | None, prefix: str) -> dict[str, np.ndarray]:
-    """A head's atlas grids as named wire arrays (``<prefix>.atlas_images`` ...), beside its JSON form."""
-    return {f"{prefix}.{key}": np.asarray(arrays[key]) for key in ATLAS_KEYS if arrays is not None and key in arrays}
+def head_wire_arrays(arrays: dict | None, prefix: str) -> dict[str, np.ndarray]:
+    """A head's bulk arrays (those not in its JSON form) as named wire arrays (``<prefix>.atlas_images`` ...)."""
+    return {f"{prefix}.{key}": np.asarray(value) for key, value in (arrays or {}).items() if key not in JSON_KEYS}
 
 
-def with_wire_atlases(head_arrays: dict[str, np.ndarray], wire_arrays: dict, prefix: str) -> dict[str, np.ndarray]:
-    """A head's arrays from its JSON form, with the atlas grids that came as wire arrays under ``prefix``."""
-    return head_arrays | {key: wire_arrays[f"{prefix}.{key}"] for key in ATLAS_KEYS if f"{prefix}.{key}" in wire_arrays}
+def with_head_wire_arrays(head_arrays: dict[str, np.ndarray], wire_arrays: dict, prefix: str) -> dict[str, np.ndarray]:
+    """A head's arrays from its JSON form, with the bulk arrays that came as wire arrays under ``prefix``."""
+    start = f"{prefix}."
+    bulk = {key[len(start):]: value for key, value in wire_arrays.items() if key.startswith(start)}
+    return head_arrays | {key: value for key, value in bulk.items() if key not in JSON_KEYS}
 
 
 def json_to_head_arrays(value) -> dict[str, np.ndarray]:

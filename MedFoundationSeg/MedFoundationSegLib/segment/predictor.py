@@ -7,6 +7,7 @@ along one axis of the (z, y, x) array; prompts and masks live in that slice's ow
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import warnings
@@ -162,6 +163,16 @@ class SlicePredictor:
         self._lock = threading.RLock()
         self.decoder = CompiledDecoder(self.model.mask_decoder, self._warm_up_decoder,
                                        enabled=optimize and compile_wanted(self.device))
+        self.decoder_override: nn.Module | None = None  # a structure's adapted decoder (``decoding_with``)
+
+    @contextlib.contextmanager
+    def decoding_with(self, decoder: nn.Module | None):
+        """Predict with ``decoder`` (segment/decoder_adaptation.py) instead of the model's own inside the block."""
+        previous, self.decoder_override = self.decoder_override, decoder
+        try:
+            yield self
+        finally:
+            self.decoder_override = previous
 
     # --- geometry -----------------------------------------------------------------------------------------------
     def _pixel_spacing_yx(self) -> tuple[float, float]:
@@ -346,8 +357,7 @@ class SlicePredictor:
             box_tensor = point_tuple = None
             if box_array is not None:
                 in_frame = box_array if box_frame == "input" else transform.boxes_to_input(box_array)
-                box_tensor = torch.as_tensor(in_frame, dtype=torch.float32,
-                                             device=decoder_device)
+                box_tensor = torch.as_tensor(in_frame, dtype=torch.float32, device=decoder_device)
             if point_arrays is not None:
                 coords = torch.as_tensor(transform.points_to_input(point_arrays[0]), dtype=torch.float32,
                                          device=decoder_device)
@@ -357,7 +367,7 @@ class SlicePredictor:
                 masks=None if masks_in is None else masks_in.to(decoder_device))
             image_pe = self.model.prompt_encoder.get_dense_pe()  # prompt encodings stay fp32 (sin/cos of coordinates)
             if decoder is None:
-                decoder = self.decoder.for_call(sparse.shape[0], multimask, exact)
+                decoder = self.decoder_override or self.decoder.for_call(sparse.shape[0], multimask, exact)
             # No autocast cache: a cache is freed under a lock that then waits for the GIL, which deadlocked against
             # the background compilation's warm-up decoding under autocast at the same time.
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.decoder_bf16 and not exact,

@@ -24,6 +24,7 @@ from MedFoundationSegLib.segment.shape_prior import GRID_KJI
 
 HEAD_FORMAT = "medfoundationseg-structure-head"
 BOX_CONTEXT = 0.5  # cells are learned and predicted within the box grown by this share of its size per side
+DECODER_KEY_PREFIX = "decoder."  # a head's arrays hold adapted decoder layers as "decoder.<parameter name>"
 
 
 class HeadError(ValueError):
@@ -51,6 +52,9 @@ class StructureHead:
     atlas_images: np.ndarray | None = None
     atlas_masks: np.ndarray | None = None
     atlas_sources: np.ndarray | None = None
+    # The model's decoder output layers adapted to the signed masks (segment/decoder_adaptation.py), by parameter
+    # name; None for a head whose volumes were never signed as a whole (learned from corrections only).
+    decoder: dict[str, np.ndarray] | None = None
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(N, C) embedding cells -> (N,) logits (the standardisation folded into the weights: one product)."""
@@ -66,7 +70,8 @@ class StructureHead:
                                            "shape_volumes": np.array(self.shape_volumes)}) | (
             {} if self.atlas_images is None else {"atlas_images": self.atlas_images,
                                                   "atlas_masks": self.atlas_masks}) | (
-            {} if self.atlas_sources is None else {"atlas_sources": self.atlas_sources})
+            {} if self.atlas_sources is None else {"atlas_sources": self.atlas_sources}) | (
+            {} if self.decoder is None else as_head_arrays(self.decoder))
 
     @classmethod
     def from_arrays(cls, arrays) -> "StructureHead":
@@ -80,7 +85,7 @@ class StructureHead:
             raise HeadError("the structure head's arrays are inconsistent or not finite")
         shape, shape_volumes = _shape(arrays)
         return cls(str(arrays["model"]), weights, float(arrays["bias"]), mean, scale, int(arrays["volumes"]),
-                   int(arrays["cells"]), shape, shape_volumes, *_atlases(arrays))
+                   int(arrays["cells"]), shape, shape_volumes, *_atlases(arrays), _decoder(arrays))
 
 
 def _shape(arrays) -> tuple[np.ndarray | None, int]:
@@ -114,6 +119,24 @@ def _atlases(arrays) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray |
                             f"{atlas_prior.SOURCE_BYTES} bytes")
         sources = sources.reshape(count, atlas_prior.SOURCE_BYTES)
     return images.reshape(-1, *atlas_prior.GRID_KJI), masks.reshape(-1, *atlas_prior.GRID_KJI), sources
+
+
+def as_head_arrays(layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Adapted decoder layers (segment/decoder_adaptation.py) as a head's arrays."""
+    return {DECODER_KEY_PREFIX + name: value for name, value in layers.items()}
+
+
+def _decoder(arrays) -> dict[str, np.ndarray] | None:
+    """The head's optional adapted decoder layers, checked finite (their shapes are checked against the model's
+    decoder where they are used)."""
+    start = len(DECODER_KEY_PREFIX)
+    layers = {key[start:]: np.asarray(value, np.float32) for key, value in arrays.items()
+              if key.startswith(DECODER_KEY_PREFIX)}
+    if not layers:
+        return None
+    if not all(np.all(np.isfinite(value)) for value in layers.values()):
+        raise HeadError("the structure head's adapted decoder layers are not finite")
+    return layers
 
 
 # --- geometry between a slice and its embedding grid ---------------------------------------------------------------

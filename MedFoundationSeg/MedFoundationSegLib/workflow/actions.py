@@ -53,11 +53,11 @@ class EngineResult:
     arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def case_result(self) -> CaseResult:
-        from MedFoundationSegLib.io.head_store import json_to_head_arrays, with_wire_atlases
+        from MedFoundationSegLib.io.head_store import json_to_head_arrays, with_head_wire_arrays
 
         probability = self.arrays.get("probability_kji")
         head = self.meta.get("head")
-        head = None if head is None else with_wire_atlases(json_to_head_arrays(head), self.arrays, "head")
+        head = None if head is None else with_head_wire_arrays(json_to_head_arrays(head), self.arrays, "head")
         return CaseResult(np.asarray(self.arrays["mask_kji"], bool),
                           None if probability is None else np.asarray(probability, np.float32),
                           dict(self.meta.get("report", {})), head=head)
@@ -106,10 +106,10 @@ def _case(result: CaseResult, request: EngineRequest) -> EngineResult:
         arrays["probability_kji"] = np.asarray(result.probability_kji, np.float16)
     meta = {"report": _jsonable(result.report)}
     if result.head is not None:
-        from MedFoundationSegLib.io.head_store import atlas_wire_arrays, head_to_json
+        from MedFoundationSegLib.io.head_store import head_to_json, head_wire_arrays
 
         meta["head"] = head_to_json(result.head)
-        arrays.update(atlas_wire_arrays(result.head, "head"))
+        arrays.update(head_wire_arrays(result.head, "head"))
     return EngineResult(meta, arrays)
 
 

@@ -7,14 +7,15 @@ their JSON form here, never as a path or a pickle.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
 
 from MedFoundationSegLib.core import geometry
-from MedFoundationSegLib.io.head_store import HeadStoreError, json_to_head_arrays, with_wire_atlases
-from MedFoundationSegLib.segment import atlas_prior, head_learning, shape_prior
-from MedFoundationSegLib.segment.structure_head import HeadError, StructureHead
+from MedFoundationSegLib.io.head_store import HeadStoreError, json_to_head_arrays, with_head_wire_arrays
+from MedFoundationSegLib.segment import atlas_prior, decoder_adaptation, head_learning, shape_prior
+from MedFoundationSegLib.segment.structure_head import HeadError, StructureHead, as_head_arrays
 from MedFoundationSegLib.workflow.results import CaseResult
 
 
@@ -84,7 +85,22 @@ def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str
         head = prior
     else:
         head = dataclasses.replace(learned.head, volumes=0)
-    return dataclasses.replace(head, **shape)
+    decoder = decoder_adaptation.adapt(segmenter.predictor, mask_view, box.first, box.last,
+                                       start=None if prior is None else prior.decoder)
+    return dataclasses.replace(head, decoder=decoder, **shape)
+
+
+def decoding_as_learned(predictor_for, prior: StructureHead | None):
+    """A block in which the predictor (``predictor_for()``, made only when needed) decodes with ``prior``'s adapted
+    decoder layers (segment/decoder_adaptation.py); no change where the head holds none."""
+    if prior is None or prior.decoder is None:
+        return contextlib.nullcontext()
+    predictor = predictor_for()
+    try:
+        decoder = decoder_adaptation.with_layers(predictor.model.mask_decoder, prior.decoder)
+    except decoder_adaptation.DecoderAdaptationError as error:
+        raise HeadError(str(error)) from None
+    return predictor.decoding_with(decoder)
 
 
 def weights_prior(prior: StructureHead | None) -> StructureHead | None:
@@ -144,7 +160,8 @@ def with_shape(outcome: CaseResult, prior: StructureHead | None, box_ijk, image_
         return outcome
     fields, again = _next_shape(prior, outcome.mask_kji, box_ijk, image_kji)
     counts = {"shape_volumes": np.array(fields["shape_volumes"]), "volumes": np.array(_volumes_after(prior, again))}
-    head = dict(outcome.head, **(fields | counts))
+    layers = {} if prior is None or prior.decoder is None else as_head_arrays(prior.decoder)
+    head = layers | dict(outcome.head, **(fields | counts))  # decoder layers learn only from signed volumes
     return CaseResult(outcome.mask_kji, outcome.probability_kji, outcome.report, head=head)
 
 
@@ -152,6 +169,6 @@ def head_from_json(value: dict, wire_arrays: dict | None = None) -> StructureHea
     """A head sent with a request as JSON (``io.head_store.head_to_json``), its atlas grids among the request's arrays
     (``prior_head.*``); a ``HeadError`` says what is wrong."""
     try:
-        return StructureHead.from_arrays(with_wire_atlases(json_to_head_arrays(value), wire_arrays or {}, "prior_head"))
+        return StructureHead.from_arrays(with_head_wire_arrays(json_to_head_arrays(value), wire_arrays or {}, "prior_head"))
     except HeadStoreError as error:
         raise HeadError(str(error)) from None

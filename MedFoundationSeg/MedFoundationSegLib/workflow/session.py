@@ -114,9 +114,10 @@ class Session:
         """Segment a structure from its 3D box, slice by slice as ``options.mode`` says (SEGMENTATION_MODES), then
         refine it when ``options.refine`` asks. ``options.padding_fraction`` caps the padding at that fraction of
         the box's smaller in-plane side (a small structure's localized box is padded less). With ``prior_head`` (a
-        ``StructureHead`` from earlier volumes) and ``options.learn``, the structure's shape is blended into the
-        model's probability and, for a model whose cut is not shifted, the head adjusted to this volume predicts the
-        box's slices, before the refinement; the result's ``head`` holds this mask's shape too (workflow/learning.py)."""
+        ``StructureHead`` from earlier volumes) and ``options.learn``, the model decodes with the head's adapted
+        decoder layers (one plane, one model), the structure's shape is blended into its probability and, for a
+        model whose cut is not shifted, the head adjusted to this volume predicts the box's slices, before the
+        refinement; the result's ``head`` holds this mask's shape too (workflow/learning.py)."""
         o = _resolve(options, changes)
         start = time.perf_counter()
         if o.mode not in SEGMENTATION_MODES:
@@ -134,7 +135,8 @@ class Session:
             same = parts[0].report["model"] == parts[1].report["model"]  # a large box routes both to one model
             outcome = parts[0] if same else fuse_models(volume, parts, box_ijk)
         else:
-            outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled)
+            with learning.decoding_as_learned(lambda: self.predictor(volume, o), prior_head if o.learn else None):
+                outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled)
         learned = prior_head if o.learn else None
         shift = cut_probability_shift(outcome.report.get("model"))
         if learned is not None:
@@ -158,15 +160,13 @@ class Session:
         report(progress, 1.0, "done")
         return outcome
 
-    def _segment_along(self, volume: Volume, box_ijk: np.ndarray, o: Options, slabs, progress,
-                       cancelled) -> CaseResult:
+    def _segment_along(self, volume: Volume, box_ijk: np.ndarray, o: Options, slabs, progress, cancelled) -> CaseResult:
         """The model's masks along ``o.axis`` (large boxes routed, see large_box_route), before refinement."""
         o, large_box = large_box_route(volume, box_ijk, o)
         segmenter = self.segmenter(volume, o)
         box = geometry.slice_box(box_ijk, o.axis)
         padding_mm = 0.0 if large_box else box_padding_mm(volume, box, o)
-        result = run_box_mode(volume, segmenter, box, o, padding_mm, slab_boxes(slabs, o.axis), progress,
-                              cancelled)
+        result = run_box_mode(volume, segmenter, box, o, padding_mm, slab_boxes(slabs, o.axis), progress, cancelled)
         outcome = box_outcome(segmenter, result, box, o, padding_mm)
         if large_box is not None:
             window = segmenter.predictor.window
