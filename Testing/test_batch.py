@@ -298,6 +298,9 @@ def test_stored_heads_are_read_once_for_the_template_structures_and_change_the_f
         batch_cli.stored_heads(str(tmp_path / "missing"), templates, "litemedsam")
     options = Options()
     assert case_fingerprint(templates, options, heads=heads) != case_fingerprint(templates, options)
+    relearned = dict(heads["liver"], **{"decoder.output_upscaling.0.bias": np.ones(64, np.float32)})
+    assert case_fingerprint(templates, options, heads={"liver": relearned}) != \
+        case_fingerprint(templates, options, heads=heads)  # every array counts: decoder layers, shape, atlases
     assert batch_cli.parse(["--outputFolder", str(tmp_path), "--heads", str(tmp_path)]).heads == str(tmp_path)
 
 

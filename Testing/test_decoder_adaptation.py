@@ -37,7 +37,7 @@ def phantom_case():
 def _slice_dice(predictor, truth: np.ndarray, slices) -> float:
     scores = []
     for k in slices:
-        masks = predictor.predict(k, boxes=da.walk_prompt_xyxy(truth[k])).masks[0, 0]
+        masks = predictor.predict(k, boxes=da.slice_prompts_xyxy(truth[k], truth[k].shape[::-1])[1]).masks[0, 0]
         scores.append(dice(masks, truth[k]))
     return float(np.mean(scores))
 
@@ -47,7 +47,7 @@ def test_adapted_layers_draw_the_signed_slices_closer_and_leave_the_model_as_it_
     predictor = session.predictor(image, model="litemedsam")
     box = box_of(truth)
     own = {name: p.detach().clone() for name, p in predictor.model.mask_decoder.named_parameters()}
-    layers = da.adapt(predictor, truth, int(box[0][2]), int(box[1][2]), steps=40)
+    layers = da.adapt(predictor, truth, (*box[0][:2], *box[1][:2]), int(box[0][2]), int(box[1][2]), steps=40)
     assert set(layers) == set(da.adapted_parameters(predictor.model.mask_decoder))
     assert all(v.dtype == np.float32 and np.all(np.isfinite(v)) for v in layers.values())
     assert any(not np.array_equal(v, own[name].numpy()) for name, v in layers.items())

@@ -121,7 +121,8 @@ def engine_rows(which: str, model: str) -> None:
                 print(f"{case} {name:14s} " + " ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
             predictor = session.predictor(image, model=model)
             start = time.perf_counter()
-            decoder_adaptation.adapt(predictor, geometry.to_slices(truth, "axial"), int(b[0][2]), int(b[1][2]))
+            decoder_adaptation.adapt(predictor, geometry.to_slices(truth, "axial"), (*b[0][:2], *b[1][:2]), int(b[0][2]),
+                                    int(b[1][2]))
             seconds = time.perf_counter() - start
             previous[name] = session.learn_signed(image, truth, b, model=model, prior_head=previous.get(name))
             print(f"{case} {name:14s} signed (decoder adapted in {seconds:.1f} s)", flush=True)

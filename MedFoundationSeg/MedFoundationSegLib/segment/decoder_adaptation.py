@@ -22,7 +22,7 @@ from MedFoundationSegLib.segment.structure_head import box_cells
 
 ADAPTED_PREFIXES = ("output_upscaling.", "output_hypernetworks_mlps.0.")
 STEPS = 30
-LEARNING_RATE = 1e-4
+LEARNING_RATE = 3e-3
 MAX_SLICES = 6  # signed slices learned from, spread evenly over the structure
 PROMPT_MARGIN_PX, PROMPT_MARGIN_FRACTION = 5.0, 0.1  # box_guided's defaults (segment/propagate.py)
 CROP_CONTEXT = 0.5  # the loss is taken within the prompts' box grown by this share of its size per side
@@ -61,44 +61,48 @@ def spread_slices(mask_view: np.ndarray, first: int, last: int, count: int = MAX
     return [filled[i] for i in np.linspace(0, len(filled) - 1, count).round().astype(int)]
 
 
-def walk_prompt_xyxy(mask_hw: np.ndarray) -> tuple[int, int, int, int]:
-    """The box a slice of this mask is prompted with as the box-guided walk prompts its slices (segment/propagate.py
-    ``box_guided``): the neighbouring mask's box plus max(5 px, 10 % of its larger side); the neighbour stands in as
-    this slice's own mask."""
+def slice_prompts_xyxy(mask_hw: np.ndarray, box_xyxy) -> list[tuple[int, int, int, int]]:
+    """The boxes a slice of this structure may be prompted with in a segmentation: its own tight box (a drawn box on
+    the slice it was drawn on), that box plus max(5 px, 10 % of its larger side) (the box-guided walk prompts each
+    slice with its neighbour's mask's box so grown, segment/propagate.py ``box_guided``), and the structure's whole
+    box (``box_xyxy``: the first slice of a walk, and every slice in the "box" mode). Layers adapted to one kind
+    of prompt alone fail on the others."""
     rows, cols = np.flatnonzero(mask_hw.any(axis=1)), np.flatnonzero(mask_hw.any(axis=0))
     margin = int(round(max(PROMPT_MARGIN_PX, PROMPT_MARGIN_FRACTION * max(rows[-1] - rows[0], cols[-1] - cols[0]))))
     height, width = mask_hw.shape
-    return (max(cols[0] - margin, 0), max(rows[0] - margin, 0), min(cols[-1] + margin, width - 1),
-            min(rows[-1] + margin, height - 1))
+    tight = (cols[0], rows[0], cols[-1], rows[-1])
+    grown = (max(cols[0] - margin, 0), max(rows[0] - margin, 0), min(cols[-1] + margin, width - 1),
+             min(rows[-1] + margin, height - 1))
+    return [tight, grown, tuple(int(v) for v in box_xyxy)]
 
 
-def _transformer_outputs(predictor, decoder: nn.Module, mask_view: np.ndarray,
-                         slices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask tokens (S, C), image features (S, C, h, w)) after the decoder's transformer, for each slice prompted
-    as the walk prompts it: what the adapted layers read, the same at every step. Features on the whole grid: the
-    upscaling is per cell (2 x 2 transposed convolutions, a per-pixel norm), so a window of them gives that window
-    of the mask."""
+def _transformer_outputs(predictor, decoder: nn.Module, mask_view: np.ndarray, slices: list[int],
+                         box_xyxy) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(mask tokens (P, C), image features (P, C, h, w), the slice of each) after the decoder's transformer, for
+    each slice under each of its prompts (``slice_prompts_xyxy``): what the adapted layers read, the same at every
+    step. Features on the whole grid: the upscaling is per cell (2 x 2 transposed convolutions, a per-pixel norm),
+    so a window of them gives that window of the mask."""
     encoder = predictor.model.prompt_encoder
-    tokens, features = [], []
+    tokens, features, of_slice = [], [], []
     with torch.no_grad():
         image_pe = encoder.get_dense_pe()
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])[None]
         for k in slices:
-            box = predictor.transform.boxes_to_input(np.asarray([walk_prompt_xyxy(mask_view[k])], np.float64))
-            sparse, dense = encoder(points=None, boxes=torch.as_tensor(box, dtype=torch.float32), masks=None)
             embedding = predictor.embedding(k).float().reshape(1, encoder.embed_dim, *encoder.image_embedding_size)
-            hs, src = decoder.transformer(embedding + dense, image_pe, torch.cat([output_tokens, sparse], dim=1))
-            tokens.append(hs[:, 1])
-            features.append(src.transpose(1, 2).reshape(embedding.shape))
-    return torch.cat(tokens), torch.cat(features)
+            for prompt in slice_prompts_xyxy(mask_view[k], box_xyxy):
+                box = predictor.transform.boxes_to_input(np.asarray([prompt], np.float64))
+                sparse, dense = encoder(points=None, boxes=torch.as_tensor(box, dtype=torch.float32), masks=None)
+                hs, src = decoder.transformer(embedding + dense, image_pe, torch.cat([output_tokens, sparse], dim=1))
+                tokens.append(hs[:, 1])
+                features.append(src.transpose(1, 2).reshape(embedding.shape))
+                of_slice.append(k)
+    return torch.cat(tokens), torch.cat(features), of_slice
 
 
-def _loss_window(transform, mask_view: np.ndarray, slices: list[int], cells: int) -> tuple[slice, slice]:
-    """Rows and columns of the embedding grid the loss is taken on: the union of the slices' prompts, grown by
-    CROP_CONTEXT. Far from the prompt the model's background needs no teaching, and the steps cost its area."""
-    boxes = np.array([walk_prompt_xyxy(mask_view[k]) for k in slices])
-    union = (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))
-    return box_cells(union, transform, cells, context=CROP_CONTEXT)
+def _loss_window(transform, box_xyxy, cells: int) -> tuple[slice, slice]:
+    """Rows and columns of the embedding grid the loss is taken on: the structure's box grown by CROP_CONTEXT. Far
+    from the prompt the model's background needs no teaching, and the steps cost its area."""
+    return box_cells(box_xyxy, transform, cells, context=CROP_CONTEXT)
 
 
 def _single_mask_logits(decoder: nn.Module, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -109,21 +113,21 @@ def _single_mask_logits(decoder: nn.Module, tokens: torch.Tensor, features: torc
     return torch.einsum("sc,schw->shw", weights, upscaled)
 
 
-def adapt(predictor, mask_view: np.ndarray, first: int, last: int, *, start: dict[str, np.ndarray] | None = None,
-          steps: int = STEPS) -> dict[str, np.ndarray]:
-    """The predictor's decoder layers adapted to a signed mask (``mask_view``: slices along the predictor's axis) on
-    up to MAX_SLICES of its slices in ``first..last``; warm-started from ``start`` (the layers earlier volumes
-    taught) else from the model's own. Returns the layers as float32 arrays by name."""
+def adapt(predictor, mask_view: np.ndarray, box_xyxy, first: int, last: int, *,
+          start: dict[str, np.ndarray] | None = None, steps: int = STEPS) -> dict[str, np.ndarray]:
+    """The predictor's decoder layers adapted to a signed mask (``mask_view``: slices along the predictor's axis) in
+    its box (``box_xyxy`` on slices ``first..last``), on up to MAX_SLICES of its slices; warm-started from ``start``
+    (the layers earlier volumes taught) else from the model's own. Returns the layers as float32 arrays by name."""
     base = predictor.model.mask_decoder
     decoder = with_layers(base, start) if start else copy.deepcopy(base).float().eval()
     slices = spread_slices(mask_view, first, last)
     if not slices:
         raise ValueError("nothing to adapt the decoder to: the signed mask is empty in its box")
-    tokens, features = _transformer_outputs(predictor, decoder, mask_view, slices)
+    tokens, features, of_slice = _transformer_outputs(predictor, decoder, mask_view, slices, box_xyxy)
     cells = features.shape[-1]
-    rows, cols = _loss_window(predictor.transform, mask_view, slices, cells)
+    rows, cols = _loss_window(predictor.transform, box_xyxy, cells)
     features = features[..., rows, cols]
-    targets = torch.stack([torch.from_numpy(predictor.mask_to_prompt(mask_view[k]) > 0) for k in slices]).float()
+    targets = torch.stack([torch.from_numpy(predictor.mask_to_prompt(mask_view[k]) > 0) for k in of_slice]).float()
     up = targets.shape[-1] // cells  # the low-res mask's pixels per embedding cell
     targets = targets[:, rows.start * up:rows.stop * up, cols.start * up:cols.stop * up]
     trained = adapted_parameters(decoder)

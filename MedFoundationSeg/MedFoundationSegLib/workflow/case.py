@@ -138,8 +138,8 @@ def case_fingerprint(template_set, options: Options, structures=None, heads: dic
     digest = hashlib.blake2b(digest_size=16)
     for name in sorted(heads or {}):
         digest.update(name.encode("utf-8"))
-        for key in ("weights", "bias", "mean", "scale"):
-            digest.update(memoryview(np.ascontiguousarray(np.asarray(heads[name][key], np.float32))).cast("B"))
+        for key in sorted(heads[name]):  # every array: weights, shape, atlases, adapted decoder layers
+            digest.update(key.encode("utf-8") + np.ascontiguousarray(heads[name][key]).tobytes())
     for template in template_set.templates:
         image = template.image
         digest.update(json.dumps([template.name, list(image.spacing_mm), list(image.origin_lps_mm),

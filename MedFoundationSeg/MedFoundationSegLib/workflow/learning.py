@@ -85,7 +85,7 @@ def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str
         head = prior
     else:
         head = dataclasses.replace(learned.head, volumes=0)
-    decoder = decoder_adaptation.adapt(segmenter.predictor, mask_view, box.first, box.last,
+    decoder = decoder_adaptation.adapt(segmenter.predictor, mask_view, box.xyxy, box.first, box.last,
                                        start=None if prior is None else prior.decoder)
     return dataclasses.replace(head, decoder=decoder, **shape)
 
