@@ -76,6 +76,7 @@ def test_a_first_segmentation_decodes_with_the_heads_layers_and_only_inside_it(p
     plain = session.segment_box(image, box, model="litemedsam", padding_mm=0.0)
     silenced = session.segment_box(image, box, model="litemedsam", padding_mm=0.0, prior_head=head)
     assert dice(plain.mask_kji, truth) > 0.4 and silenced.mask_kji.sum() < 0.05 * plain.mask_kji.sum()
+    assert silenced.report["decoder"] == "adapted to the structure by signed volumes" and "decoder" not in plain.report
     again = session.segment_box(image, box, model="litemedsam", padding_mm=0.0)
     np.testing.assert_array_equal(again.mask_kji, plain.mask_kji)
     unlearned = session.segment_box(image, box, model="litemedsam", padding_mm=0.0, prior_head=head, learn=False)

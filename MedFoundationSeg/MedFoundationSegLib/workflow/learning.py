@@ -134,6 +134,20 @@ def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk, imag
     return fields, again
 
 
+def add_learned(segmenter_for, outcome: CaseResult, prior: StructureHead, volume, box_ijk, axis: str, *,
+                use_head: bool) -> CaseResult:
+    """A first segmentation (decoded with the prior's adapted decoder layers where it holds them,
+    ``decoding_as_learned``) with the rest of what earlier volumes taught: with ``use_head`` (a model whose cut is not
+    shifted: the head's probability replaces what a shifted cut was measured on) the head adjusted to this volume
+    (``start_from_prior``), then the structure's shape (``add_shape``); the report names each."""
+    if use_head and prior.volumes:
+        outcome = start_from_prior(segmenter_for, outcome, geometry.slice_box(box_ijk, axis), axis, prior)
+    outcome = add_shape(outcome, prior, box_ijk, volume.array, volume.spacing_mm[::-1])
+    if prior.decoder is not None:
+        outcome.report["decoder"] = "adapted to the structure by signed volumes"
+    return outcome
+
+
 def add_shape(outcome: CaseResult, prior: StructureHead, box_ijk, image_kji: np.ndarray,
               spacing_kji_mm) -> CaseResult:
     """A first segmentation with the shape of earlier volumes blended into its probability (unchanged when the head

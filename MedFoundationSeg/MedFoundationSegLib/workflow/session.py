@@ -141,10 +141,8 @@ class Session:
         shift = cut_probability_shift(outcome.report.get("model"))
         if learned is not None:
             report(progress, 0.9, "adding what earlier volumes taught about the structure")
-            if not shift and learned.volumes:  # the head's probability replaces what a shifted cut was measured on
-                outcome = learning.start_from_prior(lambda model: self.segmenter(volume, o.replace(model=model)),
-                                                    outcome, geometry.slice_box(box_ijk, o.axis), o.axis, learned)
-            outcome = learning.add_shape(outcome, learned, box_ijk, volume.array, volume.spacing_mm[::-1])
+            outcome = learning.add_learned(lambda model: self.segmenter(volume, o.replace(model=model)), outcome,
+                                           learned, volume, box_ijk, o.axis, use_head=not shift)
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.95, f"refining ({o.refine})")
