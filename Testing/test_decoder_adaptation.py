@@ -89,6 +89,7 @@ def test_learn_signed_adapts_the_decoder_warm_started_from_the_prior(phantom_cas
     first = session.learn_signed(image, truth, box, model="litemedsam")
     assert first.decoder is not None and set(first.decoder) == set(
         da.adapted_parameters(session.predictor(image, model="litemedsam").model.mask_decoder))
+    assert da.adapts("litemedsam") and not da.adapts("mobilesam")  # the registry: MobileSAM's cost clicks
     second = session.learn_signed(image, truth, box, model="litemedsam", prior_head=first)
     step = max(float(np.abs(second.decoder[n] - first.decoder[n]).max()) for n in first.decoder)
     # the same mask from the model's own layers would give the same layers again: these went on from the prior's

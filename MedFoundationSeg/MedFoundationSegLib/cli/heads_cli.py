@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "learn-heads", help="learn structure heads from the label volumes of a template set",
         description="For every structure of the template set, fit its structure head on each template's label mask "
-                    "(within the mask's box), adapt the model's decoder output layers to it, and store both in "
+                    "(within the mask's box), adapt the model's decoder output layers to it (LiteMedSAM), and store both in "
                     "FOLDER/heads/<structure>.<model>.npz, starting from the head already there. Templates without "
                     "a label volume are skipped with a note.")
     parser.add_argument("--templates", required=True, help="template set file (.yaml/.json)")
@@ -59,6 +59,6 @@ def run_learn_heads(args: argparse.Namespace) -> int:
                 f"too fine for a head on {args.model}'s embedding grid"
             atlases = 0 if head.atlas_images is None else len(head.atlas_images)
             print(f"{template.name}: {name} -> {path} ({weights}, shape from {head.shape_volumes}, "
-                  f"{atlases} atlas(es), decoder layers adapted)")
+                  f"{atlases} atlas(es), {'decoder layers adapted' if head.decoder else 'no decoder layers'})")
     print(f"learn-heads: {learned} head(s) stored in {store.folder}")
     return 0

@@ -32,6 +32,15 @@ class DecoderAdaptationError(ValueError):
     """Adapted layers that do not fit this model's decoder."""
 
 
+def adapts(model: str) -> bool:
+    """The registry's ``learning.adapt_decoder`` of ``model`` (default true): false where adapted layers were measured
+    to cost clicks."""
+    from MedFoundationSegLib.core.weights import load_registry
+
+    entry = load_registry()["models"].get(model, {})
+    return bool(entry.get("learning", {}).get("adapt_decoder", True))
+
+
 def adapted_parameters(decoder: nn.Module) -> dict[str, nn.Parameter]:
     """The decoder's parameters that adaptation changes, by name."""
     return {name: p for name, p in decoder.named_parameters() if name.startswith(ADAPTED_PREFIXES)}

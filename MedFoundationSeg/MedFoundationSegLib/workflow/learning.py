@@ -73,7 +73,9 @@ def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str
     more (a volume it learned before counts once), and its shape (segment/shape_prior.py) and, with ``image_kji``,
     its atlases (segment/atlas_prior.py) hold the mask too. Where the head cannot reproduce the mask
     (``head_learning.MIN_AGREEMENT``: a structure too fine for the embedding's cells) the prior's weights stay, or,
-    without a prior, the head holds only the shape (``volumes`` 0: its weights are never used)."""
+    without a prior, the head holds only the shape (``volumes`` 0: its weights are never used). For a model the
+    registry lets adapt its decoder (``decoder_adaptation.adapts``), the decoder's output layers learn the mask too,
+    from the prior's."""
     box = geometry.slice_box(box_ijk, axis)
     mask_view = geometry.to_slices(np.asarray(mask_kji, bool), axis)
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), (), model,
@@ -85,8 +87,9 @@ def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str
         head = prior
     else:
         head = dataclasses.replace(learned.head, volumes=0)
-    decoder = decoder_adaptation.adapt(segmenter.predictor, mask_view, box.xyxy, box.first, box.last,
-                                       start=None if prior is None else prior.decoder)
+    decoder = None if prior is None else prior.decoder
+    if decoder_adaptation.adapts(model):
+        decoder = decoder_adaptation.adapt(segmenter.predictor, mask_view, box.xyxy, box.first, box.last, start=decoder)
     return dataclasses.replace(head, decoder=decoder, **shape)
 
 
