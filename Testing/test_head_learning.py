@@ -156,19 +156,20 @@ def test_learn_heads_command_teaches_heads_from_template_labels_and_adds_to_stor
     TemplateSet([templates[0], Template("unlabelled", image_path=tmp_path / "t0.nii.gz")]).save(tmp_path / "T.yaml")
     assert main(["learn-heads", "--templates", str(tmp_path / "T.yaml"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "unlabelled: no label volume, skipped" in out and "1 head(s) stored" in out
+    assert "unlabelled: no label volume, skipped" in out and "1 head(s) stored" in out and "no decoder layers" in out
     store = HeadStore(tmp_path)
     first = sh.StructureHead.from_arrays(store.load("liver", "litemedsam"))
     assert first.volumes == 1 and first.model == "litemedsam"
-    assert first.decoder is not None and "output_upscaling.0.weight" in first.decoder  # adapted decoder layers
+    assert first.decoder is None  # decoder layers only with --adapt-decoder
     TemplateSet(templates).save(tmp_path / "T2.yaml")  # t0 again (already learned), and t1
-    assert main(["learn-heads", "--templates", str(tmp_path / "T2.yaml"), "--device", "cpu"]) == 0
+    assert main(["learn-heads", "--templates", str(tmp_path / "T2.yaml"), "--device", "cpu", "--adapt-decoder"]) == 0
     again = store.load("liver", "litemedsam")
     assert int(again["volumes"]) == 2 and int(again["shape_volumes"]) == 2  # the stored head was the prior; t0 once
     assert len(again["atlas_images"]) == 2  # each template's image and mask, an atlas for the query volumes
-    assert not np.array_equal(again["decoder.output_upscaling.0.weight"], first.decoder["output_upscaling.0.weight"])
+    assert "decoder.output_upscaling.0.weight" in again  # adapted decoder layers
     out = capsys.readouterr().out
-    assert "t0: liver" in out and "shape from 1, 1 atlas(es), decoder layers adapted" in out and "shape from 2, 2 atlas(es)" in out
+    assert "t0: liver" in out and "shape from 1, 1 atlas(es), decoder layers adapted" in out
+    assert "shape from 2, 2 atlas(es), decoder layers adapted" in out
 
 
 def test_a_bad_prior_head_in_a_request_is_refused_before_any_work():

@@ -124,7 +124,8 @@ def engine_rows(which: str, model: str) -> None:
             decoder_adaptation.adapt(predictor, geometry.to_slices(truth, "axial"), (*b[0][:2], *b[1][:2]), int(b[0][2]),
                                     int(b[1][2]))
             seconds = time.perf_counter() - start
-            previous[name] = session.learn_signed(image, truth, b, model=model, prior_head=previous.get(name))
+            previous[name] = session.learn_signed(image, truth, b, model=model, prior_head=previous.get(name),
+                                                  adapt_decoder=True)
             print(f"{case} {name:14s} signed (decoder adapted in {seconds:.1f} s)", flush=True)
     for key in ("none", "head", "head+decoder"):
         print(f"mean {key}: {np.mean([r[key] for r in rows]):.3f} over {len(rows)}")

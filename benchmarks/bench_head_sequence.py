@@ -87,7 +87,7 @@ def run_sequence(args, start: int) -> list[dict]:
                     run = annotate(session, image, truth, args.model, prior)
                     if arm == "stored":
                         head = session.learn_signed(image, run["signed"], run["box_ijk"], model=args.model,
-                                                    prior_head=prior)
+                                                    prior_head=prior, adapt_decoder=args.adapt_decoder)
                         store.save(name, args.model, head.to_arrays())
                     row = dict(case=case, start=start, position=position, structure=name, arm=arm,
                                dices=run["dices"], clicks_to_target=run["clicks_to_target"],
@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--starts", type=int, nargs="+", default=[0],
                         help="one sequence from each phantom 101 + START of the pool")
     parser.add_argument("--pool", type=int, default=0, help="phantoms the sequences wrap around (default: --volumes)")
+    parser.add_argument("--adapt-decoder", action="store_true",
+                        help="signed masks also adapt the decoder's output layers (Session.learn_signed)")
     parser.add_argument("--json", type=Path, help="also write every row here")
     parser.add_argument("--summary", type=Path, nargs="+",
                         help="print the summary of rows written before (--json files) and run nothing")

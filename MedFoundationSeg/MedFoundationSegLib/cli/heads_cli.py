@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "learn-heads", help="learn structure heads from the label volumes of a template set",
         description="For every structure of the template set, fit its structure head on each template's label mask "
-                    "(within the mask's box), adapt the model's decoder output layers to it (LiteMedSAM), and store both in "
+                    "(within the mask's box), with --adapt-decoder also adapt the model's decoder output layers to it, and "
+                    "store it in "
                     "FOLDER/heads/<structure>.<model>.npz, starting from the head already there. Templates without "
                     "a label volume are skipped with a note.")
     parser.add_argument("--templates", required=True, help="template set file (.yaml/.json)")
@@ -24,6 +25,10 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default="litemedsam", help="box-prompt model whose embeddings the heads read")
     parser.add_argument("--structures", nargs="+", help="structure names (default: every labelled structure)")
     parser.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
+    parser.add_argument("--adapt-decoder", action="store_true",
+                        help="also adapt the model's decoder output layers to each structure (a few seconds each): "
+                             "fewer clicks on later CT volumes with LiteMedSAM; worse first masks on brain MR and "
+                             "with MobileSAM (docs/benchmarks.md)")
     parser.set_defaults(func=run_learn_heads)
 
 
@@ -52,7 +57,7 @@ def run_learn_heads(args: argparse.Namespace) -> int:
             stored = store.load(name, args.model)
             prior = StructureHead.from_arrays(stored) if stored is not None else None
             head = session.learn_signed(template.image, mask, box_ijk, model=args.model, device=args.device,
-                                        prior_head=prior)
+                                        prior_head=prior, adapt_decoder=args.adapt_decoder)
             path = store.save(name, args.model, head.to_arrays())
             learned += 1
             weights = f"head from {head.volumes} volume(s)" if head.volumes else \

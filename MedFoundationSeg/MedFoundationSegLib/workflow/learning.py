@@ -68,14 +68,15 @@ def start_from_prior(segmenter_for, outcome: CaseResult, box: geometry.SliceBox,
 
 
 def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str, *,
-                 prior: StructureHead | None = None, image_kji: np.ndarray | None = None) -> StructureHead:
+                 prior: StructureHead | None = None, image_kji: np.ndarray | None = None,
+                 adapt_decoder: bool = False) -> StructureHead:
     """The head of a mask the user signed in ``box_ijk``, warm-started from ``prior``: it has learned from one volume
     more (a volume it learned before counts once), and its shape (segment/shape_prior.py) and, with ``image_kji``,
     its atlases (segment/atlas_prior.py) hold the mask too. Where the head cannot reproduce the mask
     (``head_learning.MIN_AGREEMENT``: a structure too fine for the embedding's cells) the prior's weights stay, or,
-    without a prior, the head holds only the shape (``volumes`` 0: its weights are never used). For a model the
-    registry lets adapt its decoder (``decoder_adaptation.adapts``), the decoder's output layers learn the mask too,
-    from the prior's."""
+    without a prior, the head holds only the shape (``volumes`` 0: its weights are never used). With
+    ``adapt_decoder`` the decoder's output layers learn the mask too (segment/decoder_adaptation.py), from the
+    prior's; without, the prior's layers (if any) stay as they were."""
     box = geometry.slice_box(box_ijk, axis)
     mask_view = geometry.to_slices(np.asarray(mask_kji, bool), axis)
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), (), model,
@@ -88,7 +89,7 @@ def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str
     else:
         head = dataclasses.replace(learned.head, volumes=0)
     decoder = None if prior is None else prior.decoder
-    if decoder_adaptation.adapts(model):
+    if adapt_decoder:
         decoder = decoder_adaptation.adapt(segmenter.predictor, mask_view, box.xyxy, box.first, box.last, start=decoder)
     return dataclasses.replace(head, decoder=decoder, **shape)
 

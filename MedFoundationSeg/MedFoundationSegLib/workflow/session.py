@@ -308,15 +308,16 @@ class Session:
         return CaseResult(refined.mask_kji, outcome.probability_kji, outcome.report, head=outcome.head)
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
-                     prior_head=None, **changes):
+                     prior_head=None, adapt_decoder: bool = False, **changes):
         """The structure head of a mask the user signed in its box, warm-started from ``prior_head``, to store per
-        structure (io/head_store.py) so the next volume starts from it; only the shape where the head cannot learn it."""
+        structure (io/head_store.py) so the next volume starts from it; only the shape where the head cannot learn it.
+        ``adapt_decoder``: the model's decoder output layers learn the mask too (workflow/learning.py)."""
         o = _resolve(options, changes)
         if not np.asarray(mask_kji, bool).any():
             raise ValueError("nothing to learn from: the segment is empty")
         box_ijk = geometry.check_box_ijk(volume, box_ijk)
-        return learning.learn_signed(self.segmenter(volume, o), mask_kji, box_ijk,
-                                     o.axis, o.model, prior=prior_head, image_kji=volume.array)
+        return learning.learn_signed(self.segmenter(volume, o), mask_kji, box_ijk, o.axis, o.model, prior=prior_head,
+                                     image_kji=volume.array, adapt_decoder=adapt_decoder)
 
     def refine(self, volume: Volume, mask_kji: np.ndarray, options: Options | None = None, *, positive_ijk=None,
                negative_ijk=None, scribble_kji=None, evidence: Evidence | None = None, prior_head=None,
