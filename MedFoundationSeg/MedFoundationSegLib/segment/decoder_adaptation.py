@@ -26,7 +26,7 @@ STEPS = 30
 LEARNING_RATE = 3e-3
 MAX_SLICES = 6  # signed slices learned from, spread evenly over the structure
 PROMPT_MARGIN_PX, PROMPT_MARGIN_FRACTION = 5.0, 0.1  # box_guided's defaults (segment/propagate.py)
-CROP_CONTEXT = 0.5  # the loss is taken within the prompts' box grown by this share of its size per side
+CROP_CONTEXT = 0.5  # the loss is taken within the structure's box grown by this share of its size per side
 
 
 class DecoderAdaptationError(ValueError):
