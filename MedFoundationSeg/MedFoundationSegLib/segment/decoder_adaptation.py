@@ -84,15 +84,18 @@ def _transformer_outputs(predictor, decoder: nn.Module, mask_view: np.ndarray, s
     step. Features on the whole grid: the upscaling is per cell (2 x 2 transposed convolutions, a per-pixel norm),
     so a window of them gives that window of the mask."""
     encoder = predictor.model.prompt_encoder
+    device = next(decoder.parameters()).device
     tokens, features, of_slice = [], [], []
     with torch.no_grad():
         image_pe = encoder.get_dense_pe()
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])[None]
         for k in slices:
-            embedding = predictor.embedding(k).float().reshape(1, encoder.embed_dim, *encoder.image_embedding_size)
+            embedding = predictor.embedding(k).to(device, torch.float32).reshape(1, encoder.embed_dim,
+                                                                                 *encoder.image_embedding_size)
             for prompt in slice_prompts_xyxy(mask_view[k], box_xyxy):
                 box = predictor.transform.boxes_to_input(np.asarray([prompt], np.float64))
-                sparse, dense = encoder(points=None, boxes=torch.as_tensor(box, dtype=torch.float32), masks=None)
+                sparse, dense = encoder(points=None, boxes=torch.as_tensor(box, dtype=torch.float32, device=device),
+                                        masks=None)
                 hs, src = decoder.transformer(embedding + dense, image_pe, torch.cat([output_tokens, sparse], dim=1))
                 tokens.append(hs[:, 1])
                 features.append(src.transpose(1, 2).reshape(embedding.shape))
@@ -128,7 +131,8 @@ def adapt(predictor, mask_view: np.ndarray, box_xyxy, first: int, last: int, *,
     cells = features.shape[-1]
     rows, cols = _loss_window(predictor.transform, box_xyxy, cells)
     features = features[..., rows, cols]
-    targets = torch.stack([torch.from_numpy(predictor.mask_to_prompt(mask_view[k]) > 0) for k in of_slice]).float()
+    targets = torch.stack([torch.from_numpy(predictor.mask_to_prompt(mask_view[k]) > 0) for k in of_slice])
+    targets = targets.to(features.device, torch.float32)
     up = targets.shape[-1] // cells  # the low-res mask's pixels per embedding cell
     targets = targets[:, rows.start * up:rows.stop * up, cols.start * up:cols.stop * up]
     trained = adapted_parameters(decoder)
@@ -143,4 +147,4 @@ def adapt(predictor, mask_view: np.ndarray, box_xyxy, first: int, last: int, *,
             loss = F.binary_cross_entropy_with_logits(logits, targets) + soft_dice.mean()
             loss.backward()
             optimizer.step()
-    return {name: p.detach().numpy().astype(np.float32, copy=True) for name, p in trained.items()}
+    return {name: p.detach().cpu().numpy().astype(np.float32, copy=True) for name, p in trained.items()}
