@@ -26,9 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--structures", nargs="+", help="structure names (default: every labelled structure)")
     parser.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
     parser.add_argument("--adapt-decoder", action="store_true",
-                        help="also adapt the model's decoder output layers to each structure (a few seconds each): "
-                             "fewer clicks on later CT volumes with LiteMedSAM; worse first masks on brain MR and "
-                             "with MobileSAM (docs/benchmarks.md)")
+                        help="also adapt the model's decoder output layers to each structure (a few seconds each); "
+                             "measured: better with LiteMedSAM on CT and MobileSAM on brain MR, worse with the "
+                             "other two pairs (docs/benchmarks.md)")
     parser.set_defaults(func=run_learn_heads)
 
 

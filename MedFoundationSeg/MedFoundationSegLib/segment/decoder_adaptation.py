@@ -4,8 +4,8 @@ Why: the structure head (segment/structure_head.py) reads the 64 x 64 embedding 
 low-contrast structures such as the brain's nuclei; the decoder draws its masks at 256 x 256. A few gradient steps
 on the decoder's upscaling layers and on the hypernetwork of its single-mask token, on slices of a signed mask
 prompted with its box, teach the model where this structure's edge lies; the next volume's first segmentation of the
-structure decodes with them (when asked for: they helped LiteMedSAM on CT and hurt it on brain MR, and hurt MobileSAM
-on CT; docs/benchmarks.md). The decoder's two-way transformer stays the model's own, so its output is computed once
+structure decodes with them (when asked for: they helped LiteMedSAM on CT and MobileSAM on brain MR, and hurt the
+other two pairs; docs/benchmarks.md). The decoder's two-way transformer stays the model's own, so its output is computed once
 per slice and each step costs only the small output layers. The adapted layers are plain arrays, stored with the
 structure's head (io/head_store.py).
 """
