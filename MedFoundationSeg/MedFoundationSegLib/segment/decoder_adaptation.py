@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from MedFoundationSegLib.segment.propagate import _grow_box, mask_box_xyxy
 from MedFoundationSegLib.segment.structure_head import box_cells
 
 ADAPTED_PREFIXES = ("output_upscaling.", "output_hypernetworks_mlps.0.")
@@ -38,9 +39,14 @@ def adapted_parameters(decoder: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in decoder.named_parameters() if name.startswith(ADAPTED_PREFIXES)}
 
 
+def _float_copy(decoder: nn.Module) -> nn.Module:
+    """A float32 copy of the model's decoder in eval mode, to adapt or to decode with adapted layers."""
+    return copy.deepcopy(decoder).float().eval()
+
+
 def with_layers(decoder: nn.Module, layers: dict[str, np.ndarray]) -> nn.Module:
     """A float32 copy of ``decoder`` with the adapted ``layers`` in place; layers that do not match it are refused."""
-    adapted = copy.deepcopy(decoder).float().eval()
+    adapted = _float_copy(decoder)
     targets = adapted_parameters(adapted)
     if set(layers) != set(targets):
         raise DecoderAdaptationError("the adapted decoder layers do not match this model's decoder")
@@ -68,12 +74,9 @@ def slice_prompts_xyxy(mask_hw: np.ndarray, box_xyxy) -> list[tuple[int, int, in
     slice with its neighbour's mask's box so grown, segment/propagate.py ``box_guided``), and the structure's whole
     box (``box_xyxy``: the first slice of a walk, and every slice in the "box" mode). Layers adapted to one kind
     of prompt alone fail on the others."""
-    rows, cols = np.flatnonzero(mask_hw.any(axis=1)), np.flatnonzero(mask_hw.any(axis=0))
-    margin = int(round(max(PROMPT_MARGIN_PX, PROMPT_MARGIN_FRACTION * max(rows[-1] - rows[0], cols[-1] - cols[0]))))
-    height, width = mask_hw.shape
-    tight = (cols[0], rows[0], cols[-1], rows[-1])
-    grown = (max(cols[0] - margin, 0), max(rows[0] - margin, 0), min(cols[-1] + margin, width - 1),
-             min(rows[-1] + margin, height - 1))
+    tight = mask_box_xyxy(mask_hw)
+    side = max(tight[2] - tight[0], tight[3] - tight[1]) + 1  # as propagate._walk measures it
+    grown = _grow_box(tight, max(PROMPT_MARGIN_PX, PROMPT_MARGIN_FRACTION * side), mask_hw.shape)
     return [tight, grown, tuple(int(v) for v in box_xyxy)]
 
 
@@ -123,7 +126,7 @@ def adapt(predictor, mask_view: np.ndarray, box_xyxy, first: int, last: int, *,
     its box (``box_xyxy`` on slices ``first..last``), on up to MAX_SLICES of its slices; warm-started from ``start``
     (the layers earlier volumes taught) else from the model's own. Returns the layers as float32 arrays by name."""
     base = predictor.model.mask_decoder
-    decoder = with_layers(base, start) if start else copy.deepcopy(base).float().eval()
+    decoder = with_layers(base, start) if start else _float_copy(base)
     slices = spread_slices(mask_view, first, last)
     if not slices:
         raise ValueError("nothing to adapt the decoder to: the signed mask is empty in its box")
