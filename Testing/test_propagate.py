@@ -15,11 +15,11 @@ from MedFoundationSegLib.segment.propagate import (
     StopRules,
     box_guided,
     box_per_slice,
-    mask_box_xyxy,
     propagate_from_seeds,
 )
 from MedFoundationSegLib.segment.reference import reference_litemedsam
 from MedFoundationSegLib.segment.repropagate import repropagate_from_edit
+from MedFoundationSegLib.segment.slice_boxes import grow_box, intersect_boxes, mask_box_xyxy, walk_prompt_xyxy
 from scipy import ndimage
 
 
@@ -531,3 +531,17 @@ def test_box_guided_asks_the_middle_slice_for_a_mask_fitting_the_drawn_box():
     estimated = FittingOracle(gt)  # a box that is an estimate (a localized one) is not taken as tight
     box_guided(estimated, gt.shape, ((k0, k1), (j0, j1), (i0, i1)), pad_mm=2.0)
     assert estimated.tight == [] and estimated.calls[0][1] == (i0 - 2, j0 - 2, i1 + 2, j1 + 2)
+
+
+def test_a_walk_prompt_grows_the_mask_box_by_5_px_or_a_tenth_of_its_larger_side_within_the_slice():
+    mask = np.zeros((200, 300), bool)
+    mask[50:60, 100:110] = True  # 10 px: the 5 px floor
+    assert mask_box_xyxy(mask) == (100, 50, 109, 59)
+    assert walk_prompt_xyxy(mask_box_xyxy(mask), mask.shape) == (95, 45, 114, 64)
+    mask[50:60, 100:180] = True  # 80 px wide: 8 px
+    assert walk_prompt_xyxy(mask_box_xyxy(mask), mask.shape) == (92, 42, 187, 67)
+    assert walk_prompt_xyxy((0, 0, 299, 199), mask.shape) == (0, 0, 299, 199)  # never beyond the slice
+    assert mask_box_xyxy(np.zeros((4, 4), bool)) is None
+    assert grow_box((10, 10, 20, 20), 2.4, (100, 100)) == (8, 8, 22, 22)
+    assert intersect_boxes((0, 0, 10, 10), (5, 5, 20, 20)) == (5, 5, 10, 10)
+    assert intersect_boxes((0, 0, 10, 10), (10, 0, 20, 20)) is None  # 1 px wide: no prompt

@@ -19,12 +19,14 @@ from scipy import ndimage
 from skimage.morphology import disk
 
 from MedFoundationSegLib.core.progress import CancelCheck, check, show_slice
-from MedFoundationSegLib.segment.propagate import (
-    StopRules,
-    _grow_box,
-    _intersect_boxes,
-    _stop_reason,
+from MedFoundationSegLib.segment.propagate import StopRules, _stop_reason
+from MedFoundationSegLib.segment.slice_boxes import (
+    MARGIN_FRACTION,
+    MARGIN_PX,
+    grow_box,
+    intersect_boxes,
     mask_box_xyxy,
+    walk_prompt_xyxy,
 )
 
 MIN_CHANGE_PX = 4  # a walk stops where the model changes fewer pixels than this (or the share of the clicked change)
@@ -75,10 +77,9 @@ def reprompt_slice(segmenter, index: int, box_xyxy, clicks: list[Click], shown_h
 
 
 def _grown_within(box, shape_hw, cap, margin_px: float, margin_fraction: float):
-    """``box`` plus a margin of max(``margin_px``, ``margin_fraction`` of its larger side), within ``cap``; None when
-    that leaves less than 2 px."""
-    side = max(box[2] - box[0], box[3] - box[1]) + 1
-    return _intersect_boxes(_grow_box(box, max(margin_px, margin_fraction * side), shape_hw), cap)
+    """``box`` grown as a walk grows a prompt (``slice_boxes.walk_prompt_xyxy``), within ``cap``; None when that leaves
+    less than 2 px."""
+    return intersect_boxes(walk_prompt_xyxy(box, shape_hw, margin_px, margin_fraction), cap)
 
 
 def _clicks_by_slice(clicks: list[Click]) -> dict[int, list[Click]]:
@@ -162,7 +163,7 @@ def _clear_beyond(mask: np.ndarray, probability: np.ndarray, index: int, changed
 
 def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, box_xyxy, slice_range: tuple[int, int],
                         clicks: list[Click], new_slices: list[int] | None = None, *, agree_fraction: float = 0.2,
-                        margin_px: float = 5.0, margin_fraction: float = 0.1, use_mask_prompt: bool = True,
+                        margin_px: float = MARGIN_PX, margin_fraction: float = MARGIN_FRACTION, use_mask_prompt: bool = True,
                         monotone_clicked_slice: bool = False, max_spread_slices: int = MAX_SPREAD_SLICES,
                         rules: StopRules | None = None, click_segmenter=None,
                         cancelled: CancelCheck | None = None) -> CorrectionResult:
@@ -240,7 +241,7 @@ def _spread(segmenter, mask, probability, start: int, step: int, limit: int, cli
             return f"nothing {'to follow' if adds else 'left to take away'} at slice {k}"
         # a mask outside the structure's box (drawn or edited there) is followed with its own box plus the margin
         prompt = _grown_within(box, mask.shape[1:], cap, margin_px, margin_fraction) or \
-            _grow_box(box, margin_px, mask.shape[1:])
+            grow_box(box, margin_px, mask.shape[1:])
         result = segmenter.segment_slice(k, prompt)
         answer = np.asarray(result.mask, bool)
         if adds:  # a leak must not be added

@@ -19,14 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from MedFoundationSegLib.segment.propagate import _grow_box, mask_box_xyxy
+from MedFoundationSegLib.segment.slice_boxes import mask_box_xyxy, walk_prompt_xyxy
 from MedFoundationSegLib.segment.structure_head import box_cells
 
 ADAPTED_PREFIXES = ("output_upscaling.", "output_hypernetworks_mlps.0.")
 STEPS = 30
 LEARNING_RATE = 3e-3
 MAX_SLICES = 6  # signed slices learned from, spread evenly over the structure
-PROMPT_MARGIN_PX, PROMPT_MARGIN_FRACTION = 5.0, 0.1  # box_guided's defaults (segment/propagate.py)
 CROP_CONTEXT = 0.5  # the loss is taken within the structure's box grown by this share of its size per side
 
 
@@ -70,14 +69,12 @@ def spread_slices(mask_view: np.ndarray, first: int, last: int, count: int = MAX
 
 def slice_prompts_xyxy(mask_hw: np.ndarray, box_xyxy) -> list[tuple[int, int, int, int]]:
     """The boxes a slice of this structure may be prompted with in a segmentation: its own tight box (a drawn box on
-    the slice it was drawn on), that box plus max(5 px, 10 % of its larger side) (the box-guided walk prompts each
-    slice with its neighbour's mask's box so grown, segment/propagate.py ``box_guided``), and the structure's whole
+    the slice it was drawn on), that box grown as the box-guided walk grows the prompt it gives each slice from its
+    neighbour's mask (``slice_boxes.walk_prompt_xyxy``), and the structure's whole
     box (``box_xyxy``: the first slice of a walk, and every slice in the "box" mode). Layers adapted to one kind
     of prompt alone fail on the others."""
     tight = mask_box_xyxy(mask_hw)
-    side = max(tight[2] - tight[0], tight[3] - tight[1]) + 1  # as propagate._walk measures it
-    grown = _grow_box(tight, max(PROMPT_MARGIN_PX, PROMPT_MARGIN_FRACTION * side), mask_hw.shape)
-    return [tight, grown, tuple(int(v) for v in box_xyxy)]
+    return [tight, walk_prompt_xyxy(tight, mask_hw.shape), tuple(int(v) for v in box_xyxy)]
 
 
 def _transformer_outputs(predictor, decoder: nn.Module, mask_view: np.ndarray, slices: list[int],

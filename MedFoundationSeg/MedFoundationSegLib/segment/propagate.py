@@ -27,6 +27,14 @@ import numpy as np
 from scipy import ndimage
 
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, show_slice
+from MedFoundationSegLib.segment.slice_boxes import (
+    MARGIN_FRACTION,
+    MARGIN_PX,
+    grow_box,
+    intersect_boxes,
+    mask_box_xyxy,
+    walk_prompt_xyxy,
+)
 
 
 class PropagationError(ValueError):
@@ -86,25 +94,6 @@ class PropagationResult:
 
 # --- small helpers ---------------------------------------------------------------------------------------------------
 
-def mask_box_xyxy(mask2d: np.ndarray) -> tuple[int, int, int, int] | None:
-    if not mask2d.any():
-        return None
-    rows, cols = np.flatnonzero(mask2d.any(axis=1)), np.flatnonzero(mask2d.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
-
-
-def _grow_box(box, margin_px: float, shape_hw) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = box
-    m = int(round(margin_px))
-    return max(x0 - m, 0), max(y0 - m, 0), min(x1 + m, shape_hw[1] - 1), min(y1 + m, shape_hw[0] - 1)
-
-
-def _intersect_boxes(a, b) -> tuple[int, int, int, int] | None:
-    """Overlap of two (x0, y0, x1, y1) boxes, or None when it is thinner than 2 px (a prompt needs x1 > x0)."""
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
-
-
 def _deepest_point_xy(mask2d: np.ndarray) -> tuple[float, float]:
     depth = ndimage.distance_transform_edt(np.pad(mask2d, 1))[1:-1, 1:-1]
     row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
@@ -150,7 +139,7 @@ def box_per_slice(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(
     ious = {}
     for n, k in enumerate(sorted(rect)):
         check(cancelled, "box-per-slice segmentation")
-        box = _grow_box(rect[k], pad_px, shape[1:])
+        box = grow_box(rect[k], pad_px, shape[1:])
         m, iou = segmenter.segment(k, box)
         mask[k] = np.asarray(m, bool)
         show_slice(k, mask[k])
@@ -162,7 +151,7 @@ def box_per_slice(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(
 
 def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0, 1.0), pad_mm: float = 4.0,
                slabs: list[tuple[int, int, tuple[int, int, int, int]]] | None = None, rules: StopRules | None = None,
-               margin_px: float = 5.0, margin_fraction: float = 0.1, use_point: bool = False,
+               margin_px: float = MARGIN_PX, margin_fraction: float = MARGIN_FRACTION, use_point: bool = False,
                exact_limits: bool = False, image: np.ndarray | None = None,
                progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> PropagationResult:
     """The 3D box as prior and hard limit rather than every slice's prompt.
@@ -185,13 +174,13 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
     if not (0 <= k0 <= k1 < shape[0]):
         raise PropagationError(f"box slice range {k0}..{k1} outside 0..{shape[0] - 1}")
     pad_px = pad_mm / float(min(spacing_mm[0], spacing_mm[1]))
-    rect = _grow_box((i0, j0, i1, j1), pad_px, shape[1:])
+    rect = grow_box((i0, j0, i1, j1), pad_px, shape[1:])
     middle = (k0 + k1) // 2
     tight = (i0, j0, i1, j1)
     for first, last, slab_box in slabs or []:
         if first <= middle <= last:
             tight = tuple(int(v) for v in slab_box)
-    seed_rect = _grow_box(tight, pad_px, shape[1:])
+    seed_rect = grow_box(tight, pad_px, shape[1:])
     check(cancelled, "box-guided segmentation")
     # a drawn box is tight on its middle slice: the structure reaches its four sides there
     fitting = getattr(segmenter, "segment_fitting_box", None) if exact_limits else None
@@ -281,7 +270,7 @@ def _answer_inside(segmenter, k: int, prev: np.ndarray, answer: np.ndarray, prom
 
 def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, rules: StopRules, margin_px,
           use_point: bool, stats, image, blocked: set[int], cancelled, cap_box=None,
-          margin_fraction: float = 0.1, present: tuple[int, int] | None = None) -> str:
+          margin_fraction: float = MARGIN_FRACTION, present: tuple[int, int] | None = None) -> str:
     """Propagate from slice ``start`` (already filled in ``mask``) in direction ``step``; returns why it stopped.
 
     ``cap_box``: (x0, y0, x1, y1) no prompt may exceed (the 3D box's rectangle when there is one). ``present``: the
@@ -299,11 +288,9 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
             return f"left the localized range at slice {k}"
         if k in blocked:
             return f"met the annotated slice {k}"
-        box = mask_box_xyxy(prev)
-        side = max(box[2] - box[0], box[3] - box[1]) + 1
-        prompt = _grow_box(box, max(margin_px, margin_fraction * side), mask.shape[1:])
+        prompt = walk_prompt_xyxy(mask_box_xyxy(prev), mask.shape[1:], margin_px, margin_fraction)
         if cap_box is not None:
-            prompt = _intersect_boxes(prompt, cap_box) or prompt
+            prompt = intersect_boxes(prompt, cap_box) or prompt
         points = labels = None
         if use_point:
             points, labels = [_deepest_point_xy(prev)], [1]
@@ -351,7 +338,7 @@ def _seed_masks(segmenter, shape, seeds) -> tuple[dict[int, np.ndarray], dict[in
 
 
 def propagate_from_seeds(segmenter: SliceSegmenter, shape_kji, seeds: dict, *, limits: tuple[int, int] | None = None,
-                         exact_limits: bool = False, rules: StopRules | None = None, margin_px: float = 5.0,
+                         exact_limits: bool = False, rules: StopRules | None = None, margin_px: float = MARGIN_PX,
                          use_point: bool = False, image: np.ndarray | None = None,
                          progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None
                          ) -> PropagationResult:

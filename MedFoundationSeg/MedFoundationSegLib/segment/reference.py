@@ -10,9 +10,8 @@ from MedFoundationSegLib.segment.propagate import (
     PropagationResult,
     SliceSegmenter,
     _check_volume_shape,
-    _grow_box,
-    mask_box_xyxy,
 )
+from MedFoundationSegLib.segment.slice_boxes import grow_box, mask_box_xyxy
 
 
 def reference_litemedsam(segmenter: SliceSegmenter, shape_kji, box_xyzxyz, *, progress=None,
@@ -40,7 +39,7 @@ def reference_litemedsam(segmenter: SliceSegmenter, shape_kji, box_xyzxyz, *, pr
             m, iou = segmenter.segment(k, box, box_frame="input")
         else:
             prev_box = None if previous is None else mask_box_xyxy(previous)
-            box = rect if prev_box is None else _grow_box(prev_box, pad_px, shape[1:])
+            box = rect if prev_box is None else grow_box(prev_box, pad_px, shape[1:])
             m, iou = segmenter.segment(k, box)
         mask[k], ious[k] = np.asarray(m, bool), float(iou)
         report(progress, (n + 1) / len(order), f"slice {k}")

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from MedFoundationSegLib.segment.predictor import SlicePredictor
-from MedFoundationSegLib.segment.propagate import mask_box_xyxy
+from MedFoundationSegLib.segment.slice_boxes import mask_box_xyxy
 
 FITS_BOX = 0.5  # an answer whose bounding box overlaps the drawn box at least this much is kept as it is
 
