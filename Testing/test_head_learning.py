@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -132,6 +135,19 @@ def test_the_store_keeps_heads_per_structure_and_model_and_refuses_bad_names(tmp
     path.write_bytes(b"not a zip")
     with pytest.raises(HeadStoreError, match="cannot be read"):
         store.load("liver", "litemedsam")
+
+
+def test_a_stored_head_has_the_mode_of_any_new_file_and_leaves_no_temporary_file(tmp_path):
+    head = sh.fit_head(np.eye(4, dtype=np.float32), np.array([1, 0, 1, 0], np.float32), "litemedsam")
+    store = HeadStore(tmp_path / "templates")
+    previous = os.umask(0o022)
+    try:
+        path = store.save("liver", "litemedsam", head.to_arrays())
+        store.save("liver", "litemedsam", head.to_arrays())  # replaced in place
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # readable by a team sharing the template folder
+    assert sorted(p.name for p in path.parent.iterdir()) == ["liver.litemedsam.npz"]
 
 
 def test_fit_weights_must_match_the_samples():

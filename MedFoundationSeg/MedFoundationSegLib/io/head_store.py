@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -20,6 +20,8 @@ _NUMBERS = ("weights", "mean", "scale")
 # A head's keys that travel in its JSON form; the rest (atlas grids and their sources, adapted decoder layers) are
 # bulk arrays and travel beside it as wire arrays.
 JSON_KEYS = (*_NUMBERS, "format", "model", "bias", "volumes", "cells", "shape", "shape_volumes")
+# A new file, opened for writing bytes (O_BINARY: Windows would otherwise translate newlines in the numbers).
+_NEW_BINARY_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,99}$")
 
 
@@ -53,9 +55,13 @@ class HeadStore:
                 from error
 
     def save(self, structure: str, model: str, arrays: dict[str, np.ndarray]) -> Path:
+        """Write the head through a temporary file of its own (two writers never share one), created with the
+        permissions of any new file (mode 0666 less the umask): a heads folder beside a shared template set stays
+        readable by the team, as the template files are."""
         path = self.path(structure, model)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.part")
+        temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.part"
+        handle = os.open(temporary, _NEW_BINARY_FILE, 0o666)
         try:
             with os.fdopen(handle, "wb") as stream:
                 np.savez(stream, **arrays)
