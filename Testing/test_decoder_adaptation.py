@@ -87,17 +87,12 @@ def test_learn_signed_adapts_the_decoder_warm_started_from_the_prior(phantom_cas
     session, image, truth = phantom_case
     box = box_of(truth)
     assert session.learn_signed(image, truth, box, model="litemedsam").decoder is None  # only when asked for
-    segmenter = session.segmenter(image, model="litemedsam")
-
-    def learned(**kwargs):  # the adaptation alone, without the test on the volume (layers_that_help)
-        return learning.learn_signed(segmenter, truth, box, "axial", "litemedsam", image_kji=image.array, **kwargs)
-
-    first = learned(adapt_decoder=True)
+    first = session.learn_signed(image, truth, box, model="litemedsam", adapt_decoder=True)
     assert first.decoder is not None and set(first.decoder) == set(
         da.adapted_parameters(session.predictor(image, model="litemedsam").model.mask_decoder))
     kept = session.learn_signed(image, truth, box, model="litemedsam", prior_head=first)
     assert all(np.array_equal(kept.decoder[n], first.decoder[n]) for n in first.decoder)  # not asked: kept as is
-    second = learned(prior=first, adapt_decoder=True)
+    second = session.learn_signed(image, truth, box, model="litemedsam", prior_head=first, adapt_decoder=True)
     step = max(float(np.abs(second.decoder[n] - first.decoder[n]).max()) for n in first.decoder)
     # the same mask from the model's own layers would give the same layers again: these went on from the prior's
     assert 0 < step <= 2 * da.LEARNING_RATE * da.STEPS  # Adam moves a weight by about the learning rate a step
@@ -153,51 +148,3 @@ def test_layers_that_do_not_fit_or_are_not_finite_are_refused_in_one_line():
     missing.pop("output_upscaling.0.bias")
     with pytest.raises(da.DecoderAdaptationError, match="do not match"):
         da.with_layers(decoder, missing)
-
-
-def test_layers_are_kept_only_where_they_segment_the_signed_volume_better_than_none_or_the_priors():
-    truth = np.zeros((6, 20, 20), bool)
-    truth[1:5, 4:16, 4:16] = True
-    head = _head_with_layers(MaskDecoder())
-    prior = dataclasses.replace(head, decoder={n: v + 1.0 for n, v in head.decoder.items()})
-    adapted, priors = head.decoder, prior.decoder
-
-    def segmenting(found_by):  # the volume's first segmentation as each candidate head would start it
-        def segment(trial):
-            key = "none" if trial.decoder is None else "adapted" if trial.decoder is adapted else "prior's"
-            assert trial.decoder is None or trial.decoder is adapted or trial.decoder is priors
-            return found_by[key]
-        return segment
-
-    worse, near, better = truth.copy(), truth.copy(), truth.copy()
-    worse[1:5, 4:8] = False
-    near[1, 4, 4] = False  # a voxel short of the truth: within LAYERS_GAIN of a perfect mask
-    better[1:5, 4:5] = False
-    chosen, scores = learning.layers_that_help(head, prior, truth, segmenting(
-        {"none": better, "adapted": worse, "prior's": worse}))
-    assert chosen.decoder is None and scores["none"] > scores["adapted"]  # layers that walk it worse are dropped
-    chosen, scores = learning.layers_that_help(head, None, truth, segmenting({"none": near, "adapted": truth}))
-    assert chosen.decoder is None and 0 < scores["adapted"] - scores["none"] < learning.LAYERS_GAIN  # not better enough
-    chosen, _ = learning.layers_that_help(head, prior, truth, segmenting(
-        {"none": worse, "adapted": truth, "prior's": better}))
-    assert chosen.decoder is adapted
-    chosen, scores = learning.layers_that_help(head, prior, truth, segmenting(
-        {"none": worse, "adapted": worse, "prior's": truth}))
-    assert chosen.decoder is priors and set(scores) == {"none", "adapted", "prior's"}
-
-
-def test_a_session_keeps_the_layers_that_segment_the_signed_volume_best(phantom_case, monkeypatch):
-    session, image, truth = phantom_case
-    tested = []
-    choose = learning.layers_that_help
-
-    def recording(*args, **kwargs):
-        tested.append(choose(*args, **kwargs))
-        return tested[-1]
-
-    monkeypatch.setattr(learning, "layers_that_help", recording)
-    head = session.learn_signed(image, truth, box_of(truth), model="litemedsam", adapt_decoder=True, padding_mm=0.0)
-    (chosen, scores), = tested
-    assert set(scores) == {"none", "adapted"} and scores["none"] > 0.5  # the volume really segmented, both ways
-    assert chosen.decoder is head.decoder  # the head stored is the one the test chose
-    assert session.learn_signed(image, truth, box_of(truth), model="litemedsam").decoder is None and len(tested) == 1

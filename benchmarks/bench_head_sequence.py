@@ -87,8 +87,7 @@ def run_sequence(args, start: int) -> list[dict]:
                     run = annotate(session, image, truth, args.model, prior)
                     if arm == "stored":
                         head = session.learn_signed(image, run["signed"], run["box_ijk"], model=args.model,
-                                                    prior_head=prior, adapt_decoder=args.adapt_decoder,
-                                                    padding_mm=0.0, refine="graphcut", **INITIALS["panel"])
+                                                    prior_head=prior, adapt_decoder=args.adapt_decoder)
                         store.save(name, args.model, head.to_arrays())
                     row = dict(case=case, start=start, position=position, structure=name, arm=arm,
                                dices=run["dices"], clicks_to_target=run["clicks_to_target"],
@@ -130,22 +129,6 @@ def summary(rows: list[dict]) -> dict[str, dict]:
     return figures
 
 
-def report_layer_choices() -> None:
-    """Print which decoder layers each signed volume kept and why (``learning.layers_that_help``'s Dice per
-    candidate), as the runs go."""
-    from MedFoundationSegLib.workflow import learning
-
-    choose = learning.layers_that_help
-
-    def reporting(*args, **kwargs):
-        head, scores = choose(*args, **kwargs)
-        kept = "none" if head.decoder is None else "adapted" if head.decoder is args[0].decoder else "prior's"
-        print(f"    decoder layers kept: {kept}; this volume's first Dice with each: {scores}", flush=True)
-        return head, scores
-
-    learning.layers_that_help = reporting
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="litemedsam")
@@ -167,8 +150,6 @@ def main() -> None:
     if args.summary:
         summary([row for path in args.summary for row in json.loads(path.read_text())])
         return
-    if args.adapt_decoder:
-        report_layer_choices()
     print(f"{machine_description()}; {torch.get_num_threads()} torch threads, encoder precision "
           f"{resolve_precision('auto', torch.device('cpu'))}; model {args.model}", flush=True)
     rows = []

@@ -16,8 +16,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "learn-heads", help="learn structure heads from the label volumes of a template set",
         description="For every structure of the template set, fit its structure head on each template's label mask "
-                    "(within the mask's box), with --adapt-decoder also adapt the model's decoder output layers to it "
-                    "(kept where they segment that template from the box better than without), and store it in "
+                    "(within the mask's box), with --adapt-decoder also adapt the model's decoder output layers to it, and "
+                    "store it in "
                     "FOLDER/heads/<structure>.<model>.npz, starting from the head already there. Templates without "
                     "a label volume are skipped with a note.")
     parser.add_argument("--templates", required=True, help="template set file (.yaml/.json)")
@@ -26,8 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--structures", nargs="+", help="structure names (default: every labelled structure)")
     parser.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
     parser.add_argument("--adapt-decoder", action="store_true",
-                        help="also adapt the model's decoder output layers to each structure and keep them where "
-                             "they segment its template better (a few seconds each); "
+                        help="also adapt the model's decoder output layers to each structure (a few seconds each); "
                              "measured: better with LiteMedSAM on CT and MobileSAM on brain MR, worse with the "
                              "other two pairs (docs/benchmarks.md)")
     parser.set_defaults(func=run_learn_heads)
@@ -64,10 +63,7 @@ def run_learn_heads(args: argparse.Namespace) -> int:
             weights = f"head from {head.volumes} volume(s)" if head.volumes else \
                 f"too fine for a head on {args.model}'s embedding grid"
             atlases = 0 if head.atlas_images is None else len(head.atlas_images)
-            layers = "decoder layers kept" if head.decoder else \
-                "decoder layers not kept: the template segments better without" if args.adapt_decoder else \
-                "no decoder layers"
             print(f"{template.name}: {name} -> {path} ({weights}, shape from {head.shape_volumes}, "
-                  f"{atlases} atlas(es), {layers})")
+                  f"{atlases} atlas(es), {'decoder layers adapted' if head.decoder else 'no decoder layers'})")
     print(f"learn-heads: {learned} head(s) stored in {store.folder}")
     return 0

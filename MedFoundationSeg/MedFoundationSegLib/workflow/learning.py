@@ -69,15 +69,14 @@ def start_from_prior(segmenter_for, outcome: CaseResult, box: geometry.SliceBox,
 
 def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str, *,
                  prior: StructureHead | None = None, image_kji: np.ndarray | None = None,
-                 adapt_decoder: bool = False, segment=None) -> StructureHead:
+                 adapt_decoder: bool = False) -> StructureHead:
     """The head of a mask the user signed in ``box_ijk``, warm-started from ``prior``: it has learned from one volume
     more (a volume it learned before counts once), and its shape (segment/shape_prior.py) and, with ``image_kji``,
     its atlases (segment/atlas_prior.py) hold the mask too. Where the head cannot reproduce the mask
     (``head_learning.MIN_AGREEMENT``: a structure too fine for the embedding's cells) the prior's weights stay, or,
     without a prior, the head holds only the shape (``volumes`` 0: its weights are never used). With
     ``adapt_decoder`` the decoder's output layers learn the mask too (segment/decoder_adaptation.py), from the
-    prior's, and with ``segment`` (``layers_that_help``) the head keeps the layers that segment this volume best;
-    without, the prior's layers (if any) stay as they were."""
+    prior's; without, the prior's layers (if any) stay as they were."""
     box = geometry.slice_box(box_ijk, axis)
     mask_view = geometry.to_slices(np.asarray(mask_kji, bool), axis)
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), (), model,
@@ -92,31 +91,7 @@ def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str
     decoder = None if prior is None else prior.decoder
     if adapt_decoder:
         decoder = decoder_adaptation.adapt(segmenter.predictor, mask_view, box.xyxy, box.first, box.last, start=decoder)
-    head = dataclasses.replace(head, decoder=decoder, **shape)
-    return layers_that_help(head, prior, mask_kji, segment)[0] if adapt_decoder and segment else head
-
-
-# Adapted layers are kept only where they segment the signed volume better than without them by at least this Dice.
-LAYERS_GAIN = 0.005
-
-
-def layers_that_help(head: StructureHead, prior: StructureHead | None, mask_kji: np.ndarray,
-                     segment) -> tuple[StructureHead, dict]:
-    """``head`` with whichever decoder layers segment the signed volume closest to ``mask_kji``: the ones just
-    adapted, the prior's, or none. ``segment(trial_head)`` is the volume's first segmentation (a mask) as it would
-    start from ``trial_head``. Why: layers adapted on six slices can fit those and still walk the structure worse
-    from the drawn box (the protocol's liver on CT, the pallidum on MR, docs/benchmarks.md); the volume they learned
-    from shows it. Layers must beat none by ``LAYERS_GAIN``. Returns the head and each candidate's Dice."""
-    truth = np.asarray(mask_kji, bool)
-    candidates = {"none": None, "adapted": head.decoder}
-    if prior is not None and prior.decoder is not None:
-        candidates["prior's"] = prior.decoder
-    scores = {}
-    for name, layers in candidates.items():
-        found = np.asarray(segment(dataclasses.replace(head, decoder=layers)), bool)
-        scores[name] = round(2.0 * float((found & truth).sum()) / max(int(found.sum() + truth.sum()), 1), 4)
-    best = max(candidates, key=lambda name: scores[name] - (0.0 if name == "none" else LAYERS_GAIN))
-    return dataclasses.replace(head, decoder=candidates[best]), scores
+    return dataclasses.replace(head, decoder=decoder, **shape)
 
 
 def decoding_as_learned(predictor_for, prior: StructureHead | None):

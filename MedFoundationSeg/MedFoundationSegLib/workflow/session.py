@@ -153,7 +153,8 @@ class Session:
         if learned is not None and o.head_shape and (outcome.head or learned.volumes):  # for a caller storing heads:
             outcome.head = outcome.head or learned.to_arrays()  # the head adjusted here, else the prior's, with this
             outcome = learning.with_shape(outcome, learned, box_ijk, volume.array)  # mask's shape (not a shape alone)
-        outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
+        outcome.report["seconds"] = round(time.perf_counter() - start, 3)
+        outcome.report["voxels"] = int(outcome.mask_kji.sum())
         report(progress, 1.0, "done")
         return outcome
 
@@ -308,17 +309,15 @@ class Session:
 
     def learn_signed(self, volume: Volume, mask_kji: np.ndarray, box_ijk, options: Options | None = None, *,
                      prior_head=None, adapt_decoder: bool = False, **changes):
-        """The head of a mask the user signed in its box, warm-started from ``prior_head``, to store per structure
-        (io/head_store.py) for the next volume; only the shape where the head cannot learn it. ``adapt_decoder``: the
-        decoder's output layers learn it too, kept where they segment this volume from its box (with ``options``)
-        better than without (workflow/learning.py)."""
-        o, box_ijk = _resolve(options, changes), geometry.check_box_ijk(volume, box_ijk)
+        """The structure head of a mask the user signed in its box, warm-started from ``prior_head``, to store per
+        structure (io/head_store.py) so the next volume starts from it; only the shape where the head cannot learn it.
+        ``adapt_decoder``: the model's decoder output layers learn the mask too (workflow/learning.py)."""
+        o = _resolve(options, changes)
         if not np.asarray(mask_kji, bool).any():
             raise ValueError("nothing to learn from: the segment is empty")
-        trial = o.replace(learn=True, head_shape=False)  # the layers' test: this volume segmented from its box
+        box_ijk = geometry.check_box_ijk(volume, box_ijk)
         return learning.learn_signed(self.segmenter(volume, o), mask_kji, box_ijk, o.axis, o.model, prior=prior_head,
-                                     image_kji=volume.array, adapt_decoder=adapt_decoder,
-                                     segment=lambda h: self.segment_box(volume, box_ijk, trial, prior_head=h).mask_kji)
+                                     image_kji=volume.array, adapt_decoder=adapt_decoder)
 
     def refine(self, volume: Volume, mask_kji: np.ndarray, options: Options | None = None, *, positive_ijk=None,
                negative_ijk=None, scribble_kji=None, evidence: Evidence | None = None, prior_head=None,
