@@ -163,8 +163,9 @@ def _clear_beyond(mask: np.ndarray, probability: np.ndarray, index: int, changed
 
 def correct_with_clicks(segmenter, mask: np.ndarray, probability: np.ndarray, box_xyxy, slice_range: tuple[int, int],
                         clicks: list[Click], new_slices: list[int] | None = None, *, agree_fraction: float = 0.2,
-                        margin_px: float = MARGIN_PX, margin_fraction: float = MARGIN_FRACTION, use_mask_prompt: bool = True,
-                        monotone_clicked_slice: bool = False, max_spread_slices: int = MAX_SPREAD_SLICES,
+                        margin_px: float = MARGIN_PX, margin_fraction: float = MARGIN_FRACTION,
+                        use_mask_prompt: bool = True, monotone_clicked_slice: bool = False,
+                        max_spread_slices: int = MAX_SPREAD_SLICES,
                         rules: StopRules | None = None, click_segmenter=None,
                         cancelled: CancelCheck | None = None) -> CorrectionResult:
     """Re-prompt the slices in ``new_slices`` (default: every clicked slice) with all their clicks, then spread each
