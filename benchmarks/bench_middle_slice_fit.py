@@ -22,10 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_interactive import protocol_box_ijk  # noqa: E402
 from MedFoundationSegLib.runtime.encoder_runtime import resolve_precision  # noqa: E402
-from MedFoundationSegLib.segment.segmenter import (
-    PredictorSegmenter,  # noqa: E402
-    box_fit,
-)
+from MedFoundationSegLib.segment.segmenter import PredictorSegmenter, box_fit  # noqa: E402
 from MedFoundationSegLib.workflow.session import Session  # noqa: E402
 from run_benchmarks import AAL_FULL, PHANTOM_FULL, colin_cases, machine_description, phantom_cases  # noqa: E402
 from seg_metrics import dice  # noqa: E402

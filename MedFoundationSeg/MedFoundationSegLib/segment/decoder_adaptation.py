@@ -5,9 +5,9 @@ low-contrast structures such as the brain's nuclei; the decoder draws its masks 
 on the decoder's upscaling layers and on the hypernetwork of its single-mask token, on slices of a signed mask
 prompted with its box, teach the model where this structure's edge lies; the next volume's first segmentation of the
 structure decodes with them (when asked for: they helped LiteMedSAM on CT and MobileSAM on brain MR, and hurt the
-other two pairs; docs/benchmarks.md). The decoder's two-way transformer stays the model's own, so its output is computed once
-per slice and each step costs only the small output layers. The adapted layers are plain arrays, stored with the
-structure's head (io/head_store.py).
+other two pairs; docs/benchmarks.md). The decoder's two-way transformer stays the model's own, so its output is
+computed once per slice and each step costs only the small output layers. The adapted layers are plain arrays, stored
+with the structure's head (io/head_store.py).
 """
 
 from __future__ import annotations
@@ -70,9 +70,8 @@ def spread_slices(mask_view: np.ndarray, first: int, last: int, count: int = MAX
 def slice_prompts_xyxy(mask_hw: np.ndarray, box_xyxy) -> list[tuple[int, int, int, int]]:
     """The boxes a slice of this structure may be prompted with in a segmentation: its own tight box (a drawn box on
     the slice it was drawn on), that box grown as the box-guided walk grows the prompt it gives each slice from its
-    neighbour's mask (``slice_boxes.walk_prompt_xyxy``), and the structure's whole
-    box (``box_xyxy``: the first slice of a walk, and every slice in the "box" mode). Layers adapted to one kind
-    of prompt alone fail on the others."""
+    neighbour's mask (``slice_boxes.walk_prompt_xyxy``), and the structure's whole box (``box_xyxy``: the first slice
+    of a walk, and every slice in the "box" mode). Layers adapted to one kind of prompt alone fail on the others."""
     tight = mask_box_xyxy(mask_hw)
     return [tight, walk_prompt_xyxy(tight, mask_hw.shape), tuple(int(v) for v in box_xyxy)]
 
