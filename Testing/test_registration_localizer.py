@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 from MedFoundationSegLib.core.boxes import lps_box_from_extreme_points
-from MedFoundationSegLib.core.volume import Volume, VolumeError, read_volume
+from MedFoundationSegLib.core.volume import Volume, VolumeError, read_volume, write_volume
 from MedFoundationSegLib.localize.registration import RegistrationConfig, localize_registration
 from MedFoundationSegLib.localize.templates import Template, TemplateError
 from MedFoundationSegLib.sampledata.deform import deformed_copy
@@ -139,6 +139,32 @@ def test_same_inputs_give_the_same_boxes(pair):
                                   config=config) for _ in range(2)]
     for name in ("liver", "kidney_left"):
         np.testing.assert_array_equal(runs[0][name].extreme_points_lps, runs[1][name].extreme_points_lps)
+
+
+def test_a_query_read_from_a_file_gives_the_boxes_of_the_same_query_in_memory(tmp_path):
+    """A file stores spacing times direction; read back, an axis-aligned volume's direction is 0.9999999999999999 on
+    the diagonal. The volume takes it as the identity, so the batch (which reads files) and a caller holding the scan
+    in memory (the demo, the Slicer panel) localize it the same."""
+    template = make_phantom(0, shape_kji=SHAPE)
+    query = make_phantom(1, shape_kji=SHAPE).image
+    query = dataclasses.replace(query, spacing_mm=(1.4219304017953773, 1.4219304017953773, 5.097828875030899))
+    read = read_volume(write_volume(query, tmp_path / "query.nrrd"))
+    assert np.array_equal(read.direction, query.direction) and read.spacing_mm == query.spacing_mm
+    config = RegistrationConfig(local_iterations=30, rigid_iterations=30, affine_iterations=30)
+    runs = [localize_registration([template_from_phantom("t0", template)], volume, ["kidney_left"], config=config)
+            for volume in (query, read)]
+    np.testing.assert_array_equal(runs[0]["kidney_left"].extreme_points_lps, runs[1]["kidney_left"].extreme_points_lps)
+
+
+def test_an_oblique_direction_keeps_its_cosines_and_an_axis_aligned_one_is_exact():
+    cosine = np.cos(np.radians(30.0))
+    oblique = np.array([[cosine, -0.5, 0.0], [0.5, cosine, 0.0], [0.0, 0.0, 1.0 - 1e-15]])
+    volume = Volume(np.zeros((2, 3, 4), np.int16), (1.0, 1.0, 1.0), direction=oblique)
+    np.testing.assert_array_equal(volume.direction[:2, :2], oblique[:2, :2])
+    assert volume.direction[2, 2] == 1.0
+    flipped = np.diag([-0.9999999999999999, 0.9999999999999999, -1.0])
+    assert np.array_equal(Volume(np.zeros((2, 3, 4)), (1.0, 1.0, 1.0), direction=flipped).direction,
+                          np.diag([-1.0, 1.0, -1.0]))
 
 
 def test_registration_images_share_one_pass():

@@ -18,6 +18,11 @@ import numpy as np
 from MedFoundationSegLib.core.nifti_check import NiftiError, check_nifti, is_nifti
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+# Direction cosines this close to 0 or ±1 are taken as exactly that: a file stores spacing times direction, and
+# reading it back divides by the norm, so an axis-aligned volume comes back with 0.9999999999999999. Registration
+# (the localizer) follows such a difference to a different box, so the same scan read from a file or held in memory
+# would be annotated differently.
+AXIS_ALIGNED_TOLERANCE = 1e-9
 
 
 class VolumeError(ValueError):
@@ -45,7 +50,7 @@ class Volume:
         if len(self.spacing_mm) != 3 or not all(np.isfinite(s) and s > 0 for s in self.spacing_mm):
             raise VolumeError(f"volume {self.name!r} has invalid spacing {self.spacing_mm}; need 3 positive values")
         self.origin_lps_mm = tuple(float(o) for o in self.origin_lps_mm)
-        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        self.direction = axis_snapped(np.asarray(self.direction, dtype=float).reshape(3, 3))
 
     @property
     def shape_kji(self) -> tuple[int, int, int]:
@@ -125,6 +130,13 @@ class Volume:
             direction=np.array(image.GetDirection()).reshape(3, 3),
             name=name,
         )
+
+
+def axis_snapped(direction: np.ndarray) -> np.ndarray:
+    """``direction`` with every cosine within ``AXIS_ALIGNED_TOLERANCE`` of 0, 1 or -1 set to it; an oblique
+    direction keeps its other cosines as they are."""
+    nearest = np.round(direction)
+    return np.where(np.abs(direction - nearest) < AXIS_ALIGNED_TOLERANCE, nearest, direction)
 
 
 def check_finite(volume: Volume, what: str = "volume") -> None:
