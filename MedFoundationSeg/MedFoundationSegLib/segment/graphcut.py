@@ -89,6 +89,16 @@ def cut_probability_shift(model: str | None) -> float:
     return float(entry.get("refinement", {}).get("cut_probability_shift", 0.0))
 
 
+def thin_slice_exclude_reach_mm(model: str | None) -> float | None:
+    """The registry's ``refinement.thin_slice_exclude_reach_mm`` of ``model``: on thin slices, the farthest an exclude
+    click pulls after a correction of a segment this model made (None: as far as an include click)."""
+    from MedFoundationSegLib.core.weights import load_registry
+
+    entry = load_registry()["models"].get(model or "", {})
+    value = entry.get("refinement", {}).get("thin_slice_exclude_reach_mm")
+    return None if value is None else float(value)
+
+
 def box_margin_without(axis_kji: int) -> tuple[int, int, int]:
     """``GraphCutParams.box_margin_vox`` per (k, j, i) axis, with none along ``axis_kji``: where the box's slices along
     it are the structure's (a drawn box, a correction's box), the cut keeps to them."""
