@@ -89,14 +89,15 @@ def cut_probability_shift(model: str | None) -> float:
     return float(entry.get("refinement", {}).get("cut_probability_shift", 0.0))
 
 
-def thin_slice_exclude_reach_mm(model: str | None) -> float | None:
-    """The registry's ``refinement.thin_slice_exclude_reach_mm`` of ``model``: on thin slices, the farthest an exclude
-    click pulls after a correction of a segment this model made (None: as far as an include click)."""
+def thin_slice_exclude_reach(model: str | None) -> tuple[float, float] | None:
+    """The registry's ``refinement.thin_slice_exclude_reach`` of ``model``: on thin slices, how far an exclude click
+    pulls after a correction of a segment this model made, as (fraction of the mask's equivalent radius, farthest mm);
+    None: the Session's defaults (``EXCLUDE_REACH_PER_RADIUS``, no farther than an include click)."""
     from MedFoundationSegLib.core.weights import load_registry
 
     entry = load_registry()["models"].get(model or "", {})
-    value = entry.get("refinement", {}).get("thin_slice_exclude_reach_mm")
-    return None if value is None else float(value)
+    reach = entry.get("refinement", {}).get("thin_slice_exclude_reach")
+    return None if reach is None else (float(reach["per_radius"]), float(reach["farthest_mm"]))
 
 
 def box_margin_without(axis_kji: int) -> tuple[int, int, int]:

@@ -21,7 +21,7 @@ from MedFoundationSegLib.runtime.retained_heap import retained_heap
 from MedFoundationSegLib.segment import clicks as click_correction
 from MedFoundationSegLib.segment import keyslices, propagate, repropagate
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
-from MedFoundationSegLib.segment.graphcut import cut_probability_shift, thin_slice_exclude_reach_mm
+from MedFoundationSegLib.segment.graphcut import cut_probability_shift, thin_slice_exclude_reach
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow import learning, refinement
@@ -289,7 +289,7 @@ class Session:
         re-prompted model has already decided) and a click reaches farther; on thin slices clicks pull in 3D and the
         cut is less smooth (``CLICK_SMOOTHNESS``). An exclude click reaches at most a fraction of the structure's
         radius (``EXCLUDE_REACH_PER_RADIUS``), and no farther than an include click unless the segment's model
-        over-reaches on thin slices (``graphcut.thin_slice_exclude_reach_mm``). The cut keeps to the slices of the box and of the mask."""
+        over-reaches on thin slices (``graphcut.thin_slice_exclude_reach``). The cut keeps to the slices of the box and of the mask."""
         positive = [p[::-1] for p, pos in clicks_kji if pos]
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
         thickness = "thin" if thick_axis is None else "thick"
@@ -297,9 +297,9 @@ class Session:
             reach_mm = exclude_reach_mm = o.click_reach_mm
         else:
             reach_mm = CLICK_REACH_MM[thickness]
-            farthest_mm = thin_slice_exclude_reach_mm(outcome.report.get("model", o.model)) if thick_axis is None \
-                else None
-            exclude_reach_mm = min(farthest_mm or reach_mm, EXCLUDE_REACH_PER_RADIUS[thickness] *
+            own = thin_slice_exclude_reach(outcome.report.get("model", o.model)) if thick_axis is None else None
+            per_radius, farthest_mm = own or (EXCLUDE_REACH_PER_RADIUS[thickness], reach_mm)
+            exclude_reach_mm = min(farthest_mm, per_radius *
                                    geometry.equivalent_radius_mm(outcome.mask_kji, volume.spacing_mm))
         box_ijk = geometry.box_holding_slices_ijk(box_ijk, outcome.mask_kji, o.axis)
         refined = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
