@@ -16,7 +16,8 @@ from MedFoundationSegLib.workflow.results import CaseResult
 def refine_result(volume: Volume, result: CaseResult, *, method: str, box_ijk=None, extreme_points_ijk=None,
                   positive_ijk=None, negative_ijk=None, scribble_kji=None, click_reach_mm: float | None = None,
                   exclude_reach_mm: float | None = None, exclude_pull_axis: int | None = None,
-                  smoothness: float | None = None, probability_shift: float = 0.0, exact_slices_axis: int | None = None,
+                  smoothness: float | None = None, probability_shift: float = 0.0,
+                  exact_slices_axis: int | None = None,
                   progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> CaseResult:
     """``result`` refined with the annotations given. With a ``probability_shift`` (the first cut of a model's
     segmentation, ``segment.graphcut.cut_probability_shift``) the probability handed on agrees with the cut's mask

@@ -288,8 +288,9 @@ class Session:
         click pulls only on its own slice (there the next slice is another cross-section, and what it loses the
         re-prompted model has already decided) and a click reaches farther; on thin slices clicks pull in 3D and the
         cut is less smooth (``CLICK_SMOOTHNESS``). An exclude click reaches at most a fraction of the structure's
-        radius (``EXCLUDE_REACH_PER_RADIUS``), and no farther than an include click unless the segment's model
-        over-reaches on thin slices (``graphcut.thin_slice_exclude_reach``). The cut keeps to the slices of the box and of the mask."""
+        radius (``EXCLUDE_REACH_PER_RADIUS``), and no farther than an include click, unless the segment's model
+        over-reaches on thin slices (``graphcut.thin_slice_exclude_reach``). The cut keeps to the slices of the box
+        and of the mask."""
         positive = [p[::-1] for p, pos in clicks_kji if pos]
         negative = [p[::-1] for p, pos in clicks_kji if not pos]
         thickness = "thin" if thick_axis is None else "thick"
