@@ -61,6 +61,12 @@ def load_registry(path: str | os.PathLike = REGISTRY_PATH) -> dict:
     return registry
 
 
+def model_setting(model: str | None, section: str, key: str, default=None):
+    """The registry's ``<section>.<key>`` of ``model`` (a model's refinement, prompting or learning settings);
+    ``default`` for a model without it, an unknown model or none."""
+    return load_registry()["models"].get(model or "", {}).get(section, {}).get(key, default)
+
+
 def model_names(kind: str | None = None) -> list[str]:
     models = load_registry()["models"]
     return [name for name, entry in models.items() if kind is None or entry.get("kind") == kind]

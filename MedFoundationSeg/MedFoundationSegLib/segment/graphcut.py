@@ -83,20 +83,18 @@ class RefineResult:
 
 def cut_probability_shift(model: str | None) -> float:
     """The registry's ``refinement.cut_probability_shift`` of ``model`` (0 for models without one, or no model)."""
-    from MedFoundationSegLib.core.weights import load_registry
+    from MedFoundationSegLib.core.weights import model_setting
 
-    entry = load_registry()["models"].get(model or "", {})
-    return float(entry.get("refinement", {}).get("cut_probability_shift", 0.0))
+    return float(model_setting(model, "refinement", "cut_probability_shift", 0.0))
 
 
 def thin_slice_exclude_reach(model: str | None) -> tuple[float, float] | None:
     """The registry's ``refinement.thin_slice_exclude_reach`` of ``model``: on thin slices, how far an exclude click
     pulls after a correction of a segment this model made, as (fraction of the mask's equivalent radius, farthest mm);
     None: the Session's defaults (``EXCLUDE_REACH_PER_RADIUS``, no farther than an include click)."""
-    from MedFoundationSegLib.core.weights import load_registry
+    from MedFoundationSegLib.core.weights import model_setting
 
-    entry = load_registry()["models"].get(model or "", {})
-    reach = entry.get("refinement", {}).get("thin_slice_exclude_reach")
+    reach = model_setting(model, "refinement", "thin_slice_exclude_reach")
     return None if reach is None else (float(reach["per_radius"]), float(reach["farthest_mm"]))
 
 

@@ -186,10 +186,9 @@ def learn_in_box(predictor, mask_view: np.ndarray, box_xyxy, slice_range: tuple[
 def head_adds_from(model: str | None) -> float:
     """The registry's ``learning.head_adds_from_agreement`` of ``model``: a head learned in the volume alone that
     reproduces the shown mask less closely (Dice) only takes away (``blend``); ``MIN_AGREEMENT`` without one."""
-    from MedFoundationSegLib.core.weights import load_registry
+    from MedFoundationSegLib.core.weights import model_setting
 
-    entry = load_registry()["models"].get(model or "", {})
-    return float(entry.get("learning", {}).get("head_adds_from_agreement", MIN_AGREEMENT))
+    return float(model_setting(model, "learning", "head_adds_from_agreement", MIN_AGREEMENT))
 
 
 def blend(probability_view: np.ndarray, learned: LearnedHead, clicks=(), *,

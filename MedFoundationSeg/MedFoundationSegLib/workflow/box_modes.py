@@ -103,7 +103,7 @@ def click_model_route(o: Options) -> tuple[str, str | None]:
 
 def registry_click_model(model: str) -> str | None:
     """The registry's ``prompting.click_model`` of ``model``: another model that reads point prompts, or None."""
-    wanted = weights.load_registry()["models"].get(model, {}).get("prompting", {}).get("click_model")
+    wanted = weights.model_setting(model, "prompting", "click_model")
     return wanted if wanted and wanted != model else None
 
 
