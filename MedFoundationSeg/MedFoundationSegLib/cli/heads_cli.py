@@ -16,10 +16,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "learn-heads", help="learn structure heads from the label volumes of a template set",
         description="For every structure of the template set, fit its structure head on each template's label mask "
-                    "(within the mask's box), with --adapt-decoder also adapt the model's decoder output layers to it, and "
-                    "store it in "
-                    "FOLDER/heads/<structure>.<model>.npz, starting from the head already there. Templates without "
-                    "a label volume are skipped with a note.")
+                    "(within the mask's box), with --adapt-decoder also adapt the model's decoder output layers to "
+                    "it, and store it in FOLDER/heads/<structure>.<model>.npz, starting from the head already there. "
+                    "Templates without a label volume are skipped with a note.")
     parser.add_argument("--templates", required=True, help="template set file (.yaml/.json)")
     parser.add_argument("--heads", help="heads folder (default: the template set file's folder)")
     parser.add_argument("--model", default="litemedsam", help="box-prompt model whose embeddings the heads read")
