@@ -272,6 +272,22 @@ def test_an_exclude_click_on_a_segment_of_a_model_that_over_reaches_pulls_farthe
         assert asked[-1]["exclude_reach_mm"] == pytest.approx(expected, rel=1e-6), (model, slice_mm)
 
 
+def test_the_first_cut_of_a_segmentation_holds_its_mask_for_the_cuts_after_clicks_on_thick_slices_only():
+    """The cut after a click on thick slices is as smooth as the first cut, so the probability handed on holds the
+    first cut's mask there (segment/graphcut.py, ``agree_with_mask``); on thin slices the later cut is less smooth."""
+    ball = np.zeros(SHAPE, bool)
+    ball[10:20, 16:32, 16:32] = True
+    asked = []
+    session = Session()
+    session._segment_along = lambda volume, box_ijk, o, *rest: CaseResult(ball, ball.astype(np.float32),
+                                                                         {"model": o.model})
+    session.refine_result = lambda volume, result, **kwargs: asked.append(kwargs) or result
+    for model, slice_mm, held in (("litemedsam", 5.0, True), ("litemedsam", 1.5, False)):
+        volume = Volume(np.zeros(SHAPE, np.float32), (1.5, 1.5, slice_mm))
+        session.segment_box(volume, [[10, 10, 5], [38, 38, 25]], model=model, refine="graphcut", learn=False)
+        assert asked[-1]["hold_mask"] is held and asked[-1]["probability_shift"] > 0, (model, slice_mm)
+
+
 def test_a_smoother_cut_shrinks_a_small_structure_the_model_is_unsure_of():
     """Why the cut after a correction is less smooth on thin slices: with the model at 0.75 / 0.25, the default
     smoothness cuts a 6 mm ball down to a fraction, the thin-slice one keeps nearly all of it."""

@@ -284,6 +284,33 @@ def test_a_later_cut_keeps_what_the_shifted_first_cut_decided():
     assert dice(undone.mask_kji, truth) < 0.9
 
 
+def test_on_thick_slices_the_cut_after_a_click_keeps_a_small_structure_the_shifted_first_cut_took_whole():
+    """A small faint disk on 5 mm slices whose model is unsure (0.52) of its outer ring: the first cut, shifted, takes
+    it whole. The cut after a click on thick slices is as smooth as the first, and on the model's own 0.52 it shrinks
+    the disk to its sure core; the probability handed on holds at least 0.75 inside the mask."""
+    from MedFoundationSegLib.core.volume import Volume
+    from MedFoundationSegLib.workflow.results import CaseResult
+    from MedFoundationSegLib.workflow.session import CLICK_SMOOTHNESS, Session
+
+    shape, radius = (5, 40, 40), 7.0
+    yy, xx = np.mgrid[:shape[1], :shape[2]]
+    r = np.hypot(yy - 20, xx - 20)
+    truth = np.broadcast_to(r <= radius, shape).copy()
+    prob = np.broadcast_to(np.where(r <= 4, 0.9, np.where(r <= radius, 0.52, 0.05)), shape).astype(np.float32)
+    image = (np.where(truth, 30.0, 20.0) + np.random.default_rng(0).normal(0, 10.0, shape)).astype(np.float32)
+    volume = Volume(image, (1.5, 1.5, 5.0))
+    box_ijk = np.array([[13, 13, 0], [27, 27, 4]])
+    later = dict(method="graphcut", box_ijk=box_ijk, exact_slices_axis=0, smoothness=CLICK_SMOOTHNESS["thick"])
+    for hold, kept in ((True, lambda d: d > 0.97), (False, lambda d: d < 0.7)):
+        first = Session.refine_result(volume, CaseResult(prob > 0.5, prob, {}), method="graphcut", box_ijk=box_ijk,
+                                      probability_shift=0.375, hold_mask=hold, exact_slices_axis=0)
+        assert dice(first.mask_kji, truth) > 0.95
+        assert kept(dice(Session.refine_result(volume, first, **later).mask_kji, first.mask_kji))
+    np.testing.assert_allclose(agree_with_mask(np.array([0.1, 0.4, 0.6, 0.9], np.float32),
+                                               np.array([False, True, True, False]), hold_inside=True),
+                               [0.1, 0.75, 0.75, 0.25])
+
+
 def test_a_cut_without_clicks_never_empties_what_the_model_found():
     """The cut's smoothness takes a structure two voxels high whole; without clicks the model's mask stands instead
     (with a click the user decides, and the cut may empty it)."""

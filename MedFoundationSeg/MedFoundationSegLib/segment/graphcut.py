@@ -104,12 +104,15 @@ def box_margin_without(axis_kji: int) -> tuple[int, int, int]:
     return tuple(0 if axis == axis_kji else GraphCutParams.box_margin_vox for axis in range(3))
 
 
-def agree_with_mask(prob: np.ndarray, mask: np.ndarray, sure: float = 0.75) -> np.ndarray:
+def agree_with_mask(prob: np.ndarray, mask: np.ndarray, sure: float = 0.75, hold_inside: bool = False) -> np.ndarray:
     """The probability where it agrees with ``mask`` (taken at 0.5), ``sure`` or ``1 - sure`` where the mask decided
-    otherwise: what a cut decided, carried to later cuts that do not repeat its settings."""
+    otherwise: what a cut decided, carried to later cuts that do not repeat its settings. With ``hold_inside`` every
+    voxel of the mask is at least ``sure``: a later cut as smooth as this one then keeps the mask, where the model's
+    own 0.5-0.75 would let it shrink a small structure back to its sure core."""
     prob = np.asarray(prob, np.float32)
     mask = np.asarray(mask, bool)
-    return np.where(mask & (prob < 0.5), sure, np.where(~mask & (prob >= 0.5), 1.0 - sure, prob)).astype(np.float32)
+    inside = np.maximum(prob, sure) if hold_inside else np.where(prob < 0.5, sure, prob)
+    return np.where(mask, inside, np.where(prob >= 0.5, 1.0 - sure, prob)).astype(np.float32)
 
 
 def shifted_probability(prob_kji: np.ndarray, shift: float, reach_per_radius: float | None) -> np.ndarray:

@@ -16,12 +16,13 @@ from MedFoundationSegLib.workflow.results import CaseResult
 def refine_result(volume: Volume, result: CaseResult, *, method: str, box_ijk=None, extreme_points_ijk=None,
                   positive_ijk=None, negative_ijk=None, scribble_kji=None, click_reach_mm: float | None = None,
                   exclude_reach_mm: float | None = None, exclude_pull_axis: int | None = None,
-                  smoothness: float | None = None, probability_shift: float = 0.0,
+                  smoothness: float | None = None, probability_shift: float = 0.0, hold_mask: bool = False,
                   exact_slices_axis: int | None = None,
                   progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> CaseResult:
     """``result`` refined with the annotations given. With a ``probability_shift`` (the first cut of a model's
     segmentation, ``segment.graphcut.cut_probability_shift``) the probability handed on agrees with the cut's mask
-    (``agree_with_mask``), so later cuts, which take the probability as it is, start from what this one decided.
+    (``agree_with_mask``), so later cuts, which take the probability as it is, start from what this one decided;
+    with ``hold_mask`` (a later cut as smooth as this one: after clicks on thick slices) at least 0.75 inside the mask.
     ``exact_slices_axis``: the (z, y, x) axis along which the box's slices are the structure's; the cut keeps to them."""
     probability = result.probability_kji if result.probability_kji is not None else \
         result.mask_kji.astype(np.float32)
@@ -46,6 +47,6 @@ def refine_result(volume: Volume, result: CaseResult, *, method: str, box_ijk=No
     refined = refine.refine(volume.array, probability, annotations, method=method,
                             spacing_mm=volume.spacing_mm, params=params, progress=progress, cancelled=cancelled)
     mask = np.asarray(refined.mask, bool)
-    probability = agree_with_mask(probability, mask) if probability_shift else probability
+    probability = agree_with_mask(probability, mask, hold_inside=hold_mask) if probability_shift else probability
     return CaseResult(mask, probability, dict(result.report, refine=method, raw_voxels=int(result.mask_kji.sum())),
                       head=result.head)

@@ -148,6 +148,7 @@ class Session:
             report(progress, 0.95, f"refining ({o.refine})")
             outcome = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                          extreme_points_ijk=extreme_points_ijk, probability_shift=shift,
+                                         hold_mask=geometry.thick_slice_axis(volume.spacing_mm, o.axis) is not None,
                                          exact_slices_axis=geometry.slice_frame(o.axis).array_axis
                                          if o.exact_range else None)
         if learned is not None and o.head_shape and (outcome.head or learned.volumes):  # for a caller storing heads:
