@@ -21,7 +21,7 @@ from MedFoundationSegLib.runtime.retained_heap import retained_heap
 from MedFoundationSegLib.segment import clicks as click_correction
 from MedFoundationSegLib.segment import keyslices, propagate, repropagate
 from MedFoundationSegLib.segment.exterior import drop_exterior_background
-from MedFoundationSegLib.segment.graphcut import cut_probability_shift, thin_slice_exclude_reach
+from MedFoundationSegLib.segment.graphcut import GraphCutParams, cut_probability_shift, thin_slice_exclude_reach
 from MedFoundationSegLib.segment.predictor import SlicePredictor
 from MedFoundationSegLib.segment.segmenter import PredictorSegmenter
 from MedFoundationSegLib.workflow import learning, refinement
@@ -51,6 +51,14 @@ EXCLUDE_REACH_PER_RADIUS = {"thick": 0.3, "thin": 0.5}
 WALK_SLICES = {"thick": 0, "thin": click_correction.MAX_SPREAD_SLICES}
 # A segmentation or a click keeps the C heap it used this long (runtime/retained_heap.py) for the next click to reuse.
 CLICK_HEAP_LINGER_S = 120.0
+
+
+def _click_cut_as_smooth_as_first(volume: Volume, o: Options) -> bool:
+    """Whether the cut after a click (``CLICK_SMOOTHNESS`` by slice thickness) is as smooth as a segmentation's first
+    cut (the default): then the probability the first cut hands on must hold its mask (``refine_result``'s
+    ``hold_mask``)."""
+    thickness = "thin" if geometry.thick_slice_axis(volume.spacing_mm, o.axis) is None else "thick"
+    return CLICK_SMOOTHNESS[thickness] >= GraphCutParams.smoothness
 
 
 def _resolve(options: Options | None, changes: dict) -> Options:
@@ -148,7 +156,7 @@ class Session:
             report(progress, 0.95, f"refining ({o.refine})")
             outcome = self.refine_result(volume, outcome, method=o.refine, box_ijk=box_ijk,
                                          extreme_points_ijk=extreme_points_ijk, probability_shift=shift,
-                                         hold_mask=geometry.thick_slice_axis(volume.spacing_mm, o.axis) is not None,
+                                         hold_mask=_click_cut_as_smooth_as_first(volume, o),
                                          exact_slices_axis=geometry.slice_frame(o.axis).array_axis
                                          if o.exact_range else None)
         if learned is not None and o.head_shape and (outcome.head or learned.volumes):  # for a caller storing heads:
