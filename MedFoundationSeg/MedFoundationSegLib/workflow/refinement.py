@@ -22,7 +22,8 @@ def refine_result(volume: Volume, result: CaseResult, *, method: str, box_ijk=No
     """``result`` refined with the annotations given. With a ``probability_shift`` (the first cut of a model's
     segmentation, ``segment.graphcut.cut_probability_shift``) the probability handed on agrees with the cut's mask
     (``agree_with_mask``), so later cuts, which take the probability as it is, start from what this one decided;
-    with ``hold_mask`` (a later cut as smooth as this one: after clicks on thick slices) at least 0.75 inside the mask.
+    with ``hold_mask`` (a later cut as smooth as this one: after clicks on thick slices) at least ``agree_with_mask``'s
+    ``sure`` level inside the mask.
     ``exact_slices_axis``: the (z, y, x) axis along which the box's slices are the structure's; the cut keeps to them."""
     probability = result.probability_kji if result.probability_kji is not None else \
         result.mask_kji.astype(np.float32)
