@@ -175,6 +175,31 @@ def test_box_guided_with_the_image_ends_where_the_answer_is_unlike_the_middle_sl
         box_guided(LungFiller(gt), gt.shape, loose, image=image[:-1])
 
 
+def test_a_drawn_box_walk_keeps_only_tissue_like_the_structure_where_the_model_answers_with_fat():
+    """A thin tube in fat leaves its place on the slices above the middle one; there the model keeps answering with
+    that place, now mostly fat. The walk cannot end inside a drawn box's slices, and its last resort kept the answer
+    near the previous mask, so every slice above held fat. With the image it keeps only tissue like the middle
+    slice's, and never a fat pixel."""
+    yy, xx = np.mgrid[:64, :64]
+    gt = np.zeros((9, 64, 64), bool)
+    for k in range(9):  # the tube moves right by 1 px per slice above the middle slice
+        gt[k] = (yy - 32) ** 2 + (xx - 30 - max(k - 4, 0)) ** 2 <= 5 ** 2
+    image = np.where(gt, 40.0, -90.0) + np.random.default_rng(0).normal(0, 3, gt.shape)  # a tube in fat
+
+    class TheOldPlace(Oracle):
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            return gt[min(k, 4)].copy(), 0.95  # above the middle slice: where the tube was, whatever is there now
+
+    drawn = ((0, 8), (27, 37), (25, 35))  # the middle slice's 2D box over the tube's slices
+    blind = box_guided(TheOldPlace(gt), gt.shape, drawn, pad_mm=0.0, exact_limits=True)
+    seeing = box_guided(TheOldPlace(gt), gt.shape, drawn, pad_mm=0.0, exact_limits=True, image=image)
+    fat = ~gt
+    assert (blind.mask[5:] & fat[5:]).sum() > 50  # the old last resort kept the fat
+    assert not (seeing.mask & fat).any(), seeing.stop_reasons
+    assert all(seeing.mask[k].any() for k in range(9))  # the walk still fills every slice of the drawn box
+    assert dice(seeing.mask[5:], gt[5:]) > dice(blind.mask[5:], gt[5:])
+
+
 def test_box_every_kth_asks_key_slices_only_and_interpolates():
     gt = _cone(n=30)
     box = (_range(gt), _range(gt.transpose(1, 0, 2)), _range(gt.transpose(2, 0, 1)))

@@ -166,7 +166,8 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
     ``exact_limits``: the box is the structure's (a box the user drew): no walk stops before its first and last
     slices, and on the middle slice a mask that fits the box is asked for (``segment_fitting_box``, when the segmenter
     offers it). ``image`` (the slices): an answer unlike the middle slice's mask (``appearance_sigmas``) is a stop, as
-    with seeds: above a liver's dome the model fills its prompt with lung.
+    with seeds: above a liver's dome the model fills its prompt with lung; within ``exact_limits`` the model is asked
+    again and what is kept must look like the structure (``_answer_inside``).
     """
     shape = _check_volume_shape(shape_kji)
     rules = rules or StopRules.preset("box_guided")
@@ -247,25 +248,38 @@ NEAR_PREVIOUS_PX = 2  # how far beyond the previous slice's mask a last-resort a
 
 
 def _answer_inside(segmenter, k: int, prev: np.ndarray, answer: np.ndarray, prompt, check_answer,
-                   min_area_px: int) -> tuple[np.ndarray, float]:
+                   min_area_px: int, like_hw: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Slice ``k`` lies where the structure is known to be, but the model's ``answer`` failed the stop rules: ask
     again with the previous mask's own box, then with its deepest point as an include click. When every answer still
     fails, the first answer is kept where it lies near the previous mask (a leak is cut off, a tapering end keeps
     its size); when too little of it is left, the previous mask carries over (a thin structure moves little from one
-    slice to the next)."""
+    slice to the next). ``like_hw``: the slice's pixels whose intensity is like the structure's (``_like``); then
+    only those are kept, of the answer and else of the previous mask (all of it where too few are like). Why: a walk in a drawn box cannot end, and
+    when a thin structure leaves the box the model answers with the fat beside it, which the next slices would
+    follow to the box's end."""
     for box, points in ((mask_box_xyxy(prev), None), (prompt, [_deepest_point_xy(prev)])):
         m, iou = segmenter.segment(k, box, points, None if points is None else [1], None)
         m = np.asarray(m, bool)
         if check_answer(m, float(iou)) is None:
             return m, float(iou)
-    kept = answer & ndimage.binary_dilation(prev, iterations=NEAR_PREVIOUS_PX)
+    like_hw = np.ones_like(prev) if like_hw is None else like_hw
+    kept = answer & ndimage.binary_dilation(prev, iterations=NEAR_PREVIOUS_PX) & like_hw
     if int(kept.sum()) < min_area_px:
+        kept = prev & like_hw
+    if int(kept.sum()) < min_area_px:  # the next slice's prompts are boxes of this mask: never a sliver
         kept = prev.copy()
     probabilities = getattr(segmenter, "probabilities", None)
     if probabilities is not None:  # the refinement's evidence there: the kept mask, held moderately; the model's
         # background where it is surer
         probabilities[k] = np.where(kept, 0.7, np.minimum(0.3, probabilities.get(k, 0.3))).astype(np.float32)
     return kept, 0.0
+
+
+def _like(image_hw: np.ndarray, stats: tuple[float, float], sigmas: float) -> np.ndarray:
+    """The pixels of a slice whose intensity lies within ``sigmas`` spreads of the structure's mean (``_appearance``):
+    the appearance rule's reference, pixel by pixel."""
+    mean, std = stats
+    return np.abs(np.asarray(image_hw, float) - mean) <= sigmas * std
 
 
 def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, rules: StopRules, margin_px,
@@ -305,7 +319,8 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
         if reason is not None:
             if present is None or not present[0] <= k <= present[1]:
                 return f"{reason} at slice {k}"
-            m, iou = _answer_inside(segmenter, k, prev, m, prompt, check_answer, rules.min_area_px)
+            like_hw = None if stats is None or image is None else _like(image[k], stats, rules.appearance_sigmas)
+            m, iou = _answer_inside(segmenter, k, prev, m, prompt, check_answer, rules.min_area_px, like_hw)
         mask[k] = m
         show_slice(k, m)
         ious[k] = float(iou)

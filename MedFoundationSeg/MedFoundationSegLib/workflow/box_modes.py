@@ -52,10 +52,10 @@ def _walk(volume, segmenter, shape, box: geometry.SliceBox, o: Options, pixel_mm
         return propagate.box_per_slice(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
                                        slabs=slab_boxes, progress=progress, cancelled=cancelled)
     if o.mode == "box_guided":
-        # The appearance rule only for a localized box, which may reach past the structure's end (lung above a
-        # liver's dome). In a drawn box a stop makes the model answer again instead, and the middle slice of a thin,
-        # uneven structure is a poor reference for the others (the phantoms' pancreas, docs/benchmarks.md).
-        image = None if o.exact_range else geometry.to_slices(volume.array, o.axis)
+        # The appearance rule: a localized box may reach past the structure's end (lung above a liver's dome), where
+        # the walk ends; in a drawn box the model answers again, and a last resort keeps only tissue like the middle
+        # slice's (a thin structure that leaves the box, where the model answers with the fat beside it).
+        image = geometry.to_slices(volume.array, o.axis)
         return propagate.box_guided(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
                                     slabs=slab_boxes, exact_limits=o.exact_range, image=image, progress=progress,
                                     cancelled=cancelled)
