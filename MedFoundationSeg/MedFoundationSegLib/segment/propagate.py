@@ -254,9 +254,9 @@ def _answer_inside(segmenter, k: int, prev: np.ndarray, answer: np.ndarray, prom
     fails, the first answer is kept where it lies near the previous mask (a leak is cut off, a tapering end keeps
     its size); when too little of it is left, the previous mask carries over (a thin structure moves little from one
     slice to the next). ``like_hw``: the slice's pixels whose intensity is like the structure's (``_like``); then
-    only those are kept, of the answer and else of the previous mask (all of it where too few are like). Why: a walk in a drawn box cannot end, and
-    when a thin structure leaves the box the model answers with the fat beside it, which the next slices would
-    follow to the box's end."""
+    only those are kept, of the answer and else of the previous mask (all of it where too few are like). Why: a walk
+    in a drawn box cannot end, and where a thin structure leaves the box the model answers with the tissue beside it
+    (fat, around a pancreas), which the next slices would follow to the box's end."""
     for box, points in ((mask_box_xyxy(prev), None), (prompt, [_deepest_point_xy(prev)])):
         m, iou = segmenter.segment(k, box, points, None if points is None else [1], None)
         m = np.asarray(m, bool)
