@@ -239,7 +239,7 @@ def _stop_reason(m: np.ndarray, iou: float, prev: np.ndarray, max_area: int, rul
     if stats is not None and image_slice is not None:
         mean, std = stats
         value = float(image_slice[m].mean())
-        if abs(value - mean) > rules.appearance_sigmas * std:
+        if not _like(value, stats, rules.appearance_sigmas):
             return f"intensity {value:.0f} unlike the seed ({mean:.0f} +- {std:.0f})"
     return None
 
@@ -275,11 +275,12 @@ def _answer_inside(segmenter, k: int, prev: np.ndarray, answer: np.ndarray, prom
     return kept, 0.0
 
 
-def _like(image_hw: np.ndarray, stats: tuple[float, float], sigmas: float) -> np.ndarray:
-    """The pixels of a slice whose intensity lies within ``sigmas`` spreads of the structure's mean (``_appearance``):
-    the appearance rule's reference, pixel by pixel."""
+def _like(intensity, stats: tuple[float, float], sigmas: float):
+    """Whether ``intensity`` (an answer's mean, or a slice's pixels, element by element) lies within ``sigmas``
+    spreads of the structure's mean (``_appearance``): the appearance rule, which ``_stop_reason`` applies to an
+    answer's mean and ``_answer_inside`` to the pixels it keeps."""
     mean, std = stats
-    return np.abs(np.asarray(image_hw, float) - mean) <= sigmas * std
+    return np.abs(np.asarray(intensity, float) - mean) <= sigmas * std
 
 
 def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, rules: StopRules, margin_px,
