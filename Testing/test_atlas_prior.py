@@ -43,8 +43,8 @@ def _head(**atlases) -> sh.StructureHead:
 def test_an_atlas_registered_onto_the_image_puts_the_structure_where_this_volume_has_it():
     earlier_image, earlier = volume(30, 0)
     image, truth = volume(36, 1)  # the structure sits 6 voxels further along i in the same box
-    images, masks, _ = ap.appended(None, ap.image_grid(earlier_image, BOX_IJK), ap.mask_grid(earlier, BOX_IJK),
-                                   ap.volume_digest(earlier_image))
+    images, masks, _, _ = ap.appended(None, ap.image_grid(earlier_image, BOX_IJK), ap.mask_grid(earlier, BOX_IJK),
+                                      ap.volume_digest(earlier_image), ap.appearance(earlier_image, earlier))
     carried = sp.from_box_grid(ap.carried_shape(images, masks, image, BOX_IJK, (2.0, 1.0, 1.0)), BOX_IJK, SHAPE)
     in_the_box = sp.from_box_grid(ap.mask_grid(earlier, BOX_IJK) / 255.0, BOX_IJK, SHAPE)  # where the box alone puts it
     assert dice(in_the_box >= 0.5, truth) < 0.6
@@ -57,9 +57,9 @@ def test_an_atlas_whose_image_does_not_match_after_registration_counts_for_littl
     unlike = np.random.default_rng(2).normal(0, 50, SHAPE).astype(np.float32)  # no anatomy this volume shares
     elsewhere = ellipsoid((15, 40, 55), (5, 10, 9))
     atlases = ap.appended(None, ap.image_grid(earlier_image, BOX_IJK), ap.mask_grid(earlier, BOX_IJK),
-                          ap.volume_digest(earlier_image))
-    images, masks, _ = ap.appended(atlases, ap.image_grid(unlike, BOX_IJK), ap.mask_grid(elsewhere, BOX_IJK),
-                                   ap.volume_digest(unlike))
+                          ap.volume_digest(earlier_image), ap.appearance(earlier_image, earlier))
+    images, masks, _, _ = ap.appended(atlases, ap.image_grid(unlike, BOX_IJK), ap.mask_grid(elsewhere, BOX_IJK),
+                                      ap.volume_digest(unlike), ap.appearance(unlike, elsewhere))
     carried = sp.from_box_grid(ap.carried_shape(images, masks, image, BOX_IJK, (2.0, 1.0, 1.0)), BOX_IJK, SHAPE)
     assert dice(carried >= 0.5, truth) > 0.85  # an equal vote would halve the structure's share, to the threshold
     assert carried[elsewhere & ~truth].max() < 0.2
@@ -83,10 +83,12 @@ def test_a_head_keeps_the_latest_volumes_as_atlases():
     atlases = None
     for n in range(ap.MAX_ATLASES + 2):
         grid = np.full(ap.GRID_KJI, n, np.uint8)
-        atlases = ap.appended(atlases, grid, grid, np.full(ap.SOURCE_BYTES, n + 1, np.uint8))
-    images, masks, sources = atlases
-    assert images.shape == masks.shape == (ap.MAX_ATLASES, *ap.GRID_KJI)
+        atlases = ap.appended(atlases, grid, grid, np.full(ap.SOURCE_BYTES, n + 1, np.uint8),
+                              np.array([n, 1], np.float32))
+    images, masks, sources, looks = atlases
+    assert images.shape == masks.shape == (ap.MAX_ATLASES, *ap.GRID_KJI) and looks.shape == (ap.MAX_ATLASES, 2)
     assert [int(g[0, 0, 0]) for g in images] == list(range(2, ap.MAX_ATLASES + 2))
+    assert list(looks[:, 0]) == list(range(2, ap.MAX_ATLASES + 2))  # each atlas keeps its own appearance
     image, mask = volume(30, 0)
     learned = learning.with_shape(CaseResult(mask, mask.astype(np.float32), {}, head=_head().to_arrays()),
                                   _head(atlas_images=images, atlas_masks=masks), BOX_IJK, image).head
@@ -94,6 +96,9 @@ def test_a_head_keeps_the_latest_volumes_as_atlases():
     np.testing.assert_array_equal(learned["atlas_masks"][-1], ap.mask_grid(mask, BOX_IJK))
     assert not learned["atlas_sources"][:-1].any()  # atlases stored before their sources were kept: unknown
     np.testing.assert_array_equal(learned["atlas_sources"][-1], ap.volume_digest(image))
+    assert np.isnan(learned["atlas_appearance"][:-1]).all()  # and before their appearances were kept: unknown
+    np.testing.assert_allclose(learned["atlas_appearance"][-1], [image[mask].mean(), image[mask].std()], rtol=1e-4)
+    assert sh.StructureHead.from_arrays(learned).atlas_appearance.shape == (ap.MAX_ATLASES, 2)
 
 
 def test_a_volume_learned_again_replaces_its_atlas_and_counts_once():
@@ -118,7 +123,7 @@ def test_a_volume_learned_again_replaces_its_atlas_and_counts_once():
 def _atlas_head() -> sh.StructureHead:
     image, mask = volume(30, 0)
     return _head(atlas_images=ap.image_grid(image, BOX_IJK)[None], atlas_masks=ap.mask_grid(mask, BOX_IJK)[None],
-                 atlas_sources=ap.volume_digest(image)[None])
+                 atlas_sources=ap.volume_digest(image)[None], atlas_appearance=ap.appearance(image, mask)[None])
 
 
 def test_atlases_survive_the_store_the_result_and_the_request(tmp_path):
@@ -128,12 +133,14 @@ def test_atlases_survive_the_store_the_result_and_the_request(tmp_path):
     stored = sh.StructureHead.from_arrays(store.load("liver", "litemedsam"))
     np.testing.assert_array_equal(stored.atlas_images, head.atlas_images)
     np.testing.assert_array_equal(stored.atlas_sources, head.atlas_sources)
+    np.testing.assert_array_equal(stored.atlas_appearance, head.atlas_appearance)
     mask = np.zeros(SHAPE, bool)
     sent = transport.encode_result(actions._case(CaseResult(mask, head=head.to_arrays()),
                                                  actions.EngineRequest("segment_box")))
     back = sh.StructureHead.from_arrays(transport.decode_result(sent).case_result().head)
     np.testing.assert_array_equal(back.atlas_masks, head.atlas_masks)
     np.testing.assert_array_equal(back.atlas_sources, head.atlas_sources)
+    np.testing.assert_array_equal(back.atlas_appearance, head.atlas_appearance)
     from MedFoundationSegLib.io.head_store import head_to_json, head_wire_arrays
 
     request = actions.EngineRequest("segment_box", None, Options(model="litemedsam"),
@@ -143,6 +150,7 @@ def test_atlases_survive_the_store_the_result_and_the_request(tmp_path):
     np.testing.assert_array_equal(received.atlas_images, head.atlas_images)
     np.testing.assert_array_equal(received.atlas_masks, head.atlas_masks)
     np.testing.assert_array_equal(received.atlas_sources, head.atlas_sources)
+    np.testing.assert_array_equal(received.atlas_appearance, head.atlas_appearance)
 
 
 @pytest.mark.parametrize("change", [
@@ -150,6 +158,9 @@ def test_atlases_survive_the_store_the_result_and_the_request(tmp_path):
     {"atlas_masks": np.zeros((2, *ap.GRID_KJI), np.uint8)},  # not one mask per image
     {"atlas_images": np.zeros((1, 4, 4, 4), np.uint8)},  # another grid
     {"atlas_sources": np.zeros((2, ap.SOURCE_BYTES), np.uint8)},  # not one source per atlas
+    {"atlas_appearance": np.zeros((2, 2), np.float32)},  # not one appearance per atlas
+    {"atlas_appearance": np.array([[np.inf, 1.0]], np.float32)},  # not finite
+    {"atlas_appearance": np.array([[100.0, -1.0]], np.float32)},  # a negative spread
 ])
 def test_bad_atlases_are_refused(change):
     arrays = _atlas_head().to_arrays() | change

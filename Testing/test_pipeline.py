@@ -223,3 +223,28 @@ def test_every_box_walk_compares_answers_with_the_image(case, monkeypatch):
     session.segment_box(phantom.image, box, padding_mm=3.0)
     session.segment_box(phantom.image, box, padding_mm=3.0, exact_range=True)
     assert np.array_equal(seen[False], phantom.image.array) and np.array_equal(seen[True], phantom.image.array)
+
+
+def test_a_signed_volume_teaches_the_next_walk_the_structures_intensity(case, monkeypatch):
+    """The head of a signed mask keeps the structure's intensity in that volume (mean, spread), and a first
+    segmentation that starts from the head hands it to the walk, for the appearance rule's reference; without
+    learning, the walk gets none."""
+    from MedFoundationSegLib.segment import propagate
+
+    phantom, session = case
+    truth, box = _truth_box(phantom, "kidney_left")
+    head = session.learn_signed(phantom.image, truth, box)
+    values = phantom.image.array[truth]
+    np.testing.assert_allclose(head.atlas_appearance, [[values.mean(), values.std()]], rtol=1e-4)
+    seen = []
+    real = propagate.box_guided
+
+    def spy(*args, learned_appearance=None, **kwargs):
+        seen.append(learned_appearance)
+        return real(*args, learned_appearance=learned_appearance, **kwargs)
+
+    monkeypatch.setattr(propagate, "box_guided", spy)
+    session.segment_box(phantom.image, box, padding_mm=0.0, exact_range=True, prior_head=head)
+    session.segment_box(phantom.image, box, padding_mm=0.0, exact_range=True, prior_head=head, learn=False)
+    np.testing.assert_array_equal(seen[0], head.atlas_appearance)
+    assert seen[1] is None

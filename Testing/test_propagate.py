@@ -200,6 +200,38 @@ def test_a_drawn_box_walk_keeps_only_tissue_like_the_structure_where_the_model_a
     assert dice(seeing.mask[5:], gt[5:]) > dice(blind.mask[5:], gt[5:])
 
 
+def test_a_walk_taught_the_structures_intensity_keeps_out_the_fat_the_middle_answer_holds():
+    """The model's answers hold a rim of fat around a thin tube on every slice, the middle one included (nearly half
+    of it), so a reference taken from the middle answer finds the fat like the tube and the walk keeps the rim. Taught
+    the tube's intensity by an earlier volume (one of three rows: another contrast phase, an unknown one, the tube's),
+    the reference is the middle answer's pixels like the tube, and the walk keeps no fat beyond the middle slice.
+    Taught only another phase, the walk is as without."""
+    yy, xx = np.mgrid[:64, :64]
+    gt = np.zeros((9, 64, 64), bool)
+    gt[:] = (yy - 32) ** 2 + (xx - 32) ** 2 <= 5 ** 2
+    answer = (yy - 32) ** 2 + (xx - 32) ** 2 <= 7 ** 2  # the tube and a rim of fat
+    image = np.where(gt, 40.0, -90.0) + np.random.default_rng(0).normal(0, 3, gt.shape)
+
+    class WithARim(Oracle):
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            return answer.copy(), 0.95
+
+    drawn = ((0, 8), (27, 37), (27, 37))
+    assert 0.4 < (answer & ~gt[4]).sum() / answer.sum() < 0.5
+    blind = box_guided(WithARim(gt), gt.shape, drawn, pad_mm=0.0, exact_limits=True, image=image)
+    taught = box_guided(WithARim(gt), gt.shape, drawn, pad_mm=0.0, exact_limits=True, image=image,
+                        learned_appearance=np.array([[160.0, 20.0], [np.nan, np.nan], [41.0, 4.0]]))
+    other_phase = box_guided(WithARim(gt), gt.shape, drawn, pad_mm=0.0, exact_limits=True, image=image,
+                             learned_appearance=np.array([[160.0, 20.0]]))
+    beyond = np.arange(9) != 4
+    fat = ~gt
+    assert (blind.mask[beyond] & fat[beyond]).sum() > 100  # the rim, kept on every slice
+    assert not (taught.mask[beyond] & fat[beyond]).any(), taught.stop_reasons
+    assert all(taught.mask[k].any() for k in range(9))
+    assert dice(taught.mask, gt) > dice(blind.mask, gt) + 0.1
+    np.testing.assert_array_equal(other_phase.mask, blind.mask)
+
+
 def test_box_every_kth_asks_key_slices_only_and_interpolates():
     gt = _cone(n=30)
     box = (_range(gt), _range(gt.transpose(1, 0, 2)), _range(gt.transpose(2, 0, 1)))

@@ -62,19 +62,32 @@ def volume_digest(image_kji: np.ndarray) -> np.ndarray:
     return np.frombuffer(digest.digest(), np.uint8).copy()
 
 
-def appended(atlases: tuple | None, image: np.ndarray, mask: np.ndarray,
-             source: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The atlases (images, masks, sources) with one more volume's grids: an atlas of the same volume (``source``)
-    is replaced, not kept twice, and the oldest are dropped beyond ``MAX_ATLASES``. Atlases stored before sources were
-    kept have an unknown source (zeros)."""
+def appearance(image_kji: np.ndarray, mask_kji: np.ndarray) -> np.ndarray:
+    """The structure's intensity in its volume's own units, (mean, spread) of the image under the mask (float32): kept
+    with the atlas so that a later volume's walk can tell the structure from the tissue beside it
+    (``propagate.box_guided``'s ``learned_appearance``); NaN for an empty mask."""
+    values = np.asarray(image_kji)[np.asarray(mask_kji, bool)].astype(np.float64)
+    if values.size == 0:
+        return np.full(2, np.nan, np.float32)
+    return np.array([values.mean(), values.std()], np.float32)
+
+
+def appended(atlases: tuple | None, image: np.ndarray, mask: np.ndarray, source: np.ndarray,
+             look: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The atlases (images, masks, sources, appearances) with one more volume's grids and ``appearance``
+    (``look``): an atlas of the same volume (``source``) is replaced, not kept twice, and the oldest are dropped
+    beyond ``MAX_ATLASES``. Atlases stored before sources (appearances) were kept have an unknown source (zeros) and
+    an unknown appearance (NaN)."""
     if atlases is None or atlases[0] is None or len(atlases[0]) == 0:
-        return image[None], mask[None], source[None]
-    images, masks, sources = atlases
+        return image[None], mask[None], source[None], look[None]
+    images, masks, sources, looks = atlases
     if sources is None:
         sources = np.zeros((len(images), SOURCE_BYTES), np.uint8)
+    if looks is None:
+        looks = np.full((len(images), 2), np.nan, np.float32)
     other = ~_of_volume(sources, source)
     return tuple(np.concatenate([kept[other], new[None]])[-MAX_ATLASES:]
-                 for kept, new in ((images, image), (masks, mask), (sources, source)))
+                 for kept, new in ((images, image), (masks, mask), (sources, source), (looks, look)))
 
 
 def holds_source(sources: np.ndarray | None, source: np.ndarray) -> bool:

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from MedFoundationSegLib.core.progress import CancelCheck, ProgressCallback, check, report, show_slice
+from MedFoundationSegLib.segment import appearance
 from MedFoundationSegLib.segment.slice_boxes import (
     MARGIN_FRACTION,
     MARGIN_PX,
@@ -107,8 +108,7 @@ def _appearance(image, shape, masks: dict[int, np.ndarray]) -> tuple[float, floa
         return None
     if np.shape(image) != tuple(shape):
         raise PropagationError(f"image shape {np.shape(image)} does not match {tuple(shape)}")
-    values = np.concatenate([np.asarray(image[k])[m] for k, m in masks.items()]).astype(float)
-    return float(values.mean()), max(float(values.std()), 1.0)
+    return appearance.of_pixels(np.concatenate([np.asarray(image[k])[m] for k, m in masks.items()]))
 
 
 def _check_volume_shape(shape) -> tuple[int, int, int]:
@@ -152,7 +152,7 @@ def box_per_slice(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(
 def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0, 1.0), pad_mm: float = 4.0,
                slabs: list[tuple[int, int, tuple[int, int, int, int]]] | None = None, rules: StopRules | None = None,
                margin_px: float = MARGIN_PX, margin_fraction: float = MARGIN_FRACTION, use_point: bool = False,
-               exact_limits: bool = False, image: np.ndarray | None = None,
+               exact_limits: bool = False, image: np.ndarray | None = None, learned_appearance=None,
                progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> PropagationResult:
     """The 3D box as prior and hard limit rather than every slice's prompt.
 
@@ -167,7 +167,8 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
     slices, and on the middle slice a mask that fits the box is asked for (``segment_fitting_box``, when the segmenter
     offers it). ``image`` (the slices): an answer unlike the middle slice's mask (``appearance_sigmas``) is a stop, as
     with seeds: above a liver's dome the model fills its prompt with lung; within ``exact_limits`` the model is asked
-    again and what is kept must look like the structure (``_answer_inside``).
+    again and what is kept must look like the structure (``_answer_inside``). ``learned_appearance``: the structure's
+    (mean, spread) rows of earlier volumes, for the rule's reference (``appearance.learned_reference``).
     """
     shape = _check_volume_shape(shape_kji)
     rules = rules or StopRules.preset("box_guided")
@@ -193,11 +194,14 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
         result.stop_reasons = {side: f"no object on the middle slice {middle}; box on every slice"
                                for side in ("up", "down")}
         return result
+    stats = _appearance(image, shape, {middle: m})
+    if learned_appearance is not None and stats is not None:
+        stats = appearance.learned_reference(image[middle], m, learned_appearance, rules.appearance_sigmas,
+                                             rules.min_area_px) or stats
     mask = np.zeros(shape, bool)
     mask[middle] = m
     show_slice(middle, m)
     ious, segmented = {middle: float(iou)}, [middle]
-    stats = _appearance(image, shape, {middle: m})
     reasons = {}
     for side, step, limit in (("up", +1, k1), ("down", -1, k0)):
         reasons[side] = _walk(segmenter, mask, ious, segmented, middle, step, limit, rules, margin_px, use_point,
@@ -239,7 +243,7 @@ def _stop_reason(m: np.ndarray, iou: float, prev: np.ndarray, max_area: int, rul
     if stats is not None and image_slice is not None:
         mean, std = stats
         value = float(image_slice[m].mean())
-        if not _like(value, stats, rules.appearance_sigmas):
+        if not appearance.like(value, stats, rules.appearance_sigmas):
             return f"intensity {value:.0f} unlike the seed ({mean:.0f} +- {std:.0f})"
     return None
 
@@ -253,10 +257,10 @@ def _answer_inside(segmenter, k: int, prev: np.ndarray, answer: np.ndarray, prom
     again with the previous mask's own box, then with its deepest point as an include click. When every answer still
     fails, the first answer is kept where it lies near the previous mask (a leak is cut off, a tapering end keeps
     its size); when too little of it is left, the previous mask carries over (a thin structure moves little from one
-    slice to the next). ``like_hw``: the slice's pixels whose intensity is like the structure's (``_like``); then
-    only those are kept, of the answer and else of the previous mask (all of it where too few are like). Why: a walk
-    in a drawn box cannot end, and where a thin structure leaves the box the model answers with the tissue beside it
-    (fat, around a pancreas), which the next slices would follow to the box's end."""
+    slice to the next). ``like_hw``: the slice's pixels whose intensity is like the structure's
+    (``appearance.like``); then only those are kept, of the answer and else of the previous mask (all of it where too
+    few are like). Why: a walk in a drawn box cannot end, and where a thin structure leaves the box the model answers
+    with the tissue beside it (fat, around a pancreas), which the next slices would follow to the box's end."""
     for box, points in ((mask_box_xyxy(prev), None), (prompt, [_deepest_point_xy(prev)])):
         m, iou = segmenter.segment(k, box, points, None if points is None else [1], None)
         m = np.asarray(m, bool)
@@ -273,14 +277,6 @@ def _answer_inside(segmenter, k: int, prev: np.ndarray, answer: np.ndarray, prom
         # background where it is surer
         probabilities[k] = np.where(kept, 0.7, np.minimum(0.3, probabilities.get(k, 0.3))).astype(np.float32)
     return kept, 0.0
-
-
-def _like(intensity, stats: tuple[float, float], sigmas: float):
-    """Whether ``intensity`` (an answer's mean, or a slice's pixels, element by element) lies within ``sigmas``
-    spreads of the structure's mean (``_appearance``): the appearance rule, which ``_stop_reason`` applies to an
-    answer's mean and ``_answer_inside`` to the pixels it keeps."""
-    mean, std = stats
-    return np.abs(np.asarray(intensity, float) - mean) <= sigmas * std
 
 
 def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, rules: StopRules, margin_px,
@@ -320,7 +316,8 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
         if reason is not None:
             if present is None or not present[0] <= k <= present[1]:
                 return f"{reason} at slice {k}"
-            like_hw = None if stats is None or image is None else _like(image[k], stats, rules.appearance_sigmas)
+            like_hw = None if stats is None or image is None else appearance.like(image[k], stats,
+                                                                                  rules.appearance_sigmas)
             m, iou = _answer_inside(segmenter, k, prev, m, prompt, check_answer, rules.min_area_px, like_hw)
         mask[k] = m
         show_slice(k, m)

@@ -52,6 +52,9 @@ class StructureHead:
     atlas_images: np.ndarray | None = None
     atlas_masks: np.ndarray | None = None
     atlas_sources: np.ndarray | None = None
+    # Per atlas, the structure's intensity (mean, spread) in its volume's units (atlas_prior.appearance), (N, 2)
+    # float32, NaN where unknown; None for a head stored before appearances were kept.
+    atlas_appearance: np.ndarray | None = None
     # The model's decoder output layers adapted to the signed masks (segment/decoder_adaptation.py), by parameter
     # name; None for a head whose volumes were never signed as a whole (learned from corrections only).
     decoder: dict[str, np.ndarray] | None = None
@@ -71,6 +74,7 @@ class StructureHead:
             {} if self.atlas_images is None else {"atlas_images": self.atlas_images,
                                                   "atlas_masks": self.atlas_masks}) | (
             {} if self.atlas_sources is None else {"atlas_sources": self.atlas_sources}) | (
+            {} if self.atlas_appearance is None else {"atlas_appearance": self.atlas_appearance}) | (
             {} if self.decoder is None else as_head_arrays(self.decoder))
 
     @classmethod
@@ -99,11 +103,11 @@ def _shape(arrays) -> tuple[np.ndarray | None, int]:
     return shape.reshape(GRID_KJI), max(volumes, 1)
 
 
-def _atlases(arrays) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """The head's optional atlas images, masks and sources, checked: as many of each, uint8 grids of the atlas grid's
-    size and digests of ``SOURCE_BYTES``."""
+def _atlases(arrays) -> tuple[np.ndarray | None, ...]:
+    """The head's optional atlas images, masks, sources and appearances, checked: as many of each, uint8 grids of the
+    atlas grid's size, digests of ``SOURCE_BYTES`` and (mean, spread) pairs, NaN or finite with a spread >= 0."""
     if "atlas_images" not in arrays:
-        return None, None, None
+        return None, None, None, None
     images, masks = (np.asarray(arrays.get(key, ())) for key in ("atlas_images", "atlas_masks"))
     grid = int(np.prod(atlas_prior.GRID_KJI))
     fits = images.size == masks.size and images.size % grid == 0 and 0 < images.size <= atlas_prior.MAX_ATLASES * grid
@@ -118,7 +122,14 @@ def _atlases(arrays) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray |
             raise HeadError(f"the structure head's atlas sources are not {count} uint8 digests of "
                             f"{atlas_prior.SOURCE_BYTES} bytes")
         sources = sources.reshape(count, atlas_prior.SOURCE_BYTES)
-    return images.reshape(-1, *atlas_prior.GRID_KJI), masks.reshape(-1, *atlas_prior.GRID_KJI), sources
+    looks = arrays.get("atlas_appearance")
+    if looks is not None:
+        looks = np.asarray(looks, np.float32)
+        known = looks.reshape(-1, 2)[~np.isnan(looks.reshape(-1, 2)).any(axis=1)] if looks.size == count * 2 else None
+        if known is None or not np.all(np.isfinite(known)) or np.any(known[:, 1] < 0):
+            raise HeadError(f"the structure head's atlas appearances are not {count} (mean, spread) pairs")
+        looks = looks.reshape(count, 2)
+    return images.reshape(-1, *atlas_prior.GRID_KJI), masks.reshape(-1, *atlas_prior.GRID_KJI), sources, looks
 
 
 def as_head_arrays(layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -19,8 +19,9 @@ from MedFoundationSegLib.workflow.results import CaseResult
 
 
 def run_box_mode(volume, segmenter, box: geometry.SliceBox, o: Options, padding_mm: float, slab_boxes, progress,
-                 cancelled) -> propagate.PropagationResult:
-    """The propagation result of ``o.mode`` over ``box`` (slice frame of ``o.axis``)."""
+                 cancelled, learned_appearance=None) -> propagate.PropagationResult:
+    """The propagation result of ``o.mode`` over ``box`` (slice frame of ``o.axis``); ``learned_appearance``: the
+    structure's (mean, spread) in earlier volumes, for the box-guided walk (``propagate.box_guided``)."""
     predictor = segmenter.predictor
     frame = geometry.slice_frame(o.axis)
     spacing = np.asarray(volume.spacing_mm)
@@ -40,14 +41,15 @@ def run_box_mode(volume, segmenter, box: geometry.SliceBox, o: Options, padding_
         predictor.encode_range(box.first, box.last, progress=scaled(progress, 0.0, 0.7), cancelled=cancelled)
     walk = scaled(progress, 0.0, 0.85) if as_needed else scaled(progress, 0.7, 0.95)
     with predictor.heap_scope():
-        result = _walk(volume, segmenter, shape, box, o, pixel_mm, padding_mm, slab_boxes, walk, cancelled)
+        result = _walk(volume, segmenter, shape, box, o, pixel_mm, padding_mm, slab_boxes, walk, cancelled,
+                       learned_appearance)
     if as_needed:
         predictor.encode_range(box.first, box.last, progress=scaled(progress, 0.85, 0.95), cancelled=cancelled)
     return result
 
 
 def _walk(volume, segmenter, shape, box: geometry.SliceBox, o: Options, pixel_mm, padding_mm: float, slab_boxes,
-          progress, cancelled) -> propagate.PropagationResult:
+          progress, cancelled, learned_appearance=None) -> propagate.PropagationResult:
     if o.mode == "box":
         return propagate.box_per_slice(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
                                        slabs=slab_boxes, progress=progress, cancelled=cancelled)
@@ -57,8 +59,8 @@ def _walk(volume, segmenter, shape, box: geometry.SliceBox, o: Options, pixel_mm
         # slice's (a thin structure that leaves the box, where the model answers with the fat beside it).
         image = geometry.to_slices(volume.array, o.axis)
         return propagate.box_guided(segmenter, shape, box.as_tuple(), spacing_mm=pixel_mm, pad_mm=padding_mm,
-                                    slabs=slab_boxes, exact_limits=o.exact_range, image=image, progress=progress,
-                                    cancelled=cancelled)
+                                    slabs=slab_boxes, exact_limits=o.exact_range, image=image,
+                                    learned_appearance=learned_appearance, progress=progress, cancelled=cancelled)
     if o.mode == "reference":
         x0, y0, x1, y1 = box.xyxy
         return reference.reference_litemedsam(segmenter, shape, (x0, y0, box.first, x1, y1, box.last),

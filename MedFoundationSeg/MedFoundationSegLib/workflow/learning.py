@@ -131,10 +131,12 @@ def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk, imag
         fields = {"shape": shape_prior.updated(prior.shape if count else None, count, mask_kji, box_ijk),
                   "shape_volumes": count + 1}
     if image_kji is not None:
-        atlases = None if prior is None else (prior.atlas_images, prior.atlas_masks, prior.atlas_sources)
-        images, masks, sources = atlas_prior.appended(atlases, atlas_prior.image_grid(image_kji, box_ijk),
-                                                      atlas_prior.mask_grid(mask_kji, box_ijk), source)
-        fields.update(atlas_images=images, atlas_masks=masks, atlas_sources=sources)
+        atlases = None if prior is None else (prior.atlas_images, prior.atlas_masks, prior.atlas_sources,
+                                              prior.atlas_appearance)
+        images, masks, sources, looks = atlas_prior.appended(
+            atlases, atlas_prior.image_grid(image_kji, box_ijk), atlas_prior.mask_grid(mask_kji, box_ijk), source,
+            atlas_prior.appearance(image_kji, mask_kji))
+        fields.update(atlas_images=images, atlas_masks=masks, atlas_sources=sources, atlas_appearance=looks)
     return fields, again
 
 

@@ -123,7 +123,8 @@ class Session:
         refine it when ``options.refine`` asks. ``options.padding_fraction`` caps the padding at that fraction of
         the box's smaller in-plane side (a small structure's localized box is padded less). With ``prior_head`` (a
         ``StructureHead`` from earlier volumes) and ``options.learn``, the model decodes with the head's adapted
-        decoder layers (one plane, one model), the structure's shape is blended into its probability and, for a
+        decoder layers (one plane, one model), the walk tells the structure from the tissue beside it by its
+        intensity in earlier volumes, the structure's shape is blended into its probability and, for a
         model whose cut is not shifted, the head adjusted to this volume predicts the box's slices, before the
         refinement; the result's ``head`` holds this mask's shape too (workflow/learning.py)."""
         o = _resolve(options, changes)
@@ -131,21 +132,22 @@ class Session:
         if o.mode not in SEGMENTATION_MODES:
             raise ValueError(f"unknown segmentation mode {o.mode!r}; use {', '.join(SEGMENTATION_MODES)}")
         box_ijk = geometry.check_box_ijk(volume, box_ijk)
+        learned = prior_head if o.learn else None
+        looks = None if learned is None else learned.atlas_appearance
         if o.fusion == "planes":
             parts = [self._segment_along(volume, box_ijk, o.replace(axis=axis), slabs,
-                                         scaled(progress, n / 3, (n + 1) / 3), cancelled)
+                                         scaled(progress, n / 3, (n + 1) / 3), cancelled, looks)
                      for n, axis in enumerate(AXES)]
             outcome = fuse_planes(parts)
         elif o.fusion == "models" and o.fusion_model != o.model:
             parts = [self._segment_along(volume, box_ijk, o.replace(model=model), slabs,
-                                         scaled(progress, n / 2, (n + 1) / 2 * 0.9), cancelled)
+                                         scaled(progress, n / 2, (n + 1) / 2 * 0.9), cancelled, looks)
                      for n, model in enumerate((o.model, o.fusion_model))]
             same = parts[0].report["model"] == parts[1].report["model"]  # a large box routes both to one model
             outcome = parts[0] if same else fuse_models(volume, parts, box_ijk)
         else:
-            with learning.decoding_as_learned(lambda: self.predictor(volume, o), prior_head if o.learn else None):
-                outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled)
-        learned = prior_head if o.learn else None
+            with learning.decoding_as_learned(lambda: self.predictor(volume, o), learned):
+                outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled, looks)
         shift = cut_probability_shift(outcome.report.get("model"))
         if learned is not None:
             report(progress, 0.9, "adding what earlier volumes taught about the structure")
@@ -167,13 +169,16 @@ class Session:
         report(progress, 1.0, "done")
         return outcome
 
-    def _segment_along(self, volume: Volume, box_ijk: np.ndarray, o: Options, slabs, progress, cancelled) -> CaseResult:
-        """The model's masks along ``o.axis`` (large boxes routed, see large_box_route), before refinement."""
+    def _segment_along(self, volume: Volume, box_ijk: np.ndarray, o: Options, slabs, progress, cancelled,
+                       learned_appearance=None) -> CaseResult:
+        """The model's masks along ``o.axis`` (large boxes routed, see large_box_route), before refinement;
+        ``learned_appearance``: the structure's intensity in earlier volumes (``run_box_mode``)."""
         o, large_box = large_box_route(volume, box_ijk, o)
         segmenter = self.segmenter(volume, o)
         box = geometry.slice_box(box_ijk, o.axis)
         padding_mm = 0.0 if large_box else box_padding_mm(volume, box, o)
-        result = run_box_mode(volume, segmenter, box, o, padding_mm, slab_boxes(slabs, o.axis), progress, cancelled)
+        result = run_box_mode(volume, segmenter, box, o, padding_mm, slab_boxes(slabs, o.axis), progress, cancelled,
+                              learned_appearance)
         outcome = box_outcome(segmenter, result, box, o, padding_mm)
         if large_box is not None:
             window = segmenter.predictor.window
