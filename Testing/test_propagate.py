@@ -205,7 +205,7 @@ def test_a_walk_taught_the_structures_intensity_keeps_out_the_fat_the_middle_ans
     of it), so a reference taken from the middle answer finds the fat like the tube and the walk keeps the rim. Taught
     the tube's intensity by an earlier volume (one of three rows: another contrast phase, an unknown one, the tube's),
     the reference is the middle answer's pixels like the tube, and the walk keeps no fat beyond the middle slice.
-    Taught only another phase, the walk is as without."""
+    Taught only another phase, the walk is as without; a localized box's walk is taught nothing."""
     yy, xx = np.mgrid[:64, :64]
     gt = np.zeros((9, 64, 64), bool)
     gt[:] = (yy - 32) ** 2 + (xx - 32) ** 2 <= 5 ** 2
@@ -230,6 +230,9 @@ def test_a_walk_taught_the_structures_intensity_keeps_out_the_fat_the_middle_ans
     assert all(taught.mask[k].any() for k in range(9))
     assert dice(taught.mask, gt) > dice(blind.mask, gt) + 0.1
     np.testing.assert_array_equal(other_phase.mask, blind.mask)
+    localized = [box_guided(WithARim(gt), gt.shape, drawn, pad_mm=0.0, image=image, learned_appearance=looks)
+                 for looks in (None, np.array([[41.0, 4.0]]))]  # where it was not measured: a localized box
+    np.testing.assert_array_equal(localized[0].mask, localized[1].mask)
 
 
 def test_box_every_kth_asks_key_slices_only_and_interpolates():

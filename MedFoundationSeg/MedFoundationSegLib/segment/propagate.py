@@ -168,7 +168,7 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
     offers it). ``image`` (the slices): an answer unlike the middle slice's mask (``appearance_sigmas``) is a stop, as
     with seeds: above a liver's dome the model fills its prompt with lung; within ``exact_limits`` the model is asked
     again and what is kept must look like the structure (``_answer_inside``). ``learned_appearance``: the structure's
-    (mean, spread) rows of earlier volumes, for the rule's reference (``appearance.learned_reference``).
+    (mean, spread) rows of earlier volumes, for a drawn box's reference (``appearance.learned_reference``).
     """
     shape = _check_volume_shape(shape_kji)
     rules = rules or StopRules.preset("box_guided")
@@ -195,7 +195,7 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
                                for side in ("up", "down")}
         return result
     stats = _appearance(image, shape, {middle: m})
-    if learned_appearance is not None and stats is not None:
+    if learned_appearance is not None and stats is not None and exact_limits:
         stats = appearance.learned_reference(image[middle], m, learned_appearance, rules.appearance_sigmas,
                                              rules.min_area_px) or stats
     mask = np.zeros(shape, bool)
