@@ -205,6 +205,9 @@ def test_the_compiled_mask_decoder_takes_over_once_ready_and_keeps_the_masks(pha
     if not any(shutil.which(name) for name in ("g++", "c++", "clang++", "cl")):  # inductor cannot build kernels
         assert state.startswith("failed: ") and predictor.decoder.for_call(1, False, False) is predictor.decoder.eager
         return
+    if state.startswith("failed: its masks differ"):  # an inductor build that answers wrongly here is refused
+        assert predictor.decoder.for_call(1, False, False) is predictor.decoder.eager
+        return
     assert state == "ready", state
     compiled_frames = counters["frames"]["ok"]
     y, x = np.argwhere(liver)[len(np.argwhere(liver)) // 2]
@@ -236,6 +239,29 @@ def test_the_decoder_runs_autocast_without_its_cache(phantom, model, liver_slice
     liver = phantom.labels.array[liver_slice] == phantom.label_ids["liver"]
     make_predictor(phantom, model, precision="bf16").predict(liver_slice, boxes=bbox_xyxy(liver))
     assert seen and all(kwargs.get("cache_enabled") is False for kwargs in seen)
+
+
+def test_a_compiled_decoder_whose_masks_differ_from_the_eager_decoders_is_refused(monkeypatch):
+    """An inductor build answered NaN on one CPU (Intel Xeon with AMX, torch 2.13) where the eager decoder answered
+    the liver: the warm-up's answers are checked against the eager decoder's, and a NaN counts as differing."""
+    import MedFoundationSegLib.runtime.compiled_decoder as compiled_decoder
+
+    decoder = torch.nn.Linear(4, 4)
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            return torch.full_like(decoder(x), float("nan"))
+
+    monkeypatch.setattr(compiled_decoder.torch, "compile", lambda module, **kwargs: Broken())
+    inputs = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    holder = CompiledDecoder(decoder, lambda module: [module(inputs)], enabled=True)
+    holder.start()
+    assert holder.wait(60) == "failed: its masks differ from the eager decoder's on 100.0% of the pixels"
+    assert holder.for_call(1, False, False) is decoder
+    monkeypatch.setattr(compiled_decoder.torch, "compile", lambda module, **kwargs: module)  # the same answers
+    agreeing = CompiledDecoder(decoder, lambda module: [module(inputs)], enabled=True)
+    agreeing.start()
+    assert agreeing.wait(60) == "ready"
 
 
 def test_a_decoder_that_fails_to_compile_stays_eager(monkeypatch):

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 ENVIRONMENT_SWITCH = "MEDFOUNDATIONSEG_COMPILE_DECODER"
 GIL_SWITCH_INTERVAL_S = 0.0002
+# The compiled decoder is used only where its warm-up masks agree with the eager decoder's (an inductor build on one
+# CPU answered NaN): a larger share of differing pixels leaves the eager decoder.
+MAX_MASKS_DIFFERING = 0.01
 _ONE_AT_A_TIME = threading.Lock()  # dynamo's compiler is not made for several threads compiling at once
 
 
@@ -52,11 +55,22 @@ def _quick_gil_handover(interval_s: float = GIL_SWITCH_INTERVAL_S):
         sys.setswitchinterval(before)
 
 
+def _masks_differing(compiled_logits, eager_logits) -> float:
+    """The share of mask pixels (logit > 0) on which the compiled decoder's warm-up answers differ from the eager
+    decoder's on the same inputs, a logit that is not finite counting as differing; 0 where the warm-up returns no
+    answers."""
+    if not compiled_logits:
+        return 0.0
+    return max(float((((a > 0) != (b > 0)) | ~torch.isfinite(a)).float().mean())
+               for a, b in zip(compiled_logits, eager_logits))
+
+
 class CompiledDecoder:
     """Holds the eager decoder and, once the background compilation has finished, its compiled twin.
 
     ``warm_up(decoder)`` runs ``decoder`` on the prompt shapes it should serve, under the same autocast and inference
-    mode as the real calls (dynamo compiles per context). ``state``: "off", "compiling", "ready" or "failed: why".
+    mode as the real calls (dynamo compiles per context), and returns its low-res logits, which the eager decoder
+    must reproduce on the same inputs (``MAX_MASKS_DIFFERING``). ``state``: "off", "compiling", "ready" or "failed: why".
     """
 
     def __init__(self, decoder: nn.Module, warm_up: Callable[[nn.Module], None], *, enabled: bool):
@@ -96,7 +110,10 @@ class CompiledDecoder:
         try:
             with _ONE_AT_A_TIME, _quick_gil_handover():
                 compiled = torch.compile(self.eager, dynamic=None)
-                self._warm_up(compiled)
+                answers = self._warm_up(compiled)
+                differing = _masks_differing(answers, self._warm_up(self.eager))
+                if differing > MAX_MASKS_DIFFERING:
+                    raise RuntimeError(f"its masks differ from the eager decoder's on {differing:.1%} of the pixels")
         except Exception as error:  # noqa: BLE001 - any failure leaves the eager decoder, which always works
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             self.state = f"failed: {reason[:200]}"

@@ -307,14 +307,11 @@ class SlicePredictor:
     # --- prompts ------------------------------------------------------------------------------------------------
     def predict(self, index: int, boxes=None, points=None, point_labels=None, mask_input=None, *,
                 multimask: bool = False, with_probability: bool = False, box_frame: str = "slice") -> SlicePrediction:
-        """Masks for one or many prompts on slice ``index``.
-
-        boxes: (x0, y0, x1, y1) or (N, 4) in the slice's pixel frame. points: (P, 2) shared by all prompts or
+        """Masks for one or many prompts on slice ``index``. boxes: (x0, y0, x1, y1) or (N, 4) in the slice's pixel frame. points: (P, 2) shared by all prompts or
         (N, P, 2), with point_labels 1 (foreground) / 0 (background). mask_input: a previous low_res_logits
         (256, 256) or (N, 1, 256, 256). multimask: three candidates per prompt instead of one. box_frame "input":
         the boxes are already in the model's input frame (a procedure that computes them there, as the official
-        LiteMedSAM 3D inference does).
-        """
+        LiteMedSAM 3D inference does)."""
         index = self._check_index(index)
         if boxes is None and points is None:
             raise PredictorError("give at least a box or points to predict a mask")
@@ -378,11 +375,12 @@ class SlicePredictor:
             low_res = low_res.float()
             return low_res, iou, transform.logits_to_slice(low_res)
 
-    def _warm_up_decoder(self, decoder: nn.Module) -> None:
-        """Decode through ``decoder`` as ``predict`` does, on a blank embedding of the cache's dtype, with the prompts a
-        session sends (a box; a box, points and a mask prompt), so the compiled decoder serves them as they come."""
-        encoder = self.model.prompt_encoder
-        embedding = torch.zeros((1, encoder.embed_dim, *encoder.image_embedding_size), dtype=torch.float16)
+    def _warm_up_decoder(self, decoder: nn.Module) -> list[torch.Tensor]:
+        """Decode through ``decoder`` as ``predict`` does, on a fixed random embedding, with the prompts a session sends
+        (a box; a box, points and a mask prompt): the compiled decoder then serves them; returns the low-res logits."""
+        encoder, logits = self.model.prompt_encoder, []
+        embedding = torch.randn((1, encoder.embed_dim, *encoder.image_embedding_size),
+                                generator=torch.Generator().manual_seed(0)).to(torch.float16)
         height, width = self.slice_hw
         box = check_boxes([0, 0, width - 1, height - 1], self.slice_hw, self.axis)
         for with_mask in (False, True):
@@ -390,7 +388,8 @@ class SlicePredictor:
             for count in (0, 1, 2):
                 points = check_points([[width / 2, height / 2]] * count, [1] * count, 1, self.slice_hw,
                                       self.axis) if count else None
-                self._decode(embedding, box, points, masks, False, decoder=decoder)
+                logits.append(self._decode(embedding, box, points, masks, False, decoder=decoder)[0])
+        return logits
 
     def mask_to_prompt(self, mask_hw: np.ndarray) -> np.ndarray:
         """A bool slice mask -> (256, 256) low-res logits, to prompt with an edited or propagated mask."""
