@@ -43,6 +43,8 @@ for n, (case, (image, labels, ids)) in enumerate(zip(names, made)):
         d = bi.dice(res.mask_kji, truth)
         tv = image.array[truth].astype(float)
         rows.append(dict(case=case, structure=name, dice=d))
-        print(f"{case} {name:14s} {d:.3f}  learned {LEARNED['stats'][0]:6.1f}+-{LEARNED['stats'][1]:5.1f} own {tv.mean():6.1f}+-{tv.std():5.1f}", flush=True)
+        learned = LEARNED["stats"]
+        print(f"{case} {name:14s} {d:.3f}  learned {learned[0]:6.1f}+-{learned[1]:5.1f} own {tv.mean():6.1f}+-"
+              f"{tv.std():5.1f}", flush=True)
 json.dump(rows, open(out, "w"))
 print("mean", np.mean([r["dice"] for r in rows]))

@@ -70,10 +70,12 @@ class CompiledDecoder:
 
     ``warm_up(decoder)`` runs ``decoder`` on the prompt shapes it should serve, under the same autocast and inference
     mode as the real calls (dynamo compiles per context), and returns its low-res logits, which the eager decoder
-    must reproduce on the same inputs (``MAX_MASKS_DIFFERING``). ``state``: "off", "compiling", "ready" or "failed: why".
+    must reproduce on the same inputs (``MAX_MASKS_DIFFERING``). ``state``: "off", "compiling", "ready" or
+    "failed: why".
     """
 
-    def __init__(self, decoder: nn.Module, warm_up: Callable[[nn.Module], None], *, enabled: bool):
+    def __init__(self, decoder: nn.Module, warm_up: Callable[[nn.Module], list[torch.Tensor]], *,
+                 enabled: bool):
         self.eager = decoder
         self.state = "idle" if enabled else "off"
         self.seconds = 0.0  # wall time the compilation and warm-up took

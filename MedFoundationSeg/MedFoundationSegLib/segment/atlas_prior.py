@@ -21,6 +21,7 @@ import hashlib
 import numpy as np
 import SimpleITK as sitk
 
+from MedFoundationSegLib.segment import appearance as appearance_rule
 from MedFoundationSegLib.segment import shape_prior
 
 GRID_KJI = (24, 64, 64)
@@ -63,13 +64,14 @@ def volume_digest(image_kji: np.ndarray) -> np.ndarray:
 
 
 def appearance(image_kji: np.ndarray, mask_kji: np.ndarray) -> np.ndarray:
-    """The structure's intensity in its volume's own units, (mean, spread) of the image under the mask (float32): kept
-    with the atlas so that a later volume's walk can tell the structure from the tissue beside it
-    (``propagate.box_guided``'s ``learned_appearance``); NaN for an empty mask."""
-    values = np.asarray(image_kji)[np.asarray(mask_kji, bool)].astype(np.float64)
+    """The structure's intensity in its volume's own units, (mean, spread) of the image under the mask as the
+    appearance rule measures it (``appearance.of_pixels``, float32): kept with the atlas so that a later volume's walk
+    can tell the structure from the tissue beside it (``propagate.box_guided``'s ``learned_appearance``); NaN for an
+    empty mask."""
+    values = np.asarray(image_kji)[np.asarray(mask_kji, bool)]
     if values.size == 0:
         return np.full(2, np.nan, np.float32)
-    return np.array([values.mean(), values.std()], np.float32)
+    return np.array(appearance_rule.of_pixels(values), np.float32)
 
 
 def appended(atlases: tuple | None, image: np.ndarray, mask: np.ndarray, source: np.ndarray,

@@ -307,11 +307,11 @@ class SlicePredictor:
     # --- prompts ------------------------------------------------------------------------------------------------
     def predict(self, index: int, boxes=None, points=None, point_labels=None, mask_input=None, *,
                 multimask: bool = False, with_probability: bool = False, box_frame: str = "slice") -> SlicePrediction:
-        """Masks for one or many prompts on slice ``index``. boxes: (x0, y0, x1, y1) or (N, 4) in the slice's pixel frame. points: (P, 2) shared by all prompts or
-        (N, P, 2), with point_labels 1 (foreground) / 0 (background). mask_input: a previous low_res_logits
-        (256, 256) or (N, 1, 256, 256). multimask: three candidates per prompt instead of one. box_frame "input":
-        the boxes are already in the model's input frame (a procedure that computes them there, as the official
-        LiteMedSAM 3D inference does)."""
+        """Masks for one or many prompts on slice ``index``. boxes: (x0, y0, x1, y1) or (N, 4) in the slice's pixel
+        frame. points: (P, 2) shared by all prompts or (N, P, 2), with point_labels 1 (foreground) / 0 (background).
+        mask_input: a previous low_res_logits (256, 256) or (N, 1, 256, 256). multimask: three candidates per prompt
+        instead of one. box_frame "input": the boxes are already in the model's input frame (a procedure that computes
+        them there, as the official LiteMedSAM 3D inference does)."""
         index = self._check_index(index)
         if boxes is None and points is None:
             raise PredictorError("give at least a box or points to predict a mask")
