@@ -515,6 +515,55 @@ def test_stop_rule_presets_come_from_yaml():
         StopRules.preset("nope")
 
 
+def test_a_drawn_box_walk_that_meets_a_darker_neighbour_asks_again_with_an_exclude_click_on_it():
+    """Above the middle slice a growing structure lies beside a dark neighbour (a ventricle beside the caudate) and
+    the model answers with the neighbour unless a click excludes it. The last resort carried the previous mask over,
+    so the structure stayed its middle size; now the walk asks again with an include click on the previous mask's
+    like pixels and an exclude click on the answer's unlike ones, and keeps the structure as it grows."""
+    yy, xx = np.mgrid[:64, :64]
+    gt = np.zeros((9, 64, 64), bool)
+    for k in range(9):
+        gt[k] = (yy - 32) ** 2 + (xx - 20) ** 2 <= (4 + max(k - 4, 0)) ** 2
+    neighbour = (yy - 32) ** 2 + (xx - 44) ** 2 <= 6 ** 2
+    image = np.where(gt, 90.0, np.where(neighbour, 40.0, 140.0)) + np.random.default_rng(0).normal(0, 3, gt.shape)
+
+    class DrawnToTheNeighbour(Oracle):
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            self.calls.append((k, labels))
+            excluded = labels is not None and 0 in labels and neighbour[int(points[labels.index(0)][1]),
+                                                                          int(points[labels.index(0)][0])]
+            return (gt[k].copy() if k <= 4 or excluded else neighbour.copy()), 0.9
+
+    drawn = ((0, 8), (28, 36), (16, 24))
+    segmenter = DrawnToTheNeighbour(gt)
+    walked = box_guided(segmenter, gt.shape, drawn, pad_mm=0.0, exact_limits=True, image=image)
+    assert [labels for k, labels in segmenter.calls if k == 5] == [None, None, [1], [1, 0]]
+    np.testing.assert_array_equal(walked.mask, gt)
+    assert not (walked.mask & neighbour).any()
+
+
+def test_after_a_last_resort_sliver_the_walk_judges_answers_against_the_last_mask_the_model_gave():
+    """On one slice of a drawn box most of the structure looks unlike itself (a partial-volume patch), so the last
+    resort keeps a sliver of its like pixels. The next slices' right answers are many times that sliver: judged
+    against it they were leaks, and the walk kept slivers to the box's end; judged against the last mask the model
+    gave, they are kept."""
+    yy, xx = np.mgrid[:64, :64]
+    gt = np.zeros((9, 64, 64), bool)
+    gt[:] = (yy - 32) ** 2 + (xx - 32) ** 2 <= 6 ** 2
+    image = np.where(gt, 90.0, 140.0) + np.random.default_rng(0).normal(0, 3, gt.shape)
+    image[6][gt[6] & (xx < 35)] = 40.0  # only a sliver of slice 6 looks like the structure
+
+    class Steady(Oracle):
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            return gt[k].copy(), 0.9
+
+    walked = box_guided(Steady(gt), gt.shape, ((0, 8), (26, 38), (26, 38)), pad_mm=0.0, exact_limits=True,
+                        image=image)
+    assert 12 <= walked.mask[6].sum() < 0.5 * gt[6].sum()  # the sliver
+    for k in (7, 8):
+        np.testing.assert_array_equal(walked.mask[k], gt[k])
+
+
 def test_exact_limits_ask_again_where_a_stop_rule_fires_and_never_leave_the_range():
     """Inside a z-range known to hold the structure (a drawn box), a leak or a low IoU makes the walk try again,
     and a slice whose answers all fail keeps the part near the previous mask; outside it nothing is segmented."""

@@ -19,7 +19,6 @@ from scipy import ndimage
 from skimage.morphology import disk
 
 from MedFoundationSegLib.core.progress import CancelCheck, check, show_slice
-from MedFoundationSegLib.segment.propagate import StopRules, _stop_reason
 from MedFoundationSegLib.segment.slice_boxes import (
     MARGIN_FRACTION,
     MARGIN_PX,
@@ -28,6 +27,7 @@ from MedFoundationSegLib.segment.slice_boxes import (
     mask_box_xyxy,
     walk_prompt_xyxy,
 )
+from MedFoundationSegLib.segment.stop_rules import StopRules, stop_reason
 
 MIN_CHANGE_PX = 4  # a walk stops where the model changes fewer pixels than this (or the share of the clicked change)
 # A walk re-prompts at most this many slices per direction: it keeps a click on a large structure within the time of
@@ -246,7 +246,7 @@ def _spread(segmenter, mask, probability, start: int, step: int, limit: int, cli
         result = segmenter.segment_slice(k, prompt)
         answer = np.asarray(result.mask, bool)
         if adds:  # a leak must not be added
-            reason = _stop_reason(answer, float(result.predicted_iou), prev, max_area, rules, None, None)
+            reason = stop_reason(answer, float(result.predicted_iou), prev, max_area, rules, None, None)
             if reason is not None:
                 return f"{reason} at slice {k}; the old masks beyond are kept"
         m = (mask[k] | answer) if adds else (mask[k] & with_rim(answer))

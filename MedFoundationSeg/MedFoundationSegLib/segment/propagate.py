@@ -19,8 +19,6 @@ Slices are taken along axis 0 of (z, y, x) arrays; 2D boxes are (x0, y0, x1, y1)
 from __future__ import annotations
 
 import dataclasses
-import functools
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -36,10 +34,7 @@ from MedFoundationSegLib.segment.slice_boxes import (
     mask_box_xyxy,
     walk_prompt_xyxy,
 )
-
-
-class PropagationError(ValueError):
-    """Propagation inputs are unusable."""
+from MedFoundationSegLib.segment.stop_rules import PropagationError, StopRules, stop_reason
 
 
 class SliceSegmenter(Protocol):
@@ -48,39 +43,6 @@ class SliceSegmenter(Protocol):
         """Bool (H, W) mask on slice ``slice_index`` and the model's predicted IoU.
 
         The SAM-family implementation is ``segmenter.PredictorSegmenter``."""
-
-
-@dataclasses.dataclass
-class StopRules:
-    """When a walk from slice to slice stops; the meaning of each field is in ``stop_rules.yaml``, which also holds
-    the preset of each mode (:meth:`preset`). The defaults here are the ``box_guided`` preset."""
-
-    min_area_px: int = 12
-    min_area_fraction: float = 0.05
-    min_iou: float = 0.5
-    max_iou_drop: float | None = None
-    max_area_ratio: float = 1.8
-    regrowth_below_fraction: float | None = None
-    regrowth_ratio: float = 1.2
-    max_centroid_shift: float = 0.5
-    appearance_sigmas: float = 2.5
-    range_tolerance_slices: int = 2
-
-    @classmethod
-    def preset(cls, name: str) -> "StopRules":
-        """The rules of one mode (``box_guided``, ``seeds``) as stored in ``stop_rules.yaml``."""
-        presets = _stop_rule_presets()
-        if name not in presets:
-            raise PropagationError(f"unknown stop-rule preset {name!r}; choose from {sorted(presets)}")
-        return cls(**presets[name])
-
-
-@functools.lru_cache(maxsize=1)
-def _stop_rule_presets() -> dict:
-    import yaml
-
-    with open(Path(__file__).with_name("stop_rules.yaml"), encoding="utf-8") as stream:
-        return yaml.safe_load(stream)
 
 
 @dataclasses.dataclass
@@ -213,56 +175,26 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
 
 # --- mode 2: propagation from seed slices -------------------------------------------------------------------------------
 
-def _stop_reason(m: np.ndarray, iou: float, prev: np.ndarray, max_area: int, rules: StopRules, stats,
-                 image_slice, typical_iou: float | None = None) -> str | None:
-    area = int(m.sum())
-    if area < rules.min_area_px:
-        return f"empty or tiny mask ({area} px)"
-    prev_area = int(prev.sum())
-    if area < rules.min_area_fraction * max_area and area < prev_area:
-        return f"mask shrank to {area} px (< {rules.min_area_fraction:.0%} of the largest, {max_area} px)"
-    if iou < rules.min_iou:
-        return f"low predicted IoU {iou:.2f} < {rules.min_iou}"
-    if rules.max_iou_drop is not None and typical_iou is not None and iou < typical_iou - rules.max_iou_drop:
-        # Beyond a structure's end the previous mask's box still asks "what is here?" and the model answers with
-        # a neighbour, less confidently than inside the structure (e.g. a slab above the liver dome).
-        return f"predicted IoU fell to {iou:.2f} (median {typical_iou:.2f} on this structure)"
-    if prev_area and area / prev_area > rules.max_area_ratio:
-        return f"area jumped x{area / prev_area:.2f} (> {rules.max_area_ratio}), likely a leak"
-    if (rules.regrowth_below_fraction is not None and prev_area < rules.regrowth_below_fraction * max_area
-            and area > rules.regrowth_ratio * prev_area):
-        # An organ tapers towards its end; a mask that had shrunk and grows again is a neighbour taking over.
-        return (f"mask grew again x{area / prev_area:.2f} after shrinking to {prev_area} px "
-                f"(< {rules.regrowth_below_fraction:.0%} of the largest, {max_area} px)")
-    box = mask_box_xyxy(prev)
-    if box is not None:
-        size = max(box[2] - box[0], box[3] - box[1]) + 1
-        shift = np.hypot(*(np.array(ndimage.center_of_mass(m)) - np.array(ndimage.center_of_mass(prev))))
-        if shift > rules.max_centroid_shift * size:
-            return f"centroid jumped {shift:.1f} px (> {rules.max_centroid_shift:.0%} of {size} px)"
-    if stats is not None and image_slice is not None:
-        mean, std = stats
-        value = float(image_slice[m].mean())
-        if not appearance.like(value, stats, rules.appearance_sigmas):
-            return f"intensity {value:.0f} unlike the seed ({mean:.0f} +- {std:.0f})"
-    return None
-
-
 NEAR_PREVIOUS_PX = 2  # how far beyond the previous slice's mask a last-resort answer may reach
 
 
 def _answer_inside(segmenter, k: int, prev: np.ndarray, answer: np.ndarray, prompt, check_answer,
                    min_area_px: int, like_hw: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Slice ``k`` lies where the structure is known to be, but the model's ``answer`` failed the stop rules: ask
-    again with the previous mask's own box, then with its deepest point as an include click. When every answer still
+    again with the previous mask's own box, then with its deepest point as an include click, then (where the answer
+    holds pixels unlike the structure: a darker neighbour) with an include click on the previous mask's like pixels
+    and an exclude click on the answer's unlike ones. When every answer still
     fails, the first answer is kept where it lies near the previous mask (a leak is cut off, a tapering end keeps
     its size); when too little of it is left, the previous mask carries over (a thin structure moves little from one
     slice to the next). ``like_hw``: the slice's pixels whose intensity is like the structure's
     (``appearance.like``); then only those are kept, of the answer and else of the previous mask (all of it where too
     few are like). Why: a walk in a drawn box cannot end, and where a thin structure leaves the box the model answers
     with the tissue beside it (fat, around a pancreas), which the next slices would follow to the box's end."""
-    for box, points in ((mask_box_xyxy(prev), None), (prompt, [_deepest_point_xy(prev)])):
-        m, iou = segmenter.segment(k, box, points, None if points is None else [1], None)
+    tries = [(mask_box_xyxy(prev), None, None), (prompt, [_deepest_point_xy(prev)], [1])]
+    if like_hw is not None and (prev & like_hw).any() and (answer & ~like_hw).any():
+        tries.append((prompt, [_deepest_point_xy(prev & like_hw), _deepest_point_xy(answer & ~like_hw)], [1, 0]))
+    for box, points, labels in tries:
+        m, iou = segmenter.segment(k, box, points, labels, None)
         m = np.asarray(m, bool)
         if check_answer(m, float(iou)) is None:
             return m, float(iou)
@@ -286,8 +218,10 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
 
     ``cap_box``: (x0, y0, x1, y1) no prompt may exceed (the 3D box's rectangle when there is one). ``present``: the
     slices (first, last) the structure is known to cross (the z-range of a box the user drew): there a stop rule
-    does not end the walk, it makes the model try again (``_answer_inside``)."""
-    prev = mask[start]
+    does not end the walk, it makes the model try again (``_answer_inside``). An answer that fails the rules against
+    a last resort's mask passes where it meets them against the last mask the model gave: a last resort may keep a
+    sliver, and the structure's next answers would all be leaks beside it."""
+    prev = anchor = mask[start]  # anchor: the last mask the model gave, not a last resort's (``_answer_inside``)
     max_area = int(prev.sum())
     walk_ious: list[float] = []  # the model's IoUs on this walk (not the start: it may be a user's mask)
     k = start + step
@@ -309,8 +243,12 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
         m = np.asarray(m, bool)
         typical = float(np.median(walk_ious)) if len(walk_ious) >= 3 else None
         def check_answer(answer, answer_iou, prev=prev, k=k, typical=typical):
-            return _stop_reason(answer, answer_iou, prev, max_area, rules, stats,
-                                None if image is None else image[k], typical)
+            reason = stop_reason(answer, answer_iou, prev, max_area, rules, stats,
+                                  None if image is None else image[k], typical)
+            if reason is None or anchor is prev:
+                return reason
+            return reason if stop_reason(answer, answer_iou, anchor, max_area, rules, stats,
+                                          None if image is None else image[k], typical) else None
 
         reason = check_answer(m, float(iou))
         if reason is not None:
@@ -319,6 +257,8 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
             like_hw = None if stats is None or image is None else appearance.like(image[k], stats,
                                                                                   rules.appearance_sigmas)
             m, iou = _answer_inside(segmenter, k, prev, m, prompt, check_answer, rules.min_area_px, like_hw)
+        if iou > 0.0:
+            anchor = m
         mask[k] = m
         show_slice(k, m)
         ious[k] = float(iou)
