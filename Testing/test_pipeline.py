@@ -12,6 +12,7 @@ from MedFoundationSegLib.sampledata.phantoms import make_phantom
 from MedFoundationSegLib.workflow.case import run_case
 from MedFoundationSegLib.workflow.fill_between import fill_between_slices
 from MedFoundationSegLib.workflow.options import Options
+from MedFoundationSegLib.workflow.results import report_lines
 from MedFoundationSegLib.workflow.session import Session
 
 SHAPE = (28, 128, 128)
@@ -244,7 +245,12 @@ def test_a_signed_volume_teaches_the_next_walk_the_structures_intensity(case, mo
         return real(*args, learned_appearance=learned_appearance, **kwargs)
 
     monkeypatch.setattr(propagate, "box_guided", spy)
-    session.segment_box(phantom.image, box, padding_mm=0.0, exact_range=True, prior_head=head)
-    session.segment_box(phantom.image, box, padding_mm=0.0, exact_range=True, prior_head=head, learn=False)
+    taught = session.segment_box(phantom.image, box, padding_mm=0.0, exact_range=True, prior_head=head)
+    untaught = session.segment_box(phantom.image, box, padding_mm=0.0, exact_range=True, prior_head=head, learn=False)
     np.testing.assert_array_equal(seen[0], head.atlas_appearance)
     assert seen[1] is None
+    # the report says where the walk's reference came from, and the panel shows it
+    assert taught.report["appearance"].endswith("in an earlier volume"), taught.report
+    assert untaught.report["appearance"].endswith("the middle slice's answer"), untaught.report
+    assert f"answers unlike {taught.report['appearance']} were refused" in report_lines(taught.report)
+    assert taught.report_summary()["appearance"] == taught.report["appearance"]

@@ -230,6 +230,9 @@ def test_a_walk_taught_the_structures_intensity_keeps_out_the_fat_the_middle_ans
     assert all(taught.mask[k].any() for k in range(9))
     assert dice(taught.mask, gt) > dice(blind.mask, gt) + 0.1
     np.testing.assert_array_equal(other_phase.mask, blind.mask)
+    assert taught.appearance.endswith("from its pixels like the structure in an earlier volume"), taught.appearance
+    assert blind.appearance.endswith("from the middle slice's answer") and other_phase.appearance == blind.appearance
+    assert int(taught.appearance.split()[0]) in range(38, 44)  # the tube's intensity, not the rim's mix
     localized = [box_guided(WithARim(gt), gt.shape, drawn, pad_mm=0.0, image=image, learned_appearance=looks)
                  for looks in (None, np.array([[41.0, 4.0]]))]  # where it was not measured: a localized box
     np.testing.assert_array_equal(localized[0].mask, localized[1].mask)

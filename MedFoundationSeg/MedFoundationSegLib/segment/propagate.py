@@ -53,6 +53,7 @@ class PropagationResult:
     stop_reasons: dict[str, str]  # "up" (increasing index) / "down" -> why that side stopped
     seeds: list[int] = dataclasses.field(default_factory=list)
     interpolated: list[int] = dataclasses.field(default_factory=list)
+    appearance: str | None = None  # what the appearance rule compared answers with; None without the image
 
 
 # --- small helpers ---------------------------------------------------------------------------------------------------
@@ -71,6 +72,22 @@ def _appearance(image, shape, masks: dict[int, np.ndarray]) -> tuple[float, floa
     if np.shape(image) != tuple(shape):
         raise PropagationError(f"image shape {np.shape(image)} does not match {tuple(shape)}")
     return appearance.of_pixels(np.concatenate([np.asarray(image[k])[m] for k, m in masks.items()]))
+
+
+def _middle_reference(image, shape, middle: int, m: np.ndarray, learned_appearance, rules: StopRules):
+    """The appearance rule's reference of a walk from the middle slice's answer ``m``, and its description: taught by
+    earlier volumes where ``learned_appearance`` holds one (``appearance.learned_reference``), else the answer's."""
+    stats, source = _appearance(image, shape, {middle: m}), "the middle slice's answer"
+    if learned_appearance is not None and stats is not None:
+        taught = appearance.learned_reference(image[middle], m, learned_appearance, rules.appearance_sigmas,
+                                              rules.min_area_px)
+        stats, source = (taught, "its pixels like the structure in an earlier volume") if taught else (stats, source)
+    return stats, _described(stats, source)
+
+
+def _described(stats, source: str) -> str | None:
+    """The report's words for the appearance rule's reference (mean, spread) taken from ``source``."""
+    return None if stats is None else f"{stats[0]:.0f} +- {stats[1]:.0f}, from {source}"
 
 
 def _check_volume_shape(shape) -> tuple[int, int, int]:
@@ -156,10 +173,7 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
         result.stop_reasons = {side: f"no object on the middle slice {middle}; box on every slice"
                                for side in ("up", "down")}
         return result
-    stats = _appearance(image, shape, {middle: m})
-    if learned_appearance is not None and stats is not None and exact_limits:
-        stats = appearance.learned_reference(image[middle], m, learned_appearance, rules.appearance_sigmas,
-                                             rules.min_area_px) or stats
+    stats, described = _middle_reference(image, shape, middle, m, learned_appearance if exact_limits else None, rules)
     mask = np.zeros(shape, bool)
     mask[middle] = m
     show_slice(middle, m)
@@ -170,7 +184,8 @@ def box_guided(segmenter: SliceSegmenter, shape_kji, box_kji, *, spacing_mm=(1.0
                               stats, image, set(), cancelled, cap_box=rect, margin_fraction=margin_fraction,
                               present=(k0, k1) if exact_limits else None)
         report(progress, len(segmented) / (k1 - k0 + 1), f"{side} side: {reasons[side]}")
-    return PropagationResult(mask=mask, iou=ious, segmented=sorted(segmented), stop_reasons=reasons, seeds=[middle])
+    return PropagationResult(mask=mask, iou=ious, segmented=sorted(segmented), stop_reasons=reasons, seeds=[middle],
+                             appearance=described)
 
 
 # --- mode 2: propagation from seed slices -------------------------------------------------------------------------------
@@ -334,4 +349,4 @@ def propagate_from_seeds(segmenter: SliceSegmenter, shape_kji, seeds: dict, *, l
             reasons["down"] = down
     report(progress, 1.0, "propagation done")
     return PropagationResult(mask=mask, iou=ious, segmented=sorted(set(segmented)), stop_reasons=reasons,
-                             seeds=order)
+                             seeds=order, appearance=_described(stats, "the seed slices"))

@@ -124,7 +124,8 @@ def box_outcome(segmenter, result: propagate.PropagationResult, box: geometry.Sl
         "mode": o.mode, "model": o.model, "axis": o.axis, "slices": [box.first, box.last],
         "segmented": result.segmented, "predicted_iou": {int(k): round(v, 4) for k, v in result.iou.items()},
         "stop_reasons": result.stop_reasons, "interpolated": result.interpolated, "padding_mm": padding_mm,
-        "slices_encoded": segmenter.predictor.slices_encoded})
+        "slices_encoded": segmenter.predictor.slices_encoded}
+        | ({"appearance": result.appearance} if result.appearance else {}))
 
 
 def box_padding_mm(volume: Volume, box: geometry.SliceBox, o: Options) -> float:

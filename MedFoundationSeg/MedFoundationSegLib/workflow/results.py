@@ -18,14 +18,17 @@ class CaseResult:
 
     def report_summary(self) -> dict:
         """The part of the report worth storing in a segment tag (no per-voxel data)."""
-        keys = ("mode", "model", "slices", "stop_reasons", "seconds", "refine", "voxels", "evidence")
+        keys = ("mode", "model", "slices", "stop_reasons", "appearance", "seconds", "refine", "voxels", "evidence")
         return {k: self.report[k] for k in keys if k in self.report}
 
 
 def report_lines(report: dict) -> list[str]:
     """What a result's report tells the user, one line each: why each propagation or correction walk stopped where
-    it did, a correction's clicked slices where the model's answer was not taken, and a one-line summary."""
+    it did, the intensity the walks compared answers with, a correction's clicked slices where the model's answer was
+    not taken, and a one-line summary."""
     lines = _reason_lines(report.get("stop_reasons"))
+    if report.get("appearance"):
+        lines.append(f"answers unlike {report['appearance']} were refused")
     correction = report.get("correction") or {}
     lines += [f"click correction, {line}" for line in _reason_lines(correction.get("stop_reasons"))]
     summary = ", ".join(f"{key} {report[key]}" for key in ("mode", "model", "slices", "seconds", "voxels")

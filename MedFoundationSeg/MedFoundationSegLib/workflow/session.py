@@ -232,7 +232,8 @@ class Session:
             "mode": "re-propagate" if outward_only else f"propagate ({mode})", "model": o.model, "axis": o.axis,
             "seeds": result.seeds, "segmented": result.segmented, "stop_reasons": result.stop_reasons,
             "predicted_iou": {int(k): round(v, 4) for k, v in result.iou.items()},
-            "seconds": round(time.perf_counter() - start, 3), "voxels": int(mask.sum())})
+            "seconds": round(time.perf_counter() - start, 3), "voxels": int(mask.sum())}
+            | ({"appearance": result.appearance} if result.appearance else {}))
 
     @retained_heap(linger_s=CLICK_HEAP_LINGER_S)
     def correct(self, volume: Volume, shown: CaseResult, box_ijk, clicks_kji: list[tuple[tuple[int, int, int], bool]],
