@@ -197,14 +197,15 @@ def _answer_inside(segmenter, k: int, prev: np.ndarray, answer: np.ndarray, prom
                    min_area_px: int, like_hw: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Slice ``k`` lies where the structure is known to be, but the model's ``answer`` failed the stop rules: ask
     again with the previous mask's own box, then with its deepest point as an include click, then (where the answer
-    holds pixels unlike the structure: a darker neighbour) with an include click on the previous mask's like pixels
-    and an exclude click on the answer's unlike ones. When every answer still
-    fails, the first answer is kept where it lies near the previous mask (a leak is cut off, a tapering end keeps
-    its size); when too little of it is left, the previous mask carries over (a thin structure moves little from one
-    slice to the next). ``like_hw``: the slice's pixels whose intensity is like the structure's
-    (``appearance.like``); then only those are kept, of the answer and else of the previous mask (all of it where too
-    few are like). Why: a walk in a drawn box cannot end, and where a thin structure leaves the box the model answers
-    with the tissue beside it (fat, around a pancreas), which the next slices would follow to the box's end."""
+    holds pixels unlike the structure: a neighbour the model prefers, such as a ventricle beside the caudate) with an
+    include click on the previous mask's like pixels and an exclude click on the answer's unlike ones. When every
+    answer still fails, the first answer is kept where it lies near the previous mask (a leak is cut off, a tapering
+    end keeps its size); when too little of it is left, the previous mask carries over (a thin structure moves little
+    from one slice to the next); such a last resort returns an IoU of 0. ``like_hw``: the slice's pixels whose
+    intensity is like the structure's (``appearance.like``); then only those are kept, of the answer and else of the
+    previous mask (all of it where too few are like). Why: a walk in a drawn box cannot end, and where a thin
+    structure leaves the box the model answers with the tissue beside it (fat, around a pancreas), which the next
+    slices would follow to the box's end."""
     tries = [(mask_box_xyxy(prev), None, None), (prompt, [_deepest_point_xy(prev)], [1])]
     if like_hw is not None and (prev & like_hw).any() and (answer & ~like_hw).any():
         tries.append((prompt, [_deepest_point_xy(prev & like_hw), _deepest_point_xy(answer & ~like_hw)], [1, 0]))
@@ -257,13 +258,13 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
         m, iou = segmenter.segment(k, prompt, points, labels, None)
         m = np.asarray(m, bool)
         typical = float(np.median(walk_ious)) if len(walk_ious) >= 3 else None
-        def check_answer(answer, answer_iou, prev=prev, k=k, typical=typical):
+        def check_answer(answer, answer_iou, prev=prev, anchor=anchor, k=k, typical=typical):
             reason = stop_reason(answer, answer_iou, prev, max_area, rules, stats,
-                                  None if image is None else image[k], typical)
+                                 None if image is None else image[k], typical)
             if reason is None or anchor is prev:
                 return reason
             return reason if stop_reason(answer, answer_iou, anchor, max_area, rules, stats,
-                                          None if image is None else image[k], typical) else None
+                                         None if image is None else image[k], typical) else None
 
         reason = check_answer(m, float(iou))
         if reason is not None:
@@ -272,7 +273,7 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
             like_hw = None if stats is None or image is None else appearance.like(image[k], stats,
                                                                                   rules.appearance_sigmas)
             m, iou = _answer_inside(segmenter, k, prev, m, prompt, check_answer, rules.min_area_px, like_hw)
-        if iou > 0.0:
+        if iou > 0.0:  # the model's answer, not a last resort's
             anchor = m
         mask[k] = m
         show_slice(k, m)
