@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_interactive as bi  # noqa: E402
-from MedFoundationSegLib.segment import propagate  # noqa: E402
 from MedFoundationSegLib.workflow.session import Session  # noqa: E402
+from probe_twentyninth_colin_walk import print_failed_answers  # noqa: E402
 from run_benchmarks import PHANTOM_FULL, phantom_cases  # noqa: E402
 
 
@@ -21,15 +22,7 @@ def main() -> None:
     image, labels, ids = make()
     truth = labels.array == ids[name]
     box = bi.protocol_box_ijk(truth)
-    rule = getattr(propagate, "stop_reason", None) or propagate._stop_reason
-
-    def reporting_rule(m, iou, prev, *args, **kwargs):
-        reason = rule(m, iou, prev, *args, **kwargs)
-        if reason is not None:
-            print(f"    failed: answer {int(m.sum())} px, previous {int(prev.sum())} px, IoU {iou:.2f}: {reason}")
-        return reason
-
-    propagate.stop_reason = propagate._stop_reason = reporting_rule
+    print_failed_answers()
     result = Session().segment_box(image, box, model=model, padding_mm=0.0, refine="graphcut", **bi.INITIALS["panel"])
     k0, k1 = int(box[0][2]), int(box[1][2])
     print(f"{case} {name} {model}: Dice {bi.dice(result.mask_kji, truth):.3f}")
