@@ -106,6 +106,8 @@ def test_seed_slice_propagation_records_stop_reasons(case):
     assert len(segmented) >= 3 and middle in segmented, result.report["stop_reasons"]
     assert all(box[0, 2] - 2 <= k <= box[1, 2] + 2 for k in segmented)  # and stopped near the organ's ends
     assert dice(result.mask_kji, truth) >= 0.55, result.report["stop_reasons"]
+    values = phantom.image.array[middle][truth[middle]]  # the walk's intensity reference: the seed slice's
+    assert result.report["appearance"] == f"{values.mean():.0f} +- {values.std():.0f}, from the seed slices"
     with pytest.raises(ValueError, match="empty"):
         session.propagate(phantom.image, np.zeros_like(truth))
 
