@@ -258,13 +258,13 @@ def _walk(segmenter, mask, ious, segmented, start: int, step: int, limit: int, r
         m, iou = segmenter.segment(k, prompt, points, labels, None)
         m = np.asarray(m, bool)
         typical = float(np.median(walk_ious)) if len(walk_ious) >= 3 else None
-        def check_answer(answer, answer_iou, prev=prev, anchor=anchor, k=k, typical=typical):
-            reason = stop_reason(answer, answer_iou, prev, max_area, rules, stats,
-                                 None if image is None else image[k], typical)
+        def check_answer(answer, answer_iou, prev=prev, anchor=anchor, image_slice=None if image is None else image[k],
+                         typical=typical):
+            reason = stop_reason(answer, answer_iou, prev, max_area, rules, stats, image_slice, typical)
             if reason is None or anchor is prev:
                 return reason
-            return reason if stop_reason(answer, answer_iou, anchor, max_area, rules, stats,
-                                         None if image is None else image[k], typical) else None
+            return reason if stop_reason(answer, answer_iou, anchor, max_area, rules, stats, image_slice,
+                                         typical) else None
 
         reason = check_answer(m, float(iou))
         if reason is not None:
