@@ -545,45 +545,6 @@ def test_a_drawn_box_walk_that_meets_a_darker_neighbour_asks_again_with_an_exclu
     assert not (walked.mask & neighbour).any()
 
 
-def test_a_drawn_box_walk_asks_its_clicks_of_a_model_that_reads_them():
-    """LiteMedSAM hardly reads points: asked again with an exclude click on the neighbour it still answers with the
-    neighbour. Its walk's clicked tries go to the model that answers the user's clicks (``ClicksAskedOf``), which
-    excludes the neighbour; box prompts stay LiteMedSAM's, and a clicked answer's probability is kept with its own."""
-    from MedFoundationSegLib.segment.segmenter import ClicksAskedOf
-
-    yy, xx = np.mgrid[:64, :64]
-    gt = np.zeros((9, 64, 64), bool)
-    for k in range(9):
-        gt[k] = (yy - 32) ** 2 + (xx - 20) ** 2 <= (4 + max(k - 4, 0)) ** 2
-    neighbour = (yy - 32) ** 2 + (xx - 44) ** 2 <= 6 ** 2
-    image = np.where(gt, 90.0, np.where(neighbour, 40.0, 140.0)) + np.random.default_rng(0).normal(0, 3, gt.shape)
-
-    class Model:
-        def __init__(self, reads_points: bool):
-            self.reads_points, self.calls, self.probabilities = reads_points, [], {}
-
-        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
-            self.calls.append((k, labels))
-            excluded = self.reads_points and labels is not None and 0 in labels and \
-                neighbour[int(points[labels.index(0)][1]), int(points[labels.index(0)][0])]
-            m = gt[k].copy() if k <= 4 or excluded else neighbour.copy()
-            self.probabilities[k] = np.where(m, 0.9 if self.reads_points else 0.8, 0.1).astype(np.float32)
-            return m, 0.9
-
-    drawn = ((0, 8), (28, 36), (16, 24))
-    alone = box_guided(Model(reads_points=False), gt.shape, drawn, pad_mm=0.0, exact_limits=True, image=image)
-    assert not np.array_equal(alone.mask[5:], gt[5:])  # its own clicks do not free it from the neighbour
-    lite, mobile = Model(reads_points=False), Model(reads_points=True)
-    routed = ClicksAskedOf(lite, mobile)
-    walked = box_guided(routed, gt.shape, drawn, pad_mm=0.0, exact_limits=True, image=image)
-    np.testing.assert_array_equal(walked.mask, gt)
-    assert all(labels is None for _, labels in lite.calls) and all(labels for _, labels in mobile.calls)
-    assert {k for k, _ in mobile.calls} == {5, 6, 7, 8}
-    for k in range(9):  # the kept answer's probability: the clicked model's where it answered
-        np.testing.assert_array_equal(lite.probabilities[k] > 0.5, gt[k])
-        assert lite.probabilities[k].max() == (0.9 if k >= 5 else 0.8)
-
-
 def test_after_a_last_resort_sliver_the_walk_judges_answers_against_the_last_mask_the_model_gave():
     """On one slice of a drawn box most of the structure looks unlike itself (a partial-volume patch), so the last
     resort keeps a sliver of its like pixels. The next slices' right answers are many times that sliver: judged

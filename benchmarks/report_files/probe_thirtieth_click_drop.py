@@ -2,9 +2,7 @@
 protocol's clicks before it, then that click; per slice the truth and the voxels the click added and removed, right
 and wrong, and the correction's report.
 
-    python benchmarks/report_files/probe_thirtieth_click_drop.py MODEL STRUCTURE CASE_INDEX STEP [colin|phantom]
-
-CASE_INDEX: 0/1 the deformed Colin27 copies; with ``phantom``, n for phantom 101 + n (the protocol's 48x128x128).
+    python benchmarks/report_files/probe_thirtieth_click_drop.py MODEL STRUCTURE CASE_INDEX STEP
 """
 
 import sys
@@ -17,15 +15,12 @@ import numpy as np  # noqa: E402
 from MedFoundationSegLib.workflow.options import Options  # noqa: E402
 from MedFoundationSegLib.workflow.session import Session  # noqa: E402
 from MedFoundationSegLib.workflow.transport import EngineRequest  # noqa: E402
-from run_benchmarks import AAL_FULL, PHANTOM_FULL, colin_cases, phantom_cases  # noqa: E402
+from run_benchmarks import AAL_FULL, colin_cases  # noqa: E402
 
 
 def main() -> None:
     model, name, index, step = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    dataset = sys.argv[5] if len(sys.argv) > 5 else "colin"
-    cases = colin_cases(AAL_FULL[:12], 2)[1] if dataset == "colin" else \
-        phantom_cases(PHANTOM_FULL, index + 1, (48, 128, 128))[1]
-    case, make = cases[index]
+    case, make = colin_cases(AAL_FULL[:12], 2)[1][index]
     image, labels, ids = make()
     truth = labels.array == ids[name]
     box = bi.protocol_box_ijk(truth)

@@ -108,21 +108,3 @@ class PredictorSegmenter:
         size = transform.input_size
         return np.array([max(0, cols.min() - grow_px), max(0, rows.min() - grow_px),
                          min(size, cols.max() + grow_px), min(size, rows.max() + grow_px)], float)
-
-
-class ClicksAskedOf:
-    """A slice segmenter whose prompts with clicks go to ``click_segmenter``, a model that reads points where
-    ``segmenter`` hardly does (LiteMedSAM's walk asking again with clicks: ``propagate._answer_inside``). Box
-    prompts go to ``segmenter``, whose ``probabilities`` keep every answer's, a clicked one's included."""
-
-    def __init__(self, segmenter, click_segmenter):
-        self.segmenter, self.click_segmenter = segmenter, click_segmenter
-        self.probabilities = segmenter.probabilities
-        self.segment_fitting_box = getattr(segmenter, "segment_fitting_box", None)
-
-    def segment(self, slice_index: int, box_xyxy=None, points_xy=None, point_labels=None, mask_prompt=None):
-        if points_xy is None:
-            return self.segmenter.segment(slice_index, box_xyxy, points_xy, point_labels, mask_prompt)
-        mask, iou = self.click_segmenter.segment(slice_index, box_xyxy, points_xy, point_labels, mask_prompt)
-        self.probabilities[int(slice_index)] = self.click_segmenter.probabilities[int(slice_index)]
-        return mask, iou
