@@ -2,7 +2,9 @@
 protocol's clicks before it, then that click; per slice the truth and the voxels the click added and removed, right
 and wrong, and the correction's report.
 
-    python benchmarks/report_files/probe_thirtieth_click_drop.py MODEL STRUCTURE CASE_INDEX STEP
+    python benchmarks/report_files/probe_thirtieth_click_drop.py MODEL STRUCTURE CASE_INDEX STEP [colin|phantom]
+
+CASE_INDEX: 0/1 the deformed Colin27 copies; with ``phantom``, n for phantom 101 + n (the protocol's 48x128x128).
 """
 
 import sys
@@ -15,12 +17,15 @@ import numpy as np  # noqa: E402
 from MedFoundationSegLib.workflow.options import Options  # noqa: E402
 from MedFoundationSegLib.workflow.session import Session  # noqa: E402
 from MedFoundationSegLib.workflow.transport import EngineRequest  # noqa: E402
-from run_benchmarks import AAL_FULL, colin_cases  # noqa: E402
+from run_benchmarks import AAL_FULL, PHANTOM_FULL, colin_cases, phantom_cases  # noqa: E402
 
 
 def main() -> None:
     model, name, index, step = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    case, make = colin_cases(AAL_FULL[:12], 2)[1][index]
+    dataset = sys.argv[5] if len(sys.argv) > 5 else "colin"
+    cases = colin_cases(AAL_FULL[:12], 2)[1] if dataset == "colin" else \
+        phantom_cases(PHANTOM_FULL, index + 1, (48, 128, 128))[1]
+    case, make = cases[index]
     image, labels, ids = make()
     truth = labels.array == ids[name]
     box = bi.protocol_box_ijk(truth)

@@ -1,7 +1,9 @@
 """One CT phantom organ's first segmentation from the protocol box (the panel's drawn-box request): every answer of
 the walk that failed a stop rule and why, the Dice and the mask per slice against the truth.
 
-    python benchmarks/report_files/probe_thirtieth_phantom_walk.py MODEL PHANTOM_INDEX STRUCTURE
+    python benchmarks/report_files/probe_thirtieth_phantom_walk.py MODEL PHANTOM_INDEX STRUCTURE [REFINE]
+
+REFINE: the first segmentation's refinement, "graphcut" (the panel's) unless given ("none": the walk's own masks).
 """
 
 import sys
@@ -23,7 +25,8 @@ def main() -> None:
     truth = labels.array == ids[name]
     box = bi.protocol_box_ijk(truth)
     print_failed_answers()
-    result = Session().segment_box(image, box, model=model, padding_mm=0.0, refine="graphcut", **bi.INITIALS["panel"])
+    refine = sys.argv[4] if len(sys.argv) > 4 else "graphcut"
+    result = Session().segment_box(image, box, model=model, padding_mm=0.0, refine=refine, **bi.INITIALS["panel"])
     k0, k1 = int(box[0][2]), int(box[1][2])
     print(f"{case} {name} {model}: Dice {bi.dice(result.mask_kji, truth):.3f}")
     print("truth per slice", [int(truth[k].sum()) for k in range(k0, k1 + 1)])
