@@ -444,6 +444,43 @@ def test_a_segmentation_readies_the_click_model_in_idle_time_so_neither_the_answ
             assert encoded == [(model, 8), (model, [5, 6, 7, 8, 9, 10])]  # the middle slice, then the 6 nearest it
 
 
+def test_a_drawn_boxs_middle_slice_is_asked_of_the_model_that_answers_the_users_clicks(monkeypatch):
+    """A drawn box's middle slice, where the box is the structure's own, is answered by the click model
+    (``Options.click_model``: MobileSAM for LiteMedSAM, whose answers there held fat beside the pancreas). A localized
+    box (no middle slice fitting it), a model that is its own click model, ``click_model: ""`` or a box-per-slice mode
+    keep one model."""
+    from pathlib import Path
+
+    from MedFoundationSegLib.core import weights
+    from MedFoundationSegLib.workflow import session as session_module
+    from MedFoundationSegLib.workflow.options import Options
+
+    monkeypatch.setattr(weights, "cached_status", lambda name, **_: (Path(name), "ok"))
+    seen = []
+
+    class Walked(Exception):
+        pass
+
+    def run_box_mode(volume, segmenter, box, o, padding_mm, slabs, progress, cancelled, learned=None,
+                     click_segmenter=None):
+        seen.append((segmenter.model, click_segmenter and click_segmenter.model))
+        raise Walked
+
+    monkeypatch.setattr(session_module, "run_box_mode", run_box_mode)
+    session = Session()
+    session.segmenter = lambda volume, options=None, **changes: types.SimpleNamespace(model=options.model)
+    volume = Volume(np.zeros(SHAPE, np.float32), (1.0, 1.0, 1.0))
+    for changes, routed in ((dict(exact_range=True), ("litemedsam", "mobilesam")),
+                            (dict(exact_range=False), ("litemedsam", None)),
+                            (dict(exact_range=True, click_model=""), ("litemedsam", None)),
+                            (dict(exact_range=True, model="mobilesam"), ("mobilesam", None)),
+                            (dict(exact_range=True, mode="box"), ("litemedsam", None))):
+        with pytest.raises(Walked):
+            session.segment_box(volume, [[10, 10, 4], [30, 30, 13]],
+                                Options(**{"model": "litemedsam", "click_model": "auto", **changes}))
+        assert seen.pop() == routed, changes
+
+
 def test_downloading_a_models_weights_downloads_the_model_that_answers_its_clicks_too(monkeypatch):
     """The panel's "Download weights" of LiteMedSAM also fetches MobileSAM (its registry click model), so the default
     "auto" takes effect; a model that reads points itself fetches only its own."""

@@ -545,6 +545,44 @@ def test_a_drawn_box_walk_that_meets_a_darker_neighbour_asks_again_with_an_exclu
     assert not (walked.mask & neighbour).any()
 
 
+def test_a_drawn_boxs_middle_slice_answered_by_the_click_model_is_followed_by_the_box_model():
+    """On the drawn box's middle slice the box model answers with the dark tissue beside a thin structure (LiteMedSAM
+    took the fat beside phantom 107's pancreas) while the click model answers the structure (``MiddleAskedOf``). The
+    walk starts from the click model's answer, whose probability is kept, and every other slice is the box model's;
+    the appearance rule then refuses the box model's dark answers."""
+    from MedFoundationSegLib.segment.segmenter import MiddleAskedOf
+
+    yy, xx = np.mgrid[:64, :64]
+    gt = np.zeros((9, 64, 64), bool)
+    gt[:] = (yy - 32) ** 2 + (xx - 28) ** 2 <= 5 ** 2
+    fat = ((yy - 32) ** 2 + (xx - 37) ** 2 <= 4 ** 2) & ~gt[0]
+    image = np.where(gt, 90.0, np.where(fat, -90.0, 40.0)) + np.random.default_rng(0).normal(0, 3, gt.shape)
+
+    class Model:
+        def __init__(self, middle_answer):
+            self.middle_answer, self.calls, self.probabilities = middle_answer, [], {}
+
+        def segment(self, k, box, points=None, labels=None, mask_prompt=None):
+            self.calls.append(k)
+            self.probabilities[k] = np.where(gt[k], 0.8, 0.1).astype(np.float32)
+            return gt[k].copy(), 0.9
+
+        def segment_fitting_box(self, k, box, tight):
+            self.calls.append(("middle", k))
+            self.probabilities[k] = np.where(self.middle_answer, 0.95, 0.05).astype(np.float32)
+            return self.middle_answer.copy(), 0.9
+
+    drawn = ((0, 8), (27, 37), (23, 41))
+    alone = box_guided(Model(fat), gt.shape, drawn, pad_mm=0.0, exact_limits=True, image=image)
+    np.testing.assert_array_equal(alone.mask[4], fat)  # the box model's middle answer, and a walk judged by it
+    assert (alone.mask != gt).sum() > gt.sum() / 2
+    lite, mobile = Model(fat), Model(gt[4])
+    walked = box_guided(MiddleAskedOf(lite, mobile), gt.shape, drawn, pad_mm=0.0, exact_limits=True, image=image)
+    np.testing.assert_array_equal(walked.mask, gt)
+    assert mobile.calls == [("middle", 4)] and sorted(lite.calls) == [0, 1, 2, 3, 5, 6, 7, 8]
+    assert lite.probabilities[4].max() == np.float32(0.95) and lite.probabilities[5].max() == np.float32(0.8)
+
+
 def test_after_a_last_resort_sliver_the_walk_judges_answers_against_the_last_mask_the_model_gave():
     """On one slice of a drawn box most of the structure looks unlike itself (a partial-volume patch), so the last
     resort keeps a sliver of its like pixels. The next slices' right answers are many times that sliver: judged

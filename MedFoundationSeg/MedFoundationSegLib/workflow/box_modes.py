@@ -14,14 +14,16 @@ from MedFoundationSegLib.core import geometry, weights
 from MedFoundationSegLib.core.progress import report, scaled
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.segment import keyslices, propagate, reference
+from MedFoundationSegLib.segment.segmenter import MiddleAskedOf
 from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLib.workflow.results import CaseResult
 
 
 def run_box_mode(volume, segmenter, box: geometry.SliceBox, o: Options, padding_mm: float, slab_boxes, progress,
-                 cancelled, learned_appearance=None) -> propagate.PropagationResult:
+                 cancelled, learned_appearance=None, click_segmenter=None) -> propagate.PropagationResult:
     """The propagation result of ``o.mode`` over ``box`` (slice frame of ``o.axis``); ``learned_appearance``: the
-    structure's (mean, spread) in earlier volumes, for the box-guided walk (``propagate.box_guided``)."""
+    structure's (mean, spread) in earlier volumes, for the box-guided walk (``propagate.box_guided``);
+    ``click_segmenter``: the model that answers a drawn box's middle slice (``click_model_route``; ``MiddleAskedOf``)."""
     predictor = segmenter.predictor
     frame = geometry.slice_frame(o.axis)
     spacing = np.asarray(volume.spacing_mm)
@@ -41,7 +43,8 @@ def run_box_mode(volume, segmenter, box: geometry.SliceBox, o: Options, padding_
         predictor.encode_range(box.first, box.last, progress=scaled(progress, 0.0, 0.7), cancelled=cancelled)
     walk = scaled(progress, 0.0, 0.85) if as_needed else scaled(progress, 0.7, 0.95)
     with predictor.heap_scope():
-        result = _walk(volume, segmenter, shape, box, o, pixel_mm, padding_mm, slab_boxes, walk, cancelled,
+        walker = segmenter if click_segmenter is None else MiddleAskedOf(segmenter, click_segmenter)
+        result = _walk(volume, walker, shape, box, o, pixel_mm, padding_mm, slab_boxes, walk, cancelled,
                        learned_appearance)
     if as_needed:
         predictor.encode_range(box.first, box.last, progress=scaled(progress, 0.85, 0.95), cancelled=cancelled)

@@ -177,9 +177,14 @@ class Session:
         segmenter = self.segmenter(volume, o)
         box = geometry.slice_box(box_ijk, o.axis)
         padding_mm = 0.0 if large_box else box_padding_mm(volume, box, o)
+        click_model = self._click_model(o)[0]  # it answers a drawn box's middle slice, the box's own
+        click_segmenter = self.segmenter(volume, o.replace(model=click_model)) \
+            if o.exact_range and o.mode == "box_guided" and o.fusion == "none" and click_model != o.model else None
         result = run_box_mode(volume, segmenter, box, o, padding_mm, slab_boxes(slabs, o.axis), progress, cancelled,
-                              learned_appearance)
+                              learned_appearance, click_segmenter)
         outcome = box_outcome(segmenter, result, box, o, padding_mm)
+        if click_segmenter is not None:
+            outcome.report["middle_slice_model"] = click_model
         if large_box is not None:
             window = segmenter.predictor.window
             kept, large_box["exterior_voxels_removed"] = drop_exterior_background(
