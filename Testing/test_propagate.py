@@ -550,7 +550,7 @@ def test_a_drawn_boxs_middle_slice_answered_by_the_click_model_is_followed_by_th
     took the fat beside phantom 107's pancreas) while the click model answers the structure (``MiddleAskedOf``). The
     walk starts from the click model's answer, whose probability is kept, and every other slice is the box model's;
     the appearance rule then refuses the box model's dark answers."""
-    from MedFoundationSegLib.segment.segmenter import MiddleAskedOf
+    from MedFoundationSegLib.segment.propagate import MiddleAskedOf
 
     yy, xx = np.mgrid[:64, :64]
     gt = np.zeros((9, 64, 64), bool)

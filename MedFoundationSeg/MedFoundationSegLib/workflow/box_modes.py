@@ -14,7 +14,6 @@ from MedFoundationSegLib.core import geometry, weights
 from MedFoundationSegLib.core.progress import report, scaled
 from MedFoundationSegLib.core.volume import Volume
 from MedFoundationSegLib.segment import keyslices, propagate, reference
-from MedFoundationSegLib.segment.segmenter import MiddleAskedOf
 from MedFoundationSegLib.workflow.options import Options
 from MedFoundationSegLib.workflow.results import CaseResult
 
@@ -43,7 +42,7 @@ def run_box_mode(volume, segmenter, box: geometry.SliceBox, o: Options, padding_
         predictor.encode_range(box.first, box.last, progress=scaled(progress, 0.0, 0.7), cancelled=cancelled)
     walk = scaled(progress, 0.0, 0.85) if as_needed else scaled(progress, 0.7, 0.95)
     with predictor.heap_scope():
-        walker = segmenter if click_segmenter is None else MiddleAskedOf(segmenter, click_segmenter)
+        walker = segmenter if click_segmenter is None else propagate.MiddleAskedOf(segmenter, click_segmenter)
         result = _walk(volume, walker, shape, box, o, pixel_mm, padding_mm, slab_boxes, walk, cancelled,
                        learned_appearance)
     if as_needed:

@@ -174,12 +174,13 @@ class Session:
         """The model's masks along ``o.axis`` (large boxes routed, see large_box_route), before refinement;
         ``learned_appearance``: the structure's intensity in earlier volumes (``run_box_mode``)."""
         o, large_box = large_box_route(volume, box_ijk, o)
+        click_model = self._click_model(o)[0]  # it answers a drawn box's middle slice, the box's own; loaded first,
+        # so that the segmenting model's predictor stays the newest, which the click model's idle work expects
+        click_segmenter = self.segmenter(volume, o.replace(model=click_model)) \
+            if o.exact_range and o.mode == "box_guided" and o.fusion == "none" and click_model != o.model else None
         segmenter = self.segmenter(volume, o)
         box = geometry.slice_box(box_ijk, o.axis)
         padding_mm = 0.0 if large_box else box_padding_mm(volume, box, o)
-        click_model = self._click_model(o)[0]  # it answers a drawn box's middle slice, the box's own
-        click_segmenter = self.segmenter(volume, o.replace(model=click_model)) \
-            if o.exact_range and o.mode == "box_guided" and o.fusion == "none" and click_model != o.model else None
         result = run_box_mode(volume, segmenter, box, o, padding_mm, slab_boxes(slabs, o.axis), progress, cancelled,
                               learned_appearance, click_segmenter)
         outcome = box_outcome(segmenter, result, box, o, padding_mm)
