@@ -108,4 +108,3 @@ class PredictorSegmenter:
         size = transform.input_size
         return np.array([max(0, cols.min() - grow_px), max(0, rows.min() - grow_px),
                          min(size, cols.max() + grow_px), min(size, rows.max() + grow_px)], float)
-
