@@ -1,0 +1,40 @@
+import pickle
+import sys
+
+import numpy as np
+
+sys.path.insert(0, "/work/main/benchmarks")
+from MedFoundationSegLib.segment import shape_prior
+from run_benchmarks import PHANTOM_FULL, phantom_cases
+from seg_metrics import dice
+
+model = sys.argv[1]
+out = pickle.load(open(f"/tmp/s32/fusion_{model}.pkl", "rb"))
+cases = dict(phantom_cases(tuple(PHANTOM_FULL), 10, (48, 128, 128))[1])
+truth = {}
+for case in {o['case'] for o in out}:
+    image, labels, ids = cases[case]()
+    for n in PHANTOM_FULL:
+        truth[(case, n)] = labels.array == ids[n]
+def logit(p):
+    p = np.clip(p, 1e-3, 1 - 1e-3)
+    return np.log(p / (1 - p))
+rules = {}
+rules['model'] = lambda o, a: o['mask']
+rules['current'] = lambda o, a: shape_prior.blend(o['prob'].astype(np.float32), o['grid'], 5, o['box']) >= 0.5
+rules['atlas'] = lambda o, a: a >= 0.5
+for L in (2, 3, 4):
+    for g in (1.67, 3):
+        def r(o, a, L=L, g=g):
+            pa = 0.05 + 0.9 * a
+            return np.clip(logit(o['prob'].astype(np.float32)), -L, L) + g * logit(pa) >= 0
+        rules[f'clipL{L}g{g}'] = r
+res = {}
+for o in out:
+    t = truth[(o['case'], o['name'])]
+    a = shape_prior.from_box_grid(o['grid'], o['box'], t.shape)
+    for k, r in rules.items():
+        res.setdefault(k, {}).setdefault(o['name'], []).append(dice(r(o, a), t))
+print(model, 'rule', ' '.join(f'{n[:8]:>8}' for n in PHANTOM_FULL), '    mean')
+for k, v in res.items():
+    print(f'{k:14}', ' '.join(f'{np.mean(v[n]):8.3f}' for n in PHANTOM_FULL), f'{np.mean([x for n in PHANTOM_FULL for x in v[n]]):8.3f}')
