@@ -1,32 +1,31 @@
+"""Scratch: the carried shape alone (the 5 phantoms before each in the pool as truth atlases) against each phantom's
+truth: Dice at shares 0.3 and 0.5, and at 0.5 within the protocol box.
+
+    python probe_thirtysecond_carried.py STRUCTURE[,STRUCTURE...]
+"""
 import sys
+from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, "/work/main/benchmarks")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from bench_interactive import protocol_box_ijk
-from MedFoundationSegLib.segment import atlas_prior, shape_prior
-from run_benchmarks import PHANTOM_FULL, phantom_cases
+from MedFoundationSegLib.segment import shape_prior
+from probe_thirtysecond_fusion import carried_from, phantom_truths
 from seg_metrics import dice
 
-cases = phantom_cases(tuple(PHANTOM_FULL), 10, (48, 128, 128))[1]
-data = []
-for case, make in cases:
-    image, labels, ids = make()
-    data.append((case, image, {n: labels.array == ids[n] for n in PHANTOM_FULL}))
+data = phantom_truths()
 for name in sys.argv[1].split(","):
     ds = []
     for n, (case, image, truths) in enumerate(data):
         t = truths[name]
         box = protocol_box_ijk(t)
-        others = [data[(n - m) % 10] for m in range(1, 6)]
-        imgs = np.array([atlas_prior.image_grid(o[1].array, protocol_box_ijk(o[2][name])) for o in others])
-        msks = np.array([atlas_prior.mask_grid(o[2][name], protocol_box_ijk(o[2][name])) for o in others])
-        sp = tuple(image.spacing_mm[::-1])
-        grid = atlas_prior.carried_shape(imgs, msks, image.array, box, sp)
-        vol = shape_prior.from_box_grid(grid, box, t.shape)
+        vol = shape_prior.from_box_grid(carried_from(data, n, name, 5, box, image), box, t.shape)
         (i0, j0, k0), (i1, j1, k1) = box
         inside = np.zeros_like(t)
-        inside[k0:k1+1, j0:j1 + 1, i0:i1 + 1] = True
+        inside[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] = True
         d = [dice(vol >= th, t) for th in (0.3, 0.5)]
         din = dice((vol >= 0.5) & inside, t)
         ds.append(d + [din])

@@ -1,10 +1,12 @@
 """Scratch: first Dice of the panel's drawn-box segmentation with the walk's cap = the rectangle (today), the
-rectangle with the truth's per-slice boxes (an oracle reach), and no cap."""
+rectangle with the truth's per-slice boxes (an oracle reach), and no cap. Needs probe_thirtysecond_reach_argument.patch
+applied (``propagate.box_guided``'s ``reach_xyxy``)."""
 import sys
+from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, "/work/main/benchmarks")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_interactive import INITIALS, protocol_box_ijk
 from MedFoundationSegLib.segment import propagate
 from MedFoundationSegLib.workflow.session import Session

@@ -1,14 +1,20 @@
+"""Scratch: the rows a sequence run printed (the stopped shape-beyond-box runs' logs here), compared row by row with the
+thirty-first session's logged sequence: clicks to 0.85 and first Dice, per structure, per position and in all.
+
+    python probe_thirtysecond_partial_sequence.py
+"""
 import collections
-import glob
 import json
 import re
+from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
 A = []
-for f in glob.glob('/work/main/benchmarks/report_files/head_sequence_thirtyfirst_middle_slice_litemedsam_starts_*.json'):
+for f in HERE.glob('head_sequence_thirtyfirst_middle_slice_litemedsam_starts_*.json'):
     A += json.load(open(f))
 idx = {(r['case'], r['structure'], r['position']): r for r in A}
 rows = []
-for f in glob.glob('/tmp/s32/seq_asked_*.txt'):
+for f in HERE.glob('head_sequence_thirtysecond_shape_beyond_box_litemedsam_starts_*_partial.txt'):
     for text in open(f):
         m = re.match(r'(phantom\d+)\s+(\S+)\s+stored\s+volume (\d) .*first (\S+) clicks to 0.85\s+(\d+)', text)
         if m:

@@ -1,10 +1,11 @@
 """Scratch: how much of each structure lies outside the protocol box in-plane, and how much a reach learned from the
 other phantoms (their per-slice extents in box coordinates) would cover."""
 import sys
+from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, "/work/main/benchmarks")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_interactive import protocol_box_ijk
 from run_benchmarks import PHANTOM_FULL, phantom_cases
 
