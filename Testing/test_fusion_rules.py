@@ -101,13 +101,33 @@ def test_a_first_answer_is_kept_per_volume_and_box_and_only_the_latest():
 
     answers = learning.FirstAnswers(size=2)
     answer = learning.FirstAnswer((slice(0, 1),), np.zeros(1, np.float16), np.zeros(1, np.float16), 1)
-    answers.keep(Volume("a"), BOX, answer)
-    assert answers.get(Volume("a"), BOX.tolist()) is answer and answers.get(Volume("a"), BOX + 1) is None
+
+    def kept(name, box=BOX):
+        found = answers.get(Volume(name), box)
+        return found is not None and found.probability is answer.probability
+
+    answers.keep(Volume("a"), BOX, answer, np.ones(SHAPE, bool))
+    assert kept("a", BOX.tolist()) and not kept("a", BOX + 1)
+    assert answers.get(Volume("a"), BOX).shown.tolist() == [[[True] * SHAPE[2]] * SHAPE[1]]  # the mask handed out
+    grown = BOX + np.array([[-3, 0, 0], [0, 2, 0]])  # a box grown to hold an include click holds the drawn one
+    assert kept("a", grown) and not kept("b", grown)
     answers.keep(Volume("b"), BOX, answer)
     answers.keep(Volume("c"), BOX, answer)
-    assert answers.get(Volume("a"), BOX) is None and answers.get(Volume("c"), BOX) is answer
+    assert not kept("a") and kept("c")
     answers.keep(Volume("c"), BOX, None)  # segmented again without a prior: nothing to score on
-    assert answers.get(Volume("c"), BOX) is None
+    assert not kept("c")
+
+
+def test_a_mask_signed_as_it_was_handed_out_does_not_score_the_rules():
+    prior = _head(sp.to_box_grid(STRUCTURE, BOX), 5, rule_scores=np.ones(len(sp.RULES), np.float32), rule_volumes=1)
+    image = STRUCTURE.astype(np.float32) * 100
+    shown = _sure_of_half()
+    _, first = learning.add_shape(shown, prior, BOX, image, SPACING_KJI_MM)
+    first = dataclasses.replace(first, shown=shown.mask_kji[first.region])
+    as_shown = CaseResult(shown.mask_kji, shown.probability_kji, {}, head=_head().to_arrays())
+    assert int(learning.with_shape(as_shown, prior, BOX, image, first).head["rule_volumes"]) == 1
+    corrected = CaseResult(STRUCTURE, STRUCTURE.astype(np.float32), {}, head=_head().to_arrays())
+    assert int(learning.with_shape(corrected, prior, BOX, image, first).head["rule_volumes"]) == 2
 
 
 def test_rule_scores_survive_the_store_and_the_wire(tmp_path):

@@ -145,11 +145,13 @@ def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk, imag
 
 
 def _next_rule_scores(prior: StructureHead | None, mask_kji: np.ndarray, first: FirstAnswer | None) -> dict:
-    """The head's fusion rule scores: the prior's, plus each rule's Dice on this volume's ``first`` answer."""
+    """The head's fusion rule scores: the prior's, plus each rule's Dice on this volume's ``first`` answer, unless the
+    mask is the one first handed out: a mask signed as it came tells nothing of the rules the model's answer passed
+    through before the refinement (which favours a smooth blend), only that the rule used served."""
     scores, volumes = (None, 0) if prior is None else (prior.rule_scores, prior.rule_volumes)
-    if first is not None:
-        dice = shape_prior.rule_dice(first.probability, first.prior_share, first.volumes,
-                                     np.asarray(mask_kji, bool)[first.region])
+    signed = None if first is None else np.asarray(mask_kji, bool)[first.region]
+    if first is not None and not (first.shown is not None and np.array_equal(signed, first.shown)):
+        dice = shape_prior.rule_dice(first.probability, first.prior_share, first.volumes, signed)
         scores, volumes = dice + (0 if scores is None else scores), volumes + 1
     return {} if scores is None else {"rule_scores": np.asarray(scores, np.float32), "rule_volumes": volumes}
 
@@ -163,6 +165,7 @@ class FirstAnswer:
     probability: np.ndarray  # the model's, float16
     prior_share: np.ndarray  # the share of earlier volumes holding each voxel, float16
     volumes: int
+    shown: np.ndarray | None = None  # the mask the segmentation handed out (after its refinement)
 
 
 class FirstAnswers:
@@ -171,16 +174,31 @@ class FirstAnswers:
     def __init__(self, size: int = 4):
         self.size, self._answers = size, collections.OrderedDict()
 
-    def keep(self, volume, box_ijk, answer: FirstAnswer | None) -> None:
-        key = (volume.identity(), tuple(np.asarray(box_ijk, int).ravel().tolist()))
+    def keep(self, volume, box_ijk, answer: FirstAnswer | None, shown_kji: np.ndarray | None = None) -> None:
+        """Keep ``answer`` with the mask handed out (``shown_kji``); None forgets this volume and box's answer."""
+        key = self._key(volume, box_ijk)
         self._answers.pop(key, None)
         if answer is not None:
-            self._answers[key] = answer
+            shown = None if shown_kji is None else np.asarray(shown_kji, bool)[answer.region]
+            self._answers[key] = dataclasses.replace(answer, shown=shown)
             while len(self._answers) > self.size:
                 self._answers.popitem(last=False)
 
     def get(self, volume, box_ijk) -> FirstAnswer | None:
-        return self._answers.get((volume.identity(), tuple(np.asarray(box_ijk, int).ravel().tolist())))
+        """The answer of this volume and box, else the latest of this volume whose box lies inside ``box_ijk`` (the
+        panel corrects in the box grown to hold the include clicks)."""
+        key = self._key(volume, box_ijk)
+        if key in self._answers:
+            return self._answers[key]
+        lo, hi = np.asarray(box_ijk, int)
+        for (identity, box), answer in reversed(self._answers.items()):
+            if identity == key[0] and np.all(np.array(box[:3]) >= lo) and np.all(np.array(box[3:]) <= hi):
+                return answer
+        return None
+
+    @staticmethod
+    def _key(volume, box_ijk) -> tuple:
+        return volume.identity(), tuple(np.asarray(box_ijk, int).ravel().tolist())
 
 
 def add_learned(segmenter_for, outcome: CaseResult, prior: StructureHead, volume, box_ijk, axis: str, *,

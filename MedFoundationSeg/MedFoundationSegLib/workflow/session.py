@@ -154,7 +154,6 @@ class Session:
             report(progress, 0.9, "adding what earlier volumes taught about the structure")
             outcome, first = learning.add_learned(lambda model: self.segmenter(volume, o.replace(model=model)),
                                                   outcome, learned, volume, box_ijk, o.axis, use_head=not shift)
-        self.first_answers.keep(volume, box_ijk, first)
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.95, f"refining ({o.refine})")
@@ -163,6 +162,7 @@ class Session:
                                          hold_mask=_click_cut_as_smooth_as_first(volume, o),
                                          exact_slices_axis=geometry.slice_frame(o.axis).array_axis
                                          if o.exact_range else None)
+        self.first_answers.keep(volume, box_ijk, first, outcome.mask_kji)
         if learned is not None and o.head_shape and (outcome.head or learned.volumes):  # for a caller storing heads:
             outcome.head = outcome.head or learned.to_arrays()  # the head adjusted here, else the prior's, with this
             outcome = learning.with_shape(outcome, learned, box_ijk, volume.array,  # mask's shape (not a shape
