@@ -54,7 +54,6 @@ def annotate(session: Session, image, truth, model: str, prior: StructureHead | 
     shown = session.segment_box(image, box_ijk, model=model, padding_mm=0.0, refine="graphcut", prior_head=prior,
                                 **INITIALS["panel"])
     dices, clicks = [dice(shown.mask_kji, truth)], []
-    rule = shown.report.get("shape_prior", {}).get("rule")  # the fusion rule the signed volumes chose
     while dices[-1] < TARGET and len(clicks) < BUDGET:
         click = next_click(shown.mask_kji, truth, tuple(image.spacing_mm[::-1]))
         if click is None:
@@ -63,7 +62,7 @@ def annotate(session: Session, image, truth, model: str, prior: StructureHead | 
         shown = session.correct(image, shown, box_ijk, clicks, model=model, refine="graphcut", prior_head=prior)
         dices.append(dice(shown.mask_kji, truth))
     reached = len(clicks) if dices[-1] >= TARGET else BUDGET
-    return dict(dices=dices, clicks_to_target=reached, signed=shown.mask_kji, box_ijk=box_ijk, fusion_rule=rule)
+    return dict(dices=dices, clicks_to_target=reached, signed=shown.mask_kji, box_ijk=box_ijk)
 
 
 def run_sequence(args, start: int) -> list[dict]:
@@ -93,11 +92,10 @@ def run_sequence(args, start: int) -> list[dict]:
                     row = dict(case=case, start=start, position=position, structure=name, arm=arm,
                                dices=run["dices"], clicks_to_target=run["clicks_to_target"],
                                prior_volumes=prior.volumes if prior else 0,
-                               prior_shape_volumes=prior.shape_volumes if prior else 0,
-                               fusion_rule=run["fusion_rule"])
+                               prior_shape_volumes=prior.shape_volumes if prior else 0)
                     rows.append(row)
                     print(f"{case:<12}{name:<14}{arm:<7} volume {position} (prior of {row['prior_volumes']}, shape of "
-                          f"{row['prior_shape_volumes']}, rule {row['fusion_rule']}) first "
+                          f"{row['prior_shape_volumes']}) first "
                           f"{run['dices'][0]:.3f} clicks to {TARGET} {run['clicks_to_target']:>2} final "
                           f"{run['dices'][-1]:.3f}", flush=True)
     return rows

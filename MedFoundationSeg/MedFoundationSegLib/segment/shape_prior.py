@@ -21,12 +21,6 @@ CONTEXT = 0.5  # the grid spans the box grown by this share of its size on every
 # makes a voxel certain.
 PRIOR_GAIN = 2.0
 SURE = 0.05
-MODEL_SURE = 1e-3  # the model's probability is taken within [MODEL_SURE, 1 - MODEL_SURE]
-# The fusion rules a structure chooses among (``chosen_rule``): the model's log-odds held within +-limit, the shape's
-# gain. Rule 0 (the model near-certain where it is sure) is the one used until signed volumes say otherwise; the
-# others let agreeing earlier volumes overrule the model, down to the shape alone.
-RULES = ((float(np.log((1 - MODEL_SURE) / MODEL_SURE)), PRIOR_GAIN), (3.0, PRIOR_GAIN), (2.0, PRIOR_GAIN),
-         (2.0, 3.6), (0.0, PRIOR_GAIN))
 
 
 def grid_frame(box_ijk, grid_kji=GRID_KJI) -> tuple[np.ndarray, np.ndarray]:
@@ -98,42 +92,11 @@ def updated(grid: np.ndarray | None, volumes: int, mask_kji: np.ndarray, box_ijk
     return ((np.asarray(grid, np.float32) * volumes + new) / (volumes + 1)).astype(np.float32)
 
 
-def blend(probability_kji: np.ndarray, grid: np.ndarray, volumes: int, box_ijk, rule: int = 0) -> np.ndarray:
+def blend(probability_kji: np.ndarray, grid: np.ndarray, volumes: int, box_ijk) -> np.ndarray:
     """The model's probability with the shape of ``volumes`` earlier volumes, mapped into this box, as further evidence:
-    their log-odds added (a product of experts) by ``RULES[rule]``, so the shape decides where the model is unsure and
-    the model where it is sure."""
-    prior = from_box_grid(grid, box_ijk, np.shape(probability_kji))
-    return _sigmoid(_blended_log_odds(probability_kji, prior, volumes, rule))
-
-
-def rule_dice(probability: np.ndarray, prior_share: np.ndarray, volumes: int, signed: np.ndarray) -> np.ndarray:
-    """Per rule of ``RULES``, the Dice against the mask the user signed (``signed``) of the model's probability
-    blended with the shape's share of earlier volumes (``prior_share``, as ``from_box_grid`` maps it) above 0.5:
-    float32, one per rule. All three arrays cover the same voxels (the grid's extent, ``grid_extent``)."""
-    signed = np.asarray(signed, bool)
-    scores = []
-    for rule in range(len(RULES)):
-        mask = _blended_log_odds(probability, prior_share, volumes, rule) >= 0
-        total = int(mask.sum()) + int(signed.sum())
-        scores.append(2 * int((mask & signed).sum()) / total if total else 1.0)
-    return np.array(scores, np.float32)
-
-
-def chosen_rule(rule_scores: np.ndarray | None) -> int:
-    """The rule whose blends matched the signed masks best on average (``rule_scores``: summed Dice per rule), the
-    first on a tie; rule 0 without scores."""
-    if rule_scores is None or len(rule_scores) != len(RULES):
-        return 0
-    return int(np.argmax(np.asarray(rule_scores) - 1e-6 * np.arange(len(RULES))))
-
-
-def _blended_log_odds(probability: np.ndarray, prior_share: np.ndarray, volumes: int, rule: int) -> np.ndarray:
-    limit, gain = RULES[rule]
-    model = np.clip(np.asarray(probability, np.float32), MODEL_SURE, 1 - MODEL_SURE)
-    prior = SURE + (1 - 2 * SURE) * prior_share
-    model_log_odds = np.clip(np.log(model / (1 - model)), -limit, limit)
-    return model_log_odds + gain * volumes / (volumes + 1) * np.log(prior / (1 - prior))
-
-
-def _sigmoid(log_odds: np.ndarray) -> np.ndarray:
+    their log-odds added (a product of experts), so the shape decides where the model is unsure and the model where it
+    is sure."""
+    prior = SURE + (1 - 2 * SURE) * from_box_grid(grid, box_ijk, np.shape(probability_kji))
+    model = np.clip(np.asarray(probability_kji, np.float32), 1e-3, 1 - 1e-3)
+    log_odds = np.log(model / (1 - model)) + PRIOR_GAIN * volumes / (volumes + 1) * np.log(prior / (1 - prior))
     return (1 / (1 + np.exp(-log_odds))).astype(np.float32)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from MedFoundationSegLib.segment import atlas_prior, shape_prior
+from MedFoundationSegLib.segment import atlas_prior
 from MedFoundationSegLib.segment.preprocessing import SliceTransform
 from MedFoundationSegLib.segment.shape_prior import GRID_KJI
 
@@ -58,10 +58,6 @@ class StructureHead:
     # The model's decoder output layers adapted to the signed masks (segment/decoder_adaptation.py), by parameter
     # name; None for a head whose volumes were never signed as a whole (learned from corrections only).
     decoder: dict[str, np.ndarray] | None = None
-    # Per fusion rule of segment/shape_prior.py (``RULES``), the Dice its blend of the model's first answer with the
-    # shape reached against the signed mask, summed over ``rule_volumes`` volumes; None before any volume was scored.
-    rule_scores: np.ndarray | None = None
-    rule_volumes: int = 0
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(N, C) embedding cells -> (N,) logits (the standardisation folded into the weights: one product)."""
@@ -79,9 +75,7 @@ class StructureHead:
                                                   "atlas_masks": self.atlas_masks}) | (
             {} if self.atlas_sources is None else {"atlas_sources": self.atlas_sources}) | (
             {} if self.atlas_appearance is None else {"atlas_appearance": self.atlas_appearance}) | (
-            {} if self.decoder is None else as_head_arrays(self.decoder)) | (
-            {} if self.rule_scores is None else {"rule_scores": np.asarray(self.rule_scores, np.float32),
-                                                 "rule_volumes": np.array(self.rule_volumes)})
+            {} if self.decoder is None else as_head_arrays(self.decoder))
 
     @classmethod
     def from_arrays(cls, arrays) -> "StructureHead":
@@ -95,8 +89,7 @@ class StructureHead:
             raise HeadError("the structure head's arrays are inconsistent or not finite")
         shape, shape_volumes = _shape(arrays)
         return cls(str(arrays["model"]), weights, float(arrays["bias"]), mean, scale, int(arrays["volumes"]),
-                   int(arrays["cells"]), shape, shape_volumes, *_atlases(arrays), _decoder(arrays),
-                   *_rule_scores(arrays))
+                   int(arrays["cells"]), shape, shape_volumes, *_atlases(arrays), _decoder(arrays))
 
 
 def _shape(arrays) -> tuple[np.ndarray | None, int]:
@@ -137,19 +130,6 @@ def _atlases(arrays) -> tuple[np.ndarray | None, ...]:
             raise HeadError(f"the structure head's atlas appearances are not {count} (mean, spread) pairs")
         looks = looks.reshape(count, 2)
     return images.reshape(-1, *atlas_prior.GRID_KJI), masks.reshape(-1, *atlas_prior.GRID_KJI), sources, looks
-
-
-def _rule_scores(arrays) -> tuple[np.ndarray | None, int]:
-    """The head's optional summed Dice per fusion rule and its count of volumes, checked: one finite value in
-    [0, volumes] per rule. Scores of another set of rules (a head from another version) are dropped, not an error."""
-    if "rule_scores" not in arrays:
-        return None, 0
-    scores = np.asarray(arrays["rule_scores"], np.float32).reshape(-1)
-    volumes = int(arrays.get("rule_volumes", 0))
-    if volumes < 1 or not np.all(np.isfinite(scores)) or scores.min(initial=0) < 0 \
-            or scores.max(initial=0) > volumes + 1e-3:
-        raise HeadError("the structure head's fusion rule scores are not Dice sums over its scored volumes")
-    return (scores, volumes) if len(scores) == len(shape_prior.RULES) else (None, 0)
 
 
 def as_head_arrays(layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

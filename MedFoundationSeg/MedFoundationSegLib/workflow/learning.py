@@ -7,7 +7,6 @@ their JSON form here, never as a path or a pickle.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 
@@ -70,20 +69,19 @@ def start_from_prior(segmenter_for, outcome: CaseResult, box: geometry.SliceBox,
 
 def learn_signed(segmenter, mask_kji: np.ndarray, box_ijk, axis: str, model: str, *,
                  prior: StructureHead | None = None, image_kji: np.ndarray | None = None,
-                 adapt_decoder: bool = False, first: FirstAnswer | None = None) -> StructureHead:
+                 adapt_decoder: bool = False) -> StructureHead:
     """The head of a mask the user signed in ``box_ijk``, warm-started from ``prior``: it has learned from one volume
     more (a volume it learned before counts once), and its shape (segment/shape_prior.py) and, with ``image_kji``,
     its atlases (segment/atlas_prior.py) hold the mask too. Where the head cannot reproduce the mask
     (``head_learning.MIN_AGREEMENT``: a structure too fine for the embedding's cells) the prior's weights stay, or,
     without a prior, the head holds only the shape (``volumes`` 0: its weights are never used). With
     ``adapt_decoder`` the decoder's output layers learn the mask too (segment/decoder_adaptation.py), from the
-    prior's; without, the prior's layers (if any) stay as they were. With ``first`` (this volume's first answer) the
-    fusion rules are scored on the mask too."""
+    prior's; without, the prior's layers (if any) stay as they were."""
     box = geometry.slice_box(box_ijk, axis)
     mask_view = geometry.to_slices(np.asarray(mask_kji, bool), axis)
     learned = head_learning.learn_in_box(segmenter.predictor, mask_view, box.xyxy, (box.first, box.last), (), model,
                                          prior=weights_prior(prior))
-    shape, again = _next_shape(prior, mask_kji, box_ijk, image_kji, first)
+    shape, again = _next_shape(prior, mask_kji, box_ijk, image_kji)
     if learned.agreement >= head_learning.MIN_AGREEMENT:
         head = dataclasses.replace(learned.head, volumes=_volumes_after(prior, again))
     elif prior is not None:
@@ -119,13 +117,11 @@ def _volumes_after(prior: StructureHead | None, learned_before: bool) -> int:
     return (prior.volumes if prior is not None else 0) + (0 if learned_before else 1)
 
 
-def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk, image_kji,
-                first: FirstAnswer | None = None) -> tuple[dict, bool]:
+def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk, image_kji) -> tuple[dict, bool]:
     """The head's shape fields after one volume more, and whether the prior had learned this volume before: the
     prior's shape, if it has one, averaged with ``mask_kji`` in ``box_ijk``; with ``image_kji``, the prior's atlases
-    and this volume's; with ``first`` (this volume's first answer), each fusion rule's Dice against ``mask_kji``
-    added to the prior's. A volume the prior's atlases already hold (learned again) replaces its atlas and leaves the
-    mean shape and the rules' scores as they were: no volume counts twice."""
+    and this volume's. A volume the prior's atlases already hold (learned again) replaces its atlas and leaves the
+    mean shape as it was: no volume counts twice."""
     count = prior.shape_volumes if prior is not None and prior.shape is not None else 0
     source = None if image_kji is None else atlas_prior.volume_digest(image_kji)
     again = bool(count) and source is not None and atlas_prior.holds_source(prior.atlas_sources, source)
@@ -141,116 +137,49 @@ def _next_shape(prior: StructureHead | None, mask_kji: np.ndarray, box_ijk, imag
             atlases, atlas_prior.image_grid(image_kji, box_ijk), atlas_prior.mask_grid(mask_kji, box_ijk), source,
             atlas_prior.appearance(image_kji, mask_kji))
         fields.update(atlas_images=images, atlas_masks=masks, atlas_sources=sources, atlas_appearance=looks)
-    return fields | _next_rule_scores(prior, mask_kji, None if again else first), again
-
-
-def _next_rule_scores(prior: StructureHead | None, mask_kji: np.ndarray, first: FirstAnswer | None) -> dict:
-    """The head's fusion rule scores: the prior's, plus each rule's Dice on this volume's ``first`` answer, unless the
-    mask is the one first handed out: a mask signed as it came tells nothing of the rules the model's answer passed
-    through before the refinement (which favours a smooth blend), only that the rule used served."""
-    scores, volumes = (None, 0) if prior is None else (prior.rule_scores, prior.rule_volumes)
-    signed = None if first is None else np.asarray(mask_kji, bool)[first.region]
-    if first is not None and not (first.shown is not None and np.array_equal(signed, first.shown)):
-        dice = shape_prior.rule_dice(first.probability, first.prior_share, first.volumes, signed)
-        scores, volumes = dice + (0 if scores is None else scores), volumes + 1
-    return {} if scores is None else {"rule_scores": np.asarray(scores, np.float32), "rule_volumes": volumes}
-
-
-@dataclasses.dataclass(frozen=True)
-class FirstAnswer:
-    """A first segmentation's evidence before the shape of earlier volumes was blended in, over the voxels the
-    shape's grid spans: what each fusion rule (segment/shape_prior.py) is scored on once the user signs the mask."""
-
-    region: tuple[slice, ...]
-    probability: np.ndarray  # the model's, float16
-    prior_share: np.ndarray  # the share of earlier volumes holding each voxel, float16
-    volumes: int
-    shown: np.ndarray | None = None  # the mask the segmentation handed out (after its refinement)
-
-
-class FirstAnswers:
-    """The first answers of the latest ``size`` (volume, box) pairs a Session segmented with a prior head."""
-
-    def __init__(self, size: int = 4):
-        self.size, self._answers = size, collections.OrderedDict()
-
-    def keep(self, volume, box_ijk, answer: FirstAnswer | None, shown_kji: np.ndarray | None = None) -> None:
-        """Keep ``answer`` with the mask handed out (``shown_kji``); None forgets this volume and box's answer."""
-        key = self._key(volume, box_ijk)
-        self._answers.pop(key, None)
-        if answer is not None:
-            shown = None if shown_kji is None else np.asarray(shown_kji, bool)[answer.region]
-            self._answers[key] = dataclasses.replace(answer, shown=shown)
-            while len(self._answers) > self.size:
-                self._answers.popitem(last=False)
-
-    def get(self, volume, box_ijk) -> FirstAnswer | None:
-        """The answer of this volume and box, else the latest of this volume whose box lies inside ``box_ijk`` (the
-        panel corrects in the box grown to hold the include clicks)."""
-        key = self._key(volume, box_ijk)
-        if key in self._answers:
-            return self._answers[key]
-        lo, hi = np.asarray(box_ijk, int)
-        for (identity, box), answer in reversed(self._answers.items()):
-            if identity == key[0] and np.all(np.array(box[:3]) >= lo) and np.all(np.array(box[3:]) <= hi):
-                return answer
-        return None
-
-    @staticmethod
-    def _key(volume, box_ijk) -> tuple:
-        return volume.identity(), tuple(np.asarray(box_ijk, int).ravel().tolist())
+    return fields, again
 
 
 def add_learned(segmenter_for, outcome: CaseResult, prior: StructureHead, volume, box_ijk, axis: str, *,
-                use_head: bool) -> tuple[CaseResult, FirstAnswer | None]:
+                use_head: bool) -> CaseResult:
     """A first segmentation (decoded with the prior's adapted decoder layers where it holds them,
     ``decoding_as_learned``) with the rest of what earlier volumes taught: with ``use_head`` (a model whose cut is not
     shifted: the head's probability replaces what a shifted cut was measured on) the head adjusted to this volume
     (``start_from_prior``), then the structure's shape (``add_shape``); the report names each."""
     if use_head and prior.volumes:
         outcome = start_from_prior(segmenter_for, outcome, geometry.slice_box(box_ijk, axis), axis, prior)
-    outcome, first = add_shape(outcome, prior, box_ijk, volume.array, volume.spacing_mm[::-1])
+    outcome = add_shape(outcome, prior, box_ijk, volume.array, volume.spacing_mm[::-1])
     if prior.decoder is not None:
         outcome.report["decoder"] = "adapted to the structure by signed volumes"
-    return outcome, first
+    return outcome
 
 
 def add_shape(outcome: CaseResult, prior: StructureHead, box_ijk, image_kji: np.ndarray,
-              spacing_kji_mm) -> tuple[CaseResult, FirstAnswer | None]:
-    """A first segmentation with the shape of earlier volumes blended into its probability by the fusion rule the
-    structure's signed volumes chose (``shape_prior.chosen_rule``), and what the rules are scored on when this
-    volume is signed (None, and the outcome unchanged, when the head holds no shape): the atlases carried onto this
-    image where the head keeps them, else the mean shape in the box. The mask is the blend above 0.5."""
+              spacing_kji_mm) -> CaseResult:
+    """A first segmentation with the shape of earlier volumes blended into its probability (unchanged when the head
+    holds no shape): their atlases carried onto this image where the head keeps them, else their mean shape in the
+    box. The mask is the blend above 0.5."""
     if prior.shape is None or outcome.probability_kji is None:
-        return outcome, None
+        return outcome
     shape, source = prior.shape, "mean shape in the box"
     if prior.atlas_images is not None:
         shape = atlas_prior.carried_shape(prior.atlas_images, prior.atlas_masks, image_kji, box_ijk, spacing_kji_mm)
         source = f"registered atlases ({len(prior.atlas_images)})"
-    rule = shape_prior.chosen_rule(prior.rule_scores)
-    blended = shape_prior.blend(outcome.probability_kji, shape, prior.shape_volumes, box_ijk, rule)
-    region = shape_prior.grid_extent(box_ijk, np.shape(blended), np.shape(shape))
-    share = shape_prior.from_box_grid(shape, box_ijk, np.shape(blended))[region]
-    first = FirstAnswer(region, outcome.probability_kji[region].astype(np.float16), share.astype(np.float16),
-                        prior.shape_volumes)
-    return CaseResult(blended >= 0.5, blended, dict(outcome.report, shape_prior={
-        "volumes": prior.shape_volumes, "from": source, "rule": rule, "rules_scored_on": prior.rule_volumes}),
-        head=outcome.head), first
+    blended = shape_prior.blend(outcome.probability_kji, shape, prior.shape_volumes, box_ijk)
+    return CaseResult(blended >= 0.5, blended,
+                      dict(outcome.report, shape_prior={"volumes": prior.shape_volumes, "from": source}),
+                      head=outcome.head)
 
 
-def with_shape(outcome: CaseResult, prior: StructureHead | None, box_ijk, image_kji: np.ndarray,
-               first: FirstAnswer | None = None) -> CaseResult:
+def with_shape(outcome: CaseResult, prior: StructureHead | None, box_ijk, image_kji: np.ndarray) -> CaseResult:
     """``outcome`` whose learned head (if any) also holds the structure's shape and atlases: the prior's, with this
     outcome's mask in ``box_ijk`` (the box the user gave), and counts this volume once more than the prior did,
     unless the prior had learned it before. The caller stores the head; each later action on the same volume
-    replaces it (with the same prior), so the volume's last mask is the one that counts, also for the fusion rules
-    scored on ``first`` (this volume's first answer)."""
+    replaces it (with the same prior), so the volume's last mask is the one that counts."""
     if outcome.head is None:
         return outcome
-    fields, again = _next_shape(prior, outcome.mask_kji, box_ijk, image_kji, first)
+    fields, again = _next_shape(prior, outcome.mask_kji, box_ijk, image_kji)
     counts = {"shape_volumes": np.array(fields["shape_volumes"]), "volumes": np.array(_volumes_after(prior, again))}
-    if "rule_volumes" in fields:
-        counts["rule_volumes"] = np.array(fields["rule_volumes"])
     layers = {} if prior is None or prior.decoder is None else as_head_arrays(prior.decoder)
     head = layers | dict(outcome.head, **(fields | counts))  # decoder layers learn only from signed volumes
     return CaseResult(outcome.mask_kji, outcome.probability_kji, outcome.report, head=head)

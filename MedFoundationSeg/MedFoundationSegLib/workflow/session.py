@@ -73,7 +73,6 @@ class Session:
         self._predictors: OrderedDict[tuple, SlicePredictor] = OrderedDict()
         self.evidence = EvidenceStore()  # the model's probability behind the results the engine handed out
         self.idle_work = IdleWork()  # what a worker does between jobs (workflow/idle_work.py)
-        self.first_answers = learning.FirstAnswers()  # what signing a mask scores the fusion rules on
 
     def predictor(self, volume: Volume, options: Options | None = None, **changes) -> SlicePredictor:
         o = _resolve(options, changes)
@@ -149,11 +148,11 @@ class Session:
         else:
             with learning.decoding_as_learned(lambda: self.predictor(volume, o), learned):
                 outcome = self._segment_along(volume, box_ijk, o, slabs, progress, cancelled, looks)
-        shift, first = cut_probability_shift(outcome.report.get("model")), None
+        shift = cut_probability_shift(outcome.report.get("model"))
         if learned is not None:
             report(progress, 0.9, "adding what earlier volumes taught about the structure")
-            outcome, first = learning.add_learned(lambda model: self.segmenter(volume, o.replace(model=model)),
-                                                  outcome, learned, volume, box_ijk, o.axis, use_head=not shift)
+            outcome = learning.add_learned(lambda model: self.segmenter(volume, o.replace(model=model)), outcome,
+                                           learned, volume, box_ijk, o.axis, use_head=not shift)
         if o.refine != "none":
             check(cancelled, "refinement")
             report(progress, 0.95, f"refining ({o.refine})")
@@ -162,11 +161,9 @@ class Session:
                                          hold_mask=_click_cut_as_smooth_as_first(volume, o),
                                          exact_slices_axis=geometry.slice_frame(o.axis).array_axis
                                          if o.exact_range else None)
-        self.first_answers.keep(volume, box_ijk, first, outcome.mask_kji)
         if learned is not None and o.head_shape and (outcome.head or learned.volumes):  # for a caller storing heads:
             outcome.head = outcome.head or learned.to_arrays()  # the head adjusted here, else the prior's, with this
-            outcome = learning.with_shape(outcome, learned, box_ijk, volume.array,  # mask's shape (not a shape
-                                          self.first_answers.get(volume, box_ijk))  # alone)
+            outcome = learning.with_shape(outcome, learned, box_ijk, volume.array)  # mask's shape (not a shape alone)
         outcome.report["seconds"] = round(time.perf_counter() - start, 3)
         outcome.report["voxels"] = int(outcome.mask_kji.sum())
         report(progress, 1.0, "done")
@@ -259,7 +256,8 @@ class Session:
         ``correction.box_ijk``). With ``options.learn`` a structure head fitted on the corrected mask and the clicks
         (warm-started from ``prior_head``) predicts the box's slices before the graph cut (segment/head_learning.py);
         the result carries it in ``head``. ``tuning``: keyword arguments of ``segment.clicks.correct_with_clicks``."""
-        o, start = _resolve(options, changes), time.perf_counter()
+        o = _resolve(options, changes)
+        start = time.perf_counter()
         if not clicks_kji:
             raise ValueError("no clicks to correct with")
         box_ijk = geometry.check_box_ijk(volume, box_ijk)
@@ -299,9 +297,8 @@ class Session:
             check(cancelled, "refinement")
             report(progress, 0.7, f"refining ({o.refine}) with {len(clicks)} clicks")
             outcome = self._refine_correction(volume, outcome, box_ijk, clicks_kji, o, thick_axis)
-        if o.learn and o.head_shape:  # the head's shape, atlases and rules' scores, for a caller storing the head
-            first = self.first_answers.get(volume, given_box_ijk)
-            outcome = learning.with_shape(outcome, prior_head, given_box_ijk, volume.array, first)
+        if o.learn and o.head_shape:  # the head's shape and atlases, for a caller that stores the head
+            outcome = learning.with_shape(outcome, prior_head, given_box_ijk, volume.array)
         outcome.report.update(seconds=round(time.perf_counter() - start, 3), voxels=int(outcome.mask_kji.sum()))
         report(progress, 1.0, "correction done")
         return outcome
@@ -345,8 +342,7 @@ class Session:
             raise ValueError("nothing to learn from: the segment is empty")
         box_ijk = geometry.check_box_ijk(volume, box_ijk)
         return learning.learn_signed(self.segmenter(volume, o), mask_kji, box_ijk, o.axis, o.model, prior=prior_head,
-                                     image_kji=volume.array, adapt_decoder=adapt_decoder,
-                                     first=self.first_answers.get(volume, box_ijk))
+                                     image_kji=volume.array, adapt_decoder=adapt_decoder)
 
     def refine(self, volume: Volume, mask_kji: np.ndarray, options: Options | None = None, *, positive_ijk=None,
                negative_ijk=None, scribble_kji=None, evidence: Evidence | None = None, prior_head=None,
