@@ -9,23 +9,12 @@ import json
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-baseline = [r for f in sorted(HERE.glob('head_sequence_thirtyfirst_middle_slice_litemedsam_starts_*.json'))
-            for r in json.loads(f.read_text())]
-index = {(r['case'], r['structure'], r['position']): r for r in baseline}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from probe_thirtysecond_partial_sequence import print_against_baseline  # noqa: E402
+
 rows = [r for f in sys.argv[1:] for r in json.loads(Path(f).read_text())]
-per = collections.defaultdict(lambda: [0, 0, 0.0, 0.0, 0])
-for r in rows:
-    before = index[(r['case'], r['structure'], r['position'])]
-    for key in (r['structure'], 'all', f"volume {r['position']}"):
-        x = per[key]
-        x[0] += before['clicks_to_target']
-        x[1] += r['clicks_to_target']
-        x[2] += before['dices'][0]
-        x[3] += r['dices'][0]
-        x[4] += 1
-for key, (a, b, da, db, n) in sorted(per.items()):
-    print(f'{key:14} n={n:3} clicks {a:4} -> {b:4}  first Dice {da / n:.3f} -> {db / n:.3f}')
+print_against_baseline((r['case'], r['structure'], r['position'], r['dices'][0], r['clicks_to_target']) for r in rows)
 rules = collections.defaultdict(collections.Counter)
 for r in rows:
     if r['position'] >= 3:
